@@ -1,0 +1,171 @@
+# gptq - GPTQ quantization toolchain: build, test, install.
+#
+# Targets:
+#   make              build every tool into bin/ (and lib/libgq.a)
+#   make check        C unit tests + bats CLI tests (+ man page EXAMPLES)
+#   make deps         install the Debian build/test packages when missing (needs root)
+#   make bench        CPU benchmarks (ratios against a baseline measured in the same run)
+#   make install      tools to $(PREFIX)/bin, man pages to $(PREFIX)/share/man
+#   make clean
+#
+# Knobs (on the command line or in an optional, git-ignored config.mk):
+#   CUDA=auto|1|0   build kernels/gpu with nvcc; auto = when nvcc is found,
+#                   1 = required (fails when missing), 0 = CPU only
+#   HIP=auto|1|0    build kernels/gpu with hipcc from the same sources (used when
+#                   CUDA is off or absent); same meaning as CUDA
+#   SANITIZE=1      ASan + UBSan build in build/san (make check SANITIZE=1)
+#   VALGRIND=1      run the CLI tests under valgrind memcheck
+#   CUDA_ARCH       nvcc targets (default: sm_80 and sm_90 code + compute_90 PTX)
+#   CC NVCC HIPCC PREFIX CFLAGS
+
+-include config.mk
+
+CC       ?= cc
+PREFIX   ?= /usr/local
+CUDA     ?= auto
+HIP      ?= auto
+SANITIZE ?= 0
+VALGRIND ?= 0
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+	     -gencode arch=compute_90,code=compute_90
+
+ifeq ($(SANITIZE),1)
+VARIANT  := san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+BINDIR   := build/san/bin
+else
+VARIANT  := default
+SANFLAGS :=
+BINDIR   := bin
+endif
+
+WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wvla -Wno-format-truncation
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_DEFAULT_SOURCE $(WARN) -pthread -Ilib -Ikernels $(SANFLAGS)
+LDFLAGS += -pthread $(SANFLAGS)
+LDLIBS  := -lzstd -lcjson -lopenblas -lpcre2-8 -lm
+
+# ---- GPU backend detection: CUDA first, HIP from the same sources otherwise ----
+NVCC  ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+HIPCC ?= $(shell command -v hipcc 2>/dev/null)
+
+ifeq ($(CUDA)$(HIP),11)
+  $(error CUDA=1 and HIP=1 together: choose one backend)
+endif
+GPU :=
+ifeq ($(CUDA),1)
+  ifeq ($(NVCC),)
+    $(error CUDA=1 but nvcc was not found (set NVCC=/path/to/nvcc or CUDA=0))
+  endif
+  GPU := cuda
+else ifeq ($(CUDA),auto)
+  ifneq ($(NVCC),)
+    ifneq ($(HIP),1)
+      GPU := cuda
+    endif
+  endif
+endif
+ifeq ($(GPU),)
+  ifeq ($(HIP),1)
+    ifeq ($(HIPCC),)
+      $(error HIP=1 but hipcc was not found (set HIPCC=/path/to/hipcc or HIP=0))
+    endif
+    GPU := hip
+  else ifeq ($(HIP),auto)
+    ifneq ($(HIPCC),)
+      GPU := hip
+    endif
+  endif
+endif
+
+GPU_SRC := $(wildcard kernels/gpu/*.cu)
+ifeq ($(GPU),cuda)
+  CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+  CFLAGS    += -DGQ_CUDA -I$(CUDA_HOME)/include
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
+  GPU_MSG   := ✓ nvcc found ($(NVCC)): building CUDA kernels
+else ifeq ($(GPU),hip)
+  CFLAGS    += -DGQ_HIP -D__HIP_PLATFORM_AMD__
+  LDLIBS    += -lamdhip64 -lstdc++
+  GPU_MSG   := ✓ hipcc found ($(HIPCC)): building HIP kernels
+else
+  GPU_MSG   := ✗ no GPU compiler used (CUDA=$(CUDA) HIP=$(HIP)): building CPU-only
+endif
+
+# objects per variant and backend; bin/ relinks when the backend changes
+OBJDIR := build/$(VARIANT)-$(or $(GPU),cpu)
+STAMP  := build/$(VARIANT).backend
+$(shell mkdir -p build; echo '$(GPU)' | cmp -s - $(STAMP) || echo '$(GPU)' > $(STAMP))
+
+GPU_OBJ  := $(if $(GPU),$(GPU_SRC:kernels/gpu/%.cu=$(OBJDIR)/gpu/%.o))
+LIB_SRC  := $(wildcard lib/*.c) $(wildcard kernels/cpu/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(OBJDIR)/%.o) $(GPU_OBJ)
+LIB      := $(OBJDIR)/libgq.a
+TOOLS    := $(patsubst tools/%.c,%,$(wildcard tools/gptq-*.c))
+BINS     := $(TOOLS:%=$(BINDIR)/%)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(OBJDIR)/tests/%)
+TESTGEN  := $(OBJDIR)/tests/gq-testgen
+
+.PHONY: all check unit bats deps bench install clean config
+.SECONDARY:
+
+all: config $(BINS)
+
+config:
+	@echo "$(GPU_MSG)"
+
+$(OBJDIR)/%.o: %.c $(wildcard lib/*.h kernels/*/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(OBJDIR)/gpu/%.o: kernels/gpu/%.cu $(wildcard kernels/gpu/*.h lib/*.h)
+	@mkdir -p $(@D)
+ifeq ($(GPU),cuda)
+	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Ilib -Ikernels -DGQ_CUDA -Xcompiler -fPIC -c -o $@ $<
+else
+	$(HIPCC) -O2 -std=c++17 -x hip -Ilib -Ikernels -DGQ_HIP -fPIC -c -o $@ $<
+endif
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(@D)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BINDIR)/%: $(OBJDIR)/tools/%.o $(LIB) $(STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+$(OBJDIR)/tests/%: $(OBJDIR)/tests/unit/%.o $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+$(TESTGEN): $(OBJDIR)/tests/gen/gq-testgen.o $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+check: all unit bats
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; GQ_SHARED=$(CURDIR)/../shared $$t; done
+
+bats: $(BINS) $(TESTGEN)
+	GQ_BINDIR=$(CURDIR)/$(BINDIR) GQ_TESTGEN=$(CURDIR)/$(TESTGEN) GQ_VALGRIND=$(VALGRIND) \
+		GQ_SHARED=$(CURDIR)/../shared bats tests/*.bats
+
+bench: all
+	@echo "no benchmarks yet"
+
+deps:
+	@sh tests/deps.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man7
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin
+	install -m 644 man/man1/*.1 $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 644 man/man5/*.5 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -m 644 man/man7/*.7 $(DESTDIR)$(PREFIX)/share/man/man7
+
+clean:
+	rm -rf build bin

@@ -1,0 +1,77 @@
+/*
+ * runtime.cu - device discovery and memory helpers over the CUDA/HIP runtime.
+ * Every runtime call is checked; failures become GQ_ERR_* with the call named.
+ */
+#include "gpu/gpu.h"
+#include "gpu/vendor.h"
+#include "util.h"
+
+#define GPU_CHECK(call)                                                              \
+	do {                                                                         \
+		cudaError_t e_ = (call);                                             \
+		if (e_ != cudaSuccess)                                               \
+			return gq_err(GQ_ERR_IO, "%s failed: %s", #call,             \
+				      cudaGetErrorString(e_));                       \
+	} while (0)
+
+extern "C" int gq_gpu_device_count(void)
+{
+	int n = 0;
+
+	/* no driver or no device is not an error: there are simply no GPUs */
+	if (cudaGetDeviceCount(&n) != cudaSuccess) {
+		cudaGetLastError();
+		return 0;
+	}
+	return n;
+}
+
+extern "C" int gq_gpu_device_info(int index, char *name, int len, uint64_t *mem_bytes)
+{
+	cudaDeviceProp p;
+
+	GPU_CHECK(cudaGetDeviceProperties(&p, index));
+	snprintf(name, (size_t)len, "%s", p.name);
+	*mem_bytes = (uint64_t)p.totalGlobalMem;
+	return GQ_OK;
+}
+
+extern "C" int gq_gpu_set_device(int index)
+{
+	GPU_CHECK(cudaSetDevice(index));
+	return GQ_OK;
+}
+
+extern "C" int gq_gpu_alloc(void **ptr, uint64_t bytes)
+{
+	cudaError_t e = cudaMalloc(ptr, bytes ? bytes : 1);
+
+	if (e != cudaSuccess)
+		return gq_err(GQ_ERR_NOMEM, "cudaMalloc of %llu bytes failed: %s",
+			      (unsigned long long)bytes, cudaGetErrorString(e));
+	return GQ_OK;
+}
+
+extern "C" void gq_gpu_free(void *ptr)
+{
+	if (ptr)
+		cudaFree(ptr);
+}
+
+extern "C" int gq_gpu_upload(void *dst, const void *src, uint64_t bytes)
+{
+	GPU_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+	return GQ_OK;
+}
+
+extern "C" int gq_gpu_download(void *dst, const void *src, uint64_t bytes)
+{
+	GPU_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+	return GQ_OK;
+}
+
+extern "C" int gq_gpu_sync(void)
+{
+	GPU_CHECK(cudaDeviceSynchronize());
+	return GQ_OK;
+}

@@ -1,0 +1,54 @@
+/*
+ * cli.h - what every tool's main shares: common options through
+ * getopt_long, usage and version text, strict numeric option values.
+ *
+ * This is the dying layer: these functions print and exit (2 for usage
+ * errors), so only tools/ call them.
+ */
+#ifndef GQ_CLI_H
+#define GQ_CLI_H
+
+#include <getopt.h>
+#include <stdint.h>
+
+typedef struct {
+	const char *name;     /* "gptq-dump" */
+	const char *synopsis; /* usage lines, same as the man page SYNOPSIS */
+	const char *options;  /* option summary shown by --help */
+} gq_tool;
+
+enum {
+	GQ_OPT_VERSION = 0x1000,
+	GQ_OPT_THREADS,
+	GQ_OPT_TOOL_BASE = 0x1100 /* tools number their own long options from here */
+};
+
+/* Short and long options every tool accepts; append a tool's own after them. */
+#define GQ_COMMON_SHORT "hvq"
+#define GQ_COMMON_LONG                                                   \
+	{"help", no_argument, 0, 'h'}, {"verbose", no_argument, 0, 'v'}, \
+	{"quiet", no_argument, 0, 'q'}, {"version", no_argument, 0, GQ_OPT_VERSION}, \
+	{"threads", required_argument, 0, GQ_OPT_THREADS}
+
+typedef struct {
+	int threads; /* --threads, or gq_threads_default() */
+} gq_common;
+
+/*
+ * Sets the program name, installs the atomic-output handlers and fills in
+ * defaults. Call first in main.
+ */
+void gq_cli_init(const gq_tool *t, gq_common *c, int argc, char **argv);
+/* Handles a common option; returns 1 if c was one, 0 otherwise. May exit. */
+int gq_cli_common(const gq_tool *t, gq_common *c, int opt, const char *arg);
+/* usage(): to stdout with exit 0 for status 0, to stderr with exit 2 otherwise. */
+_Noreturn void gq_usage(const gq_tool *t, int status);
+/* Usage error: "prog: msg" then the synopsis on stderr, exit 2. */
+_Noreturn void gq_usage_error(const gq_tool *t, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Option values: a bad one is a usage error naming the option. */
+int64_t gq_opt_int(const gq_tool *t, const char *opt, const char *arg, int64_t lo, int64_t hi);
+double gq_opt_float(const gq_tool *t, const char *opt, const char *arg, double lo, double hi);
+
+#endif

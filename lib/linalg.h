@@ -1,0 +1,33 @@
+/*
+ * linalg.h - dense linear algebra on the CPU: OpenBLAS/LAPACK wrappers with
+ * plain C references beside them (tests compare the two).
+ *
+ * Matrices are row-major; a symmetric matrix's lower triangle is what the
+ * Cholesky routines read and write (row-major lower = LAPACK's column-major
+ * upper, which is what the wrappers pass).
+ */
+#ifndef GQ_LINALG_H
+#define GQ_LINALG_H
+
+#include <stdint.h>
+
+/* Threads OpenBLAS may use (n >= 1). */
+void gq_blas_set_threads(int n);
+
+/*
+ * In-place Cholesky A = L Lᵀ of the n×n symmetric matrix A (lower triangle
+ * used; the strict upper triangle is left unspecified). Returns GQ_OK, or
+ * GQ_ERR_NUMERIC with *bad_col set to the first column whose pivot is not
+ * positive.
+ */
+int gq_cholesky_f64(double *A, int64_t n, int64_t *bad_col);
+/* The unblocked reference of the same. */
+int gq_cholesky_f64_ref(double *A, int64_t n, int64_t *bad_col);
+
+/*
+ * Estimate of the reciprocal 1-norm condition number of the SPD matrix whose
+ * Cholesky factor is L (from gq_cholesky_f64), given anorm = ||A||_1.
+ */
+int gq_spd_rcond(const double *L, int64_t n, double anorm, double *rcond);
+
+#endif
