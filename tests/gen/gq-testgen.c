@@ -1,0 +1,277 @@
+/*
+ * gq-testgen - deterministic test inputs for the CLI tests and man page
+ * examples: frames of each kind, small checkpoints (single file or sharded
+ * with an index) and a frame holding every dtype. Same arguments, same bytes.
+ *
+ *   gq-testgen hessian N [SEED] [DEAD] > h.gqs   SPD Hessian frame, DEAD zero columns
+ *   gq-testgen tokens ROWS SEQLEN [SEED] > t.gqs
+ *   gq-testgen report > r.gqs
+ *   gq-testgen dtypes > d.safetensors            one tensor per dtype, F8 included
+ *   gq-testgen checkpoint DIR [SHARDS]           config.json + weights (+ index)
+ */
+#include "safetensors.h"
+#include "stream.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static uint64_t rng = 88172645463325252ull;
+
+static float randf(void) /* uniform in [-1, 1) */
+{
+	rng ^= rng >> 12;
+	rng ^= rng << 25;
+	rng ^= rng >> 27;
+	return (float)((double)((rng * 2685821657736338717ull) >> 11) * 0x1p-52 - 1.0);
+}
+
+static int64_t arg_int(int argc, char **argv, int i, int64_t dflt, int64_t lo, int64_t hi)
+{
+	int64_t v;
+
+	if (i >= argc)
+		return dflt;
+	if (gq_parse_i64(argv[i], lo, hi, &v))
+		die("%s", gq_errmsg());
+	return v;
+}
+
+static void put(gq_st_builder *b)
+{
+	gq_writer_opts o = {0, 1, 1};
+	gq_writer *w;
+
+	if (gq_writer_open(&w, "-", &o) || gq_writer_put(w, b) || gq_writer_close(w, 1))
+		die("%s", gq_errmsg());
+}
+
+/* H = 2/n X Xᵀ for a random X [N, 4N] with correlated columns; DEAD columns zeroed. */
+static void hessian(int64_t n, int64_t dead)
+{
+	int64_t samples = 4 * n;
+	float *X = emalloc((size_t)(n * samples) * sizeof *X);   // [n, samples]
+	float *H = ecalloc((size_t)(n * n), sizeof *H);          // [n, n]
+	gq_st_builder b;
+	int64_t shape[2] = {n, n};
+	char modules[256], nsamples[32];
+
+	for (int64_t s = 0; s < samples; s++) {
+		float common = randf();
+
+		for (int64_t i = 0; i < n; i++)
+			X[i * samples + s] = i < dead ? 0 : 0.5f * common + randf() * (1 + (float)(i % 5));
+	}
+	for (int64_t i = 0; i < n; i++)
+		for (int64_t j = 0; j <= i; j++) {
+			double acc = 0;
+
+			for (int64_t s = 0; s < samples; s++)
+				acc += (double)X[i * samples + s] * X[j * samples + s];
+			H[i * n + j] = H[j * n + i] = (float)(2.0 * acc / (double)samples);
+		}
+	snprintf(modules, sizeof modules, "model.layers.0.self_attn.q_proj,"
+		 "model.layers.0.self_attn.k_proj,model.layers.0.self_attn.v_proj");
+	snprintf(nsamples, sizeof nsamples, "%lld", (long long)samples);
+	gq_stb_init(&b);
+	if (gq_stb_meta(&b, GQ_KIND_KEY, "hessian") || gq_stb_meta(&b, "layer", "0") ||
+	    gq_stb_meta(&b, "name", "model.layers.0.self_attn.q_proj") ||
+	    gq_stb_meta(&b, "modules", modules) || gq_stb_meta(&b, "nsamples", nsamples) ||
+	    gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H))
+		die("%s", gq_errmsg());
+	put(&b);
+	gq_stb_free(&b);
+	free(X);
+	free(H);
+}
+
+static void tokens(int64_t rows, int64_t seqlen)
+{
+	int32_t *ids = emalloc((size_t)(rows * seqlen) * sizeof *ids); // [rows, seqlen]
+	uint8_t *mask = emalloc((size_t)(rows * seqlen));              // [rows, seqlen]
+	int64_t shape[2] = {rows, seqlen};
+	gq_st_builder b;
+
+	for (int64_t i = 0; i < rows * seqlen; i++) {
+		ids[i] = (int32_t)((randf() + 1) * 160);
+		mask[i] = 1;
+	}
+	gq_stb_init(&b);
+	if (gq_stb_meta(&b, GQ_KIND_KEY, "tokens") ||
+	    gq_stb_tensor(&b, "input_ids", GQ_DTYPE_I32, 2, shape, ids) ||
+	    gq_stb_tensor(&b, "attention_mask", GQ_DTYPE_U8, 2, shape, mask))
+		die("%s", gq_errmsg());
+	put(&b);
+	gq_stb_free(&b);
+	free(ids);
+	free(mask);
+}
+
+static void report(void)
+{
+	gq_st_builder b;
+
+	gq_stb_init(&b);
+	if (gq_stb_meta(&b, GQ_KIND_KEY, "report") ||
+	    gq_stb_meta(&b, "modules", "{\"model.layers.0.self_attn.q_proj\":{\"loss\":0.5}}"))
+		die("%s", gq_errmsg());
+	put(&b);
+	gq_stb_free(&b);
+}
+
+/* Raw blob writer: the builder refuses read-only dtypes such as F8_E4M3. */
+static void dtypes(void)
+{
+	static const char *names[] = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "I64",
+				      "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"};
+	static const unsigned sizes[] = {8, 4, 2, 2, 1, 1, 8, 4, 2, 1, 8, 4, 2, 1, 1};
+	gq_buf h = {0}, data = {0};
+	uint64_t len;
+
+	gq_buf_printf(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
+	for (int i = 0; i < 15; i++) {
+		/* four elements each: 1, -2 (or its unsigned wrap), 0.5-ish, 0 */
+		gq_buf_printf(&h, ",\"t_%s\":{\"dtype\":\"%s\",\"shape\":[2,2],\"data_offsets\":[%zu,%zu]}",
+			      names[i], names[i], data.len, data.len + 4 * sizes[i]);
+		for (int k = 0; k < 4; k++) {
+			uint8_t e[8] = {0};
+			double v = k == 0 ? 1 : k == 1 ? -2 : k == 2 ? 3 : 0;
+
+			switch (i) {
+			case 0: memcpy(e, &v, 8); break;
+			case 1: { float f = (float)v; memcpy(e, &f, 4); break; }
+			case 2: { uint16_t u = gq_f32_to_f16((float)v); memcpy(e, &u, 2); break; }
+			case 3: { uint16_t u = gq_f32_to_bf16((float)v); memcpy(e, &u, 2); break; }
+			case 4: e[0] = k == 0 ? 0x38 : k == 1 ? 0xc0 : k == 2 ? 0x44 : 0; break;
+			case 5: e[0] = k == 0 ? 0x3c : k == 1 ? 0xc0 : k == 2 ? 0x42 : 0; break;
+			default: { int64_t iv = (int64_t)v; memcpy(e, &iv, sizes[i]); break; }
+			}
+			if (i == 14)
+				e[0] = k == 0 || k == 2;
+			gq_buf_append(&data, e, sizes[i]);
+		}
+	}
+	gq_buf_printf(&h, "}");
+	while ((8 + h.len) % 8)
+		gq_buf_append(&h, " ", 1);
+	len = h.len;
+	for (int i = 0; i < 8; i++)
+		putchar((int)(len >> (8 * i)) & 0xff);
+	fwrite(h.data, 1, h.len, stdout);
+	fwrite(data.data, 1, data.len, stdout);
+	gq_buf_free(&h);
+	gq_buf_free(&data);
+}
+
+static void write_text(const char *dir, const char *name, const char *text)
+{
+	char path[4096];
+	FILE *fp;
+
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	fp = fopen(path, "w");
+	if (!fp || fputs(text, fp) < 0 || fclose(fp) != 0)
+		die("cannot write '%s':", path);
+}
+
+/* A two-layer llama-shaped checkpoint, split into `shards` files when > 1. */
+static void checkpoint(const char *dir, int64_t shards)
+{
+	enum { H = 16, I = 32, V = 40, L = 2 };
+	static const char *suffix[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+				       "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+				       "mlp.down_proj"};
+	char names[64][96];
+	int64_t shapes[64][2], n = 0;
+	gq_buf index = {0};
+
+	if (mkdir(dir, 0777) != 0)
+		die("cannot create '%s':", dir);
+	snprintf(names[n], 96, "model.embed_tokens.weight");
+	shapes[n][0] = V, shapes[n++][1] = H;
+	for (int l = 0; l < L; l++) {
+		for (int s = 0; s < 7; s++) {
+			snprintf(names[n], 96, "model.layers.%d.%s.weight", l, suffix[s]);
+			shapes[n][0] = s >= 4 && s < 6 ? I : H;
+			shapes[n++][1] = s == 6 ? I : H;
+		}
+		snprintf(names[n], 96, "model.layers.%d.input_layernorm.weight", l);
+		shapes[n][0] = H, shapes[n++][1] = 0;
+		snprintf(names[n], 96, "model.layers.%d.post_attention_layernorm.weight", l);
+		shapes[n][0] = H, shapes[n++][1] = 0;
+	}
+	snprintf(names[n], 96, "model.norm.weight");
+	shapes[n][0] = H, shapes[n++][1] = 0;
+	snprintf(names[n], 96, "lm_head.weight");
+	shapes[n][0] = V, shapes[n++][1] = H;
+
+	gq_buf_printf(&index, "{\"metadata\":{\"total_size\":0},\"weight_map\":{");
+	for (int64_t s = 0; s < shards; s++) {
+		gq_st_builder b;
+		uint16_t *bufs[64] = {0};
+		char file[128], path[4096];
+
+		if (shards == 1)
+			snprintf(file, sizeof file, "model.safetensors");
+		else
+			snprintf(file, sizeof file, "model-%05lld-of-%05lld.safetensors",
+				 (long long)s + 1, (long long)shards);
+		gq_stb_init(&b);
+		if (gq_stb_meta(&b, "format", "pt"))
+			die("%s", gq_errmsg());
+		for (int64_t t = s; t < n; t += shards) {
+			int nd = shapes[t][1] ? 2 : 1;
+			int64_t numel = shapes[t][0] * (nd == 2 ? shapes[t][1] : 1);
+
+			bufs[t] = emalloc((size_t)numel * 2);
+			for (int64_t k = 0; k < numel; k++)
+				bufs[t][k] = gq_f32_to_bf16(nd == 2 ? 0.2f * randf() : 1 + 0.1f * randf());
+			if (gq_stb_tensor(&b, names[t], GQ_DTYPE_BF16, nd, shapes[t], bufs[t]))
+				die("%s", gq_errmsg());
+			gq_buf_printf(&index, "%s\"%s\":\"%s\"", index.len > 48 ? "," : "", names[t], file);
+		}
+		snprintf(path, sizeof path, "%s/%s", dir, file);
+		if (gq_st_write_file(path, &b))
+			die("%s", gq_errmsg());
+		gq_stb_free(&b);
+		for (int t = 0; t < 64; t++)
+			free(bufs[t]);
+	}
+	gq_buf_printf(&index, "}}\n");
+	if (shards > 1)
+		write_text(dir, "model.safetensors.index.json", index.data);
+	gq_buf_free(&index);
+	write_text(dir, "config.json",
+		   "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\","
+		   "\"hidden_size\":16,\"intermediate_size\":32,\"num_attention_heads\":2,"
+		   "\"num_key_value_heads\":2,\"num_hidden_layers\":2,\"vocab_size\":40,"
+		   "\"rms_norm_eps\":1e-5,\"rope_theta\":10000.0,\"tie_word_embeddings\":false,"
+		   "\"torch_dtype\":\"bfloat16\"}\n");
+}
+
+int main(int argc, char **argv)
+{
+	gq_set_progname("gq-testgen");
+	if (argc < 2)
+		die("usage: gq-testgen hessian|tokens|report|dtypes|checkpoint ...");
+	if (argc > 3 && strcmp(argv[1], "checkpoint") != 0 && strcmp(argv[1], "tokens") != 0)
+		rng += (uint64_t)arg_int(argc, argv, 3, 0, 0, INT64_MAX);
+	if (strcmp(argv[1], "hessian") == 0)
+		hessian(arg_int(argc, argv, 2, 32, 1, 4096), arg_int(argc, argv, 4, 0, 0, 4096));
+	else if (strcmp(argv[1], "tokens") == 0) {
+		rng += (uint64_t)arg_int(argc, argv, 4, 0, 0, INT64_MAX);
+		tokens(arg_int(argc, argv, 2, 2, 1, 1 << 20), arg_int(argc, argv, 3, 16, 1, 1 << 20));
+	} else if (strcmp(argv[1], "report") == 0)
+		report();
+	else if (strcmp(argv[1], "dtypes") == 0)
+		dtypes();
+	else if (strcmp(argv[1], "checkpoint") == 0 && argc >= 3)
+		checkpoint(argv[2], arg_int(argc, argv, 3, 1, 1, 8));
+	else
+		die("unknown generator '%s'", argv[1]);
+	if (fflush(stdout) != 0 || ferror(stdout))
+		die("cannot write '<stdout>':");
+	return 0;
+}

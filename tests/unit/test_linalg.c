@@ -1,0 +1,85 @@
+/*
+ * test_linalg.c - the LAPACK Cholesky against the plain reference, failure
+ * detection on indefinite matrices, and the condition estimate on matrices
+ * whose condition number is known.
+ */
+#include "check.h"
+#include "linalg.h"
+
+/* A = B Bᵀ + n I for a random B: symmetric positive definite. */
+static double *random_spd(int64_t n, uint64_t seed)
+{
+	double *B = malloc((size_t)(n * n) * sizeof *B), *A = malloc((size_t)(n * n) * sizeof *A);
+
+	for (int64_t i = 0; i < n * n; i++)
+		B[i] = check_randf(&seed);
+	for (int64_t i = 0; i < n; i++)
+		for (int64_t j = 0; j < n; j++) {
+			double s = i == j ? (double)n : 0;
+
+			for (int64_t k = 0; k < n; k++)
+				s += B[i * n + k] * B[j * n + k];
+			A[i * n + j] = s;
+		}
+	free(B);
+	return A;
+}
+
+static void test_cholesky_matches_reference(void)
+{
+	int64_t sizes[] = {1, 7, 64, 300}, bad;
+
+	for (int s = 0; s < 4; s++) {
+		int64_t n = sizes[s];
+		double *A = random_spd(n, 7 + (uint64_t)s), *R = malloc((size_t)(n * n) * sizeof *R);
+		double maxdiff = 0, maxref = 0;
+
+		memcpy(R, A, (size_t)(n * n) * sizeof *R);
+		CHECK_OK(gq_cholesky_f64(A, n, &bad));
+		CHECK_OK(gq_cholesky_f64_ref(R, n, &bad));
+		for (int64_t i = 0; i < n; i++)
+			for (int64_t j = 0; j <= i; j++) {
+				maxdiff = fmax(maxdiff, fabs(A[i * n + j] - R[i * n + j]));
+				maxref = fmax(maxref, fabs(R[i * n + j]));
+			}
+		CHECK(maxdiff <= 1e-12 * maxref);
+		free(A);
+		free(R);
+	}
+}
+
+static void test_cholesky_detects_indefinite(void)
+{
+	/* leading 2x2 block is fine, third pivot negative */
+	double A[9] = {4, 2, 0, 2, 5, 3, 0, 3, 1}, R[9];
+	int64_t bad = -1;
+
+	memcpy(R, A, sizeof A);
+	CHECK_ERR(gq_cholesky_f64(A, 3, &bad), GQ_ERR_NUMERIC, "not positive definite");
+	CHECK(bad == 2);
+	bad = -1;
+	CHECK_ERR(gq_cholesky_f64_ref(R, 3, &bad), GQ_ERR_NUMERIC, "column 2");
+	CHECK(bad == 2);
+}
+
+static void test_condition_estimate(void)
+{
+	double D[4] = {1, 0, 0, 100}, rcond;
+	int64_t bad;
+
+	CHECK_OK(gq_cholesky_f64(D, 2, &bad));
+	CHECK_OK(gq_spd_rcond(D, 2, 100, &rcond));
+	CHECK_CLOSE(1 / rcond, 100, 0, 1e-12);
+	double I[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1};
+	CHECK_OK(gq_cholesky_f64(I, 3, &bad));
+	CHECK_OK(gq_spd_rcond(I, 3, 1, &rcond));
+	CHECK_CLOSE(rcond, 1, 0, 1e-12);
+}
+
+int main(void)
+{
+	RUN(test_cholesky_matches_reference);
+	RUN(test_cholesky_detects_indefinite);
+	RUN(test_condition_estimate);
+	return check_done();
+}
