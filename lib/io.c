@@ -286,22 +286,23 @@ int gq_atomic_commit(gq_atomic *a, int replace)
 		char *aside;
 
 		if (!a->is_dir || !replace || (e != ENOTEMPTY && e != EEXIST)) {
-			gq_atomic_abort(a);
 			if (a->is_dir && (e == ENOTEMPTY || e == EEXIST))
-				return gq_err(GQ_ERR_IO, "'%s' already exists (not replacing it)",
-					      a->final_path);
-			return gq_err(GQ_ERR_IO, "cannot rename to '%s': %s", a->final_path,
-				      strerror(e));
+				gq_err(GQ_ERR_IO, "'%s' already exists (not replacing it)",
+				       a->final_path);
+			else
+				gq_err(GQ_ERR_IO, "cannot rename to '%s': %s", a->final_path,
+				       strerror(e));
+			gq_atomic_abort(a);
+			return GQ_ERR_IO;
 		}
 		/* replace a directory: move the old one aside, swap, remove the old one */
 		aside = tmp_name(a->final_path);
 		if (!aside || !mkdtemp(aside) || rmdir(aside) != 0 ||
 		    rename(a->final_path, aside) != 0 || rename(a->tmp_path, a->final_path) != 0) {
-			e = errno;
+			gq_err(GQ_ERR_IO, "cannot replace '%s': %s", a->final_path, strerror(errno));
 			free(aside);
 			gq_atomic_abort(a);
-			return gq_err(GQ_ERR_IO, "cannot replace '%s': %s", a->final_path,
-				      strerror(e));
+			return GQ_ERR_IO;
 		}
 		nftw(aside, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 		free(aside);

@@ -262,7 +262,7 @@ static void split(char **inputs, int n, const options *o)
 	gq_frame_free(&f);
 	if (gq_atomic_commit(&dir, 0))
 		die("%s", gq_errmsg());
-	gq_info("wrote %lld frame%s to %s", (long long)global, global == 1 ? "" : "s", o->split);
+	gq_debug("wrote %lld frame%s to %s", (long long)global, global == 1 ? "" : "s", o->split);
 }
 
 int main(int argc, char **argv)

@@ -1,0 +1,59 @@
+# helpers.bash - shared setup for the bats CLI tests.
+#
+# The Makefile exports GQ_BINDIR (the tools under test), GQ_TESTGEN (the
+# input generator), GQ_SHARED (../shared) and GQ_VALGRIND=1 to run every tool
+# under valgrind memcheck: then PATH points at wrappers that fail a test on
+# any memory error (exit 99) while passing the tool's own exit status through.
+
+bats_require_minimum_version 1.5.0
+
+: "${GQ_BINDIR:=$BATS_TEST_DIRNAME/../bin}"
+: "${GQ_SHARED:=$BATS_TEST_DIRNAME/../../shared}"
+
+setup_tools() {
+	if [ "${GQ_VALGRIND:-0}" = 1 ]; then
+		local wrap="$BATS_TEST_TMPDIR/vg"
+		mkdir -p "$wrap"
+		for tool in "$GQ_BINDIR"/gptq-*; do
+			printf '#!/bin/sh\nexec valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite "%s" "$@"\n' \
+				"$tool" >"$wrap/${tool##*/}"
+			chmod +x "$wrap/${tool##*/}"
+		done
+		PATH="$wrap:$PATH"
+	else
+		PATH="$GQ_BINDIR:$PATH"
+	fi
+	export PATH
+	cd "$BATS_TEST_TMPDIR" || return 1
+}
+
+testgen() {
+	"$GQ_TESTGEN" "$@"
+}
+
+# shared_or_skip REL: the path under ../shared, or skip the test.
+shared_or_skip() {
+	[ -e "$GQ_SHARED/$1" ] || skip "../shared/$1 not present"
+	printf '%s\n' "$GQ_SHARED/$1"
+}
+
+# mkst FILE HEADER_JSON DATA_BYTES: a safetensors blob with that exact header
+# and DATA_BYTES zero bytes of data, for hand-made corrupt inputs.
+mkst() {
+	local file=$1 header=$2 nbytes=$3 len
+	len=$(printf '%s' "$header" | wc -c)
+	{
+		printf '%016x' "$len" | sed 's/\(..\)/\1 /g' | awk '{for (i = NF; i >= 1; i--) printf "\\x%s", $i}' |
+			xargs -0 printf
+		printf '%s' "$header"
+		head -c "$nbytes" /dev/zero
+	} >"$file"
+}
+
+# header_keys FILE: tensor names of a plain safetensors file, read with dd+jq
+# (independent of the code under test).
+header_keys() {
+	local len
+	len=$(od -An -t u8 -N 8 "$1" | tr -d ' ')
+	dd if="$1" bs=1 skip=8 count="$len" status=none | jq -r 'keys[] | select(. != "__metadata__")' | sort
+}
