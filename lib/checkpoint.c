@@ -199,7 +199,8 @@ static int list_shard_files(const char *dir, char ***files, int *n_files)
 		free(v);
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	}
-	qsort(v, (size_t)n, sizeof *v, cmp_str);
+	if (n > 0)
+		qsort(v, (size_t)n, sizeof *v, cmp_str);
 	*files = v;
 	*n_files = n;
 	return GQ_OK;

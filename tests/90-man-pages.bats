@@ -1,0 +1,66 @@
+#!/usr/bin/env bats
+# Man pages: their EXAMPLES run (in a sandbox holding the files they name),
+# and every tool's --help and man page document the same options.
+
+load helpers
+
+setup() {
+	setup_tools
+	testgen checkpoint model
+	testgen hessian 24 1 2 >h.gqs
+	testgen tokens 2 8 >t.gqs
+	testgen report >r.gqs
+	cat h.gqs t.gqs r.gqs >stream.gqs
+}
+
+# examples PAGE: the "$ " command lines of the EXAMPLES section, unescaped.
+examples() {
+	sed -n '/^\.Sh EXAMPLES/,/^\.Sh /p' "$1" | sed -n 's/^\$ //p' |
+		sed -e 's/\\e/\\/g' -e 's/\\-/-/g' -e "s/\\\\(aq/'/g"
+}
+
+run_examples() {
+	local page=$1 n=0 cmd
+	while IFS= read -r cmd; do
+		n=$((n + 1))
+		run bash -o pipefail -c "$cmd"
+		if [ "$status" -ne 0 ]; then
+			echo "example failed ($status): $cmd"
+			echo "$output"
+			return 1
+		fi
+	done < <(examples "$page")
+	[ "$n" -gt 0 ]
+}
+
+@test "gptq-dump(1) examples run" {
+	run_examples "$BATS_TEST_DIRNAME/../man/man1/gptq-dump.1"
+}
+
+@test "gptq-stream(5) examples run" {
+	run_examples "$BATS_TEST_DIRNAME/../man/man5/gptq-stream.5"
+}
+
+@test "gptq(7) examples run" {
+	run_examples "$BATS_TEST_DIRNAME/../man/man7/gptq.7"
+}
+
+@test "every tool has a man page documenting exactly the options of its --help" {
+	for tool in "$GQ_BINDIR"/gptq-*; do
+		name=${tool##*/}
+		page="$BATS_TEST_DIRNAME/../man/man1/$name.1"
+		[ -f "$page" ] || { echo "no man page for $name"; return 1; }
+		help_opts=$("$tool" --help | grep -oE -- '--[a-z][a-z-]*' | sort -u)
+		man_opts=$(sed -n '/^\.Sh OPTIONS/,/^\.Sh /p' "$page" | grep -oE 'Fl -[a-z][a-z-]*' |
+			sed 's/Fl -/--/' | sort -u)
+		diff <(echo "$help_opts") <(echo "$man_opts") || { echo "in $name"; return 1; }
+	done
+}
+
+@test "the stream format page's Python reader parses a real stream" {
+	command -v python3 >/dev/null || skip "python3 not installed"
+	sed -n '/^import json/,/^\.Ed/p' "$BATS_TEST_DIRNAME/../man/man5/gptq-stream.5" |
+		sed -e '/^\.Ed/d' -e 's/\\e/\\/g' >reader.py
+	run -0 python3 reader.py <stream.gqs
+	[ "$output" = "$(printf "hessian ['H']\ntokens ['attention_mask', 'input_ids']\nreport []")" ]
+}
