@@ -5,6 +5,8 @@
 #   make check        C unit tests + bats CLI tests (+ man page EXAMPLES)
 #   make deps         install the Debian build/test packages when missing (needs root)
 #   make bench        CPU benchmarks (ratios against a baseline measured in the same run)
+#   make demo         build the bundled tiny checkpoint under tests/data/generated and run
+#                     the tools on it
 #   make install      tools to $(PREFIX)/bin, man pages to $(PREFIX)/share/man
 #   make clean
 #
@@ -107,7 +109,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(OBJDIR)/tests/%)
 TESTGEN  := $(OBJDIR)/tests/gq-testgen
 
-.PHONY: all check unit bats deps bench install clean config
+.PHONY: all check unit bats deps bench demo install clean config
 .SECONDARY:
 
 all: config $(BINS)
@@ -153,11 +155,26 @@ bats: $(BINS) $(TESTGEN)
 	GQ_BINDIR=$(CURDIR)/$(BINDIR) GQ_TESTGEN=$(CURDIR)/$(TESTGEN) GQ_VALGRIND=$(VALGRIND) \
 		GQ_SHARED=$(CURDIR)/../shared bats tests/*.bats
 
-bench: all
-	@echo "no benchmarks yet"
+BENCH_SRC := $(wildcard tests/bench/bench_*.c)
+BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(OBJDIR)/bench/%)
+
+$(OBJDIR)/bench/%: $(OBJDIR)/tests/bench/%.o $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+bench: all $(BENCH_BIN)
+	@set -e; for b in $(BENCH_BIN); do echo "== $${b##*/}"; GQ_SHARED=$(CURDIR)/../shared $$b; done
 
 deps:
 	@sh tests/deps.sh
+
+DEMO := tests/data/generated
+demo: all $(TESTGEN)
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(TESTGEN) checkpoint $(DEMO)/tiny-llama 2
+	$(TESTGEN) hessian 64 0 4 >$(DEMO)/h.gqs
+	$(BINDIR)/gptq-dump $(DEMO)/tiny-llama | jq -c '{file, tensors: [.tensors[] | "\(.name) \(.dtype)\(.shape)"]}'
+	$(BINDIR)/gptq-dump --stats $(DEMO)/h.gqs | jq -c '{kind, modules: .metadata.modules, hessian}'
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
