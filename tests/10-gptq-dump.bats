@@ -59,7 +59,8 @@ setup() {
 }
 
 @test "every shared fixture checkpoint dumps with the tensors its header lists" {
-	dir=$(shared_or_skip fixtures/models)
+	require_shared fixtures/models
+	dir=$GQ_SHARED/fixtures/models
 	for m in "$dir"/*/model.safetensors; do
 		gptq-dump "$m" >out.json
 		[ "$(jq -s length out.json)" -eq 1 ]

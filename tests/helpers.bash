@@ -31,10 +31,10 @@ testgen() {
 	"$GQ_TESTGEN" "$@"
 }
 
-# shared_or_skip REL: the path under ../shared, or skip the test.
-shared_or_skip() {
+# require_shared REL: skip the test unless ../shared/REL exists (call it
+# directly, not in $(...): a skip in a subshell does not skip the test).
+require_shared() {
 	[ -e "$GQ_SHARED/$1" ] || skip "../shared/$1 not present"
-	printf '%s\n' "$GQ_SHARED/$1"
 }
 
 # mkst FILE HEADER_JSON DATA_BYTES: a safetensors blob with that exact header
