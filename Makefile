@@ -41,11 +41,13 @@ SANFLAGS :=
 BINDIR   := bin
 endif
 
-WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wvla -Wno-format-truncation
-CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_DEFAULT_SOURCE $(WARN) -pthread -Ilib -Ikernels $(SANFLAGS)
-LDFLAGS += -pthread $(SANFLAGS)
-LDLIBS  := -lzstd -lcjson -lopenblas -lpcre2-8 -lm
+# CFLAGS, CPPFLAGS and LDFLAGS are the user's (e.g. -I/-L for a local sysroot);
+# the flags the build needs live in GQ_* and are always added.
+WARN       := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wvla -Wno-format-truncation
+CFLAGS     ?= -O2 -g
+GQ_CFLAGS  := -std=c11 -D_DEFAULT_SOURCE $(WARN) -pthread -Ilib -Ikernels $(SANFLAGS)
+GQ_LDFLAGS := -pthread $(SANFLAGS)
+LDLIBS     := -lzstd -lcjson -lopenblas -lpcre2-8 -lm
 
 # ---- GPU backend detection: CUDA first, HIP from the same sources otherwise ----
 NVCC  ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
@@ -83,11 +85,11 @@ endif
 GPU_SRC := $(wildcard kernels/gpu/*.cu)
 ifeq ($(GPU),cuda)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
-  CFLAGS    += -DGQ_CUDA -I$(CUDA_HOME)/include
+  GQ_CFLAGS += -DGQ_CUDA -I$(CUDA_HOME)/include
   LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
   GPU_MSG   := ✓ nvcc found ($(NVCC)): building CUDA kernels
 else ifeq ($(GPU),hip)
-  CFLAGS    += -DGQ_HIP -D__HIP_PLATFORM_AMD__
+  GQ_CFLAGS += -DGQ_HIP -D__HIP_PLATFORM_AMD__
   LDLIBS    += -lamdhip64 -lstdc++
   GPU_MSG   := ✓ hipcc found ($(HIPCC)): building HIP kernels
 else
@@ -119,12 +121,12 @@ config:
 
 $(OBJDIR)/%.o: %.c $(wildcard lib/*.h kernels/*/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(GQ_CFLAGS) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 $(OBJDIR)/gpu/%.o: kernels/gpu/%.cu $(wildcard kernels/gpu/*.h lib/*.h)
 	@mkdir -p $(@D)
 ifeq ($(GPU),cuda)
-	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Ilib -Ikernels -DGQ_CUDA -Xcompiler -fPIC -c -o $@ $<
+	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Ilib -Ikernels $(CPPFLAGS) -DGQ_CUDA -Xcompiler -fPIC -c -o $@ $<
 else
 	$(HIPCC) -O2 -std=c++17 -x hip -Ilib -Ikernels -DGQ_HIP -fPIC -c -o $@ $<
 endif
@@ -136,20 +138,20 @@ $(LIB): $(LIB_OBJ)
 
 $(BINDIR)/%: $(OBJDIR)/tools/%.o $(LIB) $(STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+	$(CC) $(GQ_LDFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 $(OBJDIR)/tests/%: $(OBJDIR)/tests/unit/%.o $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+	$(CC) $(GQ_LDFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 $(TESTGEN): $(OBJDIR)/tests/gen/gq-testgen.o $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+	$(CC) $(GQ_LDFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 check: all unit bats
 
 unit: $(UNIT_BIN)
-	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; GQ_SHARED=$(CURDIR)/../shared $$t; done
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; GQ_SHARED=$(CURDIR)/../shared GQ_TESTDATA=$(CURDIR)/tests/data $$t; done
 
 bats: $(BINS) $(TESTGEN)
 	GQ_BINDIR=$(CURDIR)/$(BINDIR) GQ_TESTGEN=$(CURDIR)/$(TESTGEN) GQ_VALGRIND=$(VALGRIND) \
@@ -160,7 +162,7 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(OBJDIR)/bench/%)
 
 $(OBJDIR)/bench/%: $(OBJDIR)/tests/bench/%.o $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+	$(CC) $(GQ_LDFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 bench: all $(BENCH_BIN)
 	@set -e; for b in $(BENCH_BIN); do echo "== $${b##*/}"; GQ_SHARED=$(CURDIR)/../shared $$b; done

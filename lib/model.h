@@ -1,0 +1,123 @@
+/*
+ * model.h - the forward pass of every supported architecture on the CPU in
+ * float32: one shared block runner driven by the resolved architecture row.
+ *
+ * The model is walked a layer at a time: gq_layer_load() converts one
+ * layer's weights (stored f32/f16/bf16, mmapped) to float32, and
+ * gq_block_forward() runs it on one sequence's residual stream. Tools that
+ * need more (gptq-hessian collecting inputs, substituting quantized weights;
+ * gptq-run keeping a KV cache) do it through the hooks and the cache here,
+ * so there is exactly one forward pass in the code base.
+ */
+#ifndef GQ_MODEL_H
+#define GQ_MODEL_H
+
+#include <stdint.h>
+
+#include "arch.h"
+#include "checkpoint.h"
+#include "config.h"
+
+#define GQ_MODULE_NAME_MAX 96
+
+/* One linear layer of a block, as GPTQ sees it. */
+typedef struct {
+	char name[GQ_MODULE_NAME_MAX]; /* layer-relative: "self_attn.q_proj", expert expanded */
+	gq_role role;
+	int expert;   /* MoE expert index, -1 otherwise */
+	int group;    /* modules with one group share an input (one Hessian); -1 for the router */
+	int step;     /* sequential step; -1: not quantized */
+	int64_t in, out;
+} gq_module;
+
+typedef struct gq_model {
+	gq_config cfg;
+	gq_arch arch;
+	gq_ckpt *ckpt;
+	char *dir;
+	gq_module *modules; /* n_modules per layer, in execution order */
+	int n_modules;
+	int n_groups;       /* groups numbered 0.. in execution order */
+	int n_steps;
+} gq_model;
+
+typedef struct {
+	int64_t in, out;
+	float *w; /* [out, in] row-major (Conv1D weights transposed on load) */
+	float *b; /* [out], or NULL */
+} gq_linear;
+
+typedef struct {
+	int index;
+	gq_linear *lin;          /* n_modules, in model->modules order */
+	float *norm_attn_w, *norm_attn_b; /* [d] each; biases only for layer norms */
+	float *norm_mlp_w, *norm_mlp_b;
+	float *post_attn_w, *post_mlp_w;  /* gemma2, [d] */
+	float *q_norm_w, *k_norm_w;       /* qwen3, [head_dim] */
+} gq_layer;
+
+/*
+ * Hooks into the block. group_input is called with the input of every group
+ * of linears before they run: x [rows, cols], and mask [rows] (1 = a real
+ * token, 0 = padding; NULL = all real). For an MoE expert the rows are the
+ * tokens routed to it. A nonzero return stops the block (gq_block_forward
+ * then returns GQ_STOPPED): the caller has what it needed.
+ */
+typedef struct {
+	int (*group_input)(void *ctx, int layer, int group, const float *x, int64_t rows,
+			   int64_t cols, const uint8_t *mask);
+	void *ctx;
+} gq_hooks;
+
+#define GQ_STOPPED 1
+
+/* Keys and values of past positions, for incremental decoding. */
+typedef struct {
+	int64_t capacity; /* positions each layer can hold */
+	int64_t len;      /* positions filled (the next token's position) */
+	float *k, *v;     /* [n_layers][capacity][n_kv_heads * head_dim] */
+} gq_kv_cache;
+
+/* Opens dir: config, checkpoint, architecture; checks every tensor exists with its shape. */
+int gq_model_open(gq_model **m, const char *dir);
+void gq_model_close(gq_model *m);
+
+int gq_layer_load(const gq_model *m, int layer, gq_layer *L);
+void gq_layer_free(const gq_model *m, gq_layer *L);
+/* Drops the pages of a layer's stored weights (after the float32 copy is made). */
+void gq_layer_release(const gq_model *m, int layer);
+
+/* x [T, hidden] = embedding of ids at positions pos0.. (+ learned positions, norms, scaling). */
+int gq_model_embed(const gq_model *m, const int32_t *ids, int64_t T, int64_t pos0, float *x);
+
+/*
+ * One block on one sequence, in place: x [T, hidden] at positions pos0...
+ * mask [T] marks real tokens (NULL: all): keys at padded positions are not
+ * attended to. With a cache, keys/values are appended at cache->len (== pos0)
+ * and attention covers all cached positions; the caller advances cache->len
+ * after the last layer. Returns GQ_OK, GQ_STOPPED, or an error.
+ */
+int gq_block_forward(const gq_model *m, const gq_layer *L, float *x, int64_t T, int64_t pos0,
+		     const uint8_t *mask, gq_kv_cache *cache, const gq_hooks *hooks);
+
+/* Final norm (and opt's project_out) in place: x [T, hidden] -> [T, out_dim]. */
+int gq_model_final(const gq_model *m, float *x, int64_t T);
+/* Width of the final hidden state (hidden, or opt's word_embed_proj_dim). */
+int64_t gq_model_out_dim(const gq_model *m);
+/* logits [T, vocab] from the final hidden state x [T, out_dim]. */
+int gq_model_logits(const gq_model *m, const float *x, int64_t T, float *logits);
+
+int gq_kv_cache_init(const gq_model *m, gq_kv_cache *c, int64_t capacity);
+void gq_kv_cache_free(gq_kv_cache *c);
+
+/*
+ * Whole forward over one sequence, loading layers one at a time: logits
+ * [T, vocab] (may be NULL). on_hidden (may be NULL) sees the hidden state
+ * after the embedding (index 0), after each layer, and, as index n_layers,
+ * after the final norm, as transformers' output_hidden_states does.
+ */
+int gq_model_forward(const gq_model *m, const int32_t *ids, int64_t T, float *logits,
+		     void (*on_hidden)(void *ctx, int index, const float *x, int64_t T, int64_t d),
+		     void *ctx);
+
+#endif
