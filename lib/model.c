@@ -715,7 +715,7 @@ static int attention(block_ctx *b, const float *h, int64_t T, int64_t pos0, gq_k
 	float *k = malloc((size_t)(T * KV * hd) * sizeof *k);
 	float *v = malloc((size_t)(T * KV * hd) * sizeof *v);
 	float *o = malloc((size_t)(T * H * hd) * sizeof *o);
-	float *cs = malloc((size_t)(2 * T * (half + 1)) * sizeof *cs);
+	float *cs = malloc((size_t)((2 * T + 1) * half + 1) * sizeof *cs); /* cos, sin [T, half]; inv_freq [half] */
 	const float *K = k, *V = v;
 	int rc = GQ_OK, layer = b->L->index;
 
@@ -1231,6 +1231,59 @@ int gq_model_forward(const gq_model *m, const int32_t *ids, int64_t T, float *lo
 	if (rc == GQ_OK && on_hidden)
 		on_hidden(ctx, (int)m->cfg.n_layers, x, T, gq_model_out_dim(m));
 	if (rc == GQ_OK && logits)
+		rc = gq_model_logits(m, x, T, logits);
+	free(x);
+	return rc;
+}
+
+int gq_model_load_layers(const gq_model *m, gq_layer **out)
+{
+	gq_layer *layers = calloc((size_t)m->cfg.n_layers, sizeof *layers);
+	int rc = GQ_OK;
+
+	if (!layers)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	for (int l = 0; l < m->cfg.n_layers && rc == GQ_OK; l++)
+		rc = gq_layer_load(m, l, &layers[l]);
+	if (rc) {
+		gq_model_free_layers(m, layers);
+		return rc;
+	}
+	*out = layers;
+	return GQ_OK;
+}
+
+void gq_model_free_layers(const gq_model *m, gq_layer *layers)
+{
+	if (!layers)
+		return;
+	for (int l = 0; l < m->cfg.n_layers; l++)
+		gq_layer_free(m, &layers[l]);
+	free(layers);
+}
+
+int gq_model_decode(const gq_model *m, const gq_layer *layers, gq_kv_cache *cache,
+		    const int32_t *ids, int64_t T, int last_only, float *logits)
+{
+	int64_t d = m->cfg.hidden, w = d > gq_model_out_dim(m) ? d : gq_model_out_dim(m);
+	int64_t pos0 = cache->len;
+	float *x = malloc((size_t)(T * w) * sizeof *x);
+	int rc;
+
+	if (!x)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	rc = gq_model_embed(m, ids, T, pos0, x);
+	for (int l = 0; l < m->cfg.n_layers && rc == GQ_OK; l++)
+		rc = gq_block_forward(m, &layers[l], x, T, pos0, NULL, cache, NULL);
+	if (rc == GQ_OK) {
+		cache->len += T;
+		if (last_only) {
+			memmove(x, x + (T - 1) * d, (size_t)d * sizeof *x);
+			T = 1;
+		}
+		rc = gq_model_final(m, x, T);
+	}
+	if (rc == GQ_OK)
 		rc = gq_model_logits(m, x, T, logits);
 	free(x);
 	return rc;

@@ -110,6 +110,18 @@ int gq_model_logits(const gq_model *m, const float *x, int64_t T, float *logits)
 int gq_kv_cache_init(const gq_model *m, gq_kv_cache *c, int64_t capacity);
 void gq_kv_cache_free(gq_kv_cache *c);
 
+/* Loads every layer (for generation); *layers holds n_layers entries. */
+int gq_model_load_layers(const gq_model *m, gq_layer **layers);
+void gq_model_free_layers(const gq_model *m, gq_layer *layers);
+
+/*
+ * Runs T new tokens at positions cache->len.. through all layers, appending
+ * to the cache and advancing it. logits [T, vocab], or only the last
+ * position's [1, vocab] when last_only (prefill of a prompt).
+ */
+int gq_model_decode(const gq_model *m, const gq_layer *layers, gq_kv_cache *cache,
+		    const int32_t *ids, int64_t T, int last_only, float *logits);
+
 /*
  * Whole forward over one sequence, loading layers one at a time: logits
  * [T, vocab] (may be NULL). on_hidden (may be NULL) sees the hidden state
