@@ -372,6 +372,17 @@ const char *gq_ckpt_file_path(const gq_ckpt *c, int i)
 	return i >= 0 && i < c->n_shards ? c->shards[i].map.path : NULL;
 }
 
+const char *gq_ckpt_meta(const gq_ckpt *c, const char *key)
+{
+	for (int i = 0; i < c->n_shards; i++) {
+		const char *v = gq_st_meta(&c->shards[i].hdr, key);
+
+		if (v)
+			return v;
+	}
+	return NULL;
+}
+
 static const gq_st_entry *entry_at(const gq_ckpt *c, int i, const shard **s)
 {
 	*s = &c->shards[c->order[i].shard];

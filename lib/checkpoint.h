@@ -31,6 +31,9 @@ const char *gq_ckpt_file_of(const gq_ckpt *c, const char *name);
 int gq_ckpt_n_files(const gq_ckpt *c);
 const char *gq_ckpt_file_path(const gq_ckpt *c, int i);
 
+/* A __metadata__ value of the first shard that has the key, or NULL. */
+const char *gq_ckpt_meta(const gq_ckpt *c, const char *key);
+
 int gq_ckpt_has(const gq_ckpt *c, const char *name);
 /* View of a tensor's stored bytes; GQ_ERR_NOTFOUND naming checkpoint and tensor. */
 int gq_ckpt_get(const gq_ckpt *c, const char *name, gq_tensor *t);

@@ -25,6 +25,18 @@ int gq_cholesky_f64(double *A, int64_t n, int64_t *bad_col);
 int gq_cholesky_f64_ref(double *A, int64_t n, int64_t *bad_col);
 
 /*
+ * GPTQ's Hinv: the upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), row-major,
+ * for the n×n SPD matrix H given as its lower Cholesky factor L (row-major
+ * lower triangle). U overwrites L's storage; the strict lower triangle of the
+ * result is zeroed. Float32 through LAPACK, as AutoGPTQ computes it.
+ */
+int gq_chol_inverse_upper_f32(float *L, int64_t n);
+/* In-place float32 Cholesky (lower, row-major), like gq_cholesky_f64. */
+int gq_cholesky_f32(float *A, int64_t n, int64_t *bad_col);
+/* Float64 reference of the pair above, without LAPACK. */
+int gq_chol_inverse_upper_f64_ref(double *L, int64_t n);
+
+/*
  * Estimate of the reciprocal 1-norm condition number of the SPD matrix whose
  * Cholesky factor is L (from gq_cholesky_f64), given anorm = ||A||_1.
  */
