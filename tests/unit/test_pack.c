@@ -1,0 +1,93 @@
+/*
+ * test_pack.c - AutoGPTQ packing: fast packers against the bit-cursor
+ * references for every width, unpack(pack(x)) == x for codes and zeros in
+ * both checkpoint formats, the documented 3-bit word layout, and refusals.
+ */
+#include "check.h"
+#include "pack.h"
+
+static void test_roundtrip_all_widths(void)
+{
+	static const int widths[] = {2, 3, 4, 8};
+	uint64_t seed = 5;
+
+	for (int k = 0; k < 4; k++) {
+		int bits = widths[k];
+		int64_t out = 96, in = 192, groups = 6;
+		uint8_t *codes = malloc((size_t)(out * in)), *back = malloc((size_t)(out * in));
+		int32_t *qw = malloc((size_t)(in * bits / 32 * out) * 4), *qr = malloc((size_t)(in * bits / 32 * out) * 4);
+		uint8_t zeros[6 * 96], zback[6 * 96];
+		int32_t qz[6 * 96];
+
+		for (int64_t i = 0; i < out * in; i++)
+			codes[i] = (uint8_t)(check_rand(&seed) & ((1u << bits) - 1));
+		CHECK_OK(gq_pack_check(bits, out, in, "t"));
+		gq_pack_qweight(codes, out, in, bits, qw);
+		gq_pack_qweight_ref(codes, out, in, bits, qr);
+		CHECK(memcmp(qw, qr, (size_t)(in * bits / 32 * out) * 4) == 0);
+		gq_unpack_qweight(qw, out, in, bits, back);
+		CHECK(memcmp(codes, back, (size_t)(out * in)) == 0);
+		memset(back, 0, (size_t)(out * in));
+		gq_unpack_qweight_ref(qw, out, in, bits, back);
+		CHECK(memcmp(codes, back, (size_t)(out * in)) == 0);
+		for (int fmt = 0; fmt < 2; fmt++) {
+			for (int64_t i = 0; i < groups * out; i++)
+				zeros[i] = (uint8_t)(1 + check_rand(&seed) % ((1u << bits) - 1));
+			if (fmt == GQ_FORMAT_GPTQ_V2)
+				zeros[3] = 0;
+			CHECK_OK(gq_pack_qzeros(zeros, groups, out, bits, (gq_ckpt_format)fmt, qz));
+			gq_unpack_qzeros(qz, groups, out, bits, (gq_ckpt_format)fmt, zback);
+			CHECK(memcmp(zeros, zback, (size_t)(groups * out)) == 0);
+		}
+		free(codes);
+		free(back);
+		free(qw);
+		free(qr);
+	}
+}
+
+static void test_known_layouts(void)
+{
+	uint8_t codes[32], z[8] = {8, 8, 8, 8, 8, 8, 8, 8};
+	int32_t qw[3], qz[1];
+
+	/* 4-bit: codes 0..7 of one output column, lowest nibble first */
+	for (int i = 0; i < 8; i++)
+		codes[i] = (uint8_t)i;
+	gq_pack_qweight(codes, 1, 8, 4, qw);
+	CHECK((uint32_t)qw[0] == 0x76543210u);
+	/* v1 stores zero - 1: eight zeros of 8 become 0x77777777 */
+	CHECK_OK(gq_pack_qzeros(z, 1, 8, 4, GQ_FORMAT_GPTQ, qz));
+	CHECK((uint32_t)qz[0] == 0x77777777u);
+	CHECK_OK(gq_pack_qzeros(z, 1, 8, 4, GQ_FORMAT_GPTQ_V2, qz));
+	CHECK((uint32_t)qz[0] == 0x88888888u);
+	/* 3-bit: c10 splits 2+1 bits over words 0/1, c21 1+2 over words 1/2 */
+	memset(codes, 0, sizeof codes);
+	codes[10] = 7;
+	codes[21] = 7;
+	codes[31] = 5;
+	gq_pack_qweight(codes, 1, 32, 3, qw);
+	CHECK((uint32_t)qw[0] == 0xC0000000u);
+	CHECK((uint32_t)qw[1] == 0x80000001u);
+	CHECK((uint32_t)qw[2] == (0x3u | 5u << 29));
+}
+
+static void test_refusals(void)
+{
+	uint8_t z[8] = {0, 1, 1, 1, 1, 1, 1, 1};
+	int32_t qz[1];
+
+	CHECK_ERR(gq_pack_check(3, 64, 48, "m.q_proj"), GQ_ERR_UNSUPPORTED,
+		  "m.q_proj: [64, 48] cannot be packed at 3 bits (both dimensions must be multiples of 32)");
+	CHECK_ERR(gq_pack_check(4, 12, 64, "x"), GQ_ERR_UNSUPPORTED, "multiples of 8");
+	CHECK_ERR(gq_pack_check(5, 32, 32, "x"), GQ_ERR_ARG, "cannot pack 5-bit codes");
+	CHECK_ERR(gq_pack_qzeros(z, 1, 8, 4, GQ_FORMAT_GPTQ, qz), GQ_ERR_UNSUPPORTED, "use gptq_v2");
+}
+
+int main(void)
+{
+	RUN(test_roundtrip_all_widths);
+	RUN(test_known_layouts);
+	RUN(test_refusals);
+	return check_done();
+}
