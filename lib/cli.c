@@ -85,6 +85,26 @@ int gq_cli_common(const gq_tool *t, gq_common *c, int opt, const char *arg)
 	}
 }
 
+int gq_cli_stream_out(const gq_tool *t, gq_stream_out *o, int opt, const char *arg)
+{
+	switch (opt) {
+	case 'o':
+		o->path = arg;
+		return 1;
+	case 'z':
+		o->zstd_level = 3;
+		return 1;
+	case GQ_OPT_ZSTD:
+		o->zstd_level = arg ? (int)gq_opt_int(t, "--zstd", arg, 1, 19) : 3;
+		return 1;
+	case 'f':
+		o->force = 1;
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 int64_t gq_opt_int(const gq_tool *t, const char *opt, const char *arg, int64_t lo, int64_t hi)
 {
 	int64_t v;

@@ -20,6 +20,7 @@ typedef struct {
 enum {
 	GQ_OPT_VERSION = 0x1000,
 	GQ_OPT_THREADS,
+	GQ_OPT_ZSTD,
 	GQ_OPT_TOOL_BASE = 0x1100 /* tools number their own long options from here */
 };
 
@@ -33,6 +34,25 @@ enum {
 typedef struct {
 	int threads; /* --threads, or gq_threads_default() */
 } gq_common;
+
+/* Options of tools that write a frame stream: -o FILE, -z / --zstd[=LEVEL], -f. */
+#define GQ_STREAM_OUT_SHORT "o:zf"
+#define GQ_STREAM_OUT_LONG                                                              \
+	{"output", required_argument, 0, 'o'}, {"zstd", optional_argument, 0, GQ_OPT_ZSTD}, \
+	{"force", no_argument, 0, 'f'}
+#define GQ_STREAM_OUT_HELP                                                               \
+	"  -o, --output FILE   write the stream to FILE (atomically) instead of stdout\n"    \
+	"  -z, --zstd[=LEVEL]  compress the output with zstd (level 1-19, default 3)\n"      \
+	"  -f, --force         write binary output to a terminal\n"
+
+typedef struct {
+	const char *path; /* NULL: stdout */
+	int zstd_level;
+	int force;
+} gq_stream_out;
+
+/* Handles a stream-output option; returns 1 if opt was one. May exit. */
+int gq_cli_stream_out(const gq_tool *t, gq_stream_out *o, int opt, const char *arg);
 
 /*
  * Sets the program name, installs the atomic-output handlers and fills in
