@@ -5,6 +5,7 @@
 #include "device.h"
 #include "io.h"
 #include "linalg.h"
+#include "stream.h"
 #include "util.h"
 
 #include <stdarg.h>
@@ -103,6 +104,18 @@ int gq_cli_stream_out(const gq_tool *t, gq_stream_out *o, int opt, const char *a
 	default:
 		return 0;
 	}
+}
+
+void gq_die_frame(const void *frame, const char *fmt, ...)
+{
+	char msg[768];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	gq_frame_err(frame, GQ_ERR_FORMAT, "%s", msg);
+	die("%s", gq_errmsg());
 }
 
 int64_t gq_opt_int(const gq_tool *t, const char *opt, const char *arg, int64_t lo, int64_t hi)

@@ -67,6 +67,10 @@ _Noreturn void gq_usage(const gq_tool *t, int status);
 _Noreturn void gq_usage_error(const gq_tool *t, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/* die() with the "source: frame N at byte O: " prefix of frame f. */
+_Noreturn void gq_die_frame(const void *frame, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
 /* Option values: a bad one is a usage error naming the option. */
 int64_t gq_opt_int(const gq_tool *t, const char *opt, const char *arg, int64_t lo, int64_t hi);
 double gq_opt_float(const gq_tool *t, const char *opt, const char *arg, double lo, double hi);

@@ -340,18 +340,7 @@ int gq_layer_load(const gq_model *m, int layer, gq_layer *L)
 
 		lin->in = md->in;
 		lin->out = md->out;
-		rc = load_layer_tensor(m, layer, md->name, ".weight", &lin->w);
-		if (rc == GQ_OK && m->arch.conv1d) {
-			float *t = malloc((size_t)(md->in * md->out) * sizeof *t);
-
-			if (!t) {
-				rc = gq_err(GQ_ERR_NOMEM, "out of memory");
-				break;
-			}
-			transpose(lin->w, md->in, md->out, t); /* stored [in, out] */
-			free(lin->w);
-			lin->w = t;
-		}
+		rc = gq_module_weight(m, layer, i, &lin->w);
 		if (rc == GQ_OK)
 			rc = load_layer_tensor(m, layer, md->name, ".bias", &lin->b);
 	}
@@ -370,6 +359,53 @@ int gq_layer_load(const gq_model *m, int layer, gq_layer *L)
 	if (rc)
 		gq_layer_free(m, L);
 	return rc;
+}
+
+void gq_module_name(const gq_model *m, int layer, int module, char *buf, size_t len)
+{
+	layer_name(m, layer, m->modules[module].name, "", buf, len);
+}
+
+int gq_module_find(const gq_model *m, const char *full, int *layer, int *module)
+{
+	char name[256];
+
+	for (int l = 0; l < m->cfg.n_layers; l++)
+		for (int i = 0; i < m->n_modules; i++) {
+			gq_module_name(m, l, i, name, sizeof name);
+			if (strcmp(name, full) == 0) {
+				*layer = l;
+				*module = i;
+				return GQ_OK;
+			}
+		}
+	return gq_err(GQ_ERR_NOTFOUND, "%s: no linear module '%s' in this %s model", m->dir, full,
+		      m->cfg.model_type);
+}
+
+int gq_module_weight(const gq_model *m, int layer, int module, float **W)
+{
+	const gq_module *md = &m->modules[module];
+	char full[256];
+	float *w;
+	int rc;
+
+	layer_name(m, layer, md->name, ".weight", full, sizeof full);
+	if ((rc = load_f32(m, full, &w)))
+		return rc;
+	if (m->arch.conv1d) {
+		float *t = malloc((size_t)(md->in * md->out) * sizeof *t);
+
+		if (!t) {
+			free(w);
+			return gq_err(GQ_ERR_NOMEM, "out of memory");
+		}
+		transpose(w, md->in, md->out, t);
+		free(w);
+		w = t;
+	}
+	*W = w;
+	return GQ_OK;
 }
 
 void gq_layer_free(const gq_model *m, gq_layer *L)

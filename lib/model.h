@@ -83,6 +83,15 @@ int gq_model_open(gq_model **m, const char *dir);
 void gq_model_close(gq_model *m);
 
 int gq_layer_load(const gq_model *m, int layer, gq_layer *L);
+/* Full tensor-name prefix of a module: "model.layers.3.self_attn.q_proj". */
+void gq_module_name(const gq_model *m, int layer, int module, char *buf, size_t len);
+/*
+ * Finds a quantizable module by full name: its layer and index in m->modules,
+ * or GQ_ERR_NOTFOUND naming it.
+ */
+int gq_module_find(const gq_model *m, const char *full, int *layer, int *module);
+/* A module's weight as float32 [out, in] (Conv1D transposed), malloc'd. */
+int gq_module_weight(const gq_model *m, int layer, int module, float **W);
 void gq_layer_free(const gq_model *m, gq_layer *L);
 /* Drops the pages of a layer's stored weights (after the float32 copy is made). */
 void gq_layer_release(const gq_model *m, int layer);

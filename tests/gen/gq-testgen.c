@@ -4,7 +4,7 @@
  * with an index) and a frame holding every dtype. Same arguments, same bytes.
  *
  *   gq-testgen hessian N [SEED] [DEAD] > h.gqs   SPD Hessian frame, DEAD zero columns
- *   gq-testgen tokens ROWS SEQLEN [SEED] > t.gqs
+ *   gq-testgen tokens ROWS SEQLEN [SEED [VOCAB]] > t.gqs
  *   gq-testgen report > r.gqs
  *   gq-testgen dtypes > d.safetensors            one tensor per dtype, F8 included
  *   gq-testgen checkpoint DIR [SHARDS]           config.json + weights (+ index)
@@ -87,7 +87,7 @@ static void hessian(int64_t n, int64_t dead)
 	free(H);
 }
 
-static void tokens(int64_t rows, int64_t seqlen)
+static void tokens(int64_t rows, int64_t seqlen, int64_t vocab)
 {
 	int32_t *ids = emalloc((size_t)(rows * seqlen) * sizeof *ids); // [rows, seqlen]
 	uint8_t *mask = emalloc((size_t)(rows * seqlen));              // [rows, seqlen]
@@ -95,7 +95,7 @@ static void tokens(int64_t rows, int64_t seqlen)
 	gq_st_builder b;
 
 	for (int64_t i = 0; i < rows * seqlen; i++) {
-		ids[i] = (int32_t)((randf() + 1) * 160);
+		ids[i] = (int32_t)((randf() + 1) * 0.5f * (float)vocab);
 		mask[i] = 1;
 	}
 	gq_stb_init(&b);
@@ -262,7 +262,8 @@ int main(int argc, char **argv)
 		hessian(arg_int(argc, argv, 2, 32, 1, 4096), arg_int(argc, argv, 4, 0, 0, 4096));
 	else if (strcmp(argv[1], "tokens") == 0) {
 		rng += (uint64_t)arg_int(argc, argv, 4, 0, 0, INT64_MAX);
-		tokens(arg_int(argc, argv, 2, 2, 1, 1 << 20), arg_int(argc, argv, 3, 16, 1, 1 << 20));
+		tokens(arg_int(argc, argv, 2, 2, 1, 1 << 20), arg_int(argc, argv, 3, 16, 1, 1 << 20),
+		       arg_int(argc, argv, 5, 320, 1, 1 << 24));
 	} else if (strcmp(argv[1], "report") == 0)
 		report();
 	else if (strcmp(argv[1], "dtypes") == 0)

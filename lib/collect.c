@@ -1,0 +1,384 @@
+/*
+ * collect.c - layer-by-layer Hessian collection (sequential and not) and the
+ * lock-step merge of partial Hessian streams.
+ *
+ * Activations of all samples stay resident ([len, hidden] floats each): they
+ * are the layer-to-layer state. A step runs each sample on a scratch copy
+ * and stops the block as soon as the step's last group has been seen, since
+ * nothing after it is needed until the step's weights are quantized.
+ */
+#include "collect.h"
+#include "hessian.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+	gq_hessian *h;  /* [n_groups]; h[g].sum == NULL: not collecting g */
+	int stop_group; /* stop the block after this group's input; -1 never */
+	int rc;
+} hook_ctx;
+
+static int on_group(void *p, int layer, int group, const float *x, int64_t rows, int64_t cols,
+		    const uint8_t *mask)
+{
+	hook_ctx *c = p;
+
+	(void)layer;
+	(void)cols;
+	if (c->h[group].sum && (c->rc = gq_hessian_add(&c->h[group], x, rows, mask)))
+		return 1;
+	return group == c->stop_group;
+}
+
+typedef struct {
+	const char *path;
+	gq_reader *r;
+	gq_frame f;
+} feedback;
+
+/* Reads qlinear frames until every module of `layer` in `want` [n_modules] has arrived. */
+static int read_feedback(feedback *fb, const gq_model *m, int layer, gq_layer *L, uint8_t *want)
+{
+	int missing = 0, rc;
+
+	for (int i = 0; i < m->n_modules; i++)
+		missing += want[i];
+	if (!fb->r && (rc = gq_reader_open(&fb->r, fb->path)))
+		return gq_err_wrap(rc, "feedback");
+	while (missing > 0) {
+		gq_qlinear ql;
+		int l, mod;
+
+		rc = gq_reader_next(fb->r, &fb->f, GQ_READ_DATA);
+		if (rc < 0)
+			return rc;
+		if (rc == 0) {
+			for (mod = 0; !want[mod]; mod++)
+				;
+			char name[GQ_NAME_MAX];
+			gq_module_name(m, layer, mod, name, sizeof name);
+			return gq_err(GQ_ERR_FORMAT, "feedback %s ended before the qlinear frame of %s",
+				      fb->path, name);
+		}
+		if (!fb->f.kind || strcmp(fb->f.kind, "qlinear") != 0)
+			continue; /* reports and passed-through frames */
+		if ((rc = gq_qlinear_parse(&ql, &fb->f)))
+			return rc;
+		if (gq_module_find(m, ql.name, &l, &mod) || l != layer || !want[mod]) {
+			rc = gq_frame_err(&fb->f, GQ_ERR_FORMAT,
+					  "feedback out of order: got %s while waiting for layer %d",
+					  ql.name, layer);
+			gq_qlinear_free(&ql);
+			return rc;
+		}
+		if (ql.rows != L->lin[mod].out || ql.cols != L->lin[mod].in) {
+			rc = gq_frame_err(&fb->f, GQ_ERR_FORMAT, "%s is [%lld, %lld], the model's [%lld, %lld]",
+					  ql.name, (long long)ql.rows, (long long)ql.cols,
+					  (long long)L->lin[mod].out, (long long)L->lin[mod].in);
+			gq_qlinear_free(&ql);
+			return rc;
+		}
+		gq_qlinear_dequant(&ql, L->lin[mod].w);
+		gq_qlinear_free(&ql);
+		want[mod] = 0;
+		missing--;
+	}
+	return GQ_OK;
+}
+
+/* One hessian frame per group g with h[g] collecting, in group order. */
+static int emit(const gq_model *m, int layer, hook_ctx *hc, gq_writer *w)
+{
+	for (int g = 0; g < m->n_groups; g++) {
+		gq_hessian *h = &hc->h[g];
+		gq_buf mods = {0};
+		char first[GQ_NAME_MAX] = "", name[GQ_NAME_MAX], num[4][32];
+		int64_t shape[2] = {h->n, h->n};
+		gq_st_builder b;
+		float *H;
+		int rc, step = -1;
+
+		if (!h->sum)
+			continue;
+		for (int i = 0; i < m->n_modules; i++)
+			if (m->modules[i].group == g) {
+				gq_module_name(m, layer, i, name, sizeof name);
+				if (!first[0])
+					memcpy(first, name, sizeof first);
+				if (mods.len)
+					gq_buf_append(&mods, ",", 1);
+				gq_buf_append(&mods, name, strlen(name));
+				step = m->modules[i].step;
+			}
+		H = malloc((size_t)(h->n * h->n) * sizeof *H);
+		if (!H || mods.failed) {
+			free(H);
+			gq_buf_free(&mods);
+			return gq_err(GQ_ERR_NOMEM, "out of memory");
+		}
+		gq_hessian_get(h, H);
+		snprintf(num[0], 32, "%d", layer);
+		snprintf(num[1], 32, "%lld", (long long)h->nsamples);
+		snprintf(num[2], 32, "%d", g);
+		snprintf(num[3], 32, "%d", step);
+		gq_stb_init(&b);
+		rc = gq_stb_meta(&b, "gptq.kind", "hessian") || gq_stb_meta(&b, "layer", num[0]) ||
+		     gq_stb_meta(&b, "name", first) || gq_stb_meta(&b, "modules", mods.data) ||
+		     gq_stb_meta(&b, "nsamples", num[1]) || gq_stb_meta(&b, "group", num[2]) ||
+		     gq_stb_meta(&b, "step", num[3]) ||
+		     gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H)
+			     ? GQ_ERR_NOMEM
+			     : gq_writer_put(w, &b);
+		gq_stb_free(&b);
+		free(H);
+		gq_buf_free(&mods);
+		if (rc)
+			return rc;
+	}
+	return GQ_OK;
+}
+
+static void free_hessians(const gq_model *m, hook_ctx *hc)
+{
+	for (int g = 0; g < m->n_groups; g++)
+		gq_hessian_free(&hc->h[g]);
+}
+
+/* Starts accumulators for the groups of `step` (-1: every group). */
+static int start_hessians(const gq_model *m, int step, hook_ctx *hc)
+{
+	hc->stop_group = -1;
+	for (int i = 0; i < m->n_modules; i++) {
+		const gq_module *md = &m->modules[i];
+		int rc;
+
+		if (md->group < 0 || (step >= 0 && md->step != step) || hc->h[md->group].sum)
+			continue;
+		if ((rc = gq_hessian_init(&hc->h[md->group], md->in)))
+			return rc;
+		if (step >= 0 && md->group > hc->stop_group)
+			hc->stop_group = md->group;
+	}
+	return GQ_OK;
+}
+
+/* Runs the layer over every sample in place (the next layer's inputs). */
+static int forward_all(const gq_model *m, const gq_layer *L, float **x, const gq_sample *s,
+		       int64_t n, const gq_hooks *hooks)
+{
+	for (int64_t i = 0; i < n; i++) {
+		int rc = gq_block_forward(m, L, x[i], s[i].len, 0, s[i].mask, NULL, hooks);
+
+		if (rc < 0)
+			return rc;
+	}
+	return GQ_OK;
+}
+
+static int apply_given(const gq_model *m, int layer, gq_layer *L, const gq_qlinear *given, int n)
+{
+	for (int k = 0; k < n; k++) {
+		int l, mod, rc;
+
+		if (given[k].layer != layer)
+			continue;
+		if ((rc = gq_module_find(m, given[k].name, &l, &mod)))
+			return rc;
+		if (given[k].rows != L->lin[mod].out || given[k].cols != L->lin[mod].in)
+			return gq_err(GQ_ERR_FORMAT, "%s: quantized shape differs from the model",
+				      given[k].name);
+		gq_qlinear_dequant(&given[k], L->lin[mod].w);
+	}
+	return GQ_OK;
+}
+
+int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_collect_opts *o,
+	       const gq_qlinear *given, int n_given, gq_writer *w,
+	       int (*before_drain)(void *ctx), void *ctx)
+{
+	int64_t d = m->cfg.hidden, maxlen = 0;
+	float **x = calloc((size_t)n + 1, sizeof *x), *scratch = NULL;
+	hook_ctx hc = {calloc((size_t)m->n_groups + 1, sizeof(gq_hessian)), -1, GQ_OK};
+	gq_hooks hooks = {on_group, &hc};
+	uint8_t *want = calloc((size_t)m->n_modules + 1, 1);
+	feedback fb = {o->feedback, NULL, {0}};
+	gq_progress prog;
+	int rc = GQ_OK;
+
+	if (!x || !hc.h || !want) {
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (int64_t i = 0; i < n && rc == GQ_OK; i++) {
+		maxlen = samples[i].len > maxlen ? samples[i].len : maxlen;
+		x[i] = malloc((size_t)(samples[i].len * d) * sizeof **x);
+		rc = x[i] ? gq_model_embed(m, samples[i].ids, samples[i].len, 0, x[i])
+			  : gq_err(GQ_ERR_NOMEM, "out of memory for the calibration activations");
+	}
+	scratch = rc == GQ_OK ? malloc((size_t)(maxlen * d) * sizeof *scratch) : NULL;
+	if (rc == GQ_OK && !scratch)
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
+	gq_progress_init(&prog, "hessian", o->last_layer - o->first_layer + 1);
+	for (int l = 0; l <= o->last_layer && rc == GQ_OK; l++) {
+		gq_layer L;
+
+		if ((rc = gq_layer_load(m, l, &L)))
+			break;
+		rc = apply_given(m, l, &L, given, n_given);
+		if (rc == GQ_OK && l < o->first_layer) {
+			rc = forward_all(m, &L, x, samples, n, NULL);
+		} else if (rc == GQ_OK && !o->sequential) {
+			if ((rc = start_hessians(m, -1, &hc)) == GQ_OK)
+				rc = forward_all(m, &L, x, samples, n, &hooks);
+			rc = rc ? rc : hc.rc;
+			if (rc == GQ_OK)
+				rc = emit(m, l, &hc, w);
+			free_hessians(m, &hc);
+		} else if (rc == GQ_OK) {
+			for (int s = 0; s < m->n_steps && rc == GQ_OK; s++) {
+				int last = l == o->last_layer && s == m->n_steps - 1;
+
+				if ((rc = start_hessians(m, s, &hc)))
+					break;
+				for (int64_t i = 0; i < n && rc == GQ_OK; i++) {
+					memcpy(scratch, x[i], (size_t)(samples[i].len * d) * sizeof *scratch);
+					rc = gq_block_forward(m, &L, scratch, samples[i].len, 0, samples[i].mask,
+							      NULL, &hooks);
+					rc = rc < 0 ? rc : hc.rc;
+				}
+				if (rc == GQ_OK)
+					rc = emit(m, l, &hc, w);
+				free_hessians(m, &hc);
+				/* the last step's weights are not needed: the drain consumes them */
+				for (int i = 0; i < m->n_modules; i++)
+					want[i] = m->modules[i].step == s;
+				if (rc == GQ_OK && !last)
+					rc = read_feedback(&fb, m, l, &L, want);
+			}
+			if (rc == GQ_OK && l < o->last_layer)
+				rc = forward_all(m, &L, x, samples, n, NULL);
+		}
+		gq_layer_free(m, &L);
+		gq_layer_release(m, l);
+		if (l >= o->first_layer)
+			gq_progress_update(&prog, l - o->first_layer + 1);
+	}
+	gq_progress_finish(&prog);
+	if (o->sequential && before_drain) {
+		int brc = before_drain(ctx);
+
+		rc = rc ? rc : brc;
+	}
+	/* drain: whatever follows on the feedback stream (the last step, the report) */
+	if (o->sequential && rc == GQ_OK) {
+		int k;
+
+		if (!fb.r && (rc = gq_reader_open(&fb.r, fb.path)))
+			rc = gq_err_wrap(rc, "feedback");
+		while (rc == GQ_OK && (k = gq_reader_next(fb.r, &fb.f, GQ_SKIP_DATA)) > 0)
+			;
+		if (rc == GQ_OK && k < 0)
+			rc = k;
+	}
+out:
+	for (int64_t i = 0; x && i < n; i++)
+		free(x[i]);
+	free(x);
+	free(scratch);
+	if (hc.h)
+		free_hessians(m, &hc);
+	free(hc.h);
+	free(want);
+	gq_frame_free(&fb.f);
+	gq_reader_close(fb.r);
+	return rc;
+}
+
+int gq_merge_hessians(gq_reader **in, int n, gq_writer *w)
+{
+	gq_frame *f = calloc((size_t)n, sizeof *f);
+	int rc = GQ_OK;
+
+	if (!f)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	for (;;) {
+		int got = 0, k;
+		int64_t acc_n = 0, dim = 0;
+		float *acc = NULL;
+
+		for (int i = 0; i < n && rc == GQ_OK; i++) {
+			k = gq_reader_next(in[i], &f[i], GQ_READ_DATA);
+			if (k < 0)
+				rc = k;
+			got += k > 0;
+		}
+		if (rc || got == 0)
+			break;
+		if (got != n) {
+			rc = gq_err(GQ_ERR_FORMAT, "merge: the inputs hold different numbers of frames");
+			break;
+		}
+		for (int i = 0; i < n && rc == GQ_OK; i++) {
+			const char *mods = gq_frame_attr(&f[i], "modules"), *ns = gq_frame_attr(&f[i], "nsamples");
+			const char *mods0 = gq_frame_attr(&f[0], "modules");
+			int64_t cnt;
+			gq_tensor H;
+			float *h;
+
+			if (!f[i].kind || strcmp(f[i].kind, "hessian") != 0 || !mods || !ns ||
+			    gq_parse_i64(ns, 0, INT64_MAX, &cnt)) {
+				rc = gq_frame_err(&f[i], GQ_ERR_FORMAT, "merge needs hessian frames with modules and nsamples");
+				break;
+			}
+			if (strcmp(mods, mods0) != 0) {
+				rc = gq_frame_err(&f[i], GQ_ERR_FORMAT, "merge: frame is for %s, %s's is for %s",
+						  mods, f[0].source, mods0);
+				break;
+			}
+			if ((rc = gq_frame_tensor(&f[i], "H", &H)))
+				break;
+			if (H.ndim != 2 || H.shape[0] != H.shape[1] || (i && H.shape[0] != dim)) {
+				rc = gq_frame_err(&f[i], GQ_ERR_FORMAT, "merge: H shapes differ");
+				break;
+			}
+			dim = H.shape[0];
+			h = malloc((size_t)(dim * dim) * sizeof *h + 1);
+			if (!acc)
+				acc = calloc((size_t)(dim * dim) + 1, sizeof *acc);
+			if (!h || !acc) {
+				free(h);
+				rc = gq_err(GQ_ERR_NOMEM, "out of memory");
+				break;
+			}
+			gq_convert_to_f32(H.dtype, H.data, 0, (uint64_t)(dim * dim), h);
+			gq_hessian_merge(acc, &acc_n, h, cnt, dim);
+			free(h);
+		}
+		if (rc == GQ_OK) {
+			gq_st_builder b;
+			char num[32];
+			int64_t shape[2] = {dim, dim};
+
+			snprintf(num, sizeof num, "%lld", (long long)acc_n);
+			gq_stb_init(&b);
+			for (int i = 0; i < f[0].hdr.n_meta && rc == GQ_OK; i++)
+				rc = gq_stb_meta(&b, f[0].hdr.meta_keys[i], f[0].hdr.meta_vals[i]);
+			if (rc == GQ_OK)
+				rc = gq_stb_meta(&b, "nsamples", num);
+			if (rc == GQ_OK)
+				rc = gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, acc);
+			if (rc == GQ_OK)
+				rc = gq_writer_put(w, &b);
+			gq_stb_free(&b);
+		}
+		free(acc);
+		if (rc)
+			break;
+	}
+	for (int i = 0; i < n; i++)
+		gq_frame_free(&f[i]);
+	free(f);
+	return rc;
+}

@@ -1,0 +1,230 @@
+/*
+ * gptq-hessian - `tokens` frames in, `hessian` frames out: one per group of
+ * linears sharing an input, layer by layer; or --merge partial Hessians.
+ */
+#include "cli.h"
+#include "collect.h"
+#include "io.h"
+#include "stream.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const gq_tool tool = {
+	"gptq-hessian",
+	"usage: gptq-hessian -m MODEL --feedback FILE [--layers A-B] [-o FILE] [-z] [FILE|-]...\n"
+	"       gptq-hessian -m MODEL --no-sequential [--layers A-B] [-o FILE] [-z] [FILE|-]...\n"
+	"       gptq-hessian --merge [-o FILE] [-z] FILE...\n",
+	"Run the model over the calibration tokens a layer at a time and write\n"
+	"H = 2/n sum x x^T for every group of linears that share an input.\n"
+	"  -m, --model DIR       the Hugging Face checkpoint to quantize\n"
+	"      --feedback FILE   sequential mode: read the quantized modules (gptq-solve's\n"
+	"                        qlinear frames) back from FILE, usually a FIFO, and\n"
+	"                        compute later inputs with them (AutoGPTQ true_sequential)\n"
+	"      --no-sequential   all Hessians from full-precision inputs in one pass\n"
+	"      --layers A-B      Hessians of layers A..B only (earlier layers still run;\n"
+	"                        qlinear frames in the input give their quantized weights)\n"
+	"      --merge           sum partial Hessian streams frame by frame (weighted by\n"
+	"                        nsamples): data-parallel collection\n"
+	GQ_STREAM_OUT_HELP,
+};
+
+enum { OPT_FEEDBACK = GQ_OPT_TOOL_BASE, OPT_NOSEQ, OPT_LAYERS, OPT_MERGE };
+
+typedef struct {
+	gq_writer *w;
+	int closed;
+} output;
+
+/* Closes our output so that gptq-solve can finish; the feedback is drained next. */
+static int close_output(void *p)
+{
+	output *o = p;
+
+	o->closed = 1;
+	if (gq_writer_close(o->w, 1))
+		return GQ_ERR_IO;
+	return gq_close_stdout();
+}
+
+/* Reads all input frames: tokens become samples, qlinears earlier weights, the rest passes. */
+static void read_inputs(char **inputs, int n, const gq_model *m, gq_writer *w, gq_sample **samples,
+			int64_t *n_samples, gq_qlinear **given, int *n_given)
+{
+	gq_frame f = {0};
+
+	for (int i = 0; i < n; i++) {
+		gq_reader *r;
+		int rc;
+
+		if (gq_reader_open(&r, inputs[i]))
+			die("%s", gq_errmsg());
+		while ((rc = gq_reader_next(r, &f, GQ_READ_DATA)) > 0) {
+			gq_tensor ids, mask;
+			int has_mask;
+
+			if (f.kind && strcmp(f.kind, "qlinear") == 0) {
+				*given = erealloc(*given, (size_t)(*n_given + 1) * sizeof **given);
+				if (gq_qlinear_parse(&(*given)[(*n_given)++], &f))
+					die("%s", gq_errmsg());
+				continue;
+			}
+			if (!f.kind || strcmp(f.kind, "tokens") != 0) {
+				if (gq_writer_pass(w, &f))
+					die("%s", gq_errmsg());
+				continue;
+			}
+			if (gq_frame_tensor(&f, "input_ids", &ids))
+				die("%s", gq_errmsg());
+			has_mask = gq_st_find(&f.hdr, "attention_mask") != NULL;
+			if (has_mask && gq_frame_tensor(&f, "attention_mask", &mask))
+				die("%s", gq_errmsg());
+			if (ids.ndim != 2 || ids.shape[0] < 1 || ids.shape[1] < 1)
+				gq_die_frame(&f, "input_ids must be [n, seqlen]");
+			if (has_mask && (mask.ndim != 2 || mask.shape[0] != ids.shape[0] ||
+					 mask.shape[1] != ids.shape[1]))
+				gq_die_frame(&f, "attention_mask must have input_ids' shape");
+			int64_t rows = ids.shape[0], T = ids.shape[1];
+			float *tmp = emalloc((size_t)T * sizeof *tmp);
+
+			*samples = erealloc(*samples, (size_t)(*n_samples + rows) * sizeof **samples);
+			for (int64_t s = 0; s < rows; s++) {
+				gq_sample *smp = &(*samples)[(*n_samples)++];
+
+				smp->len = T;
+				smp->ids = emalloc((size_t)T * sizeof *smp->ids);
+				smp->mask = has_mask ? emalloc((size_t)T) : NULL;
+				gq_convert_to_f32(ids.dtype, ids.data, (uint64_t)(s * T), (uint64_t)T, tmp);
+				for (int64_t t = 0; t < T; t++) {
+					if (!(tmp[t] >= 0 && tmp[t] < (float)m->cfg.vocab))
+						gq_die_frame(&f, "input_ids[%lld][%lld] = %g is not a token of this "
+							     "model (vocab %lld)", (long long)s, (long long)t,
+							     tmp[t], (long long)m->cfg.vocab);
+					smp->ids[t] = (int32_t)tmp[t];
+				}
+				if (has_mask) {
+					gq_convert_to_f32(mask.dtype, mask.data, (uint64_t)(s * T), (uint64_t)T, tmp);
+					for (int64_t t = 0; t < T; t++)
+						smp->mask[t] = tmp[t] != 0;
+				}
+			}
+			free(tmp);
+		}
+		if (rc < 0)
+			die("%s", gq_errmsg());
+		gq_reader_close(r);
+	}
+	gq_frame_free(&f);
+}
+
+static void parse_layers(const char *s, int64_t n_layers, gq_collect_opts *o)
+{
+	char a[32], *dash;
+	int64_t lo, hi;
+
+	snprintf(a, sizeof a, "%s", s);
+	dash = strchr(a, '-');
+	if (dash)
+		*dash = '\0';
+	if (gq_parse_i64(a, 0, n_layers - 1, &lo) ||
+	    gq_parse_i64(dash ? dash + 1 : a, lo, n_layers - 1, &hi))
+		gq_usage_error(&tool, "--layers: '%s': %s (the model has %lld layers)", s, gq_errmsg(),
+			       (long long)n_layers);
+	o->first_layer = (int)lo;
+	o->last_layer = (int)hi;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		GQ_COMMON_LONG,
+		GQ_STREAM_OUT_LONG,
+		{"model", required_argument, 0, 'm'},
+		{"feedback", required_argument, 0, OPT_FEEDBACK},
+		{"no-sequential", no_argument, 0, OPT_NOSEQ},
+		{"layers", required_argument, 0, OPT_LAYERS},
+		{"merge", no_argument, 0, OPT_MERGE},
+		{0, 0, 0, 0},
+	};
+	gq_common common;
+	gq_stream_out out = {0};
+	gq_collect_opts co = {1, 0, -1, NULL};
+	const char *model_dir = NULL, *layers = NULL;
+	int merge = 0, noseq = 0, c, n_inputs, n_given = 0;
+	char *dash = "-", **inputs;
+	gq_sample *samples = NULL;
+	gq_qlinear *given = NULL;
+	int64_t n_samples = 0;
+	output o = {NULL, 0};
+	gq_model *m;
+
+	gq_cli_init(&tool, &common, argc, argv);
+	while ((c = getopt_long(argc, argv, GQ_COMMON_SHORT GQ_STREAM_OUT_SHORT "m:", longopts, NULL)) != -1) {
+		if (gq_cli_common(&tool, &common, c, optarg) || gq_cli_stream_out(&tool, &out, c, optarg))
+			continue;
+		switch (c) {
+		case 'm': model_dir = optarg; break;
+		case OPT_FEEDBACK: co.feedback = optarg; break;
+		case OPT_NOSEQ: noseq = 1; break;
+		case OPT_LAYERS: layers = optarg; break;
+		case OPT_MERGE: merge = 1; break;
+		default: gq_usage(&tool, 2);
+		}
+	}
+	inputs = optind < argc ? argv + optind : &dash;
+	n_inputs = optind < argc ? argc - optind : 1;
+	gq_writer_opts wo = {out.zstd_level, common.threads, out.force};
+
+	if (merge) {
+		gq_reader **rd = ecalloc((size_t)n_inputs, sizeof *rd);
+
+		if (model_dir || co.feedback || noseq || layers)
+			gq_usage_error(&tool, "--merge takes only input files and output options");
+		for (int i = 0; i < n_inputs; i++)
+			if (gq_reader_open(&rd[i], inputs[i]))
+				die("%s", gq_errmsg());
+		if (gq_writer_open(&o.w, out.path, &wo) || gq_merge_hessians(rd, n_inputs, o.w) ||
+		    gq_writer_close(o.w, 1))
+			die("%s", gq_errmsg());
+		for (int i = 0; i < n_inputs; i++)
+			gq_reader_close(rd[i]);
+		free(rd);
+		if (gq_close_stdout())
+			die("%s", gq_errmsg());
+		return 0;
+	}
+	if (!model_dir)
+		gq_usage_error(&tool, "-m MODEL is required");
+	if (noseq && co.feedback)
+		gq_usage_error(&tool, "cannot use --feedback with --no-sequential");
+	if (!noseq && !co.feedback)
+		gq_usage_error(&tool, "sequential mode needs --feedback FILE (or use --no-sequential)");
+	co.sequential = !noseq;
+	if (gq_model_open(&m, model_dir))
+		die("%s", gq_errmsg());
+	co.last_layer = (int)m->cfg.n_layers - 1;
+	if (layers)
+		parse_layers(layers, m->cfg.n_layers, &co);
+	if (gq_writer_open(&o.w, out.path, &wo))
+		die("%s", gq_errmsg());
+	read_inputs(inputs, n_inputs, m, o.w, &samples, &n_samples, &given, &n_given);
+	if (n_samples == 0)
+		die("no tokens frames in the input (make them with gptq-calib)");
+	gq_debug("%lld samples, layers %d-%d", (long long)n_samples, co.first_layer, co.last_layer);
+	if (gq_collect(m, samples, n_samples, &co, given, n_given, o.w, close_output, &o))
+		die("%s", gq_errmsg());
+	if (!o.closed && (gq_writer_close(o.w, 1) || gq_close_stdout()))
+		die("%s", gq_errmsg());
+	for (int64_t i = 0; i < n_samples; i++) {
+		free(samples[i].ids);
+		free(samples[i].mask);
+	}
+	free(samples);
+	for (int i = 0; i < n_given; i++)
+		gq_qlinear_free(&given[i]);
+	free(given);
+	gq_model_close(m);
+	return 0;
+}

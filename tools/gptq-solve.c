@@ -1,0 +1,258 @@
+/*
+ * gptq-solve - `hessian` frames in, `qlinear` frames out (one per module of
+ * each Hessian), then one `report` frame; every other frame passes through.
+ */
+#include "cli.h"
+#include "io.h"
+#include "quantize.h"
+#include "stream.h"
+#include "util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const gq_tool tool = {
+	"gptq-solve",
+	"usage: gptq-solve -m MODEL [--bits B] [--group-size N] [--desc-act] [--static-groups]\n"
+	"                  [--sym | --asym] [--damp F] [--block N] [--mse] [--reference]\n"
+	"                  [--objective] [-o FILE] [-z] [FILE|-]...\n"
+	"       gptq-solve -m MODEL --rtn [--all] [--bits B] [--group-size N] ... [FILE|-]...\n",
+	"Quantize the modules named by each hessian frame with GPTQ.\n"
+	"  -m, --model DIR       the model the Hessians were collected on\n"
+	"  -b, --bits B          2, 3, 4 or 8 (default 4)\n"
+	"  -g, --group-size N    columns per quantization group, or -1 for one per row\n"
+	"                        (default 128)\n"
+	"      --desc-act        quantize columns by decreasing Hessian diagonal (act order)\n"
+	"      --static-groups   group parameters from the unquantized weights\n"
+	"      --sym             symmetric, zero fixed at 2^(bits-1) (default)\n"
+	"      --asym            asymmetric zero points (pack with --format gptq_v2)\n"
+	"      --damp F          dampening, a fraction of the mean diagonal (default 0.01);\n"
+	"                        raised x1.25 until the Cholesky factorisation succeeds\n"
+	"      --block N         columns per lazy-batch block (default 128)\n"
+	"      --mse             search the clipping range for the least error\n"
+	"      --rtn             round to nearest (the baseline; Hessians only for --objective)\n"
+	"      --all             with --rtn: every quantizable module, no input read\n"
+	"      --reference       the float64 unblocked solver (slow; for checking)\n"
+	"      --objective       report sum (W-Q) H (W-Q)^T per module\n"
+	GQ_STREAM_OUT_HELP,
+};
+
+enum { OPT_DESC = GQ_OPT_TOOL_BASE, OPT_STATIC, OPT_SYM, OPT_ASYM, OPT_DAMP, OPT_BLOCK, OPT_MSE,
+       OPT_RTN, OPT_ALL, OPT_REF, OPT_OBJ };
+
+typedef struct {
+	const gq_model *m;
+	gq_solve_opts so;
+	gq_writer *w;
+	gq_buf report; /* JSON object members, one per module */
+	int64_t done;
+	gq_progress progress;
+} run;
+
+static void emit(run *r, int layer, int module, const float *H, int64_t nsamples)
+{
+	gq_qlinear ql;
+	gq_solve_stats st;
+	gq_st_builder b;
+
+	if (gq_solve_module(r->m, layer, module, H, nsamples, &r->so, &ql, &st))
+		die("%s", gq_errmsg());
+	if (st.damp_retries)
+		warn("%s: cholesky failed at damp %g, succeeded at %g", ql.name, r->so.gptq.damp, st.damp);
+	if (nsamples == 0 && H && !r->so.rtn)
+		warn("%s: no calibration token reached it, rounded to nearest", ql.name);
+	gq_debug("%s: %s loss %.6g in %.2fs", ql.name, st.method, st.loss, st.seconds);
+	if (gq_qlinear_frame(&ql, &b) || gq_writer_put(r->w, &b))
+		die("%s", gq_errmsg());
+	gq_stb_free(&b);
+	if (r->report.len)
+		gq_buf_append(&r->report, ",", 1);
+	gq_solve_stats_json(ql.name, &st, &r->report);
+	gq_qlinear_free(&ql);
+	gq_progress_update(&r->progress, ++r->done);
+}
+
+/* One hessian frame: every module it names, in order. */
+static void solve_frame(run *r, const gq_frame *f)
+{
+	const char *mods = gq_frame_attr(f, "modules"), *ns = gq_frame_attr(f, "nsamples");
+	int64_t nsamples, n;
+	gq_tensor t;
+	float *H;
+
+	if (!mods || !ns || gq_parse_i64(ns, 0, INT64_MAX, &nsamples))
+		gq_die_frame(f, "hessian frame needs 'modules' and 'nsamples'");
+	if (gq_frame_tensor(f, "H", &t))
+		die("%s", gq_errmsg());
+	n = t.ndim == 2 ? t.shape[0] : -1;
+	if (t.ndim != 2 || t.shape[1] != n)
+		gq_die_frame(f, "H is not a square matrix");
+	H = malloc((size_t)(n * n) * sizeof *H + 1);
+	if (!H)
+		die("out of memory for a %lld x %lld Hessian", (long long)n, (long long)n);
+	gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)(n * n), H);
+	for (int64_t i = 0; i < n * n; i++)
+		if (!isfinite(H[i]))
+			gq_die_frame(f, "H has a non-finite entry at [%lld, %lld]", (long long)(i / n),
+				     (long long)(i % n));
+	for (const char *p = mods; *p;) {
+		const char *comma = strchr(p, ',');
+		size_t len = comma ? (size_t)(comma - p) : strlen(p);
+		char name[GQ_NAME_MAX];
+		int layer, module;
+
+		if (len == 0 || len >= sizeof name)
+			gq_die_frame(f, "bad module list '%s'", mods);
+		memcpy(name, p, len);
+		name[len] = '\0';
+		if (gq_module_find(r->m, name, &layer, &module))
+			die("%s", gq_errmsg());
+		if (r->m->modules[module].in != n)
+			gq_die_frame(f, "H is %lld x %lld but %s has %lld inputs", (long long)n,
+				     (long long)n, name, (long long)r->m->modules[module].in);
+		emit(r, layer, module, H, nsamples);
+		p = comma ? comma + 1 : p + len;
+	}
+	free(H);
+}
+
+static void write_report(run *r)
+{
+	gq_st_builder b;
+	gq_buf json = {0};
+	char bits[8], gs[24];
+
+	gq_buf_append(&json, "{", 1);
+	gq_buf_append(&json, r->report.data ? r->report.data : "", r->report.len);
+	gq_buf_append(&json, "}", 1);
+	snprintf(bits, sizeof bits, "%d", r->so.gptq.bits);
+	snprintf(gs, sizeof gs, "%lld", (long long)r->so.gptq.group_size);
+	gq_stb_init(&b);
+	if (gq_stb_meta(&b, "gptq.kind", "report") || gq_stb_meta(&b, "tool", "gptq-solve") ||
+	    gq_stb_meta(&b, "bits", bits) || gq_stb_meta(&b, "group_size", gs) ||
+	    gq_stb_meta(&b, "modules", json.data) || gq_writer_put(r->w, &b))
+		die("%s", gq_errmsg());
+	gq_stb_free(&b);
+	gq_buf_free(&json);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		GQ_COMMON_LONG,
+		GQ_STREAM_OUT_LONG,
+		{"model", required_argument, 0, 'm'},
+		{"bits", required_argument, 0, 'b'},
+		{"group-size", required_argument, 0, 'g'},
+		{"desc-act", no_argument, 0, OPT_DESC},
+		{"static-groups", no_argument, 0, OPT_STATIC},
+		{"sym", no_argument, 0, OPT_SYM},
+		{"asym", no_argument, 0, OPT_ASYM},
+		{"damp", required_argument, 0, OPT_DAMP},
+		{"block", required_argument, 0, OPT_BLOCK},
+		{"mse", no_argument, 0, OPT_MSE},
+		{"rtn", no_argument, 0, OPT_RTN},
+		{"all", no_argument, 0, OPT_ALL},
+		{"reference", no_argument, 0, OPT_REF},
+		{"objective", no_argument, 0, OPT_OBJ},
+		{0, 0, 0, 0},
+	};
+	gq_common common;
+	gq_stream_out out = {0};
+	gq_solve_opts so = {{4, 128, 0, 0, 1, 0.01, 128, 0, 1}, 0, 0, 0};
+	const char *model_dir = NULL;
+	gq_model *m;
+	int all = 0, c;
+	int64_t bits;
+
+	gq_cli_init(&tool, &common, argc, argv);
+	while ((c = getopt_long(argc, argv, GQ_COMMON_SHORT GQ_STREAM_OUT_SHORT "m:b:g:", longopts,
+				NULL)) != -1) {
+		if (gq_cli_common(&tool, &common, c, optarg) || gq_cli_stream_out(&tool, &out, c, optarg))
+			continue;
+		switch (c) {
+		case 'm': model_dir = optarg; break;
+		case 'b':
+			bits = gq_opt_int(&tool, "--bits", optarg, 2, 8);
+			if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
+				gq_usage_error(&tool, "--bits: %lld is not 2, 3, 4 or 8", (long long)bits);
+			so.gptq.bits = (int)bits;
+			break;
+		case 'g':
+			so.gptq.group_size = gq_opt_int(&tool, "--group-size", optarg, -1, 1 << 20);
+			if (so.gptq.group_size == 0)
+				gq_usage_error(&tool, "--group-size: use a positive size or -1");
+			break;
+		case OPT_DESC: so.gptq.desc_act = 1; break;
+		case OPT_STATIC: so.gptq.static_groups = 1; break;
+		case OPT_SYM: so.gptq.sym = 1; break;
+		case OPT_ASYM: so.gptq.sym = 0; break;
+		case OPT_DAMP: so.gptq.damp = gq_opt_float(&tool, "--damp", optarg, 0, 1); break;
+		case OPT_BLOCK: so.gptq.block = gq_opt_int(&tool, "--block", optarg, 1, 1 << 16); break;
+		case OPT_MSE: so.gptq.mse = 1; break;
+		case OPT_RTN: so.rtn = 1; break;
+		case OPT_ALL: all = 1; break;
+		case OPT_REF: so.reference = 1; break;
+		case OPT_OBJ: so.objective = 1; break;
+		default: gq_usage(&tool, 2);
+		}
+	}
+	if (!model_dir)
+		gq_usage_error(&tool, "-m MODEL is required");
+	if (so.gptq.static_groups && so.gptq.group_size < 0)
+		gq_usage_error(&tool, "cannot use --static-groups without a group size");
+	if (all && !so.rtn)
+		gq_usage_error(&tool, "--all quantizes without Hessians: it needs --rtn");
+	if (all && optind < argc)
+		gq_usage_error(&tool, "--all reads no input");
+	if (so.rtn && so.reference)
+		gq_usage_error(&tool, "cannot use --rtn with --reference");
+	so.gptq.threads = common.threads;
+	if (gq_model_open(&m, model_dir))
+		die("%s", gq_errmsg());
+
+	gq_writer_opts wo = {out.zstd_level, common.threads, out.force};
+	run r = {m, so, NULL, {0}, 0, {0}};
+	if (gq_writer_open(&r.w, out.path, &wo))
+		die("%s", gq_errmsg());
+	gq_progress_init(&r.progress, "solve", all ? m->cfg.n_layers * m->n_modules : 0);
+	if (all) {
+		for (int l = 0; l < m->cfg.n_layers; l++)
+			for (int i = 0; i < m->n_modules; i++)
+				if (m->modules[i].step >= 0)
+					emit(&r, l, i, NULL, 0);
+	} else {
+		char *dash = "-", **inputs = optind < argc ? argv + optind : &dash;
+		int n_inputs = optind < argc ? argc - optind : 1;
+		gq_frame f = {0};
+
+		for (int i = 0; i < n_inputs; i++) {
+			gq_reader *rd;
+			int rc;
+
+			if (gq_reader_open(&rd, inputs[i]))
+				die("%s", gq_errmsg());
+			while ((rc = gq_reader_next(rd, &f, GQ_READ_DATA)) > 0) {
+				if (f.kind && strcmp(f.kind, "hessian") == 0)
+					solve_frame(&r, &f);
+				else if (gq_writer_pass(r.w, &f))
+					die("%s", gq_errmsg());
+			}
+			if (rc < 0)
+				die("%s", gq_errmsg());
+			gq_reader_close(rd);
+		}
+		gq_frame_free(&f);
+	}
+	gq_progress_finish(&r.progress);
+	write_report(&r);
+	if (gq_writer_close(r.w, 1))
+		die("%s", gq_errmsg());
+	gq_buf_free(&r.report);
+	gq_model_close(m);
+	if (gq_close_stdout())
+		die("%s", gq_errmsg());
+	return 0;
+}
