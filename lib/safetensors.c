@@ -432,10 +432,12 @@ int gq_stb_header(const gq_st_builder *b, char **json, size_t *len, int **order,
 	if (!ord)
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	/* stable order by element size, largest first: keeps every tensor aligned */
-	for (size_t size = 8; size >= 1; size /= 2)
+	for (size_t size = 8; size >= 1 && !b->keep_order; size /= 2)
 		for (int i = 0; i < b->n; i++)
 			if (gq_dtype_size(b->tensors[i].dtype) == size)
 				ord[k++] = i;
+	for (int i = 0; i < b->n && b->keep_order; i++)
+		ord[k++] = i;
 	gq_buf_append(&s, "{", 1);
 	if (b->n_meta) {
 		gq_buf_append(&s, "\"__metadata__\":{", 16);

@@ -60,6 +60,7 @@ typedef struct {
 	int n, cap;
 	char **meta_keys, **meta_vals;
 	int n_meta, cap_meta;
+	int keep_order;     /* lay tensors out in insertion order (a streaming writer's order) */
 } gq_st_builder;
 
 void gq_stb_init(gq_st_builder *b);
