@@ -13,6 +13,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
 	gq_hessian *h;  /* [n_groups]; h[g].sum == NULL: not collecting g */
@@ -34,9 +35,21 @@ static int on_group(void *p, int layer, int group, const float *x, int64_t rows,
 
 typedef struct {
 	const char *path;
+	int fd;
 	gq_reader *r;
 	gq_frame f;
 } feedback;
+
+static int open_feedback(feedback *fb)
+{
+	int rc;
+
+	if (fb->r)
+		return GQ_OK;
+	rc = fb->fd >= 0 ? gq_reader_open_fd(&fb->r, fb->fd, fb->path) : gq_reader_open(&fb->r, fb->path);
+	fb->fd = -1; /* the reader owns it now, or it was closed on failure */
+	return rc ? gq_err_wrap(rc, "feedback") : GQ_OK;
+}
 
 /* Reads qlinear frames until every module of `layer` in `want` [n_modules] has arrived. */
 static int read_feedback(feedback *fb, const gq_model *m, int layer, gq_layer *L, uint8_t *want)
@@ -45,8 +58,8 @@ static int read_feedback(feedback *fb, const gq_model *m, int layer, gq_layer *L
 
 	for (int i = 0; i < m->n_modules; i++)
 		missing += want[i];
-	if (!fb->r && (rc = gq_reader_open(&fb->r, fb->path)))
-		return gq_err_wrap(rc, "feedback");
+	if ((rc = open_feedback(fb)))
+		return rc;
 	while (missing > 0) {
 		gq_qlinear ql;
 		int l, mod;
@@ -203,7 +216,7 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 	hook_ctx hc = {calloc((size_t)m->n_groups + 1, sizeof(gq_hessian)), -1, GQ_OK};
 	gq_hooks hooks = {on_group, &hc};
 	uint8_t *want = calloc((size_t)m->n_modules + 1, 1);
-	feedback fb = {o->feedback, NULL, {0}};
+	feedback fb = {o->feedback, o->feedback_fd, NULL, {0}};
 	gq_progress prog;
 	int rc = GQ_OK;
 
@@ -275,8 +288,7 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 	if (o->sequential && rc == GQ_OK) {
 		int k;
 
-		if (!fb.r && (rc = gq_reader_open(&fb.r, fb.path)))
-			rc = gq_err_wrap(rc, "feedback");
+		rc = open_feedback(&fb);
 		while (rc == GQ_OK && (k = gq_reader_next(fb.r, &fb.f, GQ_SKIP_DATA)) > 0)
 			;
 		if (rc == GQ_OK && k < 0)
@@ -293,6 +305,8 @@ out:
 	free(want);
 	gq_frame_free(&fb.f);
 	gq_reader_close(fb.r);
+	if (fb.fd >= 0)
+		close(fb.fd);
 	return rc;
 }
 

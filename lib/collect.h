@@ -27,7 +27,8 @@ typedef struct {
 typedef struct {
 	int sequential;
 	int first_layer, last_layer; /* inclusive range that gets Hessians */
-	const char *feedback;        /* path of the qlinear feedback stream (sequential) */
+	const char *feedback;        /* name of the qlinear feedback stream (sequential) */
+	int feedback_fd;             /* its descriptor, already open (taken over), or -1 */
 } gq_collect_opts;
 
 /*

@@ -44,19 +44,26 @@ struct gq_reader {
 
 int gq_reader_open(gq_reader **out, const char *path)
 {
+	int use_stdin = !path || strcmp(path, "-") == 0, fd;
+
+	fd = use_stdin ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return gq_err(GQ_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+	return gq_reader_open_fd(out, fd, use_stdin ? "<stdin>" : path);
+}
+
+int gq_reader_open_fd(gq_reader **out, int fd, const char *name)
+{
 	gq_reader *r = calloc(1, sizeof *r);
 	struct stat st;
-	int use_stdin = !path || strcmp(path, "-") == 0;
 
-	if (!r)
+	if (!r) {
+		if (fd > STDIN_FILENO)
+			close(fd);
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
-	r->fd = use_stdin ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
-	if (r->fd < 0) {
-		int e = errno;
-		free(r);
-		return gq_err(GQ_ERR_IO, "cannot open '%s': %s", path, strerror(e));
 	}
-	r->name = strdup(use_stdin ? "<stdin>" : path);
+	r->fd = fd;
+	r->name = strdup(name);
 	r->raw = malloc(RAW_CAP);
 	r->zout_cap = ZSTD_DStreamOutSize();
 	r->zout = malloc(r->zout_cap);
@@ -68,7 +75,7 @@ int gq_reader_open(gq_reader **out, const char *path)
 	if (fstat(r->fd, &st) == 0) {
 		if (S_ISDIR(st.st_mode)) {
 			gq_reader_close(r);
-			return gq_err(GQ_ERR_IO, "'%s' is a directory", path);
+			return gq_err(GQ_ERR_IO, "'%s' is a directory", name);
 		}
 		if (S_ISREG(st.st_mode)) {
 			off_t pos = lseek(r->fd, 0, SEEK_CUR);

@@ -35,6 +35,8 @@ typedef struct gq_reader gq_reader;
 
 /* path NULL or "-" reads stdin. */
 int gq_reader_open(gq_reader **r, const char *path);
+/* Reads an open descriptor (taking ownership); name is for messages. */
+int gq_reader_open_fd(gq_reader **r, int fd, const char *name);
 void gq_reader_close(gq_reader *r);
 const char *gq_reader_name(const gq_reader *r);
 

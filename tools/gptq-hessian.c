@@ -8,6 +8,7 @@
 #include "stream.h"
 #include "util.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +137,31 @@ static void parse_layers(const char *s, int64_t n_layers, gq_collect_opts *o)
 	o->last_layer = (int)hi;
 }
 
+/*
+ * Opens the feedback FIFO for reading before anything can fail: `tee fb`
+ * blocks opening it for writing until a reader exists, so a reader that died
+ * first would leave the pipeline hanging; once opened, our exit closes it and
+ * tee stops on a broken pipe instead. O_NONBLOCK only for the open itself.
+ */
+static int open_feedback_early(int argc, char **argv)
+{
+	const char *path = NULL;
+	int fd;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--feedback") == 0 && i + 1 < argc)
+			path = argv[i + 1];
+		else if (strncmp(argv[i], "--feedback=", 11) == 0)
+			path = argv[i] + 11;
+		else if (strcmp(argv[i], "--") == 0)
+			break;
+	}
+	if (!path || (fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) < 0)
+		return -1;
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	return fd;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -150,7 +176,7 @@ int main(int argc, char **argv)
 	};
 	gq_common common;
 	gq_stream_out out = {0};
-	gq_collect_opts co = {1, 0, -1, NULL};
+	gq_collect_opts co = {1, 0, -1, NULL, open_feedback_early(argc, argv)};
 	const char *model_dir = NULL, *layers = NULL;
 	int merge = 0, noseq = 0, c, n_inputs, n_given = 0;
 	char *dash = "-", **inputs;
