@@ -40,14 +40,23 @@ typedef struct {
 	gq_frame f;
 } feedback;
 
+/*
+ * The stream is opened for real (blocking until a writer is there) only now:
+ * a descriptor opened early without blocking would read end-of-file if the
+ * writer had not connected yet. The early one just kept tee's open from
+ * blocking and is closed once this one is in place.
+ */
 static int open_feedback(feedback *fb)
 {
 	int rc;
 
 	if (fb->r)
 		return GQ_OK;
-	rc = fb->fd >= 0 ? gq_reader_open_fd(&fb->r, fb->fd, fb->path) : gq_reader_open(&fb->r, fb->path);
-	fb->fd = -1; /* the reader owns it now, or it was closed on failure */
+	rc = gq_reader_open(&fb->r, fb->path);
+	if (fb->fd >= 0) {
+		close(fb->fd);
+		fb->fd = -1;
+	}
 	return rc ? gq_err_wrap(rc, "feedback") : GQ_OK;
 }
 
@@ -190,6 +199,69 @@ static int forward_all(const gq_model *m, const gq_layer *L, float **x, const gq
 	return GQ_OK;
 }
 
+/* One `activations` frame per sample: x [len, hidden] (+ mask), feeding `layer`. */
+static int save_state(int layer, const gq_sample *s, float **x, int64_t n, int64_t d, gq_writer *w)
+{
+	char num[2][32];
+	int rc = GQ_OK;
+
+	snprintf(num[0], sizeof num[0], "%d", layer);
+	for (int64_t i = 0; i < n && rc == GQ_OK; i++) {
+		int64_t shape[2] = {s[i].len, d};
+		gq_st_builder b;
+
+		snprintf(num[1], sizeof num[1], "%lld", (long long)i);
+		gq_stb_init(&b);
+		rc = gq_stb_meta(&b, "gptq.kind", "activations") || gq_stb_meta(&b, "layer", num[0]) ||
+		     gq_stb_meta(&b, "sample", num[1]) ||
+		     gq_stb_tensor(&b, "x", GQ_DTYPE_F32, 2, shape, x[i]) ||
+		     (s[i].mask && gq_stb_tensor(&b, "attention_mask", GQ_DTYPE_U8, 1, shape, s[i].mask))
+			     ? GQ_ERR_NOMEM
+			     : gq_writer_put(w, &b);
+		gq_stb_free(&b);
+	}
+	return rc;
+}
+
+int gq_sample_from_activations(const gq_frame *f, int64_t hidden, gq_sample *s, int *layer)
+{
+	const char *l = gq_frame_attr(f, "layer");
+	gq_tensor x, mask;
+	int64_t v;
+
+	memset(s, 0, sizeof *s);
+	if (!l || gq_parse_i64(l, 0, INT32_MAX, &v))
+		return gq_frame_err(f, GQ_ERR_FORMAT, "activations frame without a valid 'layer'");
+	*layer = (int)v;
+	if (gq_frame_tensor(f, "x", &x))
+		return GQ_ERR_FORMAT;
+	if (x.dtype != GQ_DTYPE_F32 || x.ndim != 2 || x.shape[1] != hidden || x.shape[0] < 1)
+		return gq_frame_err(f, GQ_ERR_FORMAT, "activations 'x' must be F32 [len, %lld]",
+				    (long long)hidden);
+	s->len = x.shape[0];
+	s->x = malloc((size_t)x.nbytes);
+	if (!s->x)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	memcpy(s->x, x.data, (size_t)x.nbytes);
+	if (gq_st_find(&f->hdr, "attention_mask")) {
+		if (gq_frame_tensor(f, "attention_mask", &mask) || mask.dtype != GQ_DTYPE_U8 ||
+		    mask.ndim != 1 || mask.shape[0] != s->len) {
+			free(s->x);
+			s->x = NULL;
+			return gq_frame_err(f, GQ_ERR_FORMAT, "activations 'attention_mask' must be U8 [%lld]",
+					    (long long)s->len);
+		}
+		s->mask = malloc((size_t)s->len);
+		if (!s->mask) {
+			free(s->x);
+			s->x = NULL;
+			return gq_err(GQ_ERR_NOMEM, "out of memory");
+		}
+		memcpy(s->mask, mask.data, (size_t)s->len);
+	}
+	return GQ_OK;
+}
+
 static int apply_given(const gq_model *m, int layer, gq_layer *L, const gq_qlinear *given, int n)
 {
 	for (int k = 0; k < n; k++) {
@@ -227,14 +299,21 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 	for (int64_t i = 0; i < n && rc == GQ_OK; i++) {
 		maxlen = samples[i].len > maxlen ? samples[i].len : maxlen;
 		x[i] = malloc((size_t)(samples[i].len * d) * sizeof **x);
-		rc = x[i] ? gq_model_embed(m, samples[i].ids, samples[i].len, 0, x[i])
-			  : gq_err(GQ_ERR_NOMEM, "out of memory for the calibration activations");
+		if (!x[i])
+			rc = gq_err(GQ_ERR_NOMEM, "out of memory for the calibration activations");
+		else if (samples[i].x)
+			memcpy(x[i], samples[i].x, (size_t)(samples[i].len * d) * sizeof **x);
+		else if (o->start_layer > 0)
+			rc = gq_err(GQ_ERR_ARG, "sample %lld has no activations for layer %d",
+				    (long long)i, o->start_layer);
+		else
+			rc = gq_model_embed(m, samples[i].ids, samples[i].len, 0, x[i]);
 	}
 	scratch = rc == GQ_OK ? malloc((size_t)(maxlen * d) * sizeof *scratch) : NULL;
 	if (rc == GQ_OK && !scratch)
 		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
 	gq_progress_init(&prog, "hessian", o->last_layer - o->first_layer + 1);
-	for (int l = 0; l <= o->last_layer && rc == GQ_OK; l++) {
+	for (int l = o->start_layer; l <= o->last_layer && rc == GQ_OK; l++) {
 		gq_layer L;
 
 		if ((rc = gq_layer_load(m, l, &L)))
@@ -251,7 +330,8 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 			free_hessians(m, &hc);
 		} else if (rc == GQ_OK) {
 			for (int s = 0; s < m->n_steps && rc == GQ_OK; s++) {
-				int last = l == o->last_layer && s == m->n_steps - 1;
+				/* the very last step's weights matter only if the state is saved */
+				int last = l == o->last_layer && s == m->n_steps - 1 && !o->state;
 
 				if ((rc = start_hessians(m, s, &hc)))
 					break;
@@ -264,13 +344,12 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 				if (rc == GQ_OK)
 					rc = emit(m, l, &hc, w);
 				free_hessians(m, &hc);
-				/* the last step's weights are not needed: the drain consumes them */
 				for (int i = 0; i < m->n_modules; i++)
 					want[i] = m->modules[i].step == s;
 				if (rc == GQ_OK && !last)
 					rc = read_feedback(&fb, m, l, &L, want);
 			}
-			if (rc == GQ_OK && l < o->last_layer)
+			if (rc == GQ_OK && (l < o->last_layer || o->state))
 				rc = forward_all(m, &L, x, samples, n, NULL);
 		}
 		gq_layer_free(m, &L);
@@ -279,6 +358,8 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 			gq_progress_update(&prog, l - o->first_layer + 1);
 	}
 	gq_progress_finish(&prog);
+	if (rc == GQ_OK && o->state)
+		rc = save_state(o->last_layer + 1, samples, x, n, d, o->state);
 	if (o->sequential && before_drain) {
 		int brc = before_drain(ctx);
 

@@ -19,16 +19,19 @@
 #include "stream.h"
 
 typedef struct {
-	int32_t *ids;  /* [len] */
+	int32_t *ids;  /* [len], or NULL when x is given */
 	uint8_t *mask; /* [len], or NULL: all real tokens */
+	float *x;      /* [len, hidden] activations entering start_layer, or NULL: embed ids */
 	int64_t len;
 } gq_sample;
 
 typedef struct {
 	int sequential;
+	int start_layer;             /* the layer the samples' activations enter (0: tokens) */
 	int first_layer, last_layer; /* inclusive range that gets Hessians */
+	gq_writer *state;            /* if set: activations leaving last_layer, one frame a sample */
 	const char *feedback;        /* name of the qlinear feedback stream (sequential) */
-	int feedback_fd;             /* its descriptor, already open (taken over), or -1 */
+	int feedback_fd;             /* an early descriptor of it to close once it is reopened, or -1 */
 } gq_collect_opts;
 
 /*
@@ -43,6 +46,12 @@ typedef struct {
 int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_collect_opts *o,
 	       const gq_qlinear *given, int n_given, gq_writer *w,
 	       int (*before_drain)(void *ctx), void *ctx);
+
+/*
+ * An `activations` frame (what --save-state writes) back into a sample;
+ * *layer is the layer it feeds. The sample takes its own copies.
+ */
+int gq_sample_from_activations(const gq_frame *f, int64_t hidden, gq_sample *s, int *layer);
 
 /*
  * Merges hessian streams frame by frame in lock step: frame k of every

@@ -49,7 +49,7 @@ typedef struct {
 	int n_waiting;
 	gq_qlinear first;    /* the settings every frame must share */
 	int have_first;
-	gq_buf report;       /* JSON of gptq-solve's report frame, if any */
+	cJSON *report;       /* gptq-solve's reports merged, without timings, or NULL */
 } source;
 
 static int add_entry(plan *p, const entry *e)
@@ -207,6 +207,30 @@ static int same_settings(const gq_qlinear *a, const gq_qlinear *b)
 	       a->desc_act == b->desc_act && a->static_groups == b->static_groups;
 }
 
+/*
+ * Keeps a report's per-module entries for gptq_report.json, minus the
+ * timings: a checkpoint made in one go and one resumed layer by layer must
+ * be byte for byte the same. A malformed report is not worth failing for.
+ */
+static void merge_report(source *s, const char *json)
+{
+	cJSON *r = cJSON_Parse(json), *item;
+
+	if (!cJSON_IsObject(r)) {
+		cJSON_Delete(r);
+		return;
+	}
+	if (!s->report)
+		s->report = cJSON_CreateObject();
+	while ((item = r->child)) {
+		cJSON_DetachItemViaPointer(r, item);
+		cJSON_DeleteItemFromObjectCaseSensitive(item, "seconds");
+		cJSON_DeleteItemFromObjectCaseSensitive(s->report, item->string);
+		cJSON_AddItemToObject(s->report, item->string, item);
+	}
+	cJSON_Delete(r);
+}
+
 /* Reads the next qlinear frame of any input (report frames are kept); 0 at the end. */
 static int next_qlinear(source *s, gq_qlinear *out)
 {
@@ -220,10 +244,7 @@ static int next_qlinear(source *s, gq_qlinear *out)
 			continue;
 		}
 		if (s->f.kind && strcmp(s->f.kind, "report") == 0 && gq_frame_attr(&s->f, "modules")) {
-			const char *j = gq_frame_attr(&s->f, "modules");
-
-			s->report.len = 0;
-			gq_buf_append(&s->report, j, strlen(j));
+			merge_report(s, gq_frame_attr(&s->f, "modules"));
 			continue;
 		}
 		if (!s->f.kind || strcmp(s->f.kind, "qlinear") != 0)
@@ -616,9 +637,11 @@ int gq_pack_checkpoint(const gq_model *m, gq_reader **inputs, int n_inputs, cons
 			rc = k;
 		}
 	}
-	if (rc == GQ_OK && s.report.len) {
-		gq_buf_append(&s.report, "\n", 1);
-		rc = write_text(&dir, "gptq_report.json", s.report.data);
+	if (rc == GQ_OK && s.report) {
+		char *text = cJSON_Print(s.report);
+
+		rc = text ? write_text(&dir, "gptq_report.json", text) : gq_err(GQ_ERR_NOMEM, "out of memory");
+		free(text);
 	}
 	if (rc == GQ_OK)
 		rc = gq_atomic_commit(&dir, o->replace);
@@ -633,7 +656,7 @@ out:
 		gq_qlinear_free(&s.waiting[i]);
 	free(s.waiting);
 	gq_frame_free(&s.f);
-	gq_buf_free(&s.report);
+	cJSON_Delete(s.report);
 	free(p.e);
 	return rc;
 }

@@ -12,11 +12,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const gq_tool tool = {
 	"gptq-hessian",
-	"usage: gptq-hessian -m MODEL --feedback FILE [--layers A-B] [-o FILE] [-z] [FILE|-]...\n"
-	"       gptq-hessian -m MODEL --no-sequential [--layers A-B] [-o FILE] [-z] [FILE|-]...\n"
+	"usage: gptq-hessian -m MODEL --feedback FILE [--layers A-B] [--save-state FILE]\n"
+	"                    [-o FILE] [-z] [FILE|-]...\n"
+	"       gptq-hessian -m MODEL --no-sequential [--layers A-B] [--save-state FILE]\n"
+	"                    [-o FILE] [-z] [FILE|-]...\n"
 	"       gptq-hessian --merge [-o FILE] [-z] FILE...\n",
 	"Run the model over the calibration tokens a layer at a time and write\n"
 	"H = 2/n sum x x^T for every group of linears that share an input.\n"
@@ -27,12 +30,15 @@ static const gq_tool tool = {
 	"      --no-sequential   all Hessians from full-precision inputs in one pass\n"
 	"      --layers A-B      Hessians of layers A..B only (earlier layers still run;\n"
 	"                        qlinear frames in the input give their quantized weights)\n"
+	"      --save-state FILE write the activations leaving the last layer (activations\n"
+	"                        frames); given as input instead of tokens they resume\n"
+	"                        there, as pipelines/quantize.mk does layer by layer\n"
 	"      --merge           sum partial Hessian streams frame by frame (weighted by\n"
 	"                        nsamples): data-parallel collection\n"
 	GQ_STREAM_OUT_HELP,
 };
 
-enum { OPT_FEEDBACK = GQ_OPT_TOOL_BASE, OPT_NOSEQ, OPT_LAYERS, OPT_MERGE };
+enum { OPT_FEEDBACK = GQ_OPT_TOOL_BASE, OPT_NOSEQ, OPT_LAYERS, OPT_MERGE, OPT_STATE };
 
 typedef struct {
 	gq_writer *w;
@@ -50,10 +56,15 @@ static int close_output(void *p)
 	return gq_close_stdout();
 }
 
-/* Reads all input frames: tokens become samples, qlinears earlier weights, the rest passes. */
+/*
+ * Reads all input frames: tokens (or activations) become samples, qlinears
+ * earlier weights, the rest passes. *start is the layer activations feed.
+ */
 static void read_inputs(char **inputs, int n, const gq_model *m, gq_writer *w, gq_sample **samples,
-			int64_t *n_samples, gq_qlinear **given, int *n_given)
+			int64_t *n_samples, gq_qlinear **given, int *n_given, int *start)
 {
+	int kinds = 0; /* 1: tokens seen, 2: activations seen */
+
 	gq_frame f = {0};
 
 	for (int i = 0; i < n; i++) {
@@ -72,11 +83,26 @@ static void read_inputs(char **inputs, int n, const gq_model *m, gq_writer *w, g
 					die("%s", gq_errmsg());
 				continue;
 			}
+			if (f.kind && strcmp(f.kind, "activations") == 0) {
+				int layer;
+
+				*samples = erealloc(*samples, (size_t)(*n_samples + 1) * sizeof **samples);
+				if (gq_sample_from_activations(&f, m->cfg.hidden, &(*samples)[*n_samples], &layer))
+					die("%s", gq_errmsg());
+				(*n_samples)++;
+				if ((kinds & 2) && layer != *start)
+					gq_die_frame(&f, "activations for layer %d after ones for layer %d", layer,
+						     *start);
+				*start = layer;
+				kinds |= 2;
+				continue;
+			}
 			if (!f.kind || strcmp(f.kind, "tokens") != 0) {
 				if (gq_writer_pass(w, &f))
 					die("%s", gq_errmsg());
 				continue;
 			}
+			kinds |= 1;
 			if (gq_frame_tensor(&f, "input_ids", &ids))
 				die("%s", gq_errmsg());
 			has_mask = gq_st_find(&f.hdr, "attention_mask") != NULL;
@@ -94,6 +120,7 @@ static void read_inputs(char **inputs, int n, const gq_model *m, gq_writer *w, g
 			for (int64_t s = 0; s < rows; s++) {
 				gq_sample *smp = &(*samples)[(*n_samples)++];
 
+				memset(smp, 0, sizeof *smp);
 				smp->len = T;
 				smp->ids = emalloc((size_t)T * sizeof *smp->ids);
 				smp->mask = has_mask ? emalloc((size_t)T) : NULL;
@@ -118,12 +145,17 @@ static void read_inputs(char **inputs, int n, const gq_model *m, gq_writer *w, g
 		gq_reader_close(r);
 	}
 	gq_frame_free(&f);
+	if (kinds == 3)
+		die("the input mixes tokens and activations frames");
+	if (*start >= m->cfg.n_layers)
+		die("the activations leave the last layer (%d): nothing to collect", *start - 1);
 }
 
 static void parse_layers(const char *s, int64_t n_layers, gq_collect_opts *o)
 {
 	char a[32], *dash;
 	int64_t lo, hi;
+
 
 	snprintf(a, sizeof a, "%s", s);
 	dash = strchr(a, '-');
@@ -141,8 +173,18 @@ static void parse_layers(const char *s, int64_t n_layers, gq_collect_opts *o)
  * Opens the feedback FIFO for reading before anything can fail: `tee fb`
  * blocks opening it for writing until a reader exists, so a reader that died
  * first would leave the pipeline hanging; once opened, our exit closes it and
- * tee stops on a broken pipe instead. O_NONBLOCK only for the open itself.
+ * tee stops on a broken pipe instead. Non-blocking, and never read: the real
+ * reader is opened when the first feedback is due (see collect.c).
  */
+static int early_fd = -1, finished;
+
+/* On a failed exit, give tee a moment to finish opening the FIFO we held. */
+static void grace_on_failure(void)
+{
+	if (!finished && early_fd >= 0)
+		usleep(200000);
+}
+
 static int open_feedback_early(int argc, char **argv)
 {
 	const char *path = NULL;
@@ -158,7 +200,8 @@ static int open_feedback_early(int argc, char **argv)
 	}
 	if (!path || (fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) < 0)
 		return -1;
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	early_fd = fd;
+	atexit(grace_on_failure);
 	return fd;
 }
 
@@ -172,12 +215,15 @@ int main(int argc, char **argv)
 		{"no-sequential", no_argument, 0, OPT_NOSEQ},
 		{"layers", required_argument, 0, OPT_LAYERS},
 		{"merge", no_argument, 0, OPT_MERGE},
+		{"save-state", required_argument, 0, OPT_STATE},
 		{0, 0, 0, 0},
 	};
 	gq_common common;
 	gq_stream_out out = {0};
-	gq_collect_opts co = {1, 0, -1, NULL, open_feedback_early(argc, argv)};
-	const char *model_dir = NULL, *layers = NULL;
+	gq_collect_opts co = {.sequential = 1, .last_layer = -1,
+			      .feedback_fd = open_feedback_early(argc, argv)};
+	const char *model_dir = NULL, *layers = NULL, *state = NULL;
+	gq_writer *state_w = NULL;
 	int merge = 0, noseq = 0, c, n_inputs, n_given = 0;
 	char *dash = "-", **inputs;
 	gq_sample *samples = NULL;
@@ -196,6 +242,7 @@ int main(int argc, char **argv)
 		case OPT_NOSEQ: noseq = 1; break;
 		case OPT_LAYERS: layers = optarg; break;
 		case OPT_MERGE: merge = 1; break;
+		case OPT_STATE: state = optarg; break;
 		default: gq_usage(&tool, 2);
 		}
 	}
@@ -206,7 +253,7 @@ int main(int argc, char **argv)
 	if (merge) {
 		gq_reader **rd = ecalloc((size_t)n_inputs, sizeof *rd);
 
-		if (model_dir || co.feedback || noseq || layers)
+		if (model_dir || co.feedback || noseq || layers || state)
 			gq_usage_error(&tool, "--merge takes only input files and output options");
 		for (int i = 0; i < n_inputs; i++)
 			if (gq_reader_open(&rd[i], inputs[i]))
@@ -230,27 +277,41 @@ int main(int argc, char **argv)
 	co.sequential = !noseq;
 	if (gq_model_open(&m, model_dir))
 		die("%s", gq_errmsg());
+	if (gq_writer_open(&o.w, out.path, &wo))
+		die("%s", gq_errmsg());
+	read_inputs(inputs, n_inputs, m, o.w, &samples, &n_samples, &given, &n_given, &co.start_layer);
+	if (n_samples == 0)
+		die("no tokens frames in the input (make them with gptq-calib)");
+	co.first_layer = co.start_layer;
 	co.last_layer = (int)m->cfg.n_layers - 1;
 	if (layers)
 		parse_layers(layers, m->cfg.n_layers, &co);
-	if (gq_writer_open(&o.w, out.path, &wo))
-		die("%s", gq_errmsg());
-	read_inputs(inputs, n_inputs, m, o.w, &samples, &n_samples, &given, &n_given);
-	if (n_samples == 0)
-		die("no tokens frames in the input (make them with gptq-calib)");
+	if (co.first_layer < co.start_layer)
+		die("--layers %s: the input activations enter layer %d", layers, co.start_layer);
+	if (state) {
+		gq_writer_opts so = {out.zstd_level, common.threads, 1};
+
+		if (gq_writer_open(&state_w, state, &so))
+			die("%s", gq_errmsg());
+		co.state = state_w;
+	}
 	gq_debug("%lld samples, layers %d-%d", (long long)n_samples, co.first_layer, co.last_layer);
 	if (gq_collect(m, samples, n_samples, &co, given, n_given, o.w, close_output, &o))
 		die("%s", gq_errmsg());
 	if (!o.closed && (gq_writer_close(o.w, 1) || gq_close_stdout()))
 		die("%s", gq_errmsg());
+	if (state_w && gq_writer_close(state_w, 1))
+		die("%s", gq_errmsg());
 	for (int64_t i = 0; i < n_samples; i++) {
 		free(samples[i].ids);
 		free(samples[i].mask);
+		free(samples[i].x);
 	}
 	free(samples);
 	for (int i = 0; i < n_given; i++)
 		gq_qlinear_free(&given[i]);
 	free(given);
 	gq_model_close(m);
+	finished = 1;
 	return 0;
 }
