@@ -241,6 +241,80 @@ int gq_corpus_add_ids(gq_corpus *c, const char *path, const char *field, int64_t
 	return each_line(path, jsonl_ids, &l);
 }
 
+int gq_corpus_encode_joined(const gq_corpus *c, const gq_tokenizer *tok, const char *join,
+			    int add_special, int32_t **tokens, int64_t *n)
+{
+	gq_buf text = {0};
+	size_t count;
+	int rc;
+
+	if (c->ids) {
+		int64_t total = 0, k = 0;
+
+		for (int64_t i = 0; i < c->n; i++)
+			total += c->n_ids[i];
+		*tokens = malloc((size_t)total * sizeof **tokens + 1);
+		if (!*tokens)
+			return gq_err(GQ_ERR_NOMEM, "out of memory");
+		for (int64_t i = 0; i < c->n; i++) {
+			memcpy(*tokens + k, c->ids[i], (size_t)c->n_ids[i] * sizeof **tokens);
+			k += c->n_ids[i];
+		}
+		*n = total;
+		return GQ_OK;
+	}
+	if (!tok)
+		return gq_err(GQ_ERR_ARG, "text input needs a tokenizer");
+	for (int64_t i = 0; i < c->n; i++) {
+		if (i)
+			gq_buf_append(&text, join, strlen(join));
+		gq_buf_append(&text, c->text[i], c->len[i]);
+	}
+	if (text.failed) {
+		gq_buf_free(&text);
+		return gq_err(GQ_ERR_NOMEM, "out of memory joining the corpus");
+	}
+	rc = gq_tok_encode(tok, text.data ? text.data : "", text.len, add_special, tokens, &count);
+	gq_buf_free(&text);
+	*n = (int64_t)count;
+	return rc;
+}
+
+int gq_corpus_encode_docs(gq_corpus *c, const gq_tokenizer *tok, int32_t bos)
+{
+	int64_t extra = bos >= 0;
+
+	if (!c->ids) {
+		if (!tok)
+			return gq_err(GQ_ERR_ARG, "text input needs a tokenizer");
+		c->ids = calloc((size_t)c->cap + 1, sizeof *c->ids);
+		c->n_ids = calloc((size_t)c->cap + 1, sizeof *c->n_ids);
+		if (!c->ids || !c->n_ids)
+			return gq_err(GQ_ERR_NOMEM, "out of memory");
+		for (int64_t i = 0; i < c->n; i++) {
+			int32_t *ids;
+			size_t n;
+			int rc = gq_tok_encode(tok, c->text[i], c->len[i], 0, &ids, &n);
+
+			if (rc)
+				return gq_err_wrap(rc, "document %lld", (long long)i + 1);
+			c->ids[i] = ids;
+			c->n_ids[i] = (int64_t)n;
+		}
+	}
+	for (int64_t i = 0; extra && i < c->n; i++) {
+		int32_t *p = realloc(c->ids[i], (size_t)(c->n_ids[i] + 1) * sizeof *p);
+
+		if (!p)
+			return gq_err(GQ_ERR_NOMEM, "out of memory");
+		memmove(p + 1, p, (size_t)c->n_ids[i] * sizeof *p);
+		p[0] = bos;
+		c->ids[i] = p;
+		c->n_ids[i]++;
+	}
+	return GQ_OK;
+}
+
 /* ---- Python's random (MT19937 with init_by_array seeding) ---- */
 
 static void mt_init(gq_pyrandom *r, uint32_t s)

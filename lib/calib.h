@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tokenizer.h"
+
 /* Documents of a corpus, in input order. */
 typedef struct {
 	char **text;   /* n documents, each NUL-terminated, len[i] bytes */
@@ -30,6 +32,20 @@ int gq_corpus_add_text(gq_corpus *c, const char *path, int whole_file);
 int gq_corpus_add_jsonl(gq_corpus *c, const char *path, const char *field);
 /* JSON lines of token ids: each line an array of ints, or an object whose `field` is one. */
 int gq_corpus_add_ids(gq_corpus *c, const char *path, const char *field, int64_t vocab);
+
+/*
+ * The documents joined with `join` and encoded as one text, with the
+ * tokenizer's special tokens when add_special (as transformers' tokenizer(text)
+ * adds them); for a pre-tokenized corpus (tok may be NULL), the id arrays
+ * concatenated. *tokens is malloc'd.
+ */
+int gq_corpus_encode_joined(const gq_corpus *c, const gq_tokenizer *tok, const char *join,
+			    int add_special, int32_t **tokens, int64_t *n);
+/*
+ * Encodes every text document on its own (no special tokens) into c->ids,
+ * prefixed with bos when bos >= 0; a pre-tokenized corpus only gets the prefix.
+ */
+int gq_corpus_encode_docs(gq_corpus *c, const gq_tokenizer *tok, int32_t bos);
 
 /* Python's random module (MT19937), for GPTQ-compatible window choice. */
 typedef struct {

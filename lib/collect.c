@@ -13,6 +13,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 typedef struct {
@@ -41,10 +42,9 @@ typedef struct {
 } feedback;
 
 /*
- * The stream is opened for real (blocking until a writer is there) only now:
- * a descriptor opened early without blocking would read end-of-file if the
- * writer had not connected yet. The early one just kept tee's open from
- * blocking and is closed once this one is in place.
+ * The FIFO was opened (without blocking) before tee could open its end; the
+ * reader polls before each read, so a writer that has not connected yet
+ * is waited for rather than taken for end-of-file.
  */
 static int open_feedback(feedback *fb)
 {
@@ -52,10 +52,12 @@ static int open_feedback(feedback *fb)
 
 	if (fb->r)
 		return GQ_OK;
-	rc = gq_reader_open(&fb->r, fb->path);
 	if (fb->fd >= 0) {
-		close(fb->fd);
-		fb->fd = -1;
+		fcntl(fb->fd, F_SETFL, fcntl(fb->fd, F_GETFL) & ~O_NONBLOCK);
+		rc = gq_reader_open_fd(&fb->r, fb->fd, fb->path);
+		fb->fd = -1; /* the reader owns it, or closed it on failure */
+	} else {
+		rc = gq_reader_open(&fb->r, fb->path);
 	}
 	return rc ? gq_err_wrap(rc, "feedback") : GQ_OK;
 }

@@ -31,7 +31,7 @@ typedef struct {
 	int first_layer, last_layer; /* inclusive range that gets Hessians */
 	gq_writer *state;            /* if set: activations leaving last_layer, one frame a sample */
 	const char *feedback;        /* name of the qlinear feedback stream (sequential) */
-	int feedback_fd;             /* an early descriptor of it to close once it is reopened, or -1 */
+	int feedback_fd;             /* its descriptor, opened early without blocking (taken over), or -1 */
 } gq_collect_opts;
 
 /*

@@ -4,6 +4,7 @@
  * the Hessian record's cond_note says why a condition estimate is missing.
  */
 #include "describe.h"
+#include "model.h"
 #include "stats.h"
 #include "util.h"
 
@@ -83,6 +84,16 @@ int gq_describe_frame(const gq_frame *f, const char *file, const gq_describe_opt
 			cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)e->shape[d]));
 		cJSON_AddItemToObject(t, "shape", shape);
 		cJSON_AddNumberToObject(t, "bytes", (double)(e->end - e->begin));
+		if (o->checksum && f->data) {
+			uint64_t h = 1469598103934665603ull;
+			const uint8_t *p = f->data + e->begin;
+			char hex[17];
+
+			for (uint64_t k = 0; k < e->end - e->begin; k++)
+				h = (h ^ p[k]) * 1099511628211ull;
+			snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+			cJSON_AddStringToObject(t, "fnv1a64", hex);
+		}
 		if (o->stats && f->data) {
 			gq_tensor view = gq_st_view(e, f->data);
 			gq_tensor_stats s;
@@ -117,4 +128,41 @@ int gq_describe_frame(const gq_frame *f, const char *file, const gq_describe_opt
 	gq_buf_append(out, "\n", 1);
 	free(text);
 	return out->failed ? gq_err(GQ_ERR_NOMEM, "out of memory") : GQ_OK;
+}
+
+int gq_describe_model(const gq_model *m, gq_buf *out)
+{
+	const gq_config *c = &m->cfg;
+	cJSON *root = cJSON_CreateObject(), *mods = cJSON_CreateArray();
+	char *text;
+
+	cJSON_AddStringToObject(root, "model_type", c->model_type);
+	cJSON_AddNumberToObject(root, "n_layers", (double)c->n_layers);
+	cJSON_AddNumberToObject(root, "hidden", (double)c->hidden);
+	cJSON_AddNumberToObject(root, "heads", (double)c->n_heads);
+	cJSON_AddNumberToObject(root, "kv_heads", (double)c->n_kv_heads);
+	cJSON_AddNumberToObject(root, "head_dim", (double)c->head_dim);
+	cJSON_AddNumberToObject(root, "intermediate", (double)c->intermediate);
+	cJSON_AddNumberToObject(root, "vocab", (double)c->vocab);
+	cJSON_AddNumberToObject(root, "experts", (double)c->n_experts);
+	cJSON_AddNumberToObject(root, "steps", m->n_steps);
+	for (int i = 0; i < m->n_modules; i++) {
+		cJSON *o = cJSON_CreateObject();
+
+		cJSON_AddStringToObject(o, "name", m->modules[i].name);
+		cJSON_AddNumberToObject(o, "in", (double)m->modules[i].in);
+		cJSON_AddNumberToObject(o, "out", (double)m->modules[i].out);
+		cJSON_AddNumberToObject(o, "group", m->modules[i].group);
+		cJSON_AddNumberToObject(o, "step", m->modules[i].step);
+		cJSON_AddItemToArray(mods, o);
+	}
+	cJSON_AddItemToObject(root, "modules", mods);
+	text = cJSON_PrintUnformatted(root);
+	cJSON_Delete(root);
+	if (!text)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	gq_buf_append(out, text, strlen(text));
+	gq_buf_append(out, "\n", 1);
+	free(text);
+	return GQ_OK;
 }

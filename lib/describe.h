@@ -10,8 +10,9 @@
 #include "util.h"
 
 typedef struct {
-	int stats;   /* add per-tensor statistics (needs the frame's data) */
-	double damp; /* damp fraction for the Hessian's damped condition estimate */
+	int stats;    /* add per-tensor statistics (needs the frame's data) */
+	double damp;  /* damp fraction for the Hessian's damped condition estimate */
+	int checksum; /* add each tensor's FNV-1a 64 of its bytes (needs the data) */
 } gq_describe_opts;
 
 /*
@@ -19,5 +20,9 @@ typedef struct {
  * file: the input's display name.
  */
 int gq_describe_frame(const gq_frame *f, const char *file, const gq_describe_opts *o, gq_buf *out);
+
+struct gq_model;
+/* One JSON line describing a model as the tools read it: dimensions and the quantizable modules. */
+int gq_describe_model(const struct gq_model *m, gq_buf *out);
 
 #endif

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@ struct gq_reader {
 	size_t raw_pos, raw_len;
 	int raw_eof;
 	int regular;        /* fd is a regular file: raw_total and fd_pos are valid */
+	int fifo;           /* fd is a pipe or FIFO: wait with poll() before reading */
 	uint64_t raw_total; /* size of the regular file */
 	uint64_t fd_pos;    /* bytes consumed from fd by read or lseek */
 	ZSTD_DCtx *zd;
@@ -77,6 +79,7 @@ int gq_reader_open_fd(gq_reader **out, int fd, const char *name)
 			gq_reader_close(r);
 			return gq_err(GQ_ERR_IO, "'%s' is a directory", name);
 		}
+		r->fifo = S_ISFIFO(st.st_mode);
 		if (S_ISREG(st.st_mode)) {
 			off_t pos = lseek(r->fd, 0, SEEK_CUR);
 
@@ -108,11 +111,23 @@ const char *gq_reader_name(const gq_reader *r)
 	return r->name;
 }
 
-/* read(2) retrying on EINTR; returns bytes read, 0 at EOF, -1 on error. */
+/*
+ * read(2) retrying on EINTR; returns bytes read, 0 at EOF, -1 on error.
+ * On a FIFO, poll() first: read() on a FIFO whose writer has not opened it
+ * yet returns end-of-file at once, while poll() waits for data or for a
+ * writer that came and went (gptq-hessian's feedback opens the FIFO before
+ * tee does).
+ */
 static ssize_t read_fd(gq_reader *r, void *dst, size_t n)
 {
 	ssize_t k;
 
+	if (r->fifo) {
+		struct pollfd p = {r->fd, POLLIN, 0};
+
+		while (poll(&p, 1, -1) < 0 && errno == EINTR)
+			;
+	}
 	do
 		k = read(r->fd, dst, n);
 	while (k < 0 && errno == EINTR);

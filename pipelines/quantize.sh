@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # quantize.sh - quantize a Hugging Face checkpoint with GPTQ in one pipeline:
 #
 #   gptq-calib | gptq-hessian --feedback FIFO | gptq-solve | tee FIFO | gptq-pack
@@ -7,11 +7,16 @@
 # the inputs of later modules and layers from the quantized weights
 # (AutoGPTQ's true_sequential). OUT appears only when everything succeeded.
 # See gptq-pipelines(7).
-set -eu
+#
+# bash for pipefail: the stages must be the pipeline's own processes. A
+# wrapper around gptq-hessian (a { ...; } group saving its status) would keep
+# gptq-solve's input open after gptq-hessian closed it, and the loop would wait.
+set -euo pipefail
 
 usage() {
 	cat <<'USAGE'
-usage: quantize.sh MODEL OUT [--text FILE]... [--field NAME] [-n N] [-l LEN] [--seed S]
+usage: quantize.sh MODEL OUT [--text FILE]... [--calib TOKENS.gqs] [--field NAME] [-n N]
+                   [-l LEN] [--seed S]
                    [--bits B] [--group-size G] [--desc-act] [--static-groups] [--asym]
                    [--damp F] [--mse] [--rtn] [--no-sequential] [--format gptq|gptq_v2]
                    [--shard-size SIZE] [--save DIR] [--threads N]
@@ -25,11 +30,12 @@ model=$1
 out=$2
 shift 2
 
-texts= calib_opts= solve_opts= pack_opts= hess_opts= save= seq=1 rtn= format= asym=
+texts= calib_opts= solve_opts= pack_opts= hess_opts= save= seq=1 rtn= format= asym= calib_file=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--text) texts="$texts $(printf '%s' "$2" | sed "s/'/'\\\\''/g; s/^/'/; s/\$/'/")"; shift ;;
 	--field) calib_opts="$calib_opts --field $2"; shift ;;
+	--calib) calib_file=$2; shift ;;
 	-n|-l|--seed) calib_opts="$calib_opts $1 $2"; shift ;;
 	--bits|--group-size|--damp) solve_opts="$solve_opts $1 $2"; shift ;;
 	--desc-act|--static-groups|--mse) solve_opts="$solve_opts $1" ;;
@@ -51,8 +57,6 @@ pack_opts="$pack_opts --format $format"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/quantize.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 if [ -n "$save" ]; then
 	mkdir -p "$save"
@@ -63,50 +67,26 @@ else
 	save_q=/dev/null
 fi
 
-# each stage leaves its exit status: a POSIX shell has no pipefail
-stage() {
-	name=$1
-	shift
-	set +e
-	"$@"
-	echo $? >"$tmp/$name.rc"
+calib() {
+	if [ -n "$calib_file" ]; then
+		cat "$calib_file"
+	else
+		eval "gptq-calib -m \"\$model\" $calib_opts $texts"
+	fi
 }
 
+# shellcheck disable=SC2086
 if [ -n "$rtn" ]; then
 	# round to nearest: no calibration, no Hessians
-	# shellcheck disable=SC2086
-	{ stage solve gptq-solve -m "$model" --rtn --all $solve_opts; } |
-		{ stage tee tee "$save_q"; } |
-		{ stage pack gptq-pack -m "$model" -o "$out" $pack_opts; }
-	stages="solve tee pack"
+	gptq-solve -m "$model" --rtn --all $solve_opts | tee "$save_q" |
+		gptq-pack -m "$model" -o "$out" $pack_opts
 elif [ -n "$seq" ]; then
 	mkfifo "$tmp/feedback"
-	# shellcheck disable=SC2086
-	{ eval "stage calib gptq-calib -m \"\$model\" $calib_opts $texts"; } |
-		{ stage hessian gptq-hessian -m "$model" --feedback "$tmp/feedback" $hess_opts; } |
-		{ stage tee_h tee "$save_h"; } |
-		{ stage solve gptq-solve -m "$model" $solve_opts; } |
-		{ stage tee tee "$tmp/feedback" "$save_q"; } |
-		{ stage pack gptq-pack -m "$model" -o "$out" $pack_opts; }
-	stages="calib hessian tee_h solve tee pack"
+	calib | gptq-hessian -m "$model" --feedback "$tmp/feedback" $hess_opts |
+		tee "$save_h" | gptq-solve -m "$model" $solve_opts |
+		tee "$tmp/feedback" "$save_q" | gptq-pack -m "$model" -o "$out" $pack_opts
 else
-	# shellcheck disable=SC2086
-	{ eval "stage calib gptq-calib -m \"\$model\" $calib_opts $texts"; } |
-		{ stage hessian gptq-hessian -m "$model" --no-sequential $hess_opts; } |
-		{ stage tee_h tee "$save_h"; } |
-		{ stage solve gptq-solve -m "$model" $solve_opts; } |
-		{ stage tee tee "$save_q"; } |
-		{ stage pack gptq-pack -m "$model" -o "$out" $pack_opts; }
-	stages="calib hessian tee_h solve tee pack"
-fi
-
-# report every failed stage: a broken pipe (141) is usually another's victim
-failed=
-for s in $stages; do
-	rc=$(cat "$tmp/$s.rc" 2>/dev/null || echo 1)
-	[ "$rc" = 0 ] || failed="$failed $s($rc)"
-done
-if [ -n "$failed" ]; then
-	echo "quantize.sh: failed stages:$failed; '$out' was not written" >&2
-	exit 1
+	calib | gptq-hessian -m "$model" --no-sequential $hess_opts |
+		tee "$save_h" | gptq-solve -m "$model" $solve_opts |
+		tee "$save_q" | gptq-pack -m "$model" -o "$out" $pack_opts
 fi

@@ -7,6 +7,7 @@
 #include "cli.h"
 #include "describe.h"
 #include "io.h"
+#include "model.h"
 #include "stream.h"
 #include "util.h"
 
@@ -17,24 +18,29 @@
 
 static const gq_tool tool = {
 	"gptq-dump",
-	"usage: gptq-dump [--stats] [--damp F] [FILE|DIR|-]...\n"
+	"usage: gptq-dump [--stats] [--damp F] [--checksum] [FILE|DIR|-]...\n"
 	"       gptq-dump --extract NAME [--frame N] -o OUT.safetensors [-f] [FILE|-]...\n"
 	"       gptq-dump --frame N -o OUT.safetensors [-f] [FILE|-]...\n"
-	"       gptq-dump --split DIR [FILE|-]...\n",
+	"       gptq-dump --split DIR [FILE|-]...\n"
+	"       gptq-dump --model-info MODEL\n",
 	"Print one JSON line per frame: file, index, offset, kind, metadata, tensors.\n"
 	"  -s, --stats         per-tensor min/max/mean/std/zeros/nan/inf; Hessian summary\n"
 	"                      (trace, diagonal, dead columns, symmetry, condition) for\n"
 	"                      hessian frames\n"
 	"      --damp F        damp fraction for the damped condition estimate (0.01)\n"
+	"      --checksum      add each tensor's FNV-1a 64-bit hash (fnv1a64) to compare\n"
+	"                      tensors across files\n"
 	"  -x, --extract NAME  write the frame whose name or modules attribute is NAME,\n"
 	"                      or else the tensor NAME alone, to -o as .safetensors\n"
 	"      --frame N       select frame N (0-based, across all inputs)\n"
 	"  -o, --output FILE   output file for --extract/--frame ('-' for stdout)\n"
 	"      --split DIR     write every frame to DIR/NNNNN-KIND[-NAME].safetensors\n"
-	"  -f, --force         write binary output to a terminal\n",
+	"  -f, --force         write binary output to a terminal\n"
+	"      --model-info    describe a model directory as the tools read it: model_type,\n"
+	"                      n_layers, dimensions, quantizable modules with their groups\n",
 };
 
-enum { OPT_DAMP = GQ_OPT_TOOL_BASE, OPT_FRAME, OPT_SPLIT };
+enum { OPT_DAMP = GQ_OPT_TOOL_BASE, OPT_FRAME, OPT_SPLIT, OPT_CHECKSUM, OPT_MODEL_INFO };
 
 typedef struct {
 	int stats;
@@ -44,6 +50,8 @@ typedef struct {
 	const char *output;
 	const char *split;
 	int force;
+	int checksum;
+	int model_info;
 } options;
 
 /* Does frame f answer to NAME as a whole (its name or one of its modules)? */
@@ -93,7 +101,7 @@ static char **expand_inputs(int n, char **args, int *n_out)
 
 static void list_frames(char **inputs, int n, const options *o)
 {
-	gq_describe_opts d = {o->stats, o->damp};
+	gq_describe_opts d = {o->stats, o->damp, o->checksum};
 	gq_frame f = {0};
 	gq_buf line = {0};
 
@@ -103,7 +111,7 @@ static void list_frames(char **inputs, int n, const options *o)
 
 		if (gq_reader_open(&r, inputs[i]))
 			die("%s", gq_errmsg());
-		while ((rc = gq_reader_next(r, &f, o->stats ? GQ_READ_DATA : GQ_SKIP_DATA)) > 0) {
+		while ((rc = gq_reader_next(r, &f, o->stats || o->checksum ? GQ_READ_DATA : GQ_SKIP_DATA)) > 0) {
 			line.len = 0;
 			if (gq_describe_frame(&f, gq_reader_name(r), &d, &line))
 				die("%s", gq_errmsg());
@@ -276,9 +284,11 @@ int main(int argc, char **argv)
 		{"output", required_argument, 0, 'o'},
 		{"split", required_argument, 0, OPT_SPLIT},
 		{"force", no_argument, 0, 'f'},
+		{"checksum", no_argument, 0, OPT_CHECKSUM},
+		{"model-info", no_argument, 0, OPT_MODEL_INFO},
 		{0, 0, 0, 0},
 	};
-	options o = {0, 0.01, NULL, -1, NULL, NULL, 0};
+	options o = {.damp = 0.01, .frame = -1};
 	gq_common common;
 	char **inputs, *dash = "-";
 	int c, n_inputs;
@@ -295,6 +305,8 @@ int main(int argc, char **argv)
 		case 'o': o.output = optarg; break;
 		case OPT_SPLIT: o.split = optarg; break;
 		case 'f': o.force = 1; break;
+		case OPT_CHECKSUM: o.checksum = 1; break;
+		case OPT_MODEL_INFO: o.model_info = 1; break;
 		default: gq_usage(&tool, 2);
 		}
 	}
@@ -306,6 +318,21 @@ int main(int argc, char **argv)
 		gq_usage_error(&tool, "-o needs --extract or --frame");
 	if (o.stats && (o.extract || o.frame >= 0 || o.split))
 		gq_usage_error(&tool, "--stats only applies to listing");
+	if (o.model_info) {
+		gq_model *m;
+		gq_buf line = {0};
+
+		if (optind != argc - 1 || o.stats || o.extract || o.frame >= 0 || o.split)
+			gq_usage_error(&tool, "--model-info takes one model directory and nothing else");
+		if (gq_model_open(&m, argv[optind]) || gq_describe_model(m, &line))
+			die("%s", gq_errmsg());
+		fwrite(line.data, 1, line.len, stdout);
+		gq_buf_free(&line);
+		gq_model_close(m);
+		if (gq_close_stdout())
+			die("%s", gq_errmsg());
+		return 0;
+	}
 	if (optind == argc)
 		inputs = expand_inputs(1, &dash, &n_inputs);
 	else
