@@ -8,6 +8,7 @@
 #include "checkpoint.h"
 #include "model.h"
 #include "stream.h"
+#include "tokenizer.h"
 
 #include <dirent.h>
 #include <unistd.h>
@@ -217,6 +218,54 @@ static void test_stories260k(void)
 	CHECK(e < TOL);
 }
 
+/* Greedy decoding from BOS gives the story ../shared/README.md quotes. */
+static void test_stories260k_greedy_story(void)
+{
+	static const char *want = "Once upon a time, there was a little girl named Lily. She loved to play "
+				  "outside in the park. One day, she saw a big, red ball.";
+	const char *dir = check_shared("models/stories260K");
+	gq_model *m;
+	gq_layer *layers;
+	gq_kv_cache cache;
+	gq_tokenizer *tok;
+	int32_t ids[80];
+	float *logits;
+	char *text;
+	size_t len;
+	int n = 0;
+
+	if (!dir) {
+		check_skip("../shared/models/stories260K not present");
+		return;
+	}
+	CHECK_OK(gq_model_open(&m, dir));
+	CHECK_OK(gq_tok_load(&tok, dir));
+	CHECK_OK(gq_model_load_layers(m, &layers));
+	CHECK_OK(gq_kv_cache_init(m, &cache, 80));
+	logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
+	ids[n++] = gq_tok_bos(tok);
+	CHECK(ids[0] == 1);
+	while (n < 80) {
+		int best = 0;
+
+		CHECK_OK(gq_model_decode(m, layers, &cache, &ids[n - 1], 1, 1, logits));
+		for (int v = 1; v < m->cfg.vocab; v++)
+			if (logits[v] > logits[best])
+				best = v;
+		ids[n++] = best;
+	}
+	/* the text generated after BOS (id 1 is a plain vocabulary entry here, "\\n<s>\\n") */
+	CHECK_OK(gq_tok_decode(tok, ids + 1, (size_t)n - 1, 1, &text, &len));
+	printf("#   %.120s...\n", text);
+	CHECK(strncmp(text, want, strlen(want)) == 0);
+	free(text);
+	free(logits);
+	gq_kv_cache_free(&cache);
+	gq_model_free_layers(m, layers);
+	gq_tok_free(tok);
+	gq_model_close(m);
+}
+
 static void test_errors(void)
 {
 	gq_model *m;
@@ -357,6 +406,7 @@ int main(void)
 	CHECK(mkdtemp(tmpdir) != NULL);
 	RUN(test_shared_architectures);
 	RUN(test_stories260k);
+	RUN(test_stories260k_greedy_story);
 	RUN(test_own_fixtures);
 	RUN(test_moss_is_codegen);
 	RUN(test_errors);
