@@ -235,11 +235,27 @@ setup() {
 
 @test "--help prints the synopsis to stdout, --version the build" {
 	run -0 --separate-stderr gptq-dump --help
-	[ "${lines[0]}" = "usage: gptq-dump [--stats] [--damp F] [FILE|DIR|-]..." ]
+	[ "${lines[0]}" = "usage: gptq-dump [--stats] [--damp F] [--checksum] [FILE|DIR|-]..." ]
 	[ -z "$stderr" ]
 	run -0 gptq-dump --version
 	[[ "${lines[0]}" == "gptq-dump (gptq) "* ]]
 	[[ "${lines[1]}" == "backends: cpu (openblas)"* ]]
+}
+
+@test "--checksum hashes each tensor's bytes, so equal tensors compare equal across files" {
+	gptq-dump --extract model.layers.0.self_attn.k_proj -o k.safetensors stream.gqs
+	[ "$(gptq-dump --checksum k.safetensors | jq -r '.tensors[0].fnv1a64')" = \
+		"$(gptq-dump --checksum stream.gqs | jq -r 'select(.kind=="hessian") | .tensors[0].fnv1a64')" ]
+	[ "$(gptq-dump --checksum t.gqs | jq -r '.tensors[].fnv1a64' | sort -u | wc -l)" -eq 2 ]
+	[[ "$(gptq-dump --checksum t.gqs | jq -r '.tensors[0].fnv1a64')" =~ ^[0-9a-f]{16}$ ]]
+}
+
+@test "--model-info describes a model as the tools read it" {
+	run -0 gptq-dump --model-info "$BATS_TEST_DIRNAME/data/models/mixtral_top2of4"
+	[ "$(echo "$output" | jq -c '[.model_type, .n_layers, .experts, .steps, (.modules | length)]')" = '["mixtral",2,4,4,17]' ]
+	[ "$(echo "$output" | jq -c '.modules[4]')" = '{"name":"block_sparse_moe.gate","in":64,"out":4,"group":-1,"step":-1}' ]
+	run -1 gptq-dump --model-info emptydir-nope
+	[[ "$output" == "gptq-dump: cannot open"* ]]
 }
 
 @test "a closed pipe downstream does not hang or report an error" {

@@ -5,6 +5,8 @@
  *
  *   gq-testgen hessian N [SEED] [DEAD] > h.gqs   SPD Hessian frame, DEAD zero columns
  *   gq-testgen tokens ROWS SEQLEN [SEED [VOCAB]] > t.gqs
+ *   gq-testgen hframe N MODULES LAYER KIND > h.gqs  one Hessian frame for MODULES (comma
+ *                                                list) of KIND spd, indefinite, nan or empty
  *   gq-testgen report > r.gqs
  *   gq-testgen dtypes > d.safetensors            one tensor per dtype, F8 included
  *   gq-testgen checkpoint DIR [SHARDS]           config.json + weights (+ index)
@@ -13,6 +15,7 @@
 #include "stream.h"
 #include "util.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +110,37 @@ static void tokens(int64_t rows, int64_t seqlen, int64_t vocab)
 	gq_stb_free(&b);
 	free(ids);
 	free(mask);
+}
+
+/* Hand-made Hessians for the solver's edge cases. */
+static void hframe(int64_t n, const char *modules, const char *layer, const char *kind)
+{
+	float *H = ecalloc((size_t)(n * n), sizeof *H); // [n, n]
+	int64_t shape[2] = {n, n};
+	gq_st_builder b;
+	char first[256];
+	const char *comma = strchr(modules, ',');
+
+	snprintf(first, sizeof first, "%.*s", comma ? (int)(comma - modules) : (int)strlen(modules),
+		 modules);
+	for (int64_t i = 0; i < n; i++)
+		for (int64_t j = 0; j < n; j++) {
+			if (!strcmp(kind, "spd"))
+				H[i * n + j] = (i == j ? 2.0f : 0.0f) + 0.5f;
+			else if (!strcmp(kind, "indefinite"))
+				H[i * n + j] = 1.0f - (i == j ? 0.5f : 0.0f); /* J - I/2: eigenvalues -1/2 */
+		}
+	if (!strcmp(kind, "nan"))
+		H[n + 1] = NAN;
+	gq_stb_init(&b);
+	if (gq_stb_meta(&b, GQ_KIND_KEY, "hessian") || gq_stb_meta(&b, "layer", layer) ||
+	    gq_stb_meta(&b, "name", first) || gq_stb_meta(&b, "modules", modules) ||
+	    gq_stb_meta(&b, "nsamples", !strcmp(kind, "empty") ? "0" : "100") ||
+	    gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H))
+		die("%s", gq_errmsg());
+	put(&b);
+	gq_stb_free(&b);
+	free(H);
 }
 
 static void report(void)
@@ -255,8 +289,9 @@ int main(int argc, char **argv)
 {
 	gq_set_progname("gq-testgen");
 	if (argc < 2)
-		die("usage: gq-testgen hessian|tokens|report|dtypes|checkpoint ...");
-	if (argc > 3 && strcmp(argv[1], "checkpoint") != 0 && strcmp(argv[1], "tokens") != 0)
+		die("usage: gq-testgen hessian|tokens|hframe|report|dtypes|checkpoint ...");
+	if (argc > 3 && strcmp(argv[1], "checkpoint") != 0 && strcmp(argv[1], "tokens") != 0 &&
+	    strcmp(argv[1], "hframe") != 0)
 		rng += (uint64_t)arg_int(argc, argv, 3, 0, 0, INT64_MAX);
 	if (strcmp(argv[1], "hessian") == 0)
 		hessian(arg_int(argc, argv, 2, 32, 1, 4096), arg_int(argc, argv, 4, 0, 0, 4096));
@@ -264,7 +299,9 @@ int main(int argc, char **argv)
 		rng += (uint64_t)arg_int(argc, argv, 4, 0, 0, INT64_MAX);
 		tokens(arg_int(argc, argv, 2, 2, 1, 1 << 20), arg_int(argc, argv, 3, 16, 1, 1 << 20),
 		       arg_int(argc, argv, 5, 320, 1, 1 << 24));
-	} else if (strcmp(argv[1], "report") == 0)
+	} else if (strcmp(argv[1], "hframe") == 0 && argc == 6)
+		hframe(arg_int(argc, argv, 2, 8, 1, 4096), argv[3], argv[4], argv[5]);
+	else if (strcmp(argv[1], "report") == 0)
 		report();
 	else if (strcmp(argv[1], "dtypes") == 0)
 		dtypes();
