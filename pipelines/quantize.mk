@@ -58,6 +58,7 @@ QS   := $(IDX:%=$(WORK)/q-%.gqs)
 all: $(OUT)/config.json
 
 $(OUT)/config.json: $(QS)
+	rm -rf $(OUT).tmp.*
 	$(BIN)gptq-pack -m $(MODEL) -o $(OUT) --format $(PACK_FORMAT) -f $(QS)
 
 ifdef CALIB
@@ -78,6 +79,7 @@ ifeq ($(SEQUENTIAL),1)
 # layer i: Hessians step by step with feedback, its modules, the next activations
 define LAYER
 $(WORK)/q-$(1).gqs $(WORK)/act-$(2).gqs &: $(WORK)/act-$(1).gqs
+	rm -f $(WORK)/q-$(1).gqs.tmp $(WORK)/act-$(2).gqs.tmp.* # left by a kill -9
 	rm -f $(WORK)/fb-$(1) && mkfifo $(WORK)/fb-$(1); \
 	trap 'rm -f $(WORK)/fb-$(1)' EXIT; \
 	$(BIN)gptq-hessian -m $(MODEL) --feedback $(WORK)/fb-$(1) --layers $(1) $(Z) \
@@ -90,10 +92,12 @@ else
 # Hessians from full-precision inputs: each layer's solve is independent (make -j)
 define LAYER
 $(WORK)/h-$(1).gqs $(WORK)/act-$(2).gqs &: $(WORK)/act-$(1).gqs
+	rm -f $(WORK)/h-$(1).gqs.tmp.* $(WORK)/act-$(2).gqs.tmp.* # left by a kill -9
 	$(BIN)gptq-hessian -m $(MODEL) --no-sequential --layers $(1) $(Z) \
 		--save-state $(WORK)/act-$(2).gqs -o $(WORK)/h-$(1).gqs $$<
 
 $(WORK)/q-$(1).gqs: $(WORK)/h-$(1).gqs
+	rm -f $(WORK)/q-$(1).gqs.tmp.*
 	$(BIN)gptq-solve -m $(MODEL) $(SOLVE_OPTS) -o $$@ $$<
 endef
 endif

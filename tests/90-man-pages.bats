@@ -8,9 +8,11 @@ setup() {
 	setup_tools
 	testgen checkpoint model
 	testgen hessian 24 1 2 >h.gqs
-	testgen tokens 2 8 >t.gqs
+	testgen tokens 4 16 0 40 >t.gqs
 	testgen report >r.gqs
 	cat h.gqs t.gqs r.gqs >stream.gqs
+	gptq-hessian -m model --no-sequential t.gqs >h-model.gqs
+	gptq-solve -m model -g 8 h-model.gqs >q.gqs
 }
 
 # examples PAGE: the "$ " command lines of the EXAMPLES section, unescaped.
@@ -35,6 +37,18 @@ run_examples() {
 
 @test "gptq-dump(1) examples run" {
 	run_examples "$BATS_TEST_DIRNAME/../man/man1/gptq-dump.1"
+}
+
+@test "gptq-solve(1) examples run" {
+	run_examples "$BATS_TEST_DIRNAME/../man/man1/gptq-solve.1"
+}
+
+@test "gptq-hessian(1) examples run" {
+	run_examples "$BATS_TEST_DIRNAME/../man/man1/gptq-hessian.1"
+}
+
+@test "gptq-pack(1) examples run" {
+	run_examples "$BATS_TEST_DIRNAME/../man/man1/gptq-pack.1"
 }
 
 @test "gptq-stream(5) examples run" {

@@ -9,6 +9,8 @@ bats_require_minimum_version 1.5.0
 
 : "${GQ_BINDIR:=$BATS_TEST_DIRNAME/../bin}"
 : "${GQ_SHARED:=$BATS_TEST_DIRNAME/../../shared}"
+# run by hand (bats tests/x.bats): the generator of whichever build exists
+: "${GQ_TESTGEN:=$(ls "$BATS_TEST_DIRNAME"/../build/*/tests/gq-testgen 2>/dev/null | head -1)}"
 
 setup_tools() {
 	if [ "${GQ_VALGRIND:-0}" = 1 ]; then

@@ -23,7 +23,7 @@ static const gq_tool tool = {
 	"  -m, --model DIR       the original model (with --unpack: the packed checkpoint)\n"
 	"  -o, --output PATH     the checkpoint directory (with --unpack: the stream file)\n"
 	"      --format F        gptq (qzeros hold zero - 1, AutoGPTQ's format; default) or\n"
-	"                        gptq_v2 (real zeros, GPTQModel's; needed for --asym)\n"
+	"                        gptq_v2 (real zeros, GPTQModel's; needed when asymmetric)\n"
 	"      --shard-size SIZE largest shard, e.g. 2G or 500M (default 5G); more than one\n"
 	"                        shard adds model.safetensors.index.json\n"
 	"      --keep-dtype      keep unquantized tensors' dtype (default: float16, as\n"
@@ -68,9 +68,10 @@ int main(int argc, char **argv)
 				gq_usage_error(&tool, "--format: '%s' is not gptq or gptq_v2", optarg);
 			break;
 		case OPT_SHARD:
-			if (gq_parse_size(optarg, &po.shard_size) || po.shard_size < (1u << 20))
-				gq_usage_error(&tool, "--shard-size: %s", po.shard_size < (1u << 20) &&
-					       !gq_parse_size(optarg, &po.shard_size) ? "at least 1M" : gq_errmsg());
+			if (gq_parse_size(optarg, &po.shard_size))
+				gq_usage_error(&tool, "--shard-size: %s", gq_errmsg());
+			if (po.shard_size < 1024)
+				gq_usage_error(&tool, "--shard-size: at least 1K");
 			break;
 		case OPT_KEEP: po.keep_dtype = 1; break;
 		case OPT_UNPACK: unpack = 1; break;
