@@ -165,7 +165,8 @@ $(OBJDIR)/bench/%: $(OBJDIR)/tests/bench/%.o $(LIB)
 	$(CC) $(GQ_LDFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 bench: all $(BENCH_BIN)
-	@set -e; for b in $(BENCH_BIN); do echo "== $${b##*/}"; GQ_SHARED=$(CURDIR)/../shared $$b; done
+	@set -e; for b in $(BENCH_BIN) tests/bench/*.sh; do echo "== $${b##*/}"; \
+		PATH=$(CURDIR)/$(BINDIR):$$PATH GQ_SHARED=$(CURDIR)/../shared $$b; done
 
 deps:
 	@sh tests/deps.sh

@@ -51,6 +51,11 @@ run_examples() {
 	run_examples "$BATS_TEST_DIRNAME/../man/man1/gptq-pack.1"
 }
 
+@test "gptq-pipelines(7) examples run" {
+	ln -s "$BATS_TEST_DIRNAME/../pipelines" pipelines
+	run_examples "$BATS_TEST_DIRNAME/../man/man7/gptq-pipelines.7"
+}
+
 @test "gptq-stream(5) examples run" {
 	run_examples "$BATS_TEST_DIRNAME/../man/man5/gptq-stream.5"
 }

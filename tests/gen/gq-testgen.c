@@ -9,7 +9,8 @@
  *                                                list) of KIND spd, indefinite, nan or empty
  *   gq-testgen report > r.gqs
  *   gq-testgen dtypes > d.safetensors            one tensor per dtype, F8 included
- *   gq-testgen checkpoint DIR [SHARDS]           config.json + weights (+ index)
+ *   gq-testgen checkpoint DIR [SHARDS [VOCAB HIDDEN]]  two-layer llama, config.json +
+ *                                                weights (+ index); intermediate = 2 x hidden
  */
 #include "safetensors.h"
 #include "stream.h"
@@ -211,9 +212,11 @@ static void write_text(const char *dir, const char *name, const char *text)
 }
 
 /* A two-layer llama-shaped checkpoint, split into `shards` files when > 1. */
-static void checkpoint(const char *dir, int64_t shards)
+static void checkpoint(const char *dir, int64_t shards, int64_t V, int64_t H)
 {
-	enum { H = 16, I = 32, V = 40, L = 2 };
+	enum { L = 2 };
+	int64_t I = 2 * H;
+	char config[1024];
 	static const char *suffix[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
 				       "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
 				       "mlp.down_proj"};
@@ -277,12 +280,14 @@ static void checkpoint(const char *dir, int64_t shards)
 	if (shards > 1)
 		write_text(dir, "model.safetensors.index.json", index.data);
 	gq_buf_free(&index);
-	write_text(dir, "config.json",
-		   "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\","
-		   "\"hidden_size\":16,\"intermediate_size\":32,\"num_attention_heads\":2,"
-		   "\"num_key_value_heads\":2,\"num_hidden_layers\":2,\"vocab_size\":40,"
-		   "\"rms_norm_eps\":1e-5,\"rope_theta\":10000.0,\"tie_word_embeddings\":false,"
-		   "\"torch_dtype\":\"bfloat16\"}\n");
+	snprintf(config, sizeof config,
+		 "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\","
+		 "\"hidden_size\":%lld,\"intermediate_size\":%lld,\"num_attention_heads\":%lld,"
+		 "\"num_key_value_heads\":%lld,\"num_hidden_layers\":2,\"vocab_size\":%lld,"
+		 "\"rms_norm_eps\":1e-5,\"rope_theta\":10000.0,\"tie_word_embeddings\":false,"
+		 "\"torch_dtype\":\"bfloat16\"}\n",
+		 (long long)H, (long long)I, (long long)(H / 8), (long long)(H / 8), (long long)V);
+	write_text(dir, "config.json", config);
 }
 
 int main(int argc, char **argv)
@@ -306,7 +311,8 @@ int main(int argc, char **argv)
 	else if (strcmp(argv[1], "dtypes") == 0)
 		dtypes();
 	else if (strcmp(argv[1], "checkpoint") == 0 && argc >= 3)
-		checkpoint(argv[2], arg_int(argc, argv, 3, 1, 1, 8));
+		checkpoint(argv[2], arg_int(argc, argv, 3, 1, 1, 8), arg_int(argc, argv, 4, 40, 1, 1 << 20),
+			   arg_int(argc, argv, 5, 16, 8, 4096));
 	else
 		die("unknown generator '%s'", argv[1]);
 	if (fflush(stdout) != 0 || ferror(stdout))
