@@ -171,13 +171,22 @@ bench: all $(BENCH_BIN)
 deps:
 	@sh tests/deps.sh
 
+# the main job on the bundled default: a small random-weight llama with the
+# project's own tokenizer, quantized by the full sequential pipeline
 DEMO := tests/data/generated
 demo: all $(TESTGEN)
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(TESTGEN) checkpoint $(DEMO)/tiny-llama 2
-	$(TESTGEN) hessian 64 0 4 >$(DEMO)/h.gqs
-	$(BINDIR)/gptq-dump $(DEMO)/tiny-llama | jq -c '{file, tensors: [.tensors[] | "\(.name) \(.dtype)\(.shape)"]}'
-	$(BINDIR)/gptq-dump --stats $(DEMO)/h.gqs | jq -c '{kind, modules: .metadata.modules, hessian}'
+	$(TESTGEN) checkpoint $(DEMO)/model 1 448 64
+	cp tests/data/tokenizer/* $(DEMO)/model/
+	PATH=$(CURDIR)/$(BINDIR):$$PATH pipelines/quantize.sh $(DEMO)/model $(DEMO)/model-gptq \
+		--text tests/data/corpus.txt -n 64 -l 128 --group-size 32 --save $(DEMO)/work
+	@echo "== $(DEMO)/model-gptq:"; ls $(DEMO)/model-gptq
+	@jq -c . $(DEMO)/model-gptq/quantize_config.json
+	@echo "== Hessians: module, tokens, dead columns, damped condition number"
+	@$(BINDIR)/gptq-dump --stats $(DEMO)/work/hessians.gqs | \
+		jq -r '[.metadata.name, .metadata.nsamples, .hessian.dead, (.hessian.cond_damped | floor)] | @tsv'
+	@echo "== GPTQ loss per module (gptq_report.json)"
+	@jq -r 'to_entries[] | [.key, .value.method, .value.loss] | @tsv' $(DEMO)/model-gptq/gptq_report.json
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \

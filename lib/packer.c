@@ -596,6 +596,7 @@ int gq_pack_checkpoint(const gq_model *m, gq_reader **inputs, int n_inputs, cons
 	if (!s.first.sym && o->format == GQ_FORMAT_GPTQ) {
 		rc = gq_err(GQ_ERR_UNSUPPORTED, "%s is asymmetric: checkpoint_format gptq stores zero - 1 "
 			    "and cannot hold a zero of 0; use --format gptq_v2", s.first.name);
+		gq_qlinear_free(&s.first);
 		goto out;
 	}
 	/* the first frame waits for its turn like any early one; s.first keeps its settings */

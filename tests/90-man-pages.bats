@@ -7,6 +7,8 @@ load helpers
 setup() {
 	setup_tools
 	testgen checkpoint model
+	cp "$BATS_TEST_DIRNAME"/data/tokenizer/* model/
+	cp "$BATS_TEST_DIRNAME"/data/corpus.txt "$BATS_TEST_DIRNAME"/data/docs.jsonl .
 	testgen hessian 24 1 2 >h.gqs
 	testgen tokens 4 16 0 40 >t.gqs
 	testgen report >r.gqs
@@ -37,6 +39,10 @@ run_examples() {
 
 @test "gptq-dump(1) examples run" {
 	run_examples "$BATS_TEST_DIRNAME/../man/man1/gptq-dump.1"
+}
+
+@test "gptq-calib(1) examples run" {
+	run_examples "$BATS_TEST_DIRNAME/../man/man1/gptq-calib.1"
 }
 
 @test "gptq-solve(1) examples run" {

@@ -4,8 +4,10 @@
  * stories260K) and llama.cpp's GPT-2 test strings; every pipeline step on
  * tokenizers derived from those (expected values from the Rust `tokenizers`
  * 0.23, generated once); the fast BPE against the reference merge loop;
- * streaming decode; Unicode; and corrupt tokenizer.json files, each of which
- * must fail with a message naming the defect (also run under ASan).
+ * streaming decode; Unicode; the project's own tokenizer and corpus
+ * (tests/data, made by tests/gen/gen-*.py), which need nothing from ../shared;
+ * and corrupt tokenizer.json files, each of which must fail with a message
+ * naming the defect (also run under ASan).
  */
 #define _GNU_SOURCE
 #include "check.h"
@@ -785,6 +787,97 @@ static void test_stream(void)
 	gq_tok_free(t);
 }
 
+/* ---- the project's own tokenizer (tests/data/tokenizer): needs nothing from ../shared ---- */
+
+static const char *testdata(const char *rel)
+{
+	static char buf[1024];
+	const char *root = getenv("GQ_TESTDATA");
+
+	snprintf(buf, sizeof buf, "%s/%s", root && *root ? root : "tests/data", rel);
+	return buf;
+}
+
+/*
+ * tests/gen/gen-tokenizer.py trained it on tests/data/corpus.txt: byte-level
+ * BPE, ids 0-255 the bytes, 256-445 merges, 446 <s> (BOS, put first by the
+ * template) and 447 </s> (EOS).
+ */
+static void test_own_tokenizer(void)
+{
+	gq_tokenizer *t;
+	char *text, *dec;
+	size_t len, n, n_ref, dl, paras = 0;
+	int32_t *ids, *ref;
+	const char *tok;
+
+	CHECK_OK(gq_tok_load(&t, testdata("tokenizer")));
+	if (check_test_failed)
+		return;
+	CHECK(gq_tok_vocab_size(t) == 448);
+	CHECK(gq_tok_bos(t) == 446 && gq_tok_eos(t) == 447 && gq_tok_add_bos(t));
+	CHECK(gq_tok_is_special(t, 446) && gq_tok_is_special(t, 447) && !gq_tok_is_special(t, 445));
+	tok = gq_tok_token(t, 32, &len);
+	CHECK(same_text("id 32", tok, len, "\xc4\xa0")); /* GPT-2's symbol for the space byte */
+	tok = gq_tok_token(t, 446, &len);
+	CHECK(same_text("id 446", tok, len, "<s>"));
+	CHECK_OK(gq_tok_encode(t, "", 0, 1, &ids, &n));
+	CHECK(n == 1 && ids[0] == 446);
+	free(ids);
+	CHECK_OK(gq_tok_encode(t, "The end.</s>", 12, 0, &ids, &n));
+	CHECK(n >= 2 && ids[0] != 446 && ids[n - 1] == 447);
+	free(ids);
+
+	/* all of the corpus: BOS first, nothing special after it, lossless, compact */
+	CHECK_OK(gq_read_file(testdata("corpus.txt"), 16 << 20, &text, &len));
+	if (check_test_failed) {
+		gq_tok_free(t);
+		return;
+	}
+	CHECK_OK(gq_tok_encode(t, text, len, 1, &ids, &n));
+	CHECK(n > 1 && ids[0] == 446);
+	for (size_t i = 1; i < n; i++)
+		if (ids[i] < 0 || ids[i] >= 446) {
+			fprintf(stderr, "  corpus id %zu is %d\n", i, ids[i]);
+			CHECK(0);
+			break;
+		}
+	CHECK_OK(gq_tok_decode(t, ids, n, 1, &dec, &dl));
+	CHECK(dec && dl == len && !memcmp(dec, text, len));
+	free(dec);
+	CHECK_OK(gq_tok_decode(t, ids, n, 0, &dec, &dl));
+	CHECK(dec && dl == len + 3 && !memcmp(dec, "<s>", 3) && !memcmp(dec + 3, text, len));
+	free(dec);
+	printf("#   corpus.txt: %zu bytes, %zu tokens, %.3f tokens/byte\n", len, n - 1,
+	       (double)(n - 1) / (double)len);
+	CHECK((double)(n - 1) < 0.6 * (double)len);
+	free(ids);
+
+	/* paragraph by paragraph: fast BPE == reference, each round-trips */
+	for (char *p = text, *end; p && !check_test_failed; p = end ? end + 2 : NULL) {
+		size_t pl;
+
+		end = strstr(p, "\n\n");
+		pl = end ? (size_t)(end - p) : len - (size_t)(p - text);
+		CHECK_OK(gq_tok_encode(t, p, pl, paras % 2, &ids, &n));
+		CHECK_OK(gq_tok_encode_ref(t, p, pl, paras % 2, &ref, &n_ref));
+		CHECK(same_ids("corpus paragraph", ids, n, ref, n_ref));
+		CHECK_OK(gq_tok_decode(t, ids, n, 1, &dec, &dl));
+		CHECK(dec && dl == pl && !memcmp(dec, p, pl));
+		free(dec);
+		free(ids);
+		free(ref);
+		paras++;
+	}
+	CHECK(paras >= 100);
+	/* streaming decode gives the same text, accents and emoji included */
+	for (int skip = 0; skip < 2; skip++)
+		stream_matches(t, "Zo\xc3\xab said \xe2\x80\x9cwow\xe2\x80\x9d \xe2\x80\x94 "
+			       "and smiled. \xf0\x9f\x99\x82\n\nThe end.", skip);
+	free(text);
+	gq_tok_free(t);
+}
+
 /* ---- Unicode ---- */
 
 static void expect_norm(int form, const char *in, const char *want)
@@ -982,6 +1075,7 @@ int main(void)
 	RUN(test_ref_vs_fast_stories260k);
 	RUN(test_specials);
 	RUN(test_stream);
+	RUN(test_own_tokenizer);
 	RUN(test_unicode);
 	RUN(test_corrupt);
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
