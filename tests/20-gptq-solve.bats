@@ -101,3 +101,19 @@ report() {
 	run -2 --separate-stderr gptq-solve -m "$M" --damp 2 h.gqs
 	[ "${stderr_lines[0]}" = "gptq-solve: --damp: '2' is out of range [0, 1]" ]
 }
+
+@test "--mse and --static-groups change the solution and keep it valid" {
+	gptq-solve -m "$M" -g 32 --objective h.gqs >plain.gqs
+	gptq-solve -m "$M" -g 32 --mse --objective h.gqs >mse.gqs
+	gptq-solve -m "$M" -g 32 --static-groups --desc-act --objective h.gqs >st.gqs
+	s1=$(gptq-dump --checksum plain.gqs | jq -r 'select(.kind=="qlinear") | .tensors[] | select(.name=="scales") | .fnv1a64' | head -1)
+	s2=$(gptq-dump --checksum mse.gqs | jq -r 'select(.kind=="qlinear") | .tensors[] | select(.name=="scales") | .fnv1a64' | head -1)
+	[ "$s1" != "$s2" ]
+	# static groups with act order keep g_idx in original column order: i / 32
+	gptq-dump --extract model.layers.0.self_attn.o_proj -o o.safetensors st.gqs
+	[ "$(gptq-dump --stats o.safetensors | jq -c '.tensors[] | select(.name=="g_idx") | [.stats.min, .stats.max, .stats.mean]')" = "[0,1,0.5]" ]
+	[ "$(gptq-dump o.safetensors | jq -r '.metadata | [.static_groups, .desc_act] | join(",")')" = "1,1" ]
+	for f in mse st; do
+		[ "$(gptq-dump $f.gqs | jq -r 'select(.kind=="report") | .metadata.modules' | jq '[.[].objective] | all(. > 0)')" = true ]
+	done
+}
