@@ -43,7 +43,8 @@ endif
 
 # CFLAGS, CPPFLAGS and LDFLAGS are the user's (e.g. -I/-L for a local sysroot);
 # the flags the build needs live in GQ_* and are always added.
-WARN       := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wvla -Wno-format-truncation
+WARN       := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wvla -Wno-format-truncation \
+              -Werror=implicit-function-declaration
 CFLAGS     ?= -O2 -g
 GQ_CFLAGS  := -std=c11 -D_DEFAULT_SOURCE $(WARN) -pthread -Ilib -Ikernels $(SANFLAGS)
 GQ_LDFLAGS := -pthread $(SANFLAGS)

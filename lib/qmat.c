@@ -1,0 +1,184 @@
+/*
+ * qmat.c - building quantized matrices and multiplying with them.
+ *
+ * Columns are sorted by group with a stable counting sort, so without act
+ * order the permutation is the identity and is dropped; each row's codes are
+ * re-packed along the sorted order. Decoding splits the output rows over the
+ * pool in chunks of 64 rows (a few KiB of codes each).
+ */
+#include "qmat.h"
+#include "tensor.h"
+#include "util.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ROWS_PER_TASK 64
+#define GEMV_MAX_T 4 /* up to this many tokens, GEMV per token beats dequantize + sgemm */
+
+void gq_qmat_free(gq_qmat *q)
+{
+	free(q->perm);
+	free(q->gstart);
+	free(q->codes);
+	free(q->scales);
+	free(q->zeros);
+	memset(q, 0, sizeof *q);
+}
+
+int gq_qmat_from_gptq(gq_qmat *q, const char *name, int bits, int64_t in, int64_t out,
+		      int64_t n_groups, int64_t group_size, const int32_t *qweight,
+		      const int32_t *qzeros, gq_ckpt_format fmt, const uint16_t *scales,
+		      const int32_t *g_idx)
+{
+	int64_t wpr = (in * bits + 31) / 32, *count = NULL;
+	uint8_t *codes = malloc((size_t)(out * in)), *zeros = malloc((size_t)(n_groups * out) + 1);
+	int32_t *perm = malloc((size_t)in * sizeof *perm);
+	int identity = 1, rc = GQ_OK;
+
+	memset(q, 0, sizeof *q);
+	q->gstart = calloc((size_t)n_groups + 1, sizeof *q->gstart);
+	q->codes = calloc((size_t)(out * wpr) + 1, sizeof *q->codes);
+	q->scales = malloc((size_t)(out * n_groups) * sizeof *q->scales);
+	q->zeros = malloc((size_t)(out * n_groups) * sizeof *q->zeros);
+	count = calloc((size_t)n_groups + 1, sizeof *count);
+	if (!codes || !zeros || !perm || !q->gstart || !q->codes || !q->scales || !q->zeros || !count) {
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory for %s", name);
+		goto out;
+	}
+	/* group of every column, and a stable sort of the columns by group */
+	for (int64_t i = 0; i < in; i++) {
+		int64_t g = g_idx ? g_idx[i] : (group_size > 0 ? i / group_size : 0);
+
+		if (g < 0 || g >= n_groups) {
+			rc = gq_err(GQ_ERR_FORMAT, "%s: g_idx[%lld] = %lld outside [0, %lld)", name,
+				    (long long)i, (long long)g, (long long)n_groups);
+			goto out;
+		}
+		count[g]++;
+	}
+	for (int64_t g = 0; g < n_groups; g++)
+		q->gstart[g + 1] = q->gstart[g] + count[g];
+	memcpy(count, q->gstart, (size_t)n_groups * sizeof *count); /* next free slot per group */
+	for (int64_t i = 0; i < in; i++) {
+		int64_t g = g_idx ? g_idx[i] : (group_size > 0 ? i / group_size : 0);
+
+		perm[count[g]++] = (int32_t)i;
+	}
+	for (int64_t k = 0; k < in; k++)
+		identity &= perm[k] == k;
+	gq_unpack_qweight(qweight, out, in, bits, codes);
+	gq_unpack_qzeros(qzeros, n_groups, out, bits, fmt, zeros);
+	for (int64_t o = 0; o < out; o++) {
+		uint32_t *row = q->codes + o * wpr;
+
+		for (int64_t k = 0; k < in; k++) {
+			uint64_t c = codes[o * in + perm[k]], bit = (uint64_t)(k * bits);
+
+			row[bit >> 5] |= (uint32_t)(c << (bit & 31));
+			if ((bit & 31) + (uint64_t)bits > 32)
+				row[(bit >> 5) + 1] |= (uint32_t)(c >> (32 - (bit & 31)));
+		}
+		for (int64_t g = 0; g < n_groups; g++) {
+			q->scales[o * n_groups + g] = gq_f16_to_f32(scales[g * out + o]);
+			q->zeros[o * n_groups + g] = (float)zeros[g * out + o];
+		}
+	}
+	if (!identity) {
+		q->perm = perm;
+		perm = NULL;
+	}
+	q->k = (gq_qgemv_mat){bits, in, out, n_groups, q->perm, q->gstart, q->codes, wpr, q->scales,
+			      q->zeros};
+out:
+	free(codes);
+	free(zeros);
+	free(perm);
+	free(count);
+	if (rc)
+		gq_qmat_free(q);
+	return rc;
+}
+
+void gq_qmat_dequant(const gq_qmat *q, float *W)
+{
+	const gq_qgemv_mat *m = &q->k;
+
+	for (int64_t o = 0; o < m->out; o++) {
+		const uint32_t *row = m->codes + o * m->words_per_row;
+
+		for (int64_t g = 0; g < m->n_groups; g++) {
+			float s = m->scales[o * m->n_groups + g], z = m->zeros[o * m->n_groups + g];
+
+			for (int64_t k = m->gstart[g]; k < m->gstart[g + 1]; k++) {
+				uint64_t bit = (uint64_t)(k * m->bits), w = row[bit >> 5];
+
+				if ((bit & 31) + (uint64_t)m->bits > 32)
+					w |= (uint64_t)row[(bit >> 5) + 1] << 32;
+				float c = (float)((w >> (bit & 31)) & ((1u << m->bits) - 1));
+				W[o * m->in + (m->perm ? m->perm[k] : k)] = s * (c - z);
+			}
+		}
+	}
+}
+
+typedef struct {
+	const gq_qgemv_mat *m;
+	const float *xs, *xsum;
+	float *y;
+} gemv_job;
+
+static void gemv_task(void *p, int i)
+{
+	gemv_job *j = p;
+	int64_t o0 = (int64_t)i * ROWS_PER_TASK, o1 = o0 + ROWS_PER_TASK;
+
+	gq_qgemv(j->m, j->xs, j->xsum, j->y, o0, o1 < j->m->out ? o1 : j->m->out);
+}
+
+int gq_qmat_matmul(const gq_qmat *q, const float *X, int64_t T, float *Y, gq_pool *pool)
+{
+	const gq_qgemv_mat *m = &q->k;
+
+	if (T > GEMV_MAX_T) {
+		float *W = malloc((size_t)(m->out * m->in) * sizeof *W);
+
+		if (!W)
+			return gq_err(GQ_ERR_NOMEM, "out of memory dequantizing a %lld x %lld weight",
+				      (long long)m->out, (long long)m->in);
+		gq_qmat_dequant(q, W);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)m->out, (int)m->in,
+			    1.0f, X, (int)m->in, W, (int)m->in, 0.0f, Y, (int)m->out);
+		free(W);
+		return GQ_OK;
+	}
+	float *xs = malloc((size_t)(m->in + m->n_groups) * sizeof *xs);
+	if (!xs)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	for (int64_t t = 0; t < T; t++) {
+		const float *x = X + t * m->in;
+		float *xsum = xs + m->in;
+		gemv_job j = {m, m->perm ? xs : x, xsum, Y + t * m->out};
+
+		if (m->perm)
+			for (int64_t k = 0; k < m->in; k++)
+				xs[k] = x[m->perm[k]];
+		for (int64_t g = 0; g < m->n_groups; g++) {
+			float s = 0;
+
+			for (int64_t k = m->gstart[g]; k < m->gstart[g + 1]; k++)
+				s += j.xs[k];
+			xsum[g] = s;
+		}
+		gq_pool_run(pool, (int)((m->out + ROWS_PER_TASK - 1) / ROWS_PER_TASK), gemv_task, &j);
+	}
+	free(xs);
+	return GQ_OK;
+}
+
+uint64_t gq_qmat_bytes(const gq_qmat *q)
+{
+	return (uint64_t)(q->k.out * q->k.words_per_row) * 4 +
+	       (uint64_t)(q->k.out * q->k.n_groups) * 8;
+}
