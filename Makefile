@@ -58,15 +58,37 @@ ifeq ($(CUDA)$(HIP),11)
   $(error CUDA=1 and HIP=1 together: choose one backend)
 endif
 GPU :=
+# nvcc may be a wrapper script (CI has /usr/local/bin/nvcc exec'ing the real
+# one), so its own path says nothing about where libcudart lives: ask nvcc for
+# its install root, then look for the runtime library in the usual layouts.
+ifneq ($(NVCC),)
+  ifneq ($(CUDA)$(HIP),01)
+    CUDA_HOME ?= $(shell $(NVCC) --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ TOP=//p')
+    CUDA_LIBDIR ?= $(patsubst %/,%,$(dir $(firstword $(wildcard \
+      $(CUDA_HOME)/lib64/libcudart.so $(CUDA_HOME)/lib/libcudart.so \
+      $(CUDA_HOME)/targets/*/lib/libcudart.so /usr/lib/x86_64-linux-gnu/libcudart.so \
+      /usr/lib/aarch64-linux-gnu/libcudart.so))))
+    CUDA_INCDIR ?= $(patsubst %/,%,$(dir $(firstword $(wildcard \
+      $(CUDA_HOME)/include/cuda_runtime.h $(CUDA_HOME)/targets/*/include/cuda_runtime.h \
+      /usr/include/cuda_runtime.h))))
+  endif
+endif
 ifeq ($(CUDA),1)
   ifeq ($(NVCC),)
     $(error CUDA=1 but nvcc was not found (set NVCC=/path/to/nvcc or CUDA=0))
+  endif
+  ifeq ($(CUDA_LIBDIR),)
+    $(error CUDA=1 but libcudart.so was not found under $(CUDA_HOME) (set CUDA_LIBDIR or CUDA=0))
   endif
   GPU := cuda
 else ifeq ($(CUDA),auto)
   ifneq ($(NVCC),)
     ifneq ($(HIP),1)
-      GPU := cuda
+      ifneq ($(CUDA_LIBDIR),)
+        GPU := cuda
+      else
+        CUDA_SKIP_MSG := (nvcc $(NVCC) found but no libcudart.so under $(CUDA_HOME))
+      endif
     endif
   endif
 endif
@@ -85,16 +107,15 @@ endif
 
 GPU_SRC := $(wildcard kernels/gpu/*.cu)
 ifeq ($(GPU),cuda)
-  CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
-  GQ_CFLAGS += -DGQ_CUDA -I$(CUDA_HOME)/include
-  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
+  GQ_CFLAGS += -DGQ_CUDA $(if $(CUDA_INCDIR),-I$(CUDA_INCDIR))
+  LDLIBS    += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lstdc++
   GPU_MSG   := ✓ nvcc found ($(NVCC)): building CUDA kernels
 else ifeq ($(GPU),hip)
   GQ_CFLAGS += -DGQ_HIP -D__HIP_PLATFORM_AMD__
   LDLIBS    += -lamdhip64 -lstdc++
   GPU_MSG   := ✓ hipcc found ($(HIPCC)): building HIP kernels
 else
-  GPU_MSG   := ✗ no GPU compiler used (CUDA=$(CUDA) HIP=$(HIP)): building CPU-only
+  GPU_MSG   := ✗ no GPU compiler used (CUDA=$(CUDA) HIP=$(HIP)) $(CUDA_SKIP_MSG): building CPU-only
 endif
 
 # objects per variant and backend; bin/ relinks when the backend changes
