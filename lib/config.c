@@ -208,6 +208,40 @@ static int parse_sliding(reader *r, gq_config *c)
 	return GQ_OK;
 }
 
+/* quantization_config (GPTQ only): its bits, group size and formats. */
+static int parse_quant(reader *r, const cJSON *q, gq_config *c)
+{
+	const char *method = get_str(q, K("quant_method")), *fmt = get_str(q, K("checkpoint_format"));
+	reader sub = *r;
+	int64_t bits;
+
+	if (!cJSON_IsObject(q))
+		return gq_err(GQ_ERR_FORMAT, "%s: quantization_config is not an object", r->name);
+	if (method && strcmp(method, "gptq") != 0)
+		return gq_err(GQ_ERR_UNSUPPORTED, "%s: quantization method '%s' (only gptq is supported)",
+			      r->name, method);
+	if (fmt && strcmp(fmt, "gptq") != 0 && strcmp(fmt, "gptq_v2") != 0)
+		return gq_err(GQ_ERR_UNSUPPORTED, "%s: checkpoint_format '%s' (gptq or gptq_v2)", r->name,
+			      fmt);
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(q, "is_marlin_format")))
+		return gq_err(GQ_ERR_UNSUPPORTED, "%s: Marlin-format checkpoints are not supported", r->name);
+	sub.root = q;
+	bits = get_int(&sub, K("bits"), -1, 2, 8);
+	c->quant_group = get_int(&sub, K("group_size"), -1, -1, 1 << 20);
+	c->quant_desc_act = get_bool(&sub, K("desc_act"), 0);
+	c->quant_sym = get_bool(&sub, K("sym"), 1);
+	if (sub.rc)
+		return sub.rc;
+	if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
+		return gq_err(GQ_ERR_UNSUPPORTED, "%s: %lld-bit GPTQ is not supported", r->name,
+			      (long long)bits);
+	if (c->quant_group == 0)
+		return gq_err(GQ_ERR_FORMAT, "%s: quantization group_size 0", r->name);
+	c->quant_bits = (int)bits;
+	c->quant_v2 = fmt && strcmp(fmt, "gptq_v2") == 0;
+	return GQ_OK;
+}
+
 static int parse_family(reader *r, gq_config *c)
 {
 	c->parallel_residual = get_bool(r, K("use_parallel_residual", "parallel_attn"),
@@ -319,6 +353,8 @@ int gq_config_parse(gq_config *c, const char *json, size_t len, const char *name
 		rc = parse_rope(&r, c);
 	if (rc == GQ_OK)
 		rc = parse_sliding(&r, c);
+	if (rc == GQ_OK && find(root, K("quantization_config")))
+		rc = parse_quant(&r, find(root, K("quantization_config")), c);
 	if (rc == GQ_OK)
 		rc = r.rc;
 	cJSON_Delete(root);
@@ -336,20 +372,36 @@ int gq_config_load(gq_config *c, const char *path)
 {
 	struct stat st;
 	char *file, *text;
-	size_t n = strlen(path) + 16, len;
-	int rc;
+	size_t n = strlen(path) + 32, len;
+	int rc, is_dir = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 
 	file = malloc(n);
 	if (!file)
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
-	if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-		snprintf(file, n, "%s/config.json", path);
-	else
-		snprintf(file, n, "%s", path);
+	snprintf(file, n, is_dir ? "%s/config.json" : "%s", path);
 	rc = gq_read_file(file, MAX_CONFIG_BYTES, &text, &len);
 	if (rc == GQ_OK) {
 		rc = gq_config_parse(c, text, len, file);
 		free(text);
+	}
+	/* older AutoGPTQ checkpoints keep the settings only in quantize_config.json */
+	snprintf(file, n, "%s/quantize_config.json", path);
+	if (rc == GQ_OK && is_dir && !c->quant_bits && stat(file, &st) == 0) {
+		cJSON *q;
+
+		rc = gq_read_file(file, MAX_CONFIG_BYTES, &text, &len);
+		if (rc == GQ_OK) {
+			reader r = {0};
+
+			q = cJSON_ParseWithLength(text, len);
+			free(text);
+			r.root = q;
+			r.name = file;
+			rc = q ? parse_quant(&r, q, c) : gq_err(GQ_ERR_FORMAT, "%s: not valid JSON", file);
+			cJSON_Delete(q);
+		}
+		if (rc)
+			gq_config_free(c);
 	}
 	free(file);
 	return rc;

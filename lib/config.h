@@ -72,6 +72,13 @@ typedef struct {
 	int64_t n_experts, experts_per_tok; /* mixtral MoE; 0 = dense */
 
 	int32_t bos_id, eos_id;  /* -1 when absent */
+
+	/* GPTQ checkpoints: config.json quantization_config or quantize_config.json */
+	int quant_bits;          /* 0: not quantized */
+	int64_t quant_group;     /* -1: one group per row */
+	int quant_desc_act;
+	int quant_sym;
+	int quant_v2;            /* checkpoint_format gptq_v2: real zeros, not zero - 1 */
 } gq_config;
 
 /* Parses dir/config.json (or a config.json path). */

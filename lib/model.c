@@ -164,6 +164,122 @@ static int check_norm(const gq_model *m, int layer, const char *name, int64_t di
 	return rc;
 }
 
+int gq_module_quantized(const gq_model *m, int layer, int module)
+{
+	char full[256];
+
+	layer_name(m, layer, m->modules[module].name, ".qweight", full, sizeof full);
+	return gq_ckpt_has(m->ckpt, full);
+}
+
+/* Stored tensor `suffix` of a module with the dtype and shape GPTQ packing implies. */
+static int expect_q(const gq_model *m, int layer, int module, const char *suffix, gq_dtype dt,
+		    int ndim, int64_t d0, int64_t d1, gq_tensor *t)
+{
+	char full[256];
+	int rc;
+
+	layer_name(m, layer, m->modules[module].name, suffix, full, sizeof full);
+	if ((rc = gq_ckpt_get(m->ckpt, full, t)))
+		return gq_err(GQ_ERR_FORMAT, "%s: missing tensor '%s'", m->dir, full);
+	if (t->dtype != dt || t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1))
+		return gq_err(GQ_ERR_FORMAT, "%s: '%s' should be %s [%lld%s%lld] for %d-bit GPTQ", m->dir,
+			      full, gq_dtype_name(dt), (long long)d0, ndim == 2 ? ", " : "",
+			      ndim == 2 ? (long long)d1 : 0LL, m->cfg.quant_bits);
+	return GQ_OK;
+}
+
+/* Groups of a quantized module: from its scales, checked against the config. */
+static int64_t quant_groups(const gq_model *m, int layer, int module)
+{
+	char full[256];
+	gq_tensor t;
+
+	layer_name(m, layer, m->modules[module].name, ".scales", full, sizeof full);
+	return gq_ckpt_get(m->ckpt, full, &t) == GQ_OK && t.ndim == 2 ? t.shape[0] : -1;
+}
+
+static int check_quantized(const gq_model *m, int layer, int module)
+{
+	const gq_module *md = &m->modules[module];
+	int bits = m->cfg.quant_bits;
+	int64_t groups = quant_groups(m, layer, module), gs = m->cfg.quant_group;
+	gq_tensor t;
+	char full[256];
+	int rc;
+
+	layer_name(m, layer, md->name, "", full, sizeof full);
+	if (!bits)
+		return gq_err(GQ_ERR_FORMAT, "%s: '%s' is quantized but config.json has no "
+			      "quantization_config (nor is there a quantize_config.json)", m->dir, full);
+	if ((md->in * bits) % 32 || (md->out * bits) % 32)
+		return gq_err(GQ_ERR_FORMAT, "%s: %s [%lld, %lld] cannot hold %d-bit packed codes", m->dir,
+			      full, (long long)md->out, (long long)md->in, bits);
+	if (groups < 1 || (gs > 0 && groups != (md->in + gs - 1) / gs) || (gs < 0 && groups != 1))
+		return gq_err(GQ_ERR_FORMAT, "%s: %s has %lld groups; group_size %lld implies %lld",
+			      m->dir, full, (long long)groups, (long long)gs,
+			      (long long)(gs > 0 ? (md->in + gs - 1) / gs : 1));
+	if ((rc = expect_q(m, layer, module, ".qweight", GQ_DTYPE_I32, 2, md->in * bits / 32, md->out, &t)) ||
+	    (rc = expect_q(m, layer, module, ".qzeros", GQ_DTYPE_I32, 2, groups, md->out * bits / 32, &t)) ||
+	    (rc = expect_q(m, layer, module, ".scales", GQ_DTYPE_F16, 2, groups, md->out, &t)))
+		return rc;
+	layer_name(m, layer, md->name, ".g_idx", full, sizeof full);
+	if (gq_ckpt_has(m->ckpt, full))
+		return expect_q(m, layer, module, ".g_idx", GQ_DTYPE_I32, 1, md->in, 0, &t);
+	return GQ_OK;
+}
+
+/* The runtime form of a quantized module. */
+static int load_quantized(const gq_model *m, int layer, int module, gq_qmat **out)
+{
+	const gq_module *md = &m->modules[module];
+	gq_tensor qw, qz, sc, gi = {0};
+	char full[256];
+	int rc;
+
+	*out = NULL;
+	if ((rc = expect_q(m, layer, module, ".qweight", GQ_DTYPE_I32, 2, md->in * m->cfg.quant_bits / 32,
+			   md->out, &qw)))
+		return rc;
+	int64_t groups = quant_groups(m, layer, module);
+	layer_name(m, layer, md->name, ".qzeros", full, sizeof full);
+	if ((rc = gq_ckpt_get(m->ckpt, full, &qz)))
+		return rc;
+	layer_name(m, layer, md->name, ".scales", full, sizeof full);
+	if ((rc = gq_ckpt_get(m->ckpt, full, &sc)))
+		return rc;
+	layer_name(m, layer, md->name, ".g_idx", full, sizeof full);
+	if (gq_ckpt_has(m->ckpt, full) && (rc = gq_ckpt_get(m->ckpt, full, &gi)))
+		return rc;
+	/* mmapped tensors may be unaligned: the builder reads them through copies */
+	int32_t *qwc = malloc((size_t)qw.nbytes), *qzc = malloc((size_t)qz.nbytes);
+	uint16_t *scc = malloc((size_t)sc.nbytes);
+	int32_t *gic = gi.data ? malloc((size_t)gi.nbytes) : NULL;
+	*out = calloc(1, sizeof **out);
+	if (!qwc || !qzc || !scc || (gi.data && !gic) || !*out) {
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
+	} else {
+		memcpy(qwc, qw.data, (size_t)qw.nbytes);
+		memcpy(qzc, qz.data, (size_t)qz.nbytes);
+		memcpy(scc, sc.data, (size_t)sc.nbytes);
+		if (gic)
+			memcpy(gic, gi.data, (size_t)gi.nbytes);
+		layer_name(m, layer, md->name, "", full, sizeof full);
+		rc = gq_qmat_from_gptq(*out, full, m->cfg.quant_bits, md->in, md->out, groups,
+				       m->cfg.quant_group, qwc, qzc,
+				       m->cfg.quant_v2 ? GQ_FORMAT_GPTQ_V2 : GQ_FORMAT_GPTQ, scc, gic);
+	}
+	free(qwc);
+	free(qzc);
+	free(scc);
+	free(gic);
+	if (rc) {
+		free(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
 static int check_tensors(const gq_model *m)
 {
 	const gq_config *c = &m->cfg;
@@ -206,13 +322,16 @@ static int check_tensors(const gq_model *m)
 		for (int i = 0; i < m->n_modules; i++) {
 			const gq_module *md = &m->modules[i];
 
-			layer_name(m, l, md->name, ".weight", full, sizeof full);
-			if (a->conv1d)
-				rc = expect(m, full, 2, md->in, md->out);
-			else
-				rc = expect(m, full, 2, md->out, md->in);
-			if (rc)
-				return rc;
+			if (gq_module_quantized(m, l, i)) {
+				if ((rc = check_quantized(m, l, i)))
+					return rc;
+			} else {
+				layer_name(m, l, md->name, ".weight", full, sizeof full);
+				rc = a->conv1d ? expect(m, full, 2, md->in, md->out)
+					       : expect(m, full, 2, md->out, md->in);
+				if (rc)
+					return rc;
+			}
 			layer_name(m, l, md->name, ".bias", full, sizeof full);
 			if (gq_ckpt_has(m->ckpt, full) && (rc = expect(m, full, 1, md->out, 0)))
 				return rc;
@@ -340,7 +459,10 @@ int gq_layer_load(const gq_model *m, int layer, gq_layer *L)
 
 		lin->in = md->in;
 		lin->out = md->out;
-		rc = gq_module_weight(m, layer, i, &lin->w);
+		if (gq_module_quantized(m, layer, i))
+			rc = load_quantized(m, layer, i, &lin->q);
+		else
+			rc = gq_module_weight(m, layer, i, &lin->w);
 		if (rc == GQ_OK)
 			rc = load_layer_tensor(m, layer, md->name, ".bias", &lin->b);
 	}
@@ -390,6 +512,21 @@ int gq_module_weight(const gq_model *m, int layer, int module, float **W)
 	float *w;
 	int rc;
 
+	if (gq_module_quantized(m, layer, module)) {
+		gq_qmat *q;
+
+		if ((rc = load_quantized(m, layer, module, &q)))
+			return rc;
+		w = malloc((size_t)(md->in * md->out) * sizeof *w);
+		if (w)
+			gq_qmat_dequant(q, w);
+		gq_qmat_free(q);
+		free(q);
+		if (!w)
+			return gq_err(GQ_ERR_NOMEM, "out of memory");
+		*W = w;
+		return GQ_OK;
+	}
 	layer_name(m, layer, md->name, ".weight", full, sizeof full);
 	if ((rc = load_f32(m, full, &w)))
 		return rc;
@@ -414,6 +551,9 @@ void gq_layer_free(const gq_model *m, gq_layer *L)
 		for (int i = 0; i < m->n_modules; i++) {
 			free(L->lin[i].w);
 			free(L->lin[i].b);
+			if (L->lin[i].q)
+				gq_qmat_free(L->lin[i].q);
+			free(L->lin[i].q);
 		}
 	free(L->lin);
 	free(L->norm_attn_w);
@@ -483,14 +623,22 @@ static float activate(gq_act_kind k, float x)
 }
 
 /* y [T, out] = x [T, in] Wᵀ + b */
-static void linear(const gq_linear *l, const float *x, int64_t T, float *y)
+static int linear(const gq_model *m, const gq_linear *l, const float *x, int64_t T, float *y)
 {
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)l->out, (int)l->in, 1.0f,
-		    x, (int)l->in, l->w, (int)l->in, 0.0f, y, (int)l->out);
+	if (l->q) {
+		int rc = gq_qmat_matmul(l->q, x, T, y, m->pool);
+
+		if (rc)
+			return rc;
+	} else {
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)l->out, (int)l->in,
+			    1.0f, x, (int)l->in, l->w, (int)l->in, 0.0f, y, (int)l->out);
+	}
 	if (l->b)
 		for (int64_t t = 0; t < T; t++)
 			for (int64_t o = 0; o < l->out; o++)
 				y[t * l->out + o] += l->b[o];
+	return GQ_OK;
 }
 
 /* ---- rotary embeddings ---- */
@@ -765,9 +913,9 @@ static int attention(block_ctx *b, const float *h, int64_t T, int64_t pos0, gq_k
 
 		if (observe(b, iq, h, T, b->mask))
 			goto out;
-		linear(&b->L->lin[iq], h, T, q);
-		linear(&b->L->lin[ik], h, T, k);
-		linear(&b->L->lin[iv], h, T, v);
+		if ((rc = linear(m, &b->L->lin[iq], h, T, q)) || (rc = linear(m, &b->L->lin[ik], h, T, k)) ||
+		    (rc = linear(m, &b->L->lin[iv], h, T, v)))
+			goto out;
 	} else {
 		int i = find_module(m, GQ_ROLE_QKV, -1);
 		float *qkv = malloc((size_t)(T * m->modules[i].out) * sizeof *qkv);
@@ -780,9 +928,12 @@ static int attention(block_ctx *b, const float *h, int64_t T, int64_t pos0, gq_k
 			free(qkv);
 			goto out;
 		}
-		linear(&b->L->lin[i], h, T, qkv);
-		split_qkv(m, qkv, T, q, k, v);
+		rc = linear(m, &b->L->lin[i], h, T, qkv);
+		if (rc == GQ_OK)
+			split_qkv(m, qkv, T, q, k, v);
 		free(qkv);
+		if (rc)
+			goto out;
 	}
 	if (b->L->q_norm_w) {
 		norm_rows(GQ_NORM_RMS, q, T * H, hd, b->L->q_norm_w, NULL, c->norm_eps, q);
@@ -823,7 +974,7 @@ static int attention(block_ctx *b, const float *h, int64_t T, int64_t pos0, gq_k
 
 		if (observe(b, io, o, T, b->mask))
 			goto out;
-		linear(&b->L->lin[io], o, T, attn_out);
+		rc = linear(m, &b->L->lin[io], o, T, attn_out);
 	}
 out:
 	free(q);
@@ -852,19 +1003,20 @@ static int glu(block_ctx *b, int ig, int iu, int igu, int id, const float *x, in
 	if (observe(b, igu >= 0 ? igu : ig, x, T, mask))
 		goto out;
 	if (igu >= 0) {
-		linear(&b->L->lin[igu], x, T, g); /* [gate | up] per row */
+		if ((rc = linear(m, &b->L->lin[igu], x, T, g))) /* [gate | up] per row */
+			goto out;
 		for (int64_t t = 0; t < T; t++)
 			for (int64_t i = 0; i < inter; i++)
 				a[t * inter + i] = activate(m->cfg.act, g[t * 2 * inter + i]) * g[t * 2 * inter + inter + i];
 	} else {
-		linear(&b->L->lin[ig], x, T, g);
-		linear(&b->L->lin[iu], x, T, u);
+		if ((rc = linear(m, &b->L->lin[ig], x, T, g)) || (rc = linear(m, &b->L->lin[iu], x, T, u)))
+			goto out;
 		for (int64_t i = 0; i < T * inter; i++)
 			a[i] = activate(m->cfg.act, g[i]) * u[i];
 	}
 	if (observe(b, id, a, T, mask))
 		goto out;
-	linear(&b->L->lin[id], a, T, out);
+	rc = linear(m, &b->L->lin[id], a, T, out);
 out:
 	free(g);
 	free(u);
@@ -881,15 +1033,16 @@ static int plain_mlp(block_ctx *b, const float *x, int64_t T, float *out)
 
 	if (!a)
 		return gq_err(GQ_ERR_NOMEM, "out of memory in the MLP");
-	if (!observe(b, iu, x, T, b->mask)) {
-		linear(&b->L->lin[iu], x, T, a);
+	int rc = GQ_OK;
+
+	if (!observe(b, iu, x, T, b->mask) && (rc = linear(m, &b->L->lin[iu], x, T, a)) == GQ_OK) {
 		for (int64_t i = 0; i < T * inter; i++)
 			a[i] = activate(m->cfg.act, a[i]);
 		if (!observe(b, id, a, T, b->mask))
-			linear(&b->L->lin[id], a, T, out);
+			rc = linear(m, &b->L->lin[id], a, T, out);
 	}
 	free(a);
-	return GQ_OK;
+	return rc;
 }
 
 /* Mixtral: softmax router, top-k experts per token, weights renormalised over the k. */
@@ -909,7 +1062,8 @@ static int moe(block_ctx *b, const float *x, int64_t T, float *out)
 		rc = gq_err(GQ_ERR_NOMEM, "out of memory in the MoE block");
 		goto out;
 	}
-	linear(&b->L->lin[ir], x, T, logits);
+	if ((rc = linear(m, &b->L->lin[ir], x, T, logits)))
+		goto out;
 	for (int64_t t = 0; t < T; t++) {
 		float *r = logits + t * E, max = r[0], sum = 0, chosen = 0;
 
@@ -1078,15 +1232,15 @@ static int stored_linear(const gq_model *m, const char *base, const float *x, in
 			 int64_t in, int64_t out, float *y)
 {
 	char name[256];
-	gq_linear l = {in, out, NULL, NULL};
+	gq_linear l = {in, out, NULL, NULL, NULL};
 	int rc;
 
 	snprintf(name, sizeof name, "%s.weight", base);
 	if ((rc = load_f32(m, name, &l.w)))
 		return rc;
-	linear(&l, x, T, y);
+	rc = linear(m, &l, x, T, y);
 	free(l.w);
-	return GQ_OK;
+	return rc;
 }
 
 int gq_model_embed(const gq_model *m, const int32_t *ids, int64_t T, int64_t pos0, float *x)

@@ -17,6 +17,8 @@
 #include "arch.h"
 #include "checkpoint.h"
 #include "config.h"
+#include "pool.h"
+#include "qmat.h"
 
 #define GQ_MODULE_NAME_MAX 96
 
@@ -39,12 +41,14 @@ typedef struct gq_model {
 	int n_modules;
 	int n_groups;       /* groups numbered 0.. in execution order */
 	int n_steps;
+	gq_pool *pool;      /* threads for quantized kernels (NULL: one); set by the caller */
 } gq_model;
 
 typedef struct {
 	int64_t in, out;
-	float *w; /* [out, in] row-major (Conv1D weights transposed on load) */
-	float *b; /* [out], or NULL */
+	float *w;   /* [out, in] row-major (Conv1D weights transposed on load), or NULL when q */
+	float *b;   /* [out], or NULL */
+	gq_qmat *q; /* the GPTQ-quantized weight of a quantized checkpoint, or NULL */
 } gq_linear;
 
 typedef struct {
@@ -90,8 +94,10 @@ void gq_module_name(const gq_model *m, int layer, int module, char *buf, size_t 
  * or GQ_ERR_NOTFOUND naming it.
  */
 int gq_module_find(const gq_model *m, const char *full, int *layer, int *module);
-/* A module's weight as float32 [out, in] (Conv1D transposed), malloc'd. */
+/* A module's weight as float32 [out, in] (Conv1D transposed; quantized ones dequantized), malloc'd. */
 int gq_module_weight(const gq_model *m, int layer, int module, float **W);
+/* Whether the checkpoint holds module `module` of `layer` GPTQ-quantized. */
+int gq_module_quantized(const gq_model *m, int layer, int module);
 void gq_layer_free(const gq_model *m, gq_layer *L);
 /* Drops the pages of a layer's stored weights (after the float32 copy is made). */
 void gq_layer_release(const gq_model *m, int layer);
