@@ -79,33 +79,11 @@ static int add_text_doc(gq_corpus *c, const char *p, size_t n)
 	return GQ_OK;
 }
 
-/* Reads a whole file, or stdin for "-" (any size up to the bound). */
-static int slurp(const char *path, char **out, size_t *len)
-{
-	gq_buf b = {0};
-	char chunk[65536];
-	size_t k;
-
-	if (strcmp(path, "-") != 0)
-		return gq_read_file(path, MAX_CORPUS_FILE, out, len);
-	while ((k = fread(chunk, 1, sizeof chunk, stdin)) > 0)
-		gq_buf_append(&b, chunk, k);
-	if (ferror(stdin) || b.failed) {
-		gq_buf_free(&b);
-		return gq_err(GQ_ERR_IO, "cannot read '<stdin>'");
-	}
-	if (!b.data)
-		gq_buf_append(&b, "", 0);
-	*out = b.data;
-	*len = b.len;
-	return GQ_OK;
-}
-
 int gq_corpus_add_text(gq_corpus *c, const char *path, int whole_file)
 {
 	char *text;
 	size_t len, start = 0;
-	int rc = slurp(path, &text, &len);
+	int rc = gq_read_input(path, MAX_CORPUS_FILE, &text, &len);
 
 	if (rc)
 		return rc;
@@ -136,7 +114,7 @@ static int each_line(const char *path, int (*fn)(void *, const char *, size_t, i
 	char *text = NULL;
 	size_t len = 0;
 	int64_t line = 0;
-	int rc = slurp(path, &text, &len);
+	int rc = gq_read_input(path, MAX_CORPUS_FILE, &text, &len);
 
 	for (size_t i = 0, start = 0; rc == GQ_OK && i <= len; i++) {
 		if (i < len && text[i] != '\n')
@@ -418,6 +396,49 @@ static int alloc_samples(gq_samples *s, int64_t n, int64_t len, int with_mask)
 	s->n = n;
 	s->len = len;
 	return GQ_OK;
+}
+
+int gq_samples_from_frame(const gq_frame *f, int64_t vocab, gq_samples *s)
+{
+	gq_tensor ids, mask;
+	int has_mask = gq_st_find(&f->hdr, "attention_mask") != NULL, rc;
+	float *row;
+
+	memset(s, 0, sizeof *s);
+	if ((rc = gq_frame_tensor(f, "input_ids", &ids)) ||
+	    (has_mask && (rc = gq_frame_tensor(f, "attention_mask", &mask))))
+		return rc;
+	if (ids.ndim != 2 || ids.shape[0] < 1 || ids.shape[1] < 1 ||
+	    ids.dtype < GQ_DTYPE_I64 || ids.dtype == GQ_DTYPE_BOOL)
+		return gq_frame_err(f, GQ_ERR_FORMAT, "input_ids must be an integer [n, seqlen] tensor");
+	if (has_mask && (mask.ndim != 2 || mask.shape[0] != ids.shape[0] || mask.shape[1] != ids.shape[1]))
+		return gq_frame_err(f, GQ_ERR_FORMAT, "attention_mask must have input_ids' shape");
+	if ((rc = alloc_samples(s, ids.shape[0], ids.shape[1], has_mask)))
+		return rc;
+	if (!(row = malloc((size_t)s->len * sizeof *row))) {
+		gq_samples_free(s);
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	}
+	for (int64_t i = 0; i < s->n && rc == GQ_OK; i++) {
+		gq_convert_to_f32(ids.dtype, ids.data, (uint64_t)(i * s->len), (uint64_t)s->len, row);
+		for (int64_t t = 0; t < s->len && rc == GQ_OK; t++) {
+			if (!(row[t] >= 0 && row[t] < (float)vocab))
+				rc = gq_frame_err(f, GQ_ERR_FORMAT,
+						  "input_ids[%lld][%lld] = %g is not a token of this model "
+						  "(vocab %lld)", (long long)i, (long long)t, row[t],
+						  (long long)vocab);
+			s->ids[i * s->len + t] = (int32_t)row[t];
+		}
+		if (has_mask) {
+			gq_convert_to_f32(mask.dtype, mask.data, (uint64_t)(i * s->len), (uint64_t)s->len, row);
+			for (int64_t t = 0; t < s->len; t++)
+				s->mask[i * s->len + t] = row[t] != 0;
+		}
+	}
+	free(row);
+	if (rc)
+		gq_samples_free(s);
+	return rc;
 }
 
 int gq_sample_windows(const int32_t *tokens, int64_t ntok, int64_t n, int64_t len, uint64_t seed,

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "stream.h"
 #include "tokenizer.h"
 
 /* Documents of a corpus, in input order. */
@@ -65,6 +66,11 @@ typedef struct {
 } gq_samples;
 
 void gq_samples_free(gq_samples *s);
+/*
+ * The samples of a `tokens` frame: input_ids [n, len] of any integer type and
+ * an optional attention_mask of the same shape; every id must be in [0, vocab).
+ */
+int gq_samples_from_frame(const gq_frame *f, int64_t vocab, gq_samples *s);
 
 /*
  * n windows of len tokens from tokens[0..ntok): start = randint(0, ntok - len - 1)

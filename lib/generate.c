@@ -330,27 +330,32 @@ int gq_generate(const gq_model *m, const gq_layer *layers, const int32_t *prompt
 int gq_sequence_logprobs(const gq_model *m, const gq_layer *layers, const int32_t *ids, int64_t T,
 			 float *lp, float *logits)
 {
-	int64_t V = m->cfg.vocab;
-	float *lg = logits ? logits : malloc((size_t)(T * V) * sizeof *lg);
+	/* without logits wanted, positions go through in pieces: [T, V] may not fit */
+	int64_t V = m->cfg.vocab, piece = logits ? T : T < 512 ? T : 512;
+	float *lg = logits ? logits : malloc((size_t)(piece * V) * sizeof *lg);
 	gq_kv_cache cache;
 	int rc;
 
 	if (!lg)
-		return gq_err(GQ_ERR_NOMEM, "out of memory for [%lld, %lld] logits", (long long)T,
+		return gq_err(GQ_ERR_NOMEM, "out of memory for [%lld, %lld] logits", (long long)piece,
 			      (long long)V);
 	rc = gq_kv_cache_init(m, &cache, T);
-	if (rc == GQ_OK)
-		rc = gq_model_decode(m, layers, &cache, ids, T, 0, lg);
-	for (int64_t t = 0; rc == GQ_OK && t + 1 < T; t++) {
-		float *row = lg + t * V;
-		double max = -INFINITY, sum = 0;
+	for (int64_t t0 = 0; rc == GQ_OK && t0 < T; t0 += piece) {
+		int64_t n = T - t0 < piece ? T - t0 : piece;
+		float *out = logits ? lg + t0 * V : lg;
 
-		/* log-softmax of one entry, leaving the logits as they are */
-		for (int64_t v = 0; v < V; v++)
-			max = row[v] > max ? row[v] : max;
-		for (int64_t v = 0; v < V; v++)
-			sum += exp((double)row[v] - max);
-		lp[t] = (float)((double)row[ids[t + 1]] - max - log(sum));
+		rc = gq_model_decode(m, layers, &cache, ids + t0, n, 0, out);
+		for (int64_t i = 0; rc == GQ_OK && i < n && t0 + i + 1 < T; i++) {
+			const float *row = out + i * V;
+			double max = -INFINITY, sum = 0;
+
+			/* log-softmax of one entry, leaving the logits as they are */
+			for (int64_t v = 0; v < V; v++)
+				max = row[v] > max ? row[v] : max;
+			for (int64_t v = 0; v < V; v++)
+				sum += exp((double)row[v] - max);
+			lp[t0 + i] = (float)((double)row[ids[t0 + i + 1]] - max - log(sum));
+		}
 	}
 	gq_kv_cache_free(&cache);
 	if (!logits)

@@ -16,6 +16,7 @@
 #include <ftw.h>
 #include <libgen.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -452,4 +453,31 @@ int gq_safe_filename(const char *name)
 		if (*p == '/' || *p == '\\')
 			return 0;
 	return 1;
+}
+
+int gq_read_input(const char *path, size_t max_bytes, char **out, size_t *out_len)
+{
+	gq_buf b = {0};
+	char chunk[65536];
+	size_t k;
+
+	if (strcmp(path, "-") != 0)
+		return gq_read_file(path, max_bytes, out, out_len);
+	while ((k = fread(chunk, 1, sizeof chunk, stdin)) > 0 && b.len <= max_bytes)
+		gq_buf_append(&b, chunk, k);
+	if (ferror(stdin) || b.failed || b.len > max_bytes) {
+		int too_big = !ferror(stdin) && !b.failed;
+
+		gq_buf_free(&b);
+		return too_big ? gq_err(GQ_ERR_FORMAT, "<stdin> is too large (limit %zu bytes)", max_bytes)
+			       : gq_err(GQ_ERR_IO, "cannot read '<stdin>'");
+	}
+	gq_buf_append(&b, "", 1);
+	if (b.failed) {
+		gq_buf_free(&b);
+		return gq_err(GQ_ERR_NOMEM, "out of memory reading <stdin>");
+	}
+	*out = b.data;
+	*out_len = b.len - 1;
+	return GQ_OK;
 }

@@ -41,6 +41,8 @@ void gq_atomic_install_handlers(void);
 
 /* A whole regular file read into memory, refusing files larger than max_bytes. */
 int gq_read_file(const char *path, size_t max_bytes, char **out, size_t *out_len);
+/* The same, or all of stdin for "-" (NUL-terminated either way). */
+int gq_read_input(const char *path, size_t max_bytes, char **out, size_t *out_len);
 
 typedef struct {
 	const uint8_t *data; /* size bytes, read-only, NULL when size == 0 */

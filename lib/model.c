@@ -386,6 +386,7 @@ void gq_model_close(gq_model *m)
 	gq_ckpt_close(m->ckpt);
 	gq_config_free(&m->cfg);
 	free(m->modules);
+	free(m->head);
 	free(m->dir);
 	free(m);
 }
@@ -846,14 +847,19 @@ static int attend(block_ctx *b, const float *q, const float *K, const float *V, 
 		for (int64_t i = 0; i < T; i++) {
 			float *row = S + i * Tk;
 			int64_t p = pos0 + i;
+			/* only keys in [lo, hi] can be attended to: causal, sliding window */
+			int64_t hi = p < Tk - 1 ? p : Tk - 1;
+			int64_t lo = sliding && p - c->sliding_window + 1 > 0 ? p - c->sliding_window + 1 : 0;
 			double max = -INFINITY, sum = 0;
 
-			for (int64_t j = 0; j < Tk; j++) {
-				int ok = j <= p && (!sliding || p - j < c->sliding_window) &&
-					 (!b->mask || j < Tk - T || b->mask[j - (Tk - T)]);
+			for (int64_t j = 0; j < lo; j++)
+				row[j] = 0.0f;
+			for (int64_t j = hi + 1; j < Tk; j++)
+				row[j] = 0.0f;
+			for (int64_t j = lo; j <= hi; j++) {
 				float s;
 
-				if (!ok) {
+				if (b->mask && j >= Tk - T && !b->mask[j - (Tk - T)]) {
 					row[j] = -INFINITY;
 					continue;
 				}
@@ -869,13 +875,13 @@ static int attend(block_ctx *b, const float *q, const float *K, const float *V, 
 				if (s > max)
 					max = s;
 			}
-			for (int64_t j = 0; j < Tk; j++) {
+			for (int64_t j = lo; j <= hi; j++) {
 				float e = isinf(row[j]) ? 0.0f : expf((float)(row[j] - max));
 
 				row[j] = e;
 				sum += e;
 			}
-			for (int64_t j = 0; j < Tk; j++)
+			for (int64_t j = lo; j <= hi; j++)
 				row[j] = sum > 0 ? (float)(row[j] / sum) : 0.0f;
 		}
 		/* out_h = S V_g */
@@ -1335,26 +1341,34 @@ int gq_model_logits(const gq_model *m, const float *x, int64_t T, float *logits)
 {
 	const char *head = m->arch.lm_head ? m->arch.lm_head : m->arch.embed;
 	int64_t V = m->cfg.vocab, d = gq_model_out_dim(m);
-	/* the head is converted a slice of rows at a time: at most 64 MB of float32 */
-	int64_t chunk = (64ll << 20) / (d * 4) > 0 ? (64ll << 20) / (d * 4) : 1;
-	float *w = malloc((size_t)((chunk < V ? chunk : V) * d) * sizeof *w), *bias = NULL;
+	/* without a resident head it is converted a slice of rows at a time: at most 64 MB */
+	int64_t chunk = m->head ? V : (64ll << 20) / (d * 4) > 0 ? (64ll << 20) / (d * 4) : 1;
+	float *w = m->head ? NULL : malloc((size_t)((chunk < V ? chunk : V) * d) * sizeof *w);
+	float *bias = NULL;
 	char name[256];
 	gq_tensor t;
-	int rc;
+	int rc = GQ_OK;
 
-	if (!w)
+	if (!m->head && !w)
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	snprintf(name, sizeof name, "%s.weight", head);
-	rc = gq_ckpt_get(m->ckpt, name, &t);
+	if (!m->head)
+		rc = gq_ckpt_get(m->ckpt, name, &t);
 	snprintf(name, sizeof name, "%s.bias", head);
 	if (rc == GQ_OK && m->arch.lm_head && gq_ckpt_has(m->ckpt, name))
 		rc = load_f32(m, name, &bias);
 	for (int64_t v0 = 0; v0 < V && rc == GQ_OK; v0 += chunk) {
 		int64_t n = V - v0 < chunk ? V - v0 : chunk;
+		const float *rows = m->head ? m->head : w;
 
-		gq_convert_to_f32(t.dtype, t.data, (uint64_t)(v0 * d), (uint64_t)(n * d), w);
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)n, (int)d, 1.0f, x,
-			    (int)d, w, (int)d, 0.0f, logits + v0, (int)V);
+		if (!m->head)
+			gq_convert_to_f32(t.dtype, t.data, (uint64_t)(v0 * d), (uint64_t)(n * d), w);
+		if (T == 1)
+			cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)d, 1.0f, rows, (int)d, x, 1,
+				    0.0f, logits + v0, 1);
+		else
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)n, (int)d, 1.0f,
+				    x, (int)d, rows, (int)d, 0.0f, logits + v0, (int)V);
 	}
 	for (int64_t i = 0; rc == GQ_OK && i < T; i++)
 		for (int64_t v = 0; v < V; v++) {
@@ -1426,15 +1440,20 @@ int gq_model_forward(const gq_model *m, const int32_t *ids, int64_t T, float *lo
 	return rc;
 }
 
-int gq_model_load_layers(const gq_model *m, gq_layer **out)
+int gq_model_load_layers(gq_model *m, gq_layer **out)
 {
 	gq_layer *layers = calloc((size_t)m->cfg.n_layers, sizeof *layers);
+	const char *head = m->arch.lm_head ? m->arch.lm_head : m->arch.embed;
+	char name[256];
 	int rc = GQ_OK;
 
 	if (!layers)
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	for (int l = 0; l < m->cfg.n_layers && rc == GQ_OK; l++)
 		rc = gq_layer_load(m, l, &layers[l]);
+	snprintf(name, sizeof name, "%s.weight", head);
+	if (rc == GQ_OK && !m->head)
+		rc = load_f32(m, name, &m->head);
 	if (rc) {
 		gq_model_free_layers(m, layers);
 		return rc;
@@ -1443,8 +1462,10 @@ int gq_model_load_layers(const gq_model *m, gq_layer **out)
 	return GQ_OK;
 }
 
-void gq_model_free_layers(const gq_model *m, gq_layer *layers)
+void gq_model_free_layers(gq_model *m, gq_layer *layers)
 {
+	free(m->head);
+	m->head = NULL;
 	if (!layers)
 		return;
 	for (int l = 0; l < m->cfg.n_layers; l++)

@@ -42,6 +42,7 @@ typedef struct gq_model {
 	int n_groups;       /* groups numbered 0.. in execution order */
 	int n_steps;
 	gq_pool *pool;      /* threads for quantized kernels (NULL: one); set by the caller */
+	float *head;        /* [vocab, out_dim] float32 output head while layers are resident, else NULL */
 } gq_model;
 
 typedef struct {
@@ -125,9 +126,13 @@ int gq_model_logits(const gq_model *m, const float *x, int64_t T, float *logits)
 int gq_kv_cache_init(const gq_model *m, gq_kv_cache *c, int64_t capacity);
 void gq_kv_cache_free(gq_kv_cache *c);
 
-/* Loads every layer (for generation); *layers holds n_layers entries. */
-int gq_model_load_layers(const gq_model *m, gq_layer **layers);
-void gq_model_free_layers(const gq_model *m, gq_layer *layers);
+/*
+ * Loads every layer (for generation); *layers holds n_layers entries. The
+ * output head is converted to float32 once too (m->head), since decoding
+ * reads all of it for every token.
+ */
+int gq_model_load_layers(gq_model *m, gq_layer **layers);
+void gq_model_free_layers(gq_model *m, gq_layer *layers);
 
 /*
  * Runs T new tokens at positions cache->len.. through all layers, appending

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { E_COPY, E_QWEIGHT, E_QZEROS, E_SCALES, E_GIDX, E_QBIAS };
+enum { E_COPY, E_QWEIGHT, E_QZEROS, E_SCALES, E_GIDX, E_QBIAS, E_FAKE };
 
 typedef struct {
 	char name[GQ_NAME_MAX];
@@ -96,7 +96,30 @@ static int add_copy(plan *p, const gq_ckpt *c, const char *name, const gq_pack_o
 	return add_entry(p, &e);
 }
 
-static int add_quantized(plan *p, const gq_model *m, int layer, int module, const gq_qlinear *q)
+/*
+ * A fake-quantized weight: the stored tensor's name and shape in float32,
+ * where (code - zero) * scale is exact (float16 and bfloat16 would round it).
+ */
+static int add_fake(plan *p, const gq_model *m, int layer, int module, const gq_pack_opts *o)
+{
+	char base[GQ_NAME_MAX], name[GQ_NAME_MAX + 8];
+	int rc;
+
+	gq_module_name(m, layer, module, base, sizeof base);
+	snprintf(name, sizeof name, "%s.weight", base);
+	if ((rc = add_copy(p, m->ckpt, name, o)))
+		return rc;
+	p->e[p->n - 1].kind = E_FAKE;
+	p->e[p->n - 1].dtype = GQ_DTYPE_F32;
+	p->e[p->n - 1].nbytes = (uint64_t)(m->modules[module].in * m->modules[module].out) * 4;
+	p->e[p->n - 1].layer = layer;
+	p->e[p->n - 1].module = module;
+	snprintf(name, sizeof name, "%s.bias", base);
+	return gq_ckpt_has(m->ckpt, name) ? add_copy(p, m->ckpt, name, o) : GQ_OK;
+}
+
+static int add_quantized(plan *p, const gq_model *m, int layer, int module, const gq_qlinear *q,
+			 const gq_pack_opts *o)
 {
 	const gq_module *md = &m->modules[module];
 	int64_t groups = q->group_size > 0 ? (md->in + q->group_size - 1) / q->group_size : 1;
@@ -104,6 +127,8 @@ static int add_quantized(plan *p, const gq_model *m, int layer, int module, cons
 	static const char *suffix[] = {"qweight", "qzeros", "scales", "g_idx"};
 	int rc;
 
+	if (o->fake)
+		return add_fake(p, m, layer, module, o);
 	gq_module_name(m, layer, module, base, sizeof base);
 	if ((rc = gq_pack_check(q->bits, md->out, md->in, base)))
 		return rc;
@@ -164,7 +189,7 @@ static int make_plan(const gq_model *m, const gq_qlinear *q, const gq_pack_opts 
 
 			if (m->modules[i].step < 0)
 				continue;
-			rc = add_quantized(p, m, l, i, q);
+			rc = add_quantized(p, m, l, i, q, o);
 			gq_module_name(m, l, i, name, GQ_NAME_MAX);
 			strcat(name, ".weight");
 			if (gq_strmap_get(&index, name, &k))
@@ -357,6 +382,44 @@ static int write_converted(FILE *fp, const gq_ckpt *c, const char *src, gq_dtype
 	return rc;
 }
 
+/* The dequantized weight of q in the stored layout ([in, out] for Conv1D) and dtype of e. */
+static int write_fake(FILE *fp, const gq_model *m, const gq_qlinear *q, const entry *e,
+		      const char *path)
+{
+	int64_t rows = q->rows, cols = q->cols;
+	float *W = malloc((size_t)(rows * cols) * sizeof *W); /* [out, in] */
+	float *T = m->arch.conv1d ? malloc((size_t)(rows * cols) * sizeof *T) : NULL; /* [in, out] */
+	size_t esz = gq_dtype_size(e->dtype);
+	uint8_t *buf = malloc((size_t)(rows * cols) * esz);
+	const float *src;
+	int rc;
+
+	if (!W || (m->arch.conv1d && !T) || !buf) {
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory for %s", e->name);
+		goto out;
+	}
+	gq_qlinear_dequant(q, W);
+	if (T)
+		for (int64_t o = 0; o < rows; o++)
+			for (int64_t i = 0; i < cols; i++)
+				T[i * rows + o] = W[o * cols + i];
+	src = T ? T : W;
+	for (int64_t k = 0; k < rows * cols; k++) {
+		switch (e->dtype) {
+		case GQ_DTYPE_F16: ((uint16_t *)buf)[k] = gq_f32_to_f16(src[k]); break;
+		case GQ_DTYPE_BF16: ((uint16_t *)buf)[k] = gq_f32_to_bf16(src[k]); break;
+		case GQ_DTYPE_F64: ((double *)buf)[k] = src[k]; break;
+		default: ((float *)buf)[k] = src[k]; break;
+		}
+	}
+	rc = write_all(fp, buf, (size_t)(rows * cols) * esz, path);
+out:
+	free(W);
+	free(T);
+	free(buf);
+	return rc;
+}
+
 static int write_entry(FILE *fp, const gq_model *m, source *s, current *cur, const entry *e,
 		       const gq_pack_opts *o, const char *path)
 {
@@ -377,6 +440,8 @@ static int write_entry(FILE *fp, const gq_model *m, source *s, current *cur, con
 			return gq_err(GQ_ERR_FORMAT, "%s: quantized as [%lld, %lld], the model has [%lld, %lld]",
 				      base, (long long)cur->q.rows, (long long)cur->q.cols,
 				      (long long)md->out, (long long)md->in);
+		if (e->kind == E_FAKE)
+			return write_fake(fp, m, &cur->q, e, path);
 		cur->qweight = malloc((size_t)(md->in * cur->q.bits / 32 * md->out) * 4 + 4);
 		cur->qzeros = malloc((size_t)(cur->q.n_groups * md->out * cur->q.bits / 32) * 4 + 4);
 		if (!cur->qweight || !cur->qzeros)
@@ -498,7 +563,8 @@ static int write_configs(gq_atomic *dir, const gq_model *m, const gq_qlinear *q,
 	if (!cfg)
 		return gq_err(GQ_ERR_FORMAT, "%s/config.json: not valid JSON", m->dir);
 	cJSON_DeleteItemFromObjectCaseSensitive(cfg, "quantization_config");
-	cJSON_AddItemToObject(cfg, "quantization_config", quant_config(q, o));
+	if (!o->fake)
+		cJSON_AddItemToObject(cfg, "quantization_config", quant_config(q, o));
 	if (!o->keep_dtype) {
 		cJSON_DeleteItemFromObjectCaseSensitive(cfg, "torch_dtype");
 		cJSON_DeleteItemFromObjectCaseSensitive(cfg, "dtype");
@@ -508,7 +574,7 @@ static int write_configs(gq_atomic *dir, const gq_model *m, const gq_qlinear *q,
 	cJSON_Delete(cfg);
 	rc = out ? write_text(dir, "config.json", out) : gq_err(GQ_ERR_NOMEM, "out of memory");
 	free(out);
-	if (rc)
+	if (rc || o->fake)
 		return rc;
 	cJSON *qc = quant_config(q, o);
 	out = cJSON_Print(qc);
@@ -593,7 +659,7 @@ int gq_pack_checkpoint(const gq_model *m, gq_reader **inputs, int n_inputs, cons
 	if (rc < 0)
 		goto out;
 	s.have_first = 1;
-	if (!s.first.sym && o->format == GQ_FORMAT_GPTQ) {
+	if (!s.first.sym && o->format == GQ_FORMAT_GPTQ && !o->fake) {
 		rc = gq_err(GQ_ERR_UNSUPPORTED, "%s is asymmetric: checkpoint_format gptq stores zero - 1 "
 			    "and cannot hold a zero of 0; use --format gptq_v2", s.first.name);
 		gq_qlinear_free(&s.first);

@@ -22,9 +22,15 @@ typedef struct {
 	uint64_t shard_size; /* bytes of tensor data per shard, at most */
 	int keep_dtype;      /* keep unquantized tensors' dtype (default: float16, as AutoGPTQ) */
 	int replace;         /* replace an existing output directory */
+	int fake;            /* write dequantized float weights instead of packed ones */
 } gq_pack_opts;
 
-/* Writes out_dir from m and the qlinear frames of inputs (other frames are skipped). */
+/*
+ * Writes out_dir from m and the qlinear frames of inputs (other frames are
+ * skipped). With o->fake the checkpoint stays an ordinary float one whose
+ * quantized linears hold their dequantized weights (the GPTQ paper's
+ * evaluation): any shape works, and every float runtime loads it.
+ */
 int gq_pack_checkpoint(const gq_model *m, gq_reader **inputs, int n_inputs, const char *out_dir,
 		       const gq_pack_opts *o);
 

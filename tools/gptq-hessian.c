@@ -2,6 +2,7 @@
  * gptq-hessian - `tokens` frames in, `hessian` frames out: one per group of
  * linears sharing an input, layer by layer; or --merge partial Hessians.
  */
+#include "calib.h"
 #include "cli.h"
 #include "collect.h"
 #include "io.h"
@@ -74,8 +75,7 @@ static void read_inputs(char **inputs, int n, const gq_model *m, gq_writer *w, g
 		if (gq_reader_open(&r, inputs[i]))
 			die("%s", gq_errmsg());
 		while ((rc = gq_reader_next(r, &f, GQ_READ_DATA)) > 0) {
-			gq_tensor ids, mask;
-			int has_mask;
+			gq_samples tok;
 
 			if (f.kind && strcmp(f.kind, "qlinear") == 0) {
 				*given = erealloc(*given, (size_t)(*n_given + 1) * sizeof **given);
@@ -103,42 +103,22 @@ static void read_inputs(char **inputs, int n, const gq_model *m, gq_writer *w, g
 				continue;
 			}
 			kinds |= 1;
-			if (gq_frame_tensor(&f, "input_ids", &ids))
+			if (gq_samples_from_frame(&f, m->cfg.vocab, &tok))
 				die("%s", gq_errmsg());
-			has_mask = gq_st_find(&f.hdr, "attention_mask") != NULL;
-			if (has_mask && gq_frame_tensor(&f, "attention_mask", &mask))
-				die("%s", gq_errmsg());
-			if (ids.ndim != 2 || ids.shape[0] < 1 || ids.shape[1] < 1)
-				gq_die_frame(&f, "input_ids must be [n, seqlen]");
-			if (has_mask && (mask.ndim != 2 || mask.shape[0] != ids.shape[0] ||
-					 mask.shape[1] != ids.shape[1]))
-				gq_die_frame(&f, "attention_mask must have input_ids' shape");
-			int64_t rows = ids.shape[0], T = ids.shape[1];
-			float *tmp = emalloc((size_t)T * sizeof *tmp);
-
-			*samples = erealloc(*samples, (size_t)(*n_samples + rows) * sizeof **samples);
-			for (int64_t s = 0; s < rows; s++) {
+			*samples = erealloc(*samples, (size_t)(*n_samples + tok.n) * sizeof **samples);
+			for (int64_t s = 0; s < tok.n; s++) {
 				gq_sample *smp = &(*samples)[(*n_samples)++];
 
 				memset(smp, 0, sizeof *smp);
-				smp->len = T;
-				smp->ids = emalloc((size_t)T * sizeof *smp->ids);
-				smp->mask = has_mask ? emalloc((size_t)T) : NULL;
-				gq_convert_to_f32(ids.dtype, ids.data, (uint64_t)(s * T), (uint64_t)T, tmp);
-				for (int64_t t = 0; t < T; t++) {
-					if (!(tmp[t] >= 0 && tmp[t] < (float)m->cfg.vocab))
-						gq_die_frame(&f, "input_ids[%lld][%lld] = %g is not a token of this "
-							     "model (vocab %lld)", (long long)s, (long long)t,
-							     tmp[t], (long long)m->cfg.vocab);
-					smp->ids[t] = (int32_t)tmp[t];
-				}
-				if (has_mask) {
-					gq_convert_to_f32(mask.dtype, mask.data, (uint64_t)(s * T), (uint64_t)T, tmp);
-					for (int64_t t = 0; t < T; t++)
-						smp->mask[t] = tmp[t] != 0;
+				smp->len = tok.len;
+				smp->ids = emalloc((size_t)tok.len * sizeof *smp->ids);
+				memcpy(smp->ids, tok.ids + s * tok.len, (size_t)tok.len * sizeof *smp->ids);
+				if (tok.mask) {
+					smp->mask = emalloc((size_t)tok.len);
+					memcpy(smp->mask, tok.mask + s * tok.len, (size_t)tok.len);
 				}
 			}
-			free(tmp);
+			gq_samples_free(&tok);
 		}
 		if (rc < 0)
 			die("%s", gq_errmsg());

@@ -14,7 +14,7 @@
 static const gq_tool tool = {
 	"gptq-pack",
 	"usage: gptq-pack -m MODEL -o OUTDIR [--format gptq|gptq_v2] [--shard-size SIZE]\n"
-	"                 [--keep-dtype] [-f] [FILE|-]...\n"
+	"                 [--keep-dtype] [--fake-quant] [-f] [FILE|-]...\n"
 	"       gptq-pack --unpack -m QUANTIZED_DIR [-o FILE] [-z]\n",
 	"Pack gptq-solve's qlinear frames into a checkpoint that AutoGPTQ, GPTQModel and\n"
 	"transformers load: qweight/qzeros/scales/g_idx per quantized linear, every other\n"
@@ -29,11 +29,14 @@ static const gq_tool tool = {
 	"      --keep-dtype      keep unquantized tensors' dtype (default: float16, as\n"
 	"                        AutoGPTQ saves)\n"
 	"  -f, --force           replace an existing OUTDIR; write binary to a terminal\n"
+	"      --fake-quant      write the dequantized weights (float32, exact) into an\n"
+	"                        ordinary float checkpoint (the GPTQ paper's evaluation;\n"
+	"                        any shape, any runtime)\n"
 	"      --unpack          write one qlinear frame per packed module of a checkpoint\n"
 	"  -z, --zstd[=LEVEL]    with --unpack: compress the stream\n",
 };
 
-enum { OPT_FORMAT = GQ_OPT_TOOL_BASE, OPT_SHARD, OPT_KEEP, OPT_UNPACK };
+enum { OPT_FORMAT = GQ_OPT_TOOL_BASE, OPT_SHARD, OPT_KEEP, OPT_UNPACK, OPT_FAKE };
 
 int main(int argc, char **argv)
 {
@@ -45,9 +48,10 @@ int main(int argc, char **argv)
 		{"shard-size", required_argument, 0, OPT_SHARD},
 		{"keep-dtype", no_argument, 0, OPT_KEEP},
 		{"unpack", no_argument, 0, OPT_UNPACK},
+		{"fake-quant", no_argument, 0, OPT_FAKE},
 		{0, 0, 0, 0},
 	};
-	gq_pack_opts po = {GQ_FORMAT_GPTQ, 5ull << 30, 0, 0};
+	gq_pack_opts po = {.format = GQ_FORMAT_GPTQ, .shard_size = 5ull << 30};
 	gq_stream_out out = {0};
 	gq_common common;
 	const char *model_dir = NULL;
@@ -75,6 +79,7 @@ int main(int argc, char **argv)
 			break;
 		case OPT_KEEP: po.keep_dtype = 1; break;
 		case OPT_UNPACK: unpack = 1; break;
+		case OPT_FAKE: po.fake = 1; break;
 		default: gq_usage(&tool, 2);
 		}
 	}
@@ -87,6 +92,8 @@ int main(int argc, char **argv)
 
 		if (optind < argc)
 			gq_usage_error(&tool, "--unpack reads no input");
+		if (po.fake)
+			gq_usage_error(&tool, "--fake-quant applies to packing, not --unpack");
 		if (gq_writer_open(&w, out.path, &wo) || gq_unpack_checkpoint(model_dir, w) ||
 		    gq_writer_close(w, 1))
 			die("%s", gq_errmsg());
