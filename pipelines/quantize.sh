@@ -19,7 +19,7 @@ usage: quantize.sh MODEL OUT [--text FILE]... [--calib TOKENS.gqs] [--field NAME
                    [-l LEN] [--seed S]
                    [--bits B] [--group-size G] [--desc-act] [--static-groups] [--asym]
                    [--damp F] [--mse] [--rtn] [--no-sequential] [--format gptq|gptq_v2]
-                   [--shard-size SIZE] [--save DIR] [--threads N]
+                   [--shard-size SIZE] [--fake-quant] [--keep-dtype] [--save DIR] [--threads N]
 USAGE
 	exit "${1:-2}"
 }
@@ -44,6 +44,7 @@ while [ $# -gt 0 ]; do
 	--no-sequential) seq= ;;
 	--format) format=$2; shift ;;
 	--shard-size) pack_opts="$pack_opts --shard-size $2"; shift ;;
+	--fake-quant|--keep-dtype) pack_opts="$pack_opts $1" ;;
 	--threads) solve_opts="$solve_opts --threads $2"; hess_opts="$hess_opts --threads $2"; shift ;;
 	--save) save=$2; shift ;;
 	-h|--help) usage 0 ;;

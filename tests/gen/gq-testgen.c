@@ -11,7 +11,10 @@
  *   gq-testgen dtypes > d.safetensors            one tensor per dtype, F8 included
  *   gq-testgen checkpoint DIR [SHARDS [VOCAB HIDDEN]]  two-layer llama, config.json +
  *                                                weights (+ index); intermediate = 2 x hidden
+ *   gq-testgen bigmodel DIR LAYERS HIDDEN INTER VOCAB  llama of any size, one shard per
+ *                                                layer written in turn (memory: one layer)
  */
+#include "io.h"
 #include "safetensors.h"
 #include "stream.h"
 #include "util.h"
@@ -290,13 +293,119 @@ static void checkpoint(const char *dir, int64_t shards, int64_t V, int64_t H)
 	write_text(dir, "config.json", config);
 }
 
+/*
+ * A llama of any size for the memory benchmark: shard 0 holds the embedding,
+ * final norm and head, shard i+1 layer i, each built and written before the
+ * next, so the generator itself needs one layer of memory.
+ */
+static void bigmodel(const char *dir, int64_t L, int64_t H, int64_t I, int64_t V)
+{
+	static const char *suffix[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+				       "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+				       "mlp.down_proj", "input_layernorm", "post_attention_layernorm"};
+	gq_buf index = {0};
+	char config[1024];
+	uint64_t total = 0;
+
+	if (mkdir(dir, 0777) != 0)
+		die("cannot create '%s':", dir);
+	gq_buf_printf(&index, "{\"weight_map\":{");
+	for (int64_t s = 0; s <= L; s++) {
+		char names[9][96], file[64], path[4096];
+		int64_t shapes[9][2];
+		uint16_t *bufs[9] = {0};
+		int n = 0;
+		gq_st_builder b;
+
+		if (s == 0) {
+			snprintf(names[n], 96, "model.embed_tokens.weight");
+			shapes[n][0] = V, shapes[n++][1] = H;
+			snprintf(names[n], 96, "model.norm.weight");
+			shapes[n][0] = H, shapes[n++][1] = 0;
+			snprintf(names[n], 96, "lm_head.weight");
+			shapes[n][0] = V, shapes[n++][1] = H;
+		} else {
+			for (int k = 0; k < 9; k++) {
+				snprintf(names[n], 96, "model.layers.%lld.%s.weight", (long long)s - 1, suffix[k]);
+				shapes[n][0] = k == 4 || k == 5 ? I : H;
+				shapes[n++][1] = k == 6 ? I : k >= 7 ? 0 : H;
+			}
+		}
+		snprintf(file, sizeof file, "model-%05lld-of-%05lld.safetensors", (long long)s + 1,
+			 (long long)L + 1);
+		gq_stb_init(&b);
+		if (gq_stb_meta(&b, "format", "pt"))
+			die("%s", gq_errmsg());
+		for (int t = 0; t < n; t++) {
+			int nd = shapes[t][1] ? 2 : 1;
+			int64_t numel = shapes[t][0] * (nd == 2 ? shapes[t][1] : 1);
+			/* keeps activations O(1) through hundreds of layers */
+			float scale = nd == 2 ? 1.0f / sqrtf((float)(shapes[t][1])) : 0.1f;
+
+			bufs[t] = emalloc((size_t)numel * 2);
+			for (int64_t k = 0; k < numel; k++)
+				bufs[t][k] = gq_f32_to_bf16(nd == 2 ? scale * randf() : 1 + scale * randf());
+			if (gq_stb_tensor(&b, names[t], GQ_DTYPE_BF16, nd, shapes[t], bufs[t]))
+				die("%s", gq_errmsg());
+			gq_buf_printf(&index, "%s\"%s\":\"%s\"", s + t ? "," : "", names[t], file);
+			total += (uint64_t)numel * 2;
+		}
+		snprintf(path, sizeof path, "%s/%s", dir, file);
+		if (gq_st_write_file(path, &b))
+			die("%s", gq_errmsg());
+		gq_stb_free(&b);
+		for (int t = 0; t < n; t++)
+			free(bufs[t]);
+	}
+	gq_buf_printf(&index, "},\"metadata\":{\"total_size\":%llu}}\n", (unsigned long long)total);
+	write_text(dir, "model.safetensors.index.json", index.data);
+	gq_buf_free(&index);
+	snprintf(config, sizeof config,
+		 "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\","
+		 "\"hidden_size\":%lld,\"intermediate_size\":%lld,\"num_attention_heads\":%lld,"
+		 "\"num_key_value_heads\":%lld,\"num_hidden_layers\":%lld,\"vocab_size\":%lld,"
+		 "\"rms_norm_eps\":1e-5,\"rope_theta\":10000.0,\"tie_word_embeddings\":false,"
+		 "\"torch_dtype\":\"bfloat16\"}\n",
+		 (long long)H, (long long)I, (long long)(H / 64), (long long)(H / 64), (long long)L,
+		 (long long)V);
+	write_text(dir, "config.json", config);
+}
+
+/*
+ * The first or second half of a UTF-8 text file by characters, as Python's
+ * text[:len(text) // 2] and text[len(text) // 2:] cut it (the split
+ * ../shared/README.md's stories260K perplexity uses).
+ */
+static void texthalf(const char *path, const char *which)
+{
+	char *text;
+	size_t len, chars = 0, half, i, k = 0;
+
+	if (gq_read_file(path, (size_t)1 << 30, &text, &len))
+		die("%s", gq_errmsg());
+	for (i = 0; i < len; i++)
+		chars += ((unsigned char)text[i] & 0xC0) != 0x80;
+	half = chars / 2;
+	for (i = 0; i < len && k < half + 1; i++)
+		if (((unsigned char)text[i] & 0xC0) != 0x80 && k++ == half)
+			break;
+	if (strcmp(which, "first") == 0)
+		fwrite(text, 1, i, stdout);
+	else if (strcmp(which, "second") == 0)
+		fwrite(text + i, 1, len - i, stdout);
+	else
+		die("texthalf: 'first' or 'second', not '%s'", which);
+	free(text);
+}
+
 int main(int argc, char **argv)
 {
 	gq_set_progname("gq-testgen");
 	if (argc < 2)
-		die("usage: gq-testgen hessian|tokens|hframe|report|dtypes|checkpoint ...");
+		die("usage: gq-testgen hessian|tokens|hframe|report|dtypes|checkpoint|bigmodel|texthalf ...");
 	if (argc > 3 && strcmp(argv[1], "checkpoint") != 0 && strcmp(argv[1], "tokens") != 0 &&
-	    strcmp(argv[1], "hframe") != 0)
+	    strcmp(argv[1], "hframe") != 0 && strcmp(argv[1], "bigmodel") != 0 &&
+	    strcmp(argv[1], "texthalf") != 0)
 		rng += (uint64_t)arg_int(argc, argv, 3, 0, 0, INT64_MAX);
 	if (strcmp(argv[1], "hessian") == 0)
 		hessian(arg_int(argc, argv, 2, 32, 1, 4096), arg_int(argc, argv, 4, 0, 0, 4096));
@@ -308,11 +417,16 @@ int main(int argc, char **argv)
 		hframe(arg_int(argc, argv, 2, 8, 1, 4096), argv[3], argv[4], argv[5]);
 	else if (strcmp(argv[1], "report") == 0)
 		report();
+	else if (strcmp(argv[1], "texthalf") == 0 && argc == 4)
+		texthalf(argv[2], argv[3]);
 	else if (strcmp(argv[1], "dtypes") == 0)
 		dtypes();
 	else if (strcmp(argv[1], "checkpoint") == 0 && argc >= 3)
 		checkpoint(argv[2], arg_int(argc, argv, 3, 1, 1, 8), arg_int(argc, argv, 4, 40, 1, 1 << 20),
 			   arg_int(argc, argv, 5, 16, 8, 4096));
+	else if (strcmp(argv[1], "bigmodel") == 0 && argc == 7)
+		bigmodel(argv[2], arg_int(argc, argv, 3, 1, 1, 100000), arg_int(argc, argv, 4, 64, 64, 1 << 16),
+			 arg_int(argc, argv, 5, 64, 1, 1 << 18), arg_int(argc, argv, 6, 64, 1, 1 << 20));
 	else
 		die("unknown generator '%s'", argv[1]);
 	if (fflush(stdout) != 0 || ferror(stdout))
