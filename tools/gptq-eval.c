@@ -363,7 +363,7 @@ int main(int argc, char **argv)
 				load_workload(&r, &o, &w);
 			score(&r, o.ref ? &ref : NULL, &w, &res[i].s);
 		}
-		gq_info("%s done", o.models[i]);
+		gq_debug("%s done", o.models[i]);
 		gq_runner_close(&r);
 	}
 	if (o.have_task)

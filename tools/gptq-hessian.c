@@ -158,11 +158,20 @@ static void parse_layers(const char *s, int64_t n_layers, gq_collect_opts *o)
  */
 static int early_fd = -1, finished;
 
-/* On a failed exit, give tee a moment to finish opening the FIFO we held. */
+/*
+ * On a failed exit, wait (5 s at most) until tee has opened the FIFO we hold:
+ * a non-blocking read gives EOF while no writer ever connected, EAGAIN or
+ * data once one has. Closing it then breaks tee's pipe instead of leaving
+ * tee blocked in open() for good.
+ */
 static void grace_on_failure(void)
 {
-	if (!finished && early_fd >= 0)
-		usleep(200000);
+	char byte;
+
+	if (finished || early_fd < 0)
+		return;
+	for (int i = 0; i < 250 && read(early_fd, &byte, 1) == 0; i++)
+		usleep(20000);
 }
 
 static int open_feedback_early(int argc, char **argv)
