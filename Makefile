@@ -179,6 +179,8 @@ bats: $(BINS) $(TESTGEN)
 	GQ_BINDIR=$(CURDIR)/$(BINDIR) GQ_TESTGEN=$(CURDIR)/$(TESTGEN) GQ_VALGRIND=$(VALGRIND) \
 		GQ_SHARED=$(CURDIR)/../shared bats tests/*.bats
 
+include tests/fuzz/fuzz.mk
+
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(OBJDIR)/bench/%)
 
@@ -209,6 +211,11 @@ demo: all $(TESTGEN)
 		jq -r '[.metadata.name, .metadata.nsamples, .hessian.dead, (.hessian.cond_damped | floor)] | @tsv'
 	@echo "== GPTQ loss per module (gptq_report.json)"
 	@jq -r 'to_entries[] | [.key, .value.method, .value.loss] | @tsv' $(DEMO)/model-gptq/gptq_report.json
+	@echo "== generation from the 4-bit checkpoint (random weights: random words)"
+	$(BINDIR)/gptq-run -q -m $(DEMO)/model-gptq -p "The cat" -n 24 --temp 0.8 --seed 1
+	@echo "== perplexity on the corpus, fp and 4-bit, and how far the 4-bit one drifts"
+	$(BINDIR)/gptq-eval -m $(DEMO)/model -m $(DEMO)/model-gptq --ref $(DEMO)/model \
+		--text tests/data/corpus.txt --ctx 128 --chunks 64
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \

@@ -165,8 +165,33 @@ static int read_index(const char *dir, char ***files, int *n_files, cJSON **map_
 	return GQ_OK;
 }
 
-/* model-00001-of-00004.safetensors style names, sorted, when there is no index. */
+static int list_files(const char *dir, int shards, char ***files, int *n_files);
+
+/*
+ * model-00001-of-00004.safetensors style names, sorted, when there is no
+ * index; failing those, a lone *.safetensors file (AutoGPTQ names its output
+ * after model_file_base_name, e.g. gptq_model-4bit-128g.safetensors).
+ */
 static int list_shard_files(const char *dir, char ***files, int *n_files)
+{
+	int rc = list_files(dir, 1, files, n_files);
+
+	if (rc || *n_files > 0)
+		return rc;
+	free(*files);
+	if ((rc = list_files(dir, 0, files, n_files)) || *n_files <= 1)
+		return rc;
+	for (int i = 0; i < *n_files; i++)
+		free((*files)[i]);
+	free(*files);
+	*n_files = 0;
+	*files = NULL;
+	return gq_err(GQ_ERR_NOTFOUND, "'%s' has several .safetensors files and no %s to say which "
+		      "hold the model", dir, INDEX_NAME);
+}
+
+/* Sorted names in dir: model-*-of-*.safetensors shards, or with shards 0 any *.safetensors. */
+static int list_files(const char *dir, int shards, char ***files, int *n_files)
 {
 	DIR *d = opendir(dir);
 	struct dirent *e;
@@ -178,9 +203,11 @@ static int list_shard_files(const char *dir, char ***files, int *n_files)
 	while ((e = readdir(d))) {
 		unsigned a, b;
 		char tail[32];
+		size_t len = strlen(e->d_name);
 
-		if (sscanf(e->d_name, "model-%u-of-%u.safetensor%31s", &a, &b, tail) != 3 ||
-		    strcmp(tail, "s") != 0)
+		if (shards ? sscanf(e->d_name, "model-%u-of-%u.safetensor%31s", &a, &b, tail) != 3 ||
+				     strcmp(tail, "s") != 0
+			   : len <= 12 || strcmp(e->d_name + len - 12, ".safetensors") != 0)
 			continue;
 		if (n == cap) {
 			char **nv = realloc(v, (size_t)(cap = cap ? cap * 2 : 8) * sizeof *v);
@@ -291,7 +318,8 @@ int gq_ckpt_open(gq_ckpt **out, const char *path)
 			files_owned = 1;
 			if (rc == GQ_OK && n_files == 0)
 				rc = gq_err(GQ_ERR_NOTFOUND,
-					    "'%s' has no model.safetensors, %s or model-*-of-*.safetensors",
+					    "'%s' has no model.safetensors, %s, model-*-of-*.safetensors or other "
+					    "*.safetensors file",
 					    path, INDEX_NAME);
 		}
 		if (rc)

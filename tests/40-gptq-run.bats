@@ -155,3 +155,15 @@ setup() {
 	run -0 gptq-run -q -m bare --prompt-ids 1,2,3 -n 4 --print-ids
 	[ "$(wc -w <<<"$output")" -eq 4 ]
 }
+
+@test "AutoGPTQ's file naming (gptq_model-4bit-32g.safetensors) loads; two candidates do not" {
+	testgen tokens 4 32 1 448 >calib.gqs
+	"$P/quantize.sh" m q --calib calib.gqs --bits 4 --group-size 32
+	a=$(gptq-run -q -m q --prompt-ids 1,2,3 -n 8 --print-ids)
+	mv q/model.safetensors q/gptq_model-4bit-32g.safetensors
+	b=$(gptq-run -q -m q --prompt-ids 1,2,3 -n 8 --print-ids)
+	[ "$a" = "$b" ]
+	cp q/gptq_model-4bit-32g.safetensors q/other.safetensors
+	run -1 gptq-run -m q --prompt-ids 1
+	[[ $output == *"several .safetensors files"* ]]
+}

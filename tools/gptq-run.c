@@ -43,7 +43,9 @@ static const gq_tool tool = {
 	"      --json            --bench prints one JSON object instead of a table\n"
 	"      --forward         `tokens` frames in, `logprobs` frames out\n"
 	"      --logits          --forward also writes the logits [n, len, vocab]\n"
-	GQ_STREAM_OUT_HELP,
+	"  -o, --output FILE     --forward: write the stream to FILE (atomically)\n"
+	"  -z, --zstd[=LEVEL]    --forward: compress the stream with zstd (default level 3)\n"
+	"      --force           --forward: write binary output to a terminal\n",
 };
 
 enum { OPT_PROMPT_IDS = GQ_OPT_TOOL_BASE, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_REPEAT, OPT_SEED,
