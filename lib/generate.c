@@ -188,10 +188,15 @@ static void copy_cache(const gq_model *m, gq_kv_cache *dst, const gq_kv_cache *s
 /* Keeps the best `cap` candidates in c [n], sorted by rank descending. */
 static void offer(candidate *c, int *n, int cap, candidate x)
 {
-	int k = *n < cap ? (*n)++ : cap - 1;
+	int k;
 
-	if (k == cap - 1 && *n == cap && x.rank <= c[k].rank && k > 0)
-		return;
+	if (*n == cap) {
+		if (x.rank <= c[cap - 1].rank)
+			return;
+		k = cap - 1; /* replaces the worst kept */
+	} else {
+		k = (*n)++;
+	}
 	c[k] = x;
 	for (; k > 0 && c[k].rank > c[k - 1].rank; k--) {
 		candidate t = c[k];

@@ -361,8 +361,11 @@ static int write_converted(FILE *fp, const gq_ckpt *c, const char *src, gq_dtype
 
 	if (rc)
 		return rc;
-	if (t.dtype == dtype)
-		return write_all(fp, t.data, t.nbytes, path);
+	if (t.dtype == dtype) {
+		rc = write_all(fp, t.data, t.nbytes, path);
+		gq_ckpt_release(c, src); /* written: its pages need not stay resident */
+		return rc;
+	}
 	n = gq_tensor_numel(&t);
 	float buf[4096];
 	uint16_t half[4096];
@@ -379,6 +382,7 @@ static int write_converted(FILE *fp, const gq_ckpt *c, const char *src, gq_dtype
 		}
 		rc = write_all(fp, half, (size_t)k * 2, path);
 	}
+	gq_ckpt_release(c, src);
 	return rc;
 }
 
@@ -565,10 +569,11 @@ static int write_configs(gq_atomic *dir, const gq_model *m, const gq_qlinear *q,
 	cJSON_DeleteItemFromObjectCaseSensitive(cfg, "quantization_config");
 	if (!o->fake)
 		cJSON_AddItemToObject(cfg, "quantization_config", quant_config(q, o));
-	if (!o->keep_dtype) {
+	/* fake-quantized weights are float32: a loader honouring torch_dtype must keep them so */
+	if (!o->keep_dtype || o->fake) {
 		cJSON_DeleteItemFromObjectCaseSensitive(cfg, "torch_dtype");
 		cJSON_DeleteItemFromObjectCaseSensitive(cfg, "dtype");
-		cJSON_AddStringToObject(cfg, "torch_dtype", "float16");
+		cJSON_AddStringToObject(cfg, "torch_dtype", o->fake ? "float32" : "float16");
 	}
 	out = cJSON_Print(cfg);
 	cJSON_Delete(cfg);

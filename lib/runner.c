@@ -206,7 +206,7 @@ int gq_runner_bench(const gq_runner *r, const gq_bench_opts *o, gq_bench_result 
 	uint64_t state = o->seed * 0x9E3779B97F4A7C15ull + 1;
 	gq_kv_cache cache = {0};
 	int rc = !ids || !logits || !pp || !tg ? gq_err(GQ_ERR_NOMEM, "out of memory")
-					       : gq_kv_cache_init(m, &cache, o->n_prompt + o->n_gen + 1);
+					       : gq_kv_cache_init(m, &cache, (o->n_prompt > o->n_gen ? o->n_prompt : o->n_gen) + 1);
 
 	for (int64_t i = 0; i < o->n_prompt; i++) {
 		state = state * 6364136223846793005ull + 1442695040888963407ull;
@@ -222,6 +222,8 @@ int gq_runner_bench(const gq_runner *r, const gq_bench_opts *o, gq_bench_result 
 		if (o->n_prompt > 0)
 			rc = gq_model_decode(m, r->layers, &cache, ids, o->n_prompt, 1, logits);
 		t1 = now();
+		/* decoding starts from an empty context, as llama-bench's tg does */
+		cache.len = 0;
 		for (int64_t i = 0; i < o->n_gen && rc == GQ_OK; i++) {
 			/* the token chosen does not change the cost: keep it cheap and deterministic */
 			rc = gq_model_decode(m, r->layers, &cache, &next, 1, 1, logits);

@@ -46,7 +46,10 @@ void gq_runner_weight_bytes(const gq_runner *r, gq_weight_bytes *b);
  */
 int gq_runner_forward_frame(const gq_runner *r, const gq_frame *f, int want_logits, gq_writer *w);
 
-/* llama-bench style throughput: pp = prefill of n_prompt tokens, tg = n_gen decoded one by one. */
+/*
+ * llama-bench style throughput: pp = prefill of n_prompt tokens, tg = n_gen
+ * tokens decoded one by one from an empty context.
+ */
 typedef struct {
 	int64_t n_prompt, n_gen;
 	int reps;

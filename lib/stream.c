@@ -487,7 +487,7 @@ int gq_writer_open(gq_writer **out, const char *path, const gq_writer_opts *o)
 			free(w);
 			return gq_err(GQ_ERR_ARG,
 				      "refusing to write binary frames to a terminal (redirect "
-				      "stdout, use -o FILE, or -f to force)");
+				      "stdout, use -o FILE, or --force)");
 		}
 		w->fp = stdout;
 		w->name = strdup("<stdout>");

@@ -59,6 +59,13 @@ setup() {
 	[ "$output" = "$beam" ]
 }
 
+@test "beam search with few candidates (regression: read an unset slot)" {
+	for b in 2 3 5; do
+		run -0 gptq-run -q -m m -n 6 --beams $b -p the --print-ids --ignore-eos
+		[ "$(wc -w <<<"$output")" -eq 6 ]
+	done
+}
+
 @test "--batch: one JSON line per prompt, the same text as single runs" {
 	printf '%s\n' '{"prompt": "the cat"}' '{"prompt": "a dog", "id": 2}' >p.jsonl
 	run -0 gptq-run -q -m m -n 8 --batch p.jsonl
@@ -147,6 +154,8 @@ setup() {
 	run -2 gptq-run -m m --prompt-ids 9999
 	[[ $output == *"--prompt-ids"* ]]
 	run -2 gptq-run -m m --beams 2 --temp 1
+	run -2 gptq-run -m m -p x -z
+	[[ $output == *"apply to --forward"* ]]
 	run -1 gptq-run -m nonexistent -p x
 	[[ $output == *nonexistent* ]]
 	testgen checkpoint bare 1 64 16

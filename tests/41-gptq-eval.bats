@@ -113,6 +113,9 @@ setup() {
 	run -2 gptq-eval -m m --text x --protocol perplexity
 	[[ $output == *"unknown perplexity protocol"* ]]
 	run -2 gptq-eval -m m --tokens x --ctx 12
+	run -2 gptq-eval -m m --tokens x --protocol gptq
+	run -2 gptq-eval -m m --text x --limit 3
+	[[ $output == *"apply to --task"* ]]
 	run -1 gptq-eval -m m --text /nonexistent
 	[[ $output == *"/nonexistent"* ]]
 }

@@ -6,7 +6,8 @@ load helpers
 
 setup() {
 	setup_tools
-	testgen checkpoint model
+	# vocab 448: the bundled tokenizer's, so the model can read text
+	testgen checkpoint model 1 448 16
 	cp "$BATS_TEST_DIRNAME"/data/tokenizer/* model/
 	cp "$BATS_TEST_DIRNAME"/data/corpus.txt "$BATS_TEST_DIRNAME"/data/docs.jsonl .
 	testgen hessian 24 1 2 >h.gqs
@@ -55,6 +56,14 @@ run_examples() {
 
 @test "gptq-pack(1) examples run" {
 	run_examples "$BATS_TEST_DIRNAME/../man/man1/gptq-pack.1"
+}
+
+@test "gptq-run(1) examples run" {
+	run_examples "$BATS_TEST_DIRNAME/../man/man1/gptq-run.1"
+}
+
+@test "gptq-eval(1) examples run" {
+	run_examples "$BATS_TEST_DIRNAME/../man/man1/gptq-eval.1"
 }
 
 @test "gptq-pipelines(7) examples run" {

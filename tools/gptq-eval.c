@@ -36,6 +36,7 @@ static const gq_tool tool = {
 	"      --tokens FILE     perplexity of `tokens` frames (gptq-calib --eval): every\n"
 	"                        position of every row scored, padding excluded\n"
 	"      --task T          lm, classify or summarize on the JSON lines of --data\n"
+	"      --data FILE       the task's examples ('-': stdin)\n"
 	"      --limit N         the first N examples only\n"
 	"      --max-new N       summarize: tokens to generate at most (default 64)\n"
 	"      --text-field F    input field (default prompt for classify, text otherwise)\n"
@@ -125,7 +126,8 @@ typedef struct {
 	gq_task_result t;
 } result;
 
-static void score(const gq_runner *r, const gq_runner *ref, const workload *w, gq_ppl_sums *s)
+static void score(const gq_runner *r, const gq_runner *ref, const workload *w, gq_ppl_sums *s,
+		  const char *o_tokens_name)
 {
 	memset(s, 0, sizeof *s);
 	for (int64_t i = 0; i < w->s.n; i++) {
@@ -137,6 +139,11 @@ static void score(const gq_runner *r, const gq_runner *ref, const workload *w, g
 
 			for (T = 0; T < w->s.len && m[T]; T++)
 				;
+			for (int64_t t = T; t < w->s.len; t++)
+				if (m[t])
+					die("%s: row %lld: attention_mask is not right padding (a real token at "
+					    "%lld after padding at %lld)", o_tokens_name, (long long)i,
+					    (long long)t, (long long)T);
 		}
 		if (T >= 2 && gq_ppl_score(r, ref, ids, T, w->first, s))
 			die("%s (chunk %lld)", gq_errmsg(), (long long)i);
@@ -294,7 +301,7 @@ int main(int argc, char **argv)
 	gq_runner ref = {0};
 	workload w = {0};
 	result *res;
-	int c;
+	int c, have_protocol = 0;
 
 	gq_cli_init(&tool, &common, argc, argv);
 	while ((c = getopt_long(argc, argv, GQ_COMMON_SHORT "m:", longopts, NULL)) != -1) {
@@ -311,6 +318,7 @@ int main(int argc, char **argv)
 		case OPT_PROTOCOL:
 			if (gq_ppl_protocol_parse(optarg, &o.protocol))
 				gq_usage_error(&tool, "--protocol: %s", gq_errmsg());
+			have_protocol = 1;
 			break;
 		case OPT_CTX: o.ctx = gq_opt_int(&tool, "--ctx", optarg, 2, 1 << 20); break;
 		case OPT_CHUNKS: o.chunks = gq_opt_int(&tool, "--chunks", optarg, 1, INT32_MAX); break;
@@ -340,8 +348,11 @@ int main(int argc, char **argv)
 		gq_usage_error(&tool, "--task and --data go together");
 	if (o.have_task && o.ref)
 		gq_usage_error(&tool, "--ref applies to perplexity (--text, --tokens)");
-	if (!o.text && (o.ctx || o.chunks))
-		gq_usage_error(&tool, "--ctx and --chunks apply to --text");
+	if (!o.text && (o.ctx || o.chunks || have_protocol))
+		gq_usage_error(&tool, "--protocol, --ctx and --chunks apply to --text");
+	if (!o.have_task && (o.to.limit || o.to.max_new || o.to.text_field || o.to.label_field ||
+			     o.to.choices_field))
+		gq_usage_error(&tool, "--limit, --max-new and the field options apply to --task");
 	if (o.ctx == 0)
 		o.ctx = gq_ppl_default_ctx(o.protocol);
 	gq_task_defaults(o.task, &o.to);
@@ -361,7 +372,7 @@ int main(int argc, char **argv)
 		} else {
 			if (i == 0)
 				load_workload(&r, &o, &w);
-			score(&r, o.ref ? &ref : NULL, &w, &res[i].s);
+			score(&r, o.ref ? &ref : NULL, &w, &res[i].s, o.tokens ? o.tokens : o.text);
 		}
 		gq_debug("%s done", o.models[i]);
 		gq_runner_close(&r);

@@ -50,7 +50,7 @@ static const gq_tool tool = {
 
 enum { OPT_PROMPT_IDS = GQ_OPT_TOOL_BASE, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_REPEAT, OPT_SEED,
        OPT_BEAMS, OPT_NO_BOS, OPT_IGNORE_EOS, OPT_ECHO, OPT_PRINT_IDS, OPT_BATCH, OPT_FIELD,
-       OPT_BENCH, OPT_PP, OPT_TG, OPT_REPS, OPT_JSON, OPT_FORWARD, OPT_LOGITS };
+       OPT_BENCH, OPT_PP, OPT_TG, OPT_REPS, OPT_JSON, OPT_FORWARD, OPT_LOGITS, OPT_FORCE };
 
 typedef struct {
 	const char *model, *prompt, *prompt_file, *prompt_ids, *batch, *field;
@@ -223,9 +223,9 @@ static void bench(const gq_runner *r, const options *o, int threads)
 		       gb * res.tg_tok_s);
 		return;
 	}
-	printf("| %-30s | %-6s | %7s | %7s | %-6s | %16s |\n", "model", "weights", "size GB",
+	printf("| %-30s | %-7s | %7s | %7s | %-6s | %16s |\n", "model", "weights", "size GB",
 	       "threads", "test", "tokens/s");
-	printf("|%s|%s|%s|%s|%s|%s|\n", "--------------------------------", "--------",
+	printf("|%s|%s|%s|%s|%s|%s|\n", "--------------------------------", "---------",
 	       "---------", "---------", "--------", "------------------");
 	for (int k = 0; k < 2; k++) {
 		char test[32], w[16];
@@ -236,7 +236,7 @@ static void bench(const gq_runner *r, const options *o, int threads)
 		snprintf(test, sizeof test, "%s%lld", k ? "tg" : "pp",
 			 (long long)(k ? o->bo.n_gen : o->bo.n_prompt));
 		snprintf(w, sizeof w, r->model->cfg.quant_bits ? "int%d" : "f32", r->model->cfg.quant_bits);
-		printf("| %-30.30s | %-6s | %7.3f | %7d | %-6s | %9.2f ± %5.2f |\n", r->model->dir, w, gb,
+		printf("| %-30.30s | %-7s | %7.3f | %7d | %-6s | %9.2f ± %5.2f |\n", r->model->dir, w, gb,
 		       threads, test, v, sd);
 	}
 	printf("decode reads %.3f GB a token: %.2f GB/s\n", gb, gb * res.tg_tok_s);
@@ -287,7 +287,10 @@ int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		GQ_COMMON_LONG,
-		GQ_STREAM_OUT_LONG,
+		/* -f is the prompt file here (llama.cpp's meaning): --force has no short form */
+		{"output", required_argument, 0, 'o'},
+		{"zstd", optional_argument, 0, GQ_OPT_ZSTD},
+		{"force", no_argument, 0, OPT_FORCE},
 		{"model", required_argument, 0, 'm'},
 		{"prompt", required_argument, 0, 'p'},
 		{"file", required_argument, 0, 'F'},
@@ -322,7 +325,6 @@ int main(int argc, char **argv)
 	int c, modes;
 
 	gq_cli_init(&tool, &common, argc, argv);
-	/* -f is the prompt file here (llama.cpp's meaning), --force the stream option */
 	while ((c = getopt_long(argc, argv, GQ_COMMON_SHORT "o:zm:p:f:n:", longopts, NULL)) != -1) {
 		if (gq_cli_common(&tool, &common, c, optarg) ||
 		    (c != 'f' && gq_cli_stream_out(&tool, &o.out, c, optarg)))
@@ -331,6 +333,7 @@ int main(int argc, char **argv)
 		case 'm': o.model = optarg; break;
 		case 'p': o.prompt = optarg; break;
 		case 'f': case 'F': o.prompt_file = optarg; break;
+		case OPT_FORCE: o.out.force = 1; break;
 		case 'n': o.gen.max_new = gq_opt_int(&tool, "-n", optarg, 0, 1 << 24); break;
 		case OPT_PROMPT_IDS: o.prompt_ids = optarg; break;
 		case OPT_TEMP: o.gen.temperature = gq_opt_float(&tool, "--temp", optarg, 0, 100); break;
@@ -368,8 +371,8 @@ int main(int argc, char **argv)
 		gq_usage_error(&tool, "unexpected argument '%s' (input files are for --forward)", argv[optind]);
 	if (o.logits && !o.forward)
 		gq_usage_error(&tool, "--logits applies to --forward");
-	if (o.out.path && !o.forward)
-		gq_usage_error(&tool, "-o applies to --forward (generated text goes to stdout)");
+	if ((o.out.path || o.out.zstd_level || o.out.force) && !o.forward)
+		gq_usage_error(&tool, "-o, -z and --force apply to --forward (text goes to stdout)");
 	if (o.gen.beams > 1 && o.gen.temperature > 0)
 		gq_usage_error(&tool, "--beams is deterministic: it cannot be combined with --temp");
 	if (gq_runner_open(&r, o.model, common.threads))

@@ -127,11 +127,54 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const uint32_t *row, c
 	return hsum256(_mm256_add_ps(acc0, acc1)) + (k < b ? dot_plain(row, xs, k, b, bits) : 0.0f);
 }
 
+/*
+ * Rows go two at a time (each xs load serves both) and groups accumulate into
+ * vectors scaled by the group's scale, so a row is reduced to a float once,
+ * not once a group. Groups the vector loop cannot take (not starting on a
+ * word, or a length not a multiple of 16) go through dot_avx2.
+ */
 __attribute__((target("avx2,fma"))) static void qgemv_avx2(const gq_qgemv_mat *m, const float *xs,
 							   const float *xsum, float *y, int64_t o0,
 							   int64_t o1)
 {
-	for (int64_t o = o0; o < o1; o++) {
+	const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+	const __m256i mask = _mm256_set1_epi32(15);
+	int64_t o = o0;
+
+	for (; m->bits == 4 && o + 2 <= o1; o += 2) {
+		const uint32_t *r0 = m->codes + o * m->words_per_row, *r1 = r0 + m->words_per_row;
+		const float *s0 = m->scales + o * m->n_groups, *s1 = s0 + m->n_groups;
+		const float *z0 = m->zeros + o * m->n_groups, *z1 = z0 + m->n_groups;
+		__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+		float rest0 = 0, rest1 = 0;
+
+		for (int64_t g = 0; g < m->n_groups; g++) {
+			int64_t a = m->gstart[g], b = m->gstart[g + 1];
+
+			rest0 -= s0[g] * z0[g] * xsum[g];
+			rest1 -= s1[g] * z1[g] * xsum[g];
+			if ((a & 7) || ((b - a) & 7)) {
+				rest0 += s0[g] * dot_avx2(r0, xs, a, b, 4);
+				rest1 += s1[g] * dot_avx2(r1, xs, a, b, 4);
+				continue;
+			}
+			__m256 d0 = _mm256_setzero_ps(), d1 = _mm256_setzero_ps();
+
+			for (int64_t k = a; k < b; k += 8) {
+				__m256 x = _mm256_loadu_ps(xs + k);
+				__m256i w0 = _mm256_set1_epi32((int)r0[k >> 3]);
+				__m256i w1 = _mm256_set1_epi32((int)r1[k >> 3]);
+
+				d0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(w0, shifts), mask)), x, d0);
+				d1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(w1, shifts), mask)), x, d1);
+			}
+			acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s0[g]), d0, acc0);
+			acc1 = _mm256_fmadd_ps(_mm256_set1_ps(s1[g]), d1, acc1);
+		}
+		y[o] = hsum256(acc0) + rest0;
+		y[o + 1] = hsum256(acc1) + rest1;
+	}
+	for (; o < o1; o++) {
 		const uint32_t *row = m->codes + o * m->words_per_row;
 		const float *s = m->scales + o * m->n_groups, *z = m->zeros + o * m->n_groups;
 		float acc = 0;
@@ -177,11 +220,52 @@ __attribute__((target("avx512f"))) static float dot_avx512(const uint32_t *row, 
 	return _mm512_reduce_add_ps(acc) + (k < b ? dot_plain(row, xs, k, b, bits) : 0.0f);
 }
 
+/* As qgemv_avx2: two rows at a time, one reduction a row. */
 __attribute__((target("avx512f"))) static void qgemv_avx512(const gq_qgemv_mat *m, const float *xs,
 							    const float *xsum, float *y, int64_t o0,
 							    int64_t o1)
 {
-	for (int64_t o = o0; o < o1; o++) {
+	const __m512i shifts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20,
+						 24, 28);
+	const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+	const __m512i mask = _mm512_set1_epi32(15);
+	int64_t o = o0;
+
+	for (; m->bits == 4 && o + 2 <= o1; o += 2) {
+		const uint32_t *r0 = m->codes + o * m->words_per_row, *r1 = r0 + m->words_per_row;
+		const float *s0 = m->scales + o * m->n_groups, *s1 = s0 + m->n_groups;
+		const float *z0 = m->zeros + o * m->n_groups, *z1 = z0 + m->n_groups;
+		__m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+		float rest0 = 0, rest1 = 0;
+
+		for (int64_t g = 0; g < m->n_groups; g++) {
+			int64_t a = m->gstart[g], b = m->gstart[g + 1];
+
+			rest0 -= s0[g] * z0[g] * xsum[g];
+			rest1 -= s1[g] * z1[g] * xsum[g];
+			if ((a & 7) || ((b - a) & 15)) {
+				rest0 += s0[g] * dot_avx512(r0, xs, a, b, 4);
+				rest1 += s1[g] * dot_avx512(r1, xs, a, b, 4);
+				continue;
+			}
+			__m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
+
+			for (int64_t k = a; k < b; k += 16) {
+				/* words k/8 and k/8+1 spread over the low and high halves */
+				__m512i w0 = _mm512_permutexvar_epi32(spread, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)(r0 + (k >> 3)))));
+				__m512i w1 = _mm512_permutexvar_epi32(spread, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)(r1 + (k >> 3)))));
+				__m512 x = _mm512_loadu_ps(xs + k);
+
+				d0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(w0, shifts), mask)), x, d0);
+				d1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(w1, shifts), mask)), x, d1);
+			}
+			acc0 = _mm512_fmadd_ps(_mm512_set1_ps(s0[g]), d0, acc0);
+			acc1 = _mm512_fmadd_ps(_mm512_set1_ps(s1[g]), d1, acc1);
+		}
+		y[o] = _mm512_reduce_add_ps(acc0) + rest0;
+		y[o + 1] = _mm512_reduce_add_ps(acc1) + rest1;
+	}
+	for (; o < o1; o++) {
 		const uint32_t *row = m->codes + o * m->words_per_row;
 		const float *s = m->scales + o * m->n_groups, *z = m->zeros + o * m->n_groups;
 		float acc = 0;
