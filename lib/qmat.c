@@ -16,6 +16,7 @@
 
 #define ROWS_PER_TASK 64
 #define GEMV_MAX_T 4 /* up to this many tokens, GEMV per token beats dequantize + sgemm */
+#define PREFILL_ROWS 256 /* rows dequantized at a time for prefill: 256 x in floats */
 
 void gq_qmat_free(gq_qmat *q)
 {
@@ -101,6 +102,29 @@ out:
 	return rc;
 }
 
+/* Row o of the weight in sorted column order: dst [in]. */
+static void dequant_sorted_row(const gq_qgemv_mat *m, int64_t o, float *dst)
+{
+	const uint32_t *row = m->codes + o * m->words_per_row;
+
+	for (int64_t g = 0; g < m->n_groups; g++) {
+		float s = m->scales[o * m->n_groups + g], z = m->zeros[o * m->n_groups + g];
+		int64_t k = m->gstart[g], end = m->gstart[g + 1];
+
+		if (m->bits == 4) /* whole words of 8 codes where the group allows */
+			for (; (k & 7) == 0 && k + 8 <= end; k += 8)
+				for (uint32_t w = row[k >> 3], j = 0; j < 8; j++, w >>= 4)
+					dst[k + j] = s * ((float)(w & 15u) - z);
+		for (; k < end; k++) {
+			uint64_t bit = (uint64_t)(k * m->bits), w = row[bit >> 5];
+
+			if ((bit & 31) + (uint64_t)m->bits > 32)
+				w |= (uint64_t)row[(bit >> 5) + 1] << 32;
+			dst[k] = s * ((float)((w >> (bit & 31)) & ((1u << m->bits) - 1)) - z);
+		}
+	}
+}
+
 void gq_qmat_dequant(const gq_qmat *q, float *W)
 {
 	const gq_qgemv_mat *m = &q->k;
@@ -108,6 +132,10 @@ void gq_qmat_dequant(const gq_qmat *q, float *W)
 	for (int64_t o = 0; o < m->out; o++) {
 		const uint32_t *row = m->codes + o * m->words_per_row;
 
+		if (!m->perm) {
+			dequant_sorted_row(m, o, W + o * m->in);
+			continue;
+		}
 		for (int64_t g = 0; g < m->n_groups; g++) {
 			float s = m->scales[o * m->n_groups + g], z = m->zeros[o * m->n_groups + g];
 
@@ -116,11 +144,25 @@ void gq_qmat_dequant(const gq_qmat *q, float *W)
 
 				if ((bit & 31) + (uint64_t)m->bits > 32)
 					w |= (uint64_t)row[(bit >> 5) + 1] << 32;
-				float c = (float)((w >> (bit & 31)) & ((1u << m->bits) - 1));
-				W[o * m->in + (m->perm ? m->perm[k] : k)] = s * (c - z);
+				W[o * m->in + m->perm[k]] = s * ((float)((w >> (bit & 31)) & ((1u << m->bits) - 1)) - z);
 			}
 		}
 	}
+}
+
+/* Rows [o0, o0 + n) dequantized in sorted column order into W [n, in], a task per row range. */
+typedef struct {
+	const gq_qgemv_mat *m;
+	int64_t o0, n;
+	float *W;
+} dequant_job;
+
+static void dequant_task(void *p, int i)
+{
+	dequant_job *j = p;
+
+	for (int64_t r = (int64_t)i * 8; r < (int64_t)i * 8 + 8 && r < j->n; r++)
+		dequant_sorted_row(j->m, j->o0 + r, j->W + r * j->m->in);
 }
 
 typedef struct {
@@ -142,15 +184,33 @@ int gq_qmat_matmul(const gq_qmat *q, const float *X, int64_t T, float *Y, gq_poo
 	const gq_qgemv_mat *m = &q->k;
 
 	if (T > GEMV_MAX_T) {
-		float *W = malloc((size_t)(m->out * m->in) * sizeof *W);
+		/*
+		 * Prefill: the inputs' columns sorted once, then a block of rows at
+		 * a time dequantized (in parallel) into a buffer that stays in
+		 * cache and multiplied by OpenBLAS: never the whole float matrix.
+		 */
+		int64_t in = m->in, block = PREFILL_ROWS < m->out ? PREFILL_ROWS : m->out;
+		float *Xs = m->perm ? malloc((size_t)(T * in) * sizeof *Xs) : NULL; /* [T, in] sorted */
+		float *Wb = malloc((size_t)(block * in) * sizeof *Wb);              /* [block, in] */
 
-		if (!W)
-			return gq_err(GQ_ERR_NOMEM, "out of memory dequantizing a %lld x %lld weight",
-				      (long long)m->out, (long long)m->in);
-		gq_qmat_dequant(q, W);
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)m->out, (int)m->in,
-			    1.0f, X, (int)m->in, W, (int)m->in, 0.0f, Y, (int)m->out);
-		free(W);
+		if ((m->perm && !Xs) || !Wb) {
+			free(Xs);
+			free(Wb);
+			return gq_err(GQ_ERR_NOMEM, "out of memory for a %lld x %lld prefill", (long long)T,
+				      (long long)in);
+		}
+		for (int64_t t = 0; Xs && t < T; t++)
+			for (int64_t k = 0; k < in; k++)
+				Xs[t * in + k] = X[t * in + m->perm[k]];
+		for (int64_t o0 = 0; o0 < m->out; o0 += block) {
+			dequant_job j = {m, o0, m->out - o0 < block ? m->out - o0 : block, Wb};
+
+			gq_pool_run(pool, (int)((j.n + 7) / 8), dequant_task, &j);
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)j.n, (int)in, 1.0f,
+				    Xs ? Xs : X, (int)in, Wb, (int)in, 0.0f, Y + o0, (int)m->out);
+		}
+		free(Xs);
+		free(Wb);
 		return GQ_OK;
 	}
 	float *xs = malloc((size_t)(m->in + m->n_groups) * sizeof *xs);

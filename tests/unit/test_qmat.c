@@ -81,11 +81,12 @@ static void test_all_widths_formats_orders(void)
 	gq_pool *pool;
 
 	CHECK_OK(gq_pool_create(&pool, 2));
-	for (int w = 0; w < 4; w++)
+	/* 320 rows: more than one prefill block of 256 */
+	for (int w = 0; w < 8; w++)
 		for (int act = 0; act < 2; act++)
 			for (int fmt = 0; fmt < 2; fmt++) {
-				packed p = {.bits = widths[w], .in = 256, .out = 96, .gs = 64, .act_order = act,
-					    .fmt = (gq_ckpt_format)fmt};
+				packed p = {.bits = widths[w % 4], .in = 256, .out = w < 4 ? 96 : 320, .gs = 64,
+					    .act_order = act, .fmt = (gq_ckpt_format)fmt};
 				gq_qmat q;
 				float *W, *ref, *x, *y, *yr, *Y, *YR;
 
@@ -129,6 +130,10 @@ static void test_all_widths_formats_orders(void)
 						fprintf(stderr, "  %d bits act %d fmt %d %s: %.3g\n", p.bits, act, fmt,
 							gq_qgemv_variant_name(v), e);
 					CHECK(e < 1e-5);
+					/* an odd row range: the two-row kernels' last row alone */
+					memset(y, 0xff, (size_t)p.out * sizeof *y);
+					gq_qgemv_variant(v, &q.k, xs, xsum, y, 1, p.out);
+					CHECK(rel(y + 1, yr + 1, p.out - 1) < 1e-5);
 					free(xs);
 				}
 				/* matmul: GEMV path (T <= 4) and dequantize + sgemm (T > 4) */
