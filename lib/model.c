@@ -8,6 +8,7 @@
  * which keeps long sequences within the 1e-4 parity bar.
  */
 #include "model.h"
+#include "cpu/sgemv.h"
 #include "util.h"
 
 #include <cblas.h>
@@ -624,6 +625,42 @@ static float activate(gq_act_kind k, float x)
 }
 
 /* y [T, out] = x [T, in] Wᵀ + b */
+/* Decoding-sized dense products (a few tokens) go through the pool, row slices a task. */
+enum { DENSE_GEMV_MAX_T = 4, DENSE_ROWS = 64 };
+
+typedef struct {
+	const float *W, *x; /* [out, in], [T, in] */
+	float *y;           /* [T, out] */
+	int64_t in, out, T;
+} dense_job;
+
+static void dense_task(void *p, int i)
+{
+	const dense_job *j = p;
+	int64_t o0 = (int64_t)i * DENSE_ROWS, o1 = o0 + DENSE_ROWS < j->out ? o0 + DENSE_ROWS : j->out;
+
+	for (int64_t t = 0; t < j->T; t++)
+		gq_sgemv_rows(j->W, j->in, j->x + t * j->in, j->y + t * j->out, o0, o1);
+}
+
+/*
+ * y [T, out] = x [T, in] Wᵀ. Few tokens: row slices on the pool, so
+ * OpenBLAS's workers (which spin for a while after each call) do not fight
+ * the pool's threads running the quantized kernels between these calls.
+ */
+static void dense_matmul(gq_pool *pool, const float *W, int64_t in, int64_t out, const float *x,
+			 int64_t T, float *y)
+{
+	if (pool && T <= DENSE_GEMV_MAX_T) {
+		dense_job j = {W, x, y, in, out, T};
+
+		gq_pool_run(pool, (int)((out + DENSE_ROWS - 1) / DENSE_ROWS), dense_task, &j);
+		return;
+	}
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)out, (int)in, 1.0f, x,
+		    (int)in, W, (int)in, 0.0f, y, (int)out);
+}
+
 static int linear(const gq_model *m, const gq_linear *l, const float *x, int64_t T, float *y)
 {
 	if (l->q) {
@@ -631,6 +668,8 @@ static int linear(const gq_model *m, const gq_linear *l, const float *x, int64_t
 
 		if (rc)
 			return rc;
+	} else if (m->pool) {
+		dense_matmul(m->pool, l->w, l->in, l->out, x, T, y);
 	} else {
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)l->out, (int)l->in,
 			    1.0f, x, (int)l->in, l->w, (int)l->in, 0.0f, y, (int)l->out);
@@ -1363,9 +1402,8 @@ int gq_model_logits(const gq_model *m, const float *x, int64_t T, float *logits)
 
 		if (!m->head)
 			gq_convert_to_f32(t.dtype, t.data, (uint64_t)(v0 * d), (uint64_t)(n * d), w);
-		if (T == 1)
-			cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)d, 1.0f, rows, (int)d, x, 1,
-				    0.0f, logits + v0, 1);
+		if (m->head && T == 1)
+			dense_matmul(m->pool, rows, d, n, x, 1, logits + v0);
 		else
 			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)n, (int)d, 1.0f,
 				    x, (int)d, rows, (int)d, 0.0f, logits + v0, (int)V);

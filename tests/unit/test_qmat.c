@@ -5,6 +5,7 @@
  */
 #include "check.h"
 #include "pool.h"
+#include "cpu/sgemv.h"
 #include "qmat.h"
 #include "tensor.h"
 
@@ -191,10 +192,29 @@ static void test_pool(void)
 	gq_pool_free(pool);
 }
 
+/* The decoding GEMV for dense weights against its double-precision reference. */
+static void test_sgemv_rows(void)
+{
+	enum { OUT = 77, IN = 301 };
+	float *W = malloc(sizeof(float) * OUT * IN), x[IN], y[OUT], yr[OUT];
+	uint64_t seed = 5;
+
+	for (int i = 0; i < OUT * IN; i++)
+		W[i] = check_randf(&seed);
+	for (int i = 0; i < IN; i++)
+		x[i] = check_randf(&seed);
+	gq_sgemv_rows_ref(W, IN, x, yr, 0, OUT);
+	memset(y, 0xff, sizeof y);
+	gq_sgemv_rows(W, IN, x, y, 3, OUT);
+	CHECK(rel(y + 3, yr + 3, OUT - 3) < 1e-6);
+	free(W);
+}
+
 int main(void)
 {
 	RUN(test_all_widths_formats_orders);
 	RUN(test_bad_g_idx);
 	RUN(test_pool);
+	RUN(test_sgemv_rows);
 	return check_done();
 }
