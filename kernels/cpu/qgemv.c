@@ -1,11 +1,12 @@
 /*
  * qgemv.c - quantized GEMV kernels: the element-wise reference, a plain C
- * kernel for every width, and AVX2/AVX-512 kernels for 4 and 8 bits
+ * kernel for every width, and AVX2/AVX-512 kernels for 2, 3, 4 and 8 bits
  * (compiled with target attributes, picked at run time with cpuid).
  *
- * The vector kernels handle a group when it starts on a 32-bit word (4 bits:
- * 8 codes; 8 bits: 4 codes), which every group size that is a multiple of 8
- * gives; other groups fall back to the plain loop.
+ * The vector kernels handle a group when it starts on a 32-bit word (8 bits:
+ * 4 codes; 4 bits: 8; 2 bits: 16) or, for 3 bits, on a 3-word boundary (32
+ * codes), which group sizes that are multiples of 32 give; other groups, and
+ * the tail of a group, fall back to the plain loop.
  */
 #include "qgemv.h"
 
@@ -123,6 +124,42 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const uint32_t *row, c
 
 			acc0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(xs + k), acc0);
 		}
+	} else if (bits == 2 && (a & 15) == 0) {
+		const __m256i lo = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+		const __m256i hi = _mm256_setr_epi32(16, 18, 20, 22, 24, 26, 28, 30);
+		const __m256i mask = _mm256_set1_epi32(3);
+
+		for (; k + 16 <= b; k += 16) {
+			__m256i w = _mm256_set1_epi32((int)row[k >> 4]);
+			__m256 c0 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(w, lo), mask));
+			__m256 c1 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(w, hi), mask));
+
+			acc0 = _mm256_fmadd_ps(c0, _mm256_loadu_ps(xs + k), acc0);
+			acc1 = _mm256_fmadd_ps(c1, _mm256_loadu_ps(xs + k + 8), acc1);
+		}
+	} else if (bits == 3 && (a & 31) == 0) {
+		/* 32 codes in 3 words; a code may straddle two: (lo >> s) | (hi << (32 - s)), and
+		 * AVX2 shifts by 32 or more give 0, so s = 0 needs no special case */
+		const __m256i keep3 = _mm256_setr_epi32(-1, -1, -1, 0, 0, 0, 0, 0);
+		const __m256i mask = _mm256_set1_epi32(7), thirty2 = _mm256_set1_epi32(32);
+
+		for (; k + 32 <= b; k += 32) {
+			__m256i words = _mm256_maskload_epi32((const int *)(row + (k * 3 >> 5)), keep3);
+
+			for (int c = 0; c < 4; c++) {
+				__m256i bit = _mm256_mullo_epi32(_mm256_add_epi32(_mm256_set1_epi32(8 * c),
+										  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+								 _mm256_set1_epi32(3));
+				__m256i idx = _mm256_srli_epi32(bit, 5), sh = _mm256_and_si256(bit, _mm256_set1_epi32(31));
+				__m256i lo = _mm256_permutevar8x32_epi32(words, idx);
+				__m256i hi = _mm256_permutevar8x32_epi32(words, _mm256_add_epi32(idx, _mm256_set1_epi32(1)));
+				__m256i code = _mm256_and_si256(_mm256_or_si256(_mm256_srlv_epi32(lo, sh),
+										_mm256_sllv_epi32(hi, _mm256_sub_epi32(thirty2, sh))),
+								mask);
+
+				acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(code), _mm256_loadu_ps(xs + k + 8 * c), acc0);
+			}
+		}
 	}
 	return hsum256(_mm256_add_ps(acc0, acc1)) + (k < b ? dot_plain(row, xs, k, b, bits) : 0.0f);
 }
@@ -188,7 +225,7 @@ __attribute__((target("avx2,fma"))) static void qgemv_avx2(const gq_qgemv_mat *m
 
 /* ---- AVX-512F ---- */
 
-__attribute__((target("avx512f"))) static float dot_avx512(const uint32_t *row, const float *xs,
+__attribute__((target("avx512f,avx512vl"))) static float dot_avx512(const uint32_t *row, const float *xs,
 							   int64_t a, int64_t b, int bits)
 {
 	__m512 acc = _mm512_setzero_ps();
@@ -216,12 +253,44 @@ __attribute__((target("avx512f"))) static float dot_avx512(const uint32_t *row, 
 
 			acc = _mm512_fmadd_ps(c, _mm512_loadu_ps(xs + k), acc);
 		}
+	} else if (bits == 2 && (a & 15) == 0) {
+		const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24,
+							 26, 28, 30);
+		const __m512i mask = _mm512_set1_epi32(3);
+
+		for (; k + 16 <= b; k += 16) {
+			__m512i w = _mm512_set1_epi32((int)row[k >> 4]);
+			__m512 c = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(w, shifts), mask));
+
+			acc = _mm512_fmadd_ps(c, _mm512_loadu_ps(xs + k), acc);
+		}
+	} else if (bits == 3 && (a & 31) == 0) {
+		/* as in dot_avx2: 32 codes in 3 words (a masked load: never past the row) */
+		const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+		const __m512i mask = _mm512_set1_epi32(7), thirty2 = _mm512_set1_epi32(32);
+
+		for (; k + 32 <= b; k += 32) {
+			__m512i words = _mm512_castsi128_si512(_mm_maskz_loadu_epi32(0x7, row + (k * 3 >> 5)));
+
+			for (int h = 0; h < 2; h++) {
+				__m512i bit = _mm512_mullo_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(16 * h)),
+								 _mm512_set1_epi32(3));
+				__m512i idx = _mm512_srli_epi32(bit, 5), sh = _mm512_and_si512(bit, _mm512_set1_epi32(31));
+				__m512i lo = _mm512_permutexvar_epi32(idx, words);
+				__m512i hi = _mm512_permutexvar_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(1)), words);
+				__m512i code = _mm512_and_si512(_mm512_or_si512(_mm512_srlv_epi32(lo, sh),
+										_mm512_sllv_epi32(hi, _mm512_sub_epi32(thirty2, sh))),
+								mask);
+
+				acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(code), _mm512_loadu_ps(xs + k + 16 * h), acc);
+			}
+		}
 	}
 	return _mm512_reduce_add_ps(acc) + (k < b ? dot_plain(row, xs, k, b, bits) : 0.0f);
 }
 
 /* As qgemv_avx2: two rows at a time, one reduction a row. */
-__attribute__((target("avx512f"))) static void qgemv_avx512(const gq_qgemv_mat *m, const float *xs,
+__attribute__((target("avx512f,avx512vl"))) static void qgemv_avx512(const gq_qgemv_mat *m, const float *xs,
 							    const float *xsum, float *y, int64_t o0,
 							    int64_t o1)
 {
@@ -279,10 +348,9 @@ __attribute__((target("avx512f"))) static void qgemv_avx512(const gq_qgemv_mat *
 
 int gq_qgemv_best(int bits)
 {
-	if (bits != 4 && bits != 8)
-		return 0;
+	(void)bits; /* every width has vector paths */
 	__builtin_cpu_init();
-	if (__builtin_cpu_supports("avx512f"))
+	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
 		return 2;
 	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
 		return 1;

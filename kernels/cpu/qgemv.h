@@ -17,7 +17,7 @@
  * with xs = x[perm]: the kernels take xs and the per-group sums of xs, and
  * the inner loop is a dot product of floats with unpacked codes.
  *
- * Variants: plain C (any width), AVX2+FMA and AVX-512 (4 and 8 bits), chosen
+ * Variants: plain C (any width), AVX2+FMA and AVX-512 (2, 3, 4 and 8 bits), chosen
  * at run time. gq_qgemv_ref() dequantizes element by element: the spec.
  */
 #ifndef GQ_QGEMV_H
