@@ -4,7 +4,9 @@
 #   make              build every tool into bin/ (and lib/libgq.a)
 #   make check        C unit tests + bats CLI tests (+ man page EXAMPLES)
 #   make deps         install the Debian build/test packages when missing (needs root)
-#   make bench        CPU benchmarks (ratios against a baseline measured in the same run)
+#   make bench-gpu    GPU benchmark (CUDA): int4 products against cuBLAS fp16, same run
+#   make bench        CPU benchmarks (ratios against a baseline measured in the same run;
+#                     bench_memory.sh quantizes 2 and 20 GB models: GQ_BENCH_MEM_GB=1 is quicker)
 #   make demo         build the bundled tiny checkpoint under tests/data/generated and run
 #                     the tools on it
 #   make install      tools to $(PREFIX)/bin, man pages to $(PREFIX)/share/man
@@ -85,7 +87,11 @@ else ifeq ($(CUDA),auto)
   ifneq ($(NVCC),)
     ifneq ($(HIP),1)
       ifneq ($(CUDA_LIBDIR),)
-        GPU := cuda
+        ifneq ($(wildcard $(CUDA_LIBDIR)/libcublas.so),)
+          GPU := cuda
+        else
+          CUDA_SKIP_MSG := (nvcc $(NVCC) found but no libcublas.so in $(CUDA_LIBDIR))
+        endif
       else
         CUDA_SKIP_MSG := (nvcc $(NVCC) found but no libcudart.so under $(CUDA_HOME))
       endif
@@ -108,11 +114,11 @@ endif
 GPU_SRC := $(wildcard kernels/gpu/*.cu)
 ifeq ($(GPU),cuda)
   GQ_CFLAGS += -DGQ_CUDA $(if $(CUDA_INCDIR),-I$(CUDA_INCDIR))
-  LDLIBS    += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lstdc++
+  LDLIBS    += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lcublas -lstdc++
   GPU_MSG   := ✓ nvcc found ($(NVCC)): building CUDA kernels
 else ifeq ($(GPU),hip)
   GQ_CFLAGS += -DGQ_HIP -D__HIP_PLATFORM_AMD__
-  LDLIBS    += -lamdhip64 -lstdc++
+  LDLIBS    += -lamdhip64 -lhipblas -lstdc++
   GPU_MSG   := ✓ hipcc found ($(HIPCC)): building HIP kernels
 else
   GPU_MSG   := ✗ no GPU compiler used (CUDA=$(CUDA) HIP=$(HIP)) $(CUDA_SKIP_MSG): building CPU-only
@@ -133,7 +139,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(OBJDIR)/tests/%)
 TESTGEN  := $(OBJDIR)/tests/gq-testgen
 
-.PHONY: all check unit bats deps bench demo install clean config
+.PHONY: all check unit bats deps bench bench-gpu demo install clean config
 .SECONDARY:
 
 all: config $(BINS)
@@ -188,9 +194,19 @@ $(OBJDIR)/bench/%: $(OBJDIR)/tests/bench/%.o $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(GQ_LDFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
-bench: all $(BENCH_BIN)
+bench: all $(BENCH_BIN) $(TESTGEN)
 	@set -e; for b in $(BENCH_BIN) tests/bench/*.sh; do echo "== $${b##*/}"; \
-		PATH=$(CURDIR)/$(BINDIR):$$PATH GQ_SHARED=$(CURDIR)/../shared $$b; done
+		PATH=$(CURDIR)/$(BINDIR):$$PATH GQ_SHARED=$(CURDIR)/../shared GQ_TESTGEN=$(CURDIR)/$(TESTGEN) $$b; done
+
+# the GPU benchmark is C++ for nvcc (graphs, events) but links like the others
+GPU_BENCH := $(OBJDIR)/bench/bench_gpu_qgemm
+
+$(OBJDIR)/tests/bench/bench_gpu_qgemm.o: tests/bench/bench_gpu_qgemm.cu $(wildcard kernels/gpu/*.h lib/*.h)
+	@mkdir -p $(@D)
+	$(NVCC) -O2 -std=c++17 -Ilib -Ikernels $(CPPFLAGS) -DGQ_CUDA -c -o $@ $<
+
+bench-gpu: $(if $(filter cuda,$(GPU)),$(GPU_BENCH))
+	$(if $(filter cuda,$(GPU)),$(GPU_BENCH),@echo "bench-gpu: built without CUDA" >&2; exit 1)
 
 deps:
 	@sh tests/deps.sh

@@ -11,6 +11,7 @@
 
 #include <stdint.h>
 
+#include "cpu/qgemv.h"
 #include "tensor.h"
 
 #ifdef __cplusplus
@@ -35,6 +36,49 @@ int gq_gpu_sync(void);
  */
 int gq_gpu_convert_to_f32(gq_dtype dtype, const void *src, float *dst, uint64_t n,
 			  void *stream);
+
+/* Up to this many tokens gq_gpu_qgemm runs its GEMV kernel; above, dequantize + cuBLAS. */
+#define GQ_GPU_GEMV_MAX_T 8
+
+/*
+ * A quantized matrix on the device (layout drawn in qgemm.cu): the CPU
+ * gq_qgemv_mat's sorted-column row bitstreams, each row padded to whole
+ * chunks of 32 codes. Scales and zeros are stored as fp16, which is exact:
+ * scales come from the checkpoint's fp16, zeros are integers below 256.
+ */
+typedef struct {
+	int bits;              /* 2, 3, 4 or 8 */
+	int64_t in, out, n_groups;
+	int64_t in_pad;        /* in rounded up to a multiple of 32 */
+	int64_t words_per_row; /* in_pad / 32 * bits */
+	uint32_t *codes;       /* device [out][words_per_row] */
+	uint32_t *sz;          /* device [out][n_groups] (fp16 scale, fp16 zero) in low, high half */
+	int32_t *gsorted;      /* device [in_pad] group of sorted position k (padding: the last) */
+	int32_t *perm;         /* device [in] original column of sorted position k; NULL = identity */
+} gq_gpu_qmat;
+
+/* Copies m to the device into d (freed with gq_gpu_qmat_free, also after a failure). */
+int gq_gpu_qmat_upload(gq_gpu_qmat *d, const gq_qgemv_mat *m);
+void gq_gpu_qmat_free(gq_gpu_qmat *d);
+
+/* Bytes of device workspace gq_gpu_qgemm needs for T tokens (may be 0). */
+uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T);
+
+/*
+ * Y [T, out] fp32 = X [T, in] fp16 (original column order, row stride in,
+ * 16-byte aligned) times Wᵀ, on the device, asynchronously on stream. ws is
+ * ws_bytes of device memory, at least gq_gpu_qgemm_workspace(w, T).
+ */
+int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, float *Y, void *ws,
+		 uint64_t ws_bytes, void *stream);
+
+/*
+ * Y [T, n] fp32 = X [T, k] fp16 (row stride ldx) times Wᵀ, W [n, k] fp16,
+ * through cuBLAS GemmEx with fp32 accumulation. The cuBLAS handle is made on
+ * first use, for the device current then; one host thread at a time.
+ */
+int gq_gpu_gemm_f16(const void *X, int64_t ldx, const void *W, float *Y, int64_t T, int64_t n,
+		    int64_t k, void *stream);
 
 #ifdef __cplusplus
 }

@@ -30,10 +30,29 @@
 #define cudaErrorNoDevice hipErrorNoDevice
 #define cudaErrorInsufficientDriver hipErrorInsufficientDriver
 #define __nv_bfloat16 __hip_bfloat16
+/* HIP warps may be 64 wide; the kernels' xor reductions stay within 32 lanes */
+#define __shfl_xor_sync(mask, v, d) __shfl_xor(v, d)
+/* hipBLAS's v2 API takes hipDataType like cuBLAS takes cudaDataType */
+#define HIPBLAS_V2
+#include <hipblas/hipblas.h>
+#define cublasHandle_t hipblasHandle_t
+#define cublasStatus_t hipblasStatus_t
+#define CUBLAS_STATUS_SUCCESS HIPBLAS_STATUS_SUCCESS
+#define cublasCreate hipblasCreate
+#define cublasSetStream hipblasSetStream
+#define cublasGetStatusString hipblasStatusToString
+#define cublasGemmEx hipblasGemmEx
+#define CUBLAS_OP_N HIPBLAS_OP_N
+#define CUBLAS_OP_T HIPBLAS_OP_T
+#define CUDA_R_16F HIP_R_16F
+#define CUDA_R_32F HIP_R_32F
+#define CUBLAS_COMPUTE_32F HIPBLAS_COMPUTE_32F
+#define CUBLAS_GEMM_DEFAULT HIPBLAS_GEMM_DEFAULT
 #else
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include <cublas_v2.h>
 #endif
 
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))

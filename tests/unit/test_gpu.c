@@ -1,10 +1,13 @@
 /*
  * test_gpu.c - the GPU runtime wrappers and the conversion kernel against
- * gq_convert_to_f32 (bit-identical). Skips when built without a GPU backend
- * or when no device is visible.
+ * gq_convert_to_f32 (bit-identical), and the quantized products against the
+ * CPU references (gq_qgemv_ref; gq_qmat_dequant + a double-precision matmul).
+ * Skips when built without a GPU backend or when no device is visible.
  */
 #include "check.h"
 #include "device.h"
+#include "pack.h"
+#include "qmat.h"
 #include "tensor.h"
 #if defined(GQ_CUDA) || defined(GQ_HIP)
 #include "gpu/gpu.h"
@@ -78,9 +81,153 @@ out:
 #endif
 }
 
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+/* A random AutoGPTQ matrix through the CPU builder; gs -1 = one group, gs 0 = random g_idx. */
+static void make_qmat(gq_qmat *q, int bits, int64_t in, int64_t out, int64_t gs, int act,
+		      uint64_t *seed)
+{
+	int64_t groups = gs > 0 ? (in + gs - 1) / gs : gs < 0 ? 1 : 7;
+	uint8_t *codes = malloc((size_t)(out * in)), *zeros = malloc((size_t)(groups * out));
+	uint16_t *scales = malloc((size_t)(groups * out) * 2);
+	int32_t *g_idx = malloc((size_t)in * 4), *qweight = malloc((size_t)(in * bits / 32 * out) * 4);
+	int32_t *qzeros = malloc((size_t)(groups * out * bits / 32) * 4);
+
+	for (int64_t i = 0; i < out * in; i++)
+		codes[i] = (uint8_t)(check_rand(seed) % (1u << bits));
+	for (int64_t i = 0; i < groups * out; i++) {
+		zeros[i] = (uint8_t)(1 + check_rand(seed) % ((1u << bits) - 1));
+		scales[i] = gq_f32_to_f16(0.01f + 0.02f * (check_randf(seed) + 1));
+	}
+	for (int64_t i = 0; i < in; i++)
+		g_idx[i] = (int32_t)(gs > 0 ? i / gs : gs < 0 ? 0 : (int64_t)(check_rand(seed) % 7));
+	if (act) /* act order: a shuffle, so every group gathers scattered columns */
+		for (int64_t i = in - 1; i > 0; i--) {
+			int64_t j = (int64_t)(check_rand(seed) % (uint64_t)(i + 1));
+			int32_t t = g_idx[i];
+
+			g_idx[i] = g_idx[j];
+			g_idx[j] = t;
+		}
+	gq_pack_qweight(codes, out, in, bits, qweight);
+	CHECK_OK(gq_pack_qzeros(zeros, groups, out, bits, GQ_FORMAT_GPTQ, qzeros));
+	CHECK_OK(gq_qmat_from_gptq(q, "t", bits, in, out, groups, gs > 0 ? gs : in, qweight, qzeros,
+				   GQ_FORMAT_GPTQ, scales, g_idx));
+	free(codes);
+	free(zeros);
+	free(scales);
+	free(g_idx);
+	free(qweight);
+	free(qzeros);
+}
+#endif
+
+/*
+ * Every width, group sizes 32/128/none/40 (groups that split 32-code
+ * chunks)/irregular, act order, sizes that are not whole chunks, and
+ * 1, 3, 16, 64 tokens (GEMV up to 8, dequantize + cuBLAS above).
+ * Tolerance, |gpu - ref| <= rtol (|ref| + rms(ref)): activations are fp16
+ * on both sides, so the GEMV differs from the reference only by fp32
+ * rounding (rtol 1e-4); the cuBLAS path rounds each weight to fp16 (relative
+ * 2^-11 at most, about 3e-4 rms(ref) per output), so rtol 2e-3 is that
+ * error's 7 sigma, and ‖gpu - ref‖ / ‖ref‖ must stay under 1e-3.
+ */
+static void test_qgemm(void)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	static const struct {
+		int bits;
+		int64_t in, out, gs;
+		int act;
+	} cases[] = {
+		{4, 1024, 384, 128, 0}, {4, 360, 200, 32, 1}, {4, 768, 264, -1, 0}, {4, 640, 128, 40, 0},
+		{3, 608, 96, 128, 1},   {3, 320, 64, -1, 0},  {2, 528, 160, 32, 0}, {2, 512, 96, 128, 1},
+		{8, 516, 132, 128, 1},  {8, 256, 64, 0, 0},   {4, 512, 104, 0, 0},
+	};
+	static const int64_t tokens[] = {1, 3, 16, 64};
+	uint64_t seed = 23;
+
+	if (gq_gpu_count() == 0) {
+		check_skip("no GPU");
+		return;
+	}
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		int64_t in = cases[c].in, out = cases[c].out, tmax = tokens[3];
+		float *W = malloc((size_t)(out * in) * 4), *x = malloc((size_t)(tmax * in) * 4);
+		float *got = malloc((size_t)(tmax * out) * 4), *ref = malloc((size_t)(tmax * out) * 4);
+		uint16_t *xh = malloc((size_t)(tmax * in) * 2);
+		gq_gpu_qmat d;
+		gq_qmat q;
+		void *dx, *dy, *ws;
+
+		make_qmat(&q, cases[c].bits, in, out, cases[c].gs, cases[c].act, &seed);
+		gq_qmat_dequant(&q, W);
+		CHECK_OK(gq_gpu_qmat_upload(&d, &q.k));
+		CHECK_OK(gq_gpu_alloc(&dx, (uint64_t)(tmax * in) * 2));
+		CHECK_OK(gq_gpu_alloc(&dy, (uint64_t)(tmax * out) * 4));
+		CHECK_OK(gq_gpu_alloc(&ws, gq_gpu_qgemm_workspace(&d, tmax)));
+		for (size_t ti = 0; ti < sizeof tokens / sizeof *tokens; ti++) {
+			int64_t T = tokens[ti];
+			double rtol = T <= GQ_GPU_GEMV_MAX_T ? 1e-4 : 2e-3, ss = 0, num = 0, worst = 0;
+
+			for (int64_t i = 0; i < T * in; i++) { /* the reference sees the same fp16 inputs */
+				xh[i] = gq_f32_to_f16(check_randf(&seed));
+				x[i] = gq_f16_to_f32(xh[i]);
+			}
+			for (int64_t t = 0; t < T; t++) {
+				if (T <= GQ_GPU_GEMV_MAX_T) {
+					gq_qgemv_ref(&q.k, x + t * in, ref + t * out, 0, out);
+					continue;
+				}
+				for (int64_t o = 0; o < out; o++) {
+					double acc = 0;
+
+					for (int64_t k = 0; k < in; k++)
+						acc += (double)W[o * in + k] * x[t * in + k];
+					ref[t * out + o] = (float)acc;
+				}
+			}
+			memset(got, 0xff, (size_t)(T * out) * 4); /* NaN poison: every output must be written */
+			CHECK_OK(gq_gpu_upload(dy, got, (uint64_t)(T * out) * 4));
+			CHECK_OK(gq_gpu_upload(dx, xh, (uint64_t)(T * in) * 2));
+			CHECK_OK(gq_gpu_qgemm(&d, dx, T, dy, ws, gq_gpu_qgemm_workspace(&d, T), NULL));
+			CHECK_OK(gq_gpu_sync());
+			CHECK_OK(gq_gpu_download(got, dy, (uint64_t)(T * out) * 4));
+			for (int64_t i = 0; i < T * out; i++)
+				ss += (double)ref[i] * ref[i];
+			for (int64_t i = 0; i < T * out; i++) {
+				double e = fabs((double)got[i] - ref[i]) /
+					   (fabs(ref[i]) + sqrt(ss / (double)(T * out)));
+
+				num += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
+				if (isnan(got[i]) || e > worst)
+					worst = isnan(got[i]) ? INFINITY : e;
+			}
+			fprintf(stderr, "  %d-bit [%lld, %lld] gs %lld%s T %lld: err %.2e (rtol %.0e), norm %.2e\n",
+				cases[c].bits, (long long)out, (long long)in, (long long)cases[c].gs,
+				cases[c].act ? " act" : "", (long long)T, worst, rtol, sqrt(num / ss));
+			CHECK(worst <= rtol && sqrt(num / ss) <= 1e-3);
+		}
+		CHECK_ERR(gq_gpu_qgemm(&d, dx, tmax, dy, ws, 0, NULL), GQ_ERR_ARG, "workspace");
+		gq_gpu_free(dx);
+		gq_gpu_free(dy);
+		gq_gpu_free(ws);
+		gq_gpu_qmat_free(&d);
+		gq_qmat_free(&q);
+		free(W);
+		free(x);
+		free(got);
+		free(ref);
+		free(xh);
+	}
+#else
+	check_skip("built without a GPU backend");
+#endif
+}
+
 int main(void)
 {
 	RUN(test_device_parse);
 	RUN(test_convert_kernel);
+	RUN(test_qgemm);
 	return check_done();
 }

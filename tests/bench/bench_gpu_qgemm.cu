@@ -1,0 +1,223 @@
+/*
+ * bench_gpu_qgemm - int4 g128 quantized products (gq_gpu_qgemm: GEMV up to
+ * 8 tokens, dequantize + cuBLAS above) against cuBLAS fp16 GemmEx on the
+ * same llama-7B shapes and token counts, measured in the same run.
+ *
+ * Each timing replays a CUDA graph of calls over enough weight copies that
+ * the weights never sit in L2 (so batch 1 reads them from HBM as decoding
+ * does), after warm-up; the median replay over REPS, divided by the calls in
+ * it, is the time per call. Batch-1 GB/s counts the bytes the call must read.
+ *
+ *   bench_gpu_qgemm [REPS]
+ */
+#include "gpu/gpu.h"
+#include "gpu/vendor.h"
+#include "tensor.h"
+#include "util.h"
+extern "C" { /* C headers without their own guards */
+#include "pack.h"
+#include "qmat.h"
+}
+
+#include <algorithm>
+#include <stdio.h>
+#include <stdlib.h>
+#include <vector>
+
+#define CK(call)                                                                           \
+	do {                                                                               \
+		cudaError_t e_ = (call);                                                   \
+		if (e_ != cudaSuccess)                                                     \
+			die("%s failed: %s", #call, cudaGetErrorString(e_));               \
+	} while (0)
+#define OK(call)                                                                           \
+	do {                                                                               \
+		if ((call) != GQ_OK)                                                       \
+			die("%s", gq_errmsg());                                            \
+	} while (0)
+
+static const double PEAK_GBS = 4800; /* H200 HBM3e, datasheet */
+static const uint64_t ROTATE_BYTES = 512ull << 20; /* weight copies cycled: ~8x the 60 MB L2 */
+
+static uint64_t rng = 88172645463325252ull;
+
+static uint32_t next(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (uint32_t)(rng >> 11);
+}
+
+static float randf(void)
+{
+	return (float)next() / 2147483648.0f - 1.0f;
+}
+
+/* A 4-bit g128 [out, in] matrix through the checkpoint path (no act order). */
+static void make_int4(gq_qmat *q, int64_t in, int64_t out)
+{
+	const int64_t gs = 128, groups = in / gs;
+	std::vector<uint8_t> codes(in * out), zeros(groups * out); /* [out, in], [groups, out] */
+	std::vector<uint16_t> scales(groups * out);                /* [groups, out] */
+	std::vector<int32_t> qweight(in / 8 * out), qzeros(groups * out / 8);
+
+	for (auto &c : codes)
+		c = (uint8_t)(next() % 16);
+	for (int64_t i = 0; i < groups * out; i++) {
+		zeros[i] = (uint8_t)(1 + next() % 15);
+		scales[i] = gq_f32_to_f16(0.01f * (1.0f + randf()));
+	}
+	gq_pack_qweight(codes.data(), out, in, 4, qweight.data());
+	OK(gq_pack_qzeros(zeros.data(), groups, out, 4, GQ_FORMAT_GPTQ, qzeros.data()));
+	OK(gq_qmat_from_gptq(q, "bench", 4, in, out, groups, gs, qweight.data(), qzeros.data(),
+			     GQ_FORMAT_GPTQ, scales.data(), NULL));
+}
+
+/*
+ * Median time per call in µs of call(i) for i over `copies`, captured once
+ * into a graph (at least 32 calls) and replayed reps times after warm-up.
+ */
+template <typename F>
+static double time_calls(cudaStream_t s, int copies, int reps, F call)
+{
+	const int calls = std::max(copies, 32);
+	cudaGraph_t g;
+	cudaGraphExec_t ge;
+	cudaEvent_t a, b;
+	std::vector<float> ms(reps);
+
+	for (int i = 0; i < copies; i++) /* eager warm-up: module load, cuBLAS handle */
+		OK(call(i));
+	CK(cudaStreamSynchronize(s));
+	CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+	for (int i = 0; i < calls; i++)
+		OK(call(i % copies));
+	CK(cudaStreamEndCapture(s, &g));
+	CK(cudaGraphInstantiate(&ge, g, 0));
+	CK(cudaEventCreate(&a));
+	CK(cudaEventCreate(&b));
+	for (int i = 0; i < 3; i++)
+		CK(cudaGraphLaunch(ge, s));
+	for (int r = 0; r < reps; r++) {
+		CK(cudaEventRecord(a, s));
+		CK(cudaGraphLaunch(ge, s));
+		CK(cudaEventRecord(b, s));
+		CK(cudaEventSynchronize(b));
+		CK(cudaEventElapsedTime(&ms[r], a, b));
+	}
+	CK(cudaEventDestroy(a));
+	CK(cudaEventDestroy(b));
+	CK(cudaGraphExecDestroy(ge));
+	CK(cudaGraphDestroy(g));
+	std::sort(ms.begin(), ms.end());
+	return ms[reps / 2] * 1000.0 / calls;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct {
+		int64_t out, in;
+		const char *name;
+	} shapes[] = {{4096, 4096, "q_proj"}, {11008, 4096, "up_proj"}, {4096, 11008, "down_proj"}};
+	static const int64_t batches[] = {1, 16, 64, 256};
+	const int64_t tmax = 256;
+	int reps = argc > 1 ? atoi(argv[1]) : 25;
+	char name[256];
+	uint64_t mem;
+	cudaStream_t s;
+	void *src, *dst;
+	float ms;
+	cudaEvent_t a, b;
+
+	if (reps < 1)
+		die("usage: bench_gpu_qgemm [REPS]");
+	if (gq_gpu_device_count() == 0)
+		die("no GPU visible");
+	OK(gq_gpu_device_info(0, name, sizeof name, &mem));
+	CK(cudaStreamCreate(&s));
+
+	/* the bandwidth ceiling measured here: a 1 GiB device-to-device copy */
+	OK(gq_gpu_alloc(&src, 1ull << 30));
+	OK(gq_gpu_alloc(&dst, 1ull << 30));
+	CK(cudaEventCreate(&a));
+	CK(cudaEventCreate(&b));
+	CK(cudaMemcpyAsync(dst, src, 1ull << 30, cudaMemcpyDeviceToDevice, s));
+	CK(cudaEventRecord(a, s));
+	for (int i = 0; i < 10; i++)
+		CK(cudaMemcpyAsync(dst, src, 1ull << 30, cudaMemcpyDeviceToDevice, s));
+	CK(cudaEventRecord(b, s));
+	CK(cudaEventSynchronize(b));
+	CK(cudaEventElapsedTime(&ms, a, b));
+	gq_gpu_free(src);
+	gq_gpu_free(dst);
+	printf("%s: device copy %.0f GB/s (read + write); peak used below %.0f GB/s\n", name,
+	       10.0 * 2 * (1ull << 30) / (ms * 1e-3) / 1e9, PEAK_GBS);
+	printf("Y [T, out] fp32 = X [T, in] fp16 Wᵀ; median of %d graph replays; int4 = gq_gpu_qgemm "
+	       "g128, fp16 = cublasGemmEx\n", reps);
+	printf("| shape (out x in)        |   T | int4 µs | fp16 µs | fp16/int4 | int4 GB/s | of peak | fp16 GB/s |\n");
+	printf("|-------------------------|-----|---------|---------|-----------|-----------|---------|-----------|\n");
+	for (const auto &sh : shapes) {
+		const int64_t out = sh.out, in = sh.in;
+		gq_qmat q;
+		std::vector<uint16_t> w16(out * in), x16(tmax * in);
+		void *dx, *dy, *ws;
+
+		make_int4(&q, in, out);
+		for (auto &v : w16)
+			v = gq_f32_to_f16(0.05f * randf());
+		for (auto &v : x16)
+			v = gq_f32_to_f16(randf());
+
+		const uint64_t fbytes = (uint64_t)(out * in) * 2;
+		const int nq_copies = (int)std::max<uint64_t>(2, ROTATE_BYTES / gq_qmat_bytes(&q));
+		const int nf_copies = (int)std::max<uint64_t>(2, ROTATE_BYTES / fbytes);
+		std::vector<gq_gpu_qmat> dq(nq_copies);
+		std::vector<void *> dw(nf_copies);
+
+		for (auto &d : dq)
+			OK(gq_gpu_qmat_upload(&d, &q.k));
+		for (auto &d : dw) {
+			OK(gq_gpu_alloc(&d, fbytes));
+			OK(gq_gpu_upload(d, w16.data(), fbytes));
+		}
+		const uint64_t qbytes = (uint64_t)(out * dq[0].words_per_row) * 4 +
+					(uint64_t)(out * dq[0].n_groups) * 4;
+		const uint64_t wsb = gq_gpu_qgemm_workspace(&dq[0], tmax);
+
+		OK(gq_gpu_alloc(&dx, (uint64_t)(tmax * in) * 2));
+		OK(gq_gpu_alloc(&dy, (uint64_t)(tmax * out) * 4));
+		OK(gq_gpu_alloc(&ws, wsb));
+		OK(gq_gpu_upload(dx, x16.data(), (uint64_t)(tmax * in) * 2));
+		for (int64_t T : batches) {
+			double tq = time_calls(s, nq_copies, reps, [&](int i) {
+				return gq_gpu_qgemm(&dq[i], dx, T, (float *)dy, ws, wsb, s);
+			});
+			double tf = time_calls(s, nf_copies, reps, [&](int i) {
+				return gq_gpu_gemm_f16(dx, in, dw[i], (float *)dy, T, out, in, s);
+			});
+			char shape[64];
+
+			snprintf(shape, sizeof shape, "%s %lldx%lld", sh.name, (long long)out, (long long)in);
+			if (T == 1) {
+				double gq = qbytes / (tq * 1e-6) / 1e9, gf = fbytes / (tf * 1e-6) / 1e9;
+
+				printf("| %-23s | %3lld | %7.2f | %7.2f | %8.2fx | %9.0f | %6.1f%% | %9.0f |\n", shape,
+				       (long long)T, tq, tf, tf / tq, gq, 100 * gq / PEAK_GBS, gf);
+			} else {
+				printf("| %-23s | %3lld | %7.2f | %7.2f | %8.2fx |         - |       - |         - |\n",
+				       shape, (long long)T, tq, tf, tf / tq);
+			}
+			fflush(stdout);
+		}
+		for (auto &d : dq)
+			gq_gpu_qmat_free(&d);
+		for (auto d : dw)
+			gq_gpu_free(d);
+		gq_gpu_free(dx);
+		gq_gpu_free(dy);
+		gq_gpu_free(ws);
+		gq_qmat_free(&q);
+	}
+	return 0;
+}
