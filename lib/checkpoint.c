@@ -96,6 +96,12 @@ static int open_shard(shard *s, const char *path, const char *file)
 			      "%s: %llu bytes after the last tensor are not covered by any tensor",
 			      display, (unsigned long long)(s->map.size - expect));
 	s->data = s->map.data + 8 + n;
+	/*
+	 * The header now lives in s->hdr: drop the pages reading it mapped (the
+	 * kernel maps 64 KiB around a fault), or a checkpoint of thousands of
+	 * shards would keep hundreds of MB resident before any tensor is read.
+	 */
+	madvise((void *)s->map.data, s->map.size, MADV_DONTNEED);
 	return GQ_OK;
 }
 
@@ -480,9 +486,14 @@ void gq_ckpt_release(const gq_ckpt *c, const char *name)
 
 	if (gq_ckpt_get(c, name, &t) || !t.nbytes)
 		return;
-	/* only whole pages inside the tensor: neighbours may still be in use */
-	lo = ((uintptr_t)t.data + page - 1) & ~(page - 1);
-	hi = ((uintptr_t)t.data + t.nbytes) & ~(page - 1);
+	/*
+	 * Every page the tensor touches, shared ones included: the mapping is
+	 * read-only and private, so a neighbour still in use simply faults its
+	 * page in again, while pages left at tensor boundaries (and those the
+	 * kernel maps around a fault) would add up over thousands of tensors.
+	 */
+	lo = (uintptr_t)t.data & ~(page - 1);
+	hi = ((uintptr_t)t.data + t.nbytes + page - 1) & ~(page - 1);
 	if (hi > lo)
 		madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }

@@ -146,6 +146,7 @@ int gq_describe_model(const gq_model *m, gq_buf *out)
 	cJSON_AddNumberToObject(root, "vocab", (double)c->vocab);
 	cJSON_AddNumberToObject(root, "experts", (double)c->n_experts);
 	cJSON_AddNumberToObject(root, "steps", m->n_steps);
+	cJSON_AddStringToObject(root, "layer_prefix", m->arch.layer_prefix);
 	for (int i = 0; i < m->n_modules; i++) {
 		cJSON *o = cJSON_CreateObject();
 

@@ -24,8 +24,22 @@ int gq_solve_module(const gq_model *m, int layer, int module, const float *H, in
 	gq_module_name(m, layer, module, name, sizeof name);
 	if (md->step < 0)
 		return gq_err(GQ_ERR_ARG, "%s is not quantized (it stays in full precision)", name);
-	if ((rc = gq_module_weight(m, layer, module, &W)))
+	rc = gq_module_weight(m, layer, module, &W);
+	/*
+	 * W is a float32 copy: drop the mapped pages it came from, or a solve over
+	 * every module would end with the whole checkpoint resident.
+	 */
+	gq_layer_release(m, layer);
+	if (rc)
 		return rc;
+	/* a NaN or Inf weight would come out as some code without a word */
+	for (int64_t i = 0; i < md->out * md->in; i++)
+		if (!isfinite(W[i])) {
+			rc = gq_err(GQ_ERR_NUMERIC, "%s: weight [%lld, %lld] is %g", name,
+				    (long long)(i / md->in), (long long)(i % md->in), W[i]);
+			free(W);
+			return rc;
+		}
 	if (rtn)
 		rc = gq_rtn(W, md->out, md->in, &o->gptq, &q);
 	else if (o->reference)

@@ -1,15 +1,17 @@
 # quantize.mk - GPTQ quantization as a make recipe: one target per layer, so
 # an interrupted run resumes where it stopped and gives the same bytes.
 #
-#   make -f pipelines/quantize.mk MODEL=dir OUT=dir [TEXT=corpus.txt | CALIB=tokens.gqs]
+#   make -f pipelines/quantize.mk MODEL=dir OUT=dir [TEXT=corpus.txt | CALIB="tokens.gqs ..."]
 #        [NSAMPLES=128] [SEQLEN=2048] [SEED=0] [BITS=4] [GROUP=128] [DESC_ACT=1]
 #        [SYM=0] [DAMP=0.01] [FORMAT=gptq] [SEQUENTIAL=0] [WORK=dir] [ZSTD=1]
 #
 # Sequential (default): layer i runs gptq-hessian on the activations entering
 # it, with gptq-solve's modules fed back through a FIFO, and saves the
 # activations entering layer i+1 (the next target's input). SEQUENTIAL=0
-# collects every Hessian from full-precision activations; each layer's solve
-# is then its own target and `make -j N` solves N layers at once.
+# collects every Hessian from full-precision activations; the solve of each
+# group of linears sharing an input (q/k/v, o, gate/up, down, an expert's...)
+# is then its own target and `make -j N` runs N of them at once, alongside
+# the Hessians of the next layers.
 # Intermediates live in WORK (default OUT.work) and can be inspected with
 # gptq-dump; every file appears only when complete. See gptq-pipelines(7).
 
@@ -43,11 +45,14 @@ PACK_FORMAT := $(or $(FORMAT),$(if $(filter 0,$(SYM)),gptq_v2,gptq))
 Z := $(if $(filter 1,$(ZSTD)),-z)
 
 # the layer count, from the tools' own reading of config.json
-LAYERS := $(shell $(BIN)gptq-dump --model-info $(MODEL) | sed -n 's/.*"n_layers":\([0-9]*\).*/\1/p')
+INFO := $(shell $(BIN)gptq-dump --model-info $(MODEL))
+LAYERS := $(shell echo '$(INFO)' | sed -n 's/.*"n_layers":\([0-9]*\).*/\1/p')
 ifeq ($(LAYERS),)
 $(error cannot read the layer count of $(MODEL))
 endif
 LAST := $(shell expr $(LAYERS) - 1)
+# full module names are the layer prefix (a printf format) and a module's name
+LAYER_PREFIX := $(shell echo '$(INFO)' | sed -n 's/.*"layer_prefix":"\([^"]*\)".*/\1/p')
 IDX  := $(shell seq 0 $(LAST))
 QS   := $(IDX:%=$(WORK)/q-%.gqs)
 
@@ -62,9 +67,10 @@ $(OUT)/config.json: $(QS)
 	$(BIN)gptq-pack -m $(MODEL) -o $(OUT) --format $(PACK_FORMAT) -f $(QS)
 
 ifdef CALIB
+# several files (calibration shards) make one stream
 $(WORK)/act-0.gqs: $(CALIB)
 	@mkdir -p $(WORK)
-	cp $< $@.tmp && mv $@.tmp $@
+	cat $^ > $@.tmp && mv $@.tmp $@
 else
 ifndef TEXT
 $(error TEXT=corpus or CALIB=tokens.gqs is required)
@@ -89,16 +95,30 @@ $(WORK)/q-$(1).gqs $(WORK)/act-$(2).gqs &: $(WORK)/act-$(1).gqs
 	mv $(WORK)/q-$(1).gqs.tmp $(WORK)/q-$(1).gqs
 endef
 else
-# Hessians from full-precision inputs: each layer's solve is independent (make -j)
+# Hessians from full-precision inputs: every group's solve is independent
+# (make -j). MODULE_GROUPS: "index:first module" per group of linears sharing an input.
+MODULE_GROUPS := $(shell echo '$(INFO)' | tr '{' '\n' | \
+	sed -n 's/.*"name":"\([^"]*\)".*"group":\([0-9][0-9]*\).*/\2:\1/p' | awk -F: '!seen[$$1]++')
+ifeq ($(MODULE_GROUPS),)
+$(error cannot read the module groups of $(MODEL))
+endif
+GIDX := $(foreach g,$(MODULE_GROUPS),$(firstword $(subst :, ,$(g))))
+# $(1) = layer, $(2) = "group:module": one group's solve
+define GROUP_SOLVE
+$(WORK)/q-$(1)-$(firstword $(subst :, ,$(2))).gqs: $(WORK)/h-$(1).gqs
+	rm -f $$@.tmp.*
+	$(BIN)gptq-dump --extract $(subst %d,$(1),$(LAYER_PREFIX))$(lastword $(subst :, ,$(2))) -o - $$< | \
+		$(BIN)gptq-solve -m $(MODEL) $(SOLVE_OPTS) -o $$@
+endef
 define LAYER
 $(WORK)/h-$(1).gqs $(WORK)/act-$(2).gqs &: $(WORK)/act-$(1).gqs
 	rm -f $(WORK)/h-$(1).gqs.tmp.* $(WORK)/act-$(2).gqs.tmp.* # left by a kill -9
 	$(BIN)gptq-hessian -m $(MODEL) --no-sequential --layers $(1) $(Z) \
 		--save-state $(WORK)/act-$(2).gqs -o $(WORK)/h-$(1).gqs $$<
 
-$(WORK)/q-$(1).gqs: $(WORK)/h-$(1).gqs
-	rm -f $(WORK)/q-$(1).gqs.tmp.*
-	$(BIN)gptq-solve -m $(MODEL) $(SOLVE_OPTS) -o $$@ $$<
+$(foreach g,$(MODULE_GROUPS),$(eval $(call GROUP_SOLVE,$(1),$(g))))
+$(WORK)/q-$(1).gqs: $(GIDX:%=$(WORK)/q-$(1)-%.gqs)
+	cat $$^ > $$@.tmp && mv $$@.tmp $$@
 endef
 endif
 

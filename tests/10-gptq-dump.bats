@@ -254,6 +254,7 @@ setup() {
 	run -0 gptq-dump --model-info "$BATS_TEST_DIRNAME/data/models/mixtral_top2of4"
 	[ "$(echo "$output" | jq -c '[.model_type, .n_layers, .experts, .steps, (.modules | length)]')" = '["mixtral",2,4,4,17]' ]
 	[ "$(echo "$output" | jq -c '.modules[4]')" = '{"name":"block_sparse_moe.gate","in":64,"out":4,"group":-1,"step":-1}' ]
+	[ "$(echo "$output" | jq -r .layer_prefix)" = 'model.layers.%d.' ]
 	run -1 gptq-dump --model-info emptydir-nope
 	[[ "$output" == "gptq-dump: cannot open"* ]]
 }

@@ -39,11 +39,82 @@ setup() {
 	done
 }
 
-@test "quantize.mk without sequential mode solves layers in parallel" {
+@test "quantize.mk without sequential mode solves every group of linears as its own target" {
 	run -0 timeout 120 make -s -j 2 -f "$P/quantize.mk" MODEL="$M" OUT=mk-out CALIB=t.gqs GROUP=32 SEQUENTIAL=0
 	run -0 timeout 120 "$P/quantize.sh" "$M" sh-out --calib t.gqs --group-size 32 --no-sequential
 	diff -r sh-out mk-out
 	ls mk-out.work | grep -q '^h-0.gqs$'
+	# q/k/v, o, gate/up, down in each of the two layers
+	[ "$(ls mk-out.work | grep -c '^q-[01]-[0-3].gqs$')" -eq 8 ]
+	# experts are groups too: attention 2 + 4 experts x 2, a layer
+	mx=$BATS_TEST_DIRNAME/data/models/mixtral_top2of4
+	run -0 timeout 120 make -s -j 2 -f "$P/quantize.mk" MODEL="$mx" OUT=mx-mk CALIB=t.gqs GROUP=32 SEQUENTIAL=0
+	run -0 timeout 120 "$P/quantize.sh" "$mx" mx-sh --calib t.gqs --group-size 32 --no-sequential
+	diff -r mx-sh mx-mk
+	[ "$(ls mx-mk.work | grep -c '^q-1-[0-9]*.gqs$')" -eq 10 ]
+}
+
+@test "quantize.mk -j resumes after kill -9 anywhere with identical output" {
+	mk=(make -s -j 2 -f "$P/quantize.mk" MODEL="$M" CALIB=t.gqs GROUP=32 SEQUENTIAL=0)
+	timeout 120 "${mk[@]}" OUT=ref
+	( cd ref && sha256sum -- * ) >ref.sum
+	# kill when each of these appears, and at random moments (the seed is printed on failure)
+	seed=${GQ_TEST_SEED:-$RANDOM}
+	echo "RANDOM seed $seed"
+	RANDOM=$seed
+	for point in h-0.gqs q-0-2.gqs q-0.gqs h-1.gqs q-1-3.gqs r r r r; do
+		rm -rf out out.work
+		setsid "${mk[@]}" OUT=out >/dev/null 2>&1 &
+		pid=$!
+		case $point in
+		*.gqs) for i in $(seq 400); do [ -e "out.work/$point" ] && break; sleep 0.005; done ;;
+		r) ms=$((RANDOM % 2500)); sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))" ;;
+		esac
+		kill -9 -- -"$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+		run -0 timeout 120 "${mk[@]}" OUT=out
+		( cd out && sha256sum -c --quiet ../ref.sum )
+		[ "$(ls out | wc -l)" -eq "$(wc -l <ref.sum)" ]
+		[ "$(ls out.work | grep -c tmp)" -eq 0 ]
+		[ "$(ls | grep -c 'out.tmp')" -eq 0 ]
+	done
+}
+
+@test "slurm/submit.sh --local gives quantize.sh's checkpoint in every mode" {
+	S=$P/slurm/submit.sh
+	mx=$BATS_TEST_DIRNAME/data/models/mixtral_top2of4
+	run -0 timeout 120 "$P/quantize.sh" "$M" ref --calib t.gqs --group-size 32
+	# the step chain: every step's Hessians from quantized earlier steps, outside the loop
+	run -0 timeout 120 "$S" "$M" steps --calib t.gqs --group-size 32 --chain steps --local
+	diff -r ref steps
+	run -0 timeout 120 "$S" "$M" layers --calib t.gqs --group-size 32 --chain layers --local
+	diff -r ref layers
+	run -0 timeout 120 "$P/quantize.sh" "$M" ref-ns --calib t.gqs --group-size 32 --no-sequential
+	run -0 timeout 120 "$S" "$M" ns --calib t.gqs --group-size 32 --no-sequential --local
+	diff -r ref-ns ns
+	# steps of several groups (experts)
+	run -0 timeout 120 "$P/quantize.sh" "$mx" mx-ref --calib t.gqs --group-size 32
+	run -0 timeout 120 "$S" "$mx" mx --calib t.gqs --group-size 32 --chain steps --local
+	diff -r mx-ref mx
+}
+
+@test "slurm/submit.sh checks its arguments before submitting anything" {
+	S=$P/slurm/submit.sh
+	run -2 "$S" "$M" out
+	[ "${lines[0]}" = "submit.sh: --calib TOKENS.gqs is required" ]
+	run -1 "$S" "$M" out --calib nope.gqs
+	[ "${lines[0]}" = "submit.sh: cannot read calibration shard 'nope.gqs'" ]
+	run -2 "$S" "$M" out --calib t.gqs --bitz 4
+	[ "${lines[0]}" = "submit.sh: unknown option '--bitz'" ]
+	run -2 "$S" "$M" out --calib t.gqs --no-sequential --chain steps
+	[ "${lines[0]}" = "submit.sh: cannot use --chain with --no-sequential" ]
+	run -2 "$S" "$M" out --calib t.gqs --wait --local
+	[ "${lines[0]}" = "submit.sh: cannot use --wait with --local" ]
+	run -2 "$S" "$M" out --calib
+	[ "${lines[0]}" = "submit.sh: --calib needs an argument" ]
+	[ ! -e out.work ]
+	run -0 "$S" --help
+	[[ "${lines[0]}" == "usage: submit.sh MODEL OUT"* ]]
 }
 
 @test "quantize.sh --save keeps the Hessians and modules for inspection" {
