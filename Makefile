@@ -183,6 +183,7 @@ unit: $(UNIT_BIN)
 
 bats: $(BINS) $(TESTGEN)
 	GQ_BINDIR=$(CURDIR)/$(BINDIR) GQ_TESTGEN=$(CURDIR)/$(TESTGEN) GQ_VALGRIND=$(VALGRIND) \
+		GQ_SANITIZE=$(SANITIZE) \
 		GQ_SHARED=$(CURDIR)/../shared bats tests/*.bats
 
 -include tests/fuzz/fuzz.mk

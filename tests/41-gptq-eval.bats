@@ -16,6 +16,7 @@ setup() {
 }
 
 @test "stories260K: perplexity as transformers computes it (7.0878 on 65408 tokens)" {
+	numerics_only
 	require_shared models/stories260K
 	require_shared text/tinystories_val_first.txt
 	testgen texthalf "$TS" second >second.txt
@@ -26,6 +27,7 @@ setup() {
 }
 
 @test "stories260K: GPTQ beats RTN at 4 and 3 bits g32 (calibrated on the first half)" {
+	numerics_only
 	require_shared models/stories260K
 	require_shared text/tinystories_val_first.txt
 	testgen texthalf "$TS" first >first.txt

@@ -33,6 +33,15 @@ testgen() {
 	"$GQ_TESTGEN" "$@"
 }
 
+# numerics_only: skip a long, purely numerical acceptance test under the
+# sanitizers or valgrind (they find memory errors; the plain run checks the
+# numbers, and the same code paths run in the shorter tests).
+numerics_only() {
+	if [ "${GQ_SANITIZE:-0}" = 1 ] || [ "${GQ_VALGRIND:-0}" = 1 ]; then
+		skip "numerical acceptance: checked by the plain make check"
+	fi
+}
+
 # require_shared REL: skip the test unless ../shared/REL exists (call it
 # directly, not in $(...): a skip in a subshell does not skip the test).
 require_shared() {
