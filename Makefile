@@ -186,7 +186,7 @@ bats: $(BINS) $(TESTGEN)
 		GQ_SANITIZE=$(SANITIZE) \
 		GQ_SHARED=$(CURDIR)/../shared bats tests/*.bats
 
--include tests/fuzz/fuzz.mk
+include tests/fuzz/fuzz.mk
 
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(OBJDIR)/bench/%)

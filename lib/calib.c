@@ -427,7 +427,8 @@ int gq_samples_from_frame(const gq_frame *f, int64_t vocab, gq_samples *s)
 						  "input_ids[%lld][%lld] = %g is not a token of this model "
 						  "(vocab %lld)", (long long)i, (long long)t, row[t],
 						  (long long)vocab);
-			s->ids[i * s->len + t] = (int32_t)row[t];
+			else /* converting an out-of-range float is undefined */
+				s->ids[i * s->len + t] = (int32_t)row[t];
 		}
 		if (has_mask) {
 			gq_convert_to_f32(mask.dtype, mask.data, (uint64_t)(i * s->len), (uint64_t)s->len, row);

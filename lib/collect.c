@@ -11,6 +11,7 @@
 #include "hessian.h"
 #include "util.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
@@ -143,6 +144,17 @@ static int emit(const gq_model *m, int layer, hook_ctx *hc, gq_writer *w)
 			return gq_err(GQ_ERR_NOMEM, "out of memory");
 		}
 		gq_hessian_get(h, H);
+		/* one NaN or Inf activation (a bad weight upstream, an overflow) poisons H: stop here, not at solve */
+		for (int64_t i = 0; i < h->n * h->n; i++)
+			if (!isfinite(H[i])) {
+				rc = gq_err(GQ_ERR_NUMERIC,
+					    "%s: Hessian entry [%lld, %lld] is %g: the activations reaching layer "
+					    "%d are not finite (NaN or Inf in the weights before it?)",
+					    first, (long long)(i / h->n), (long long)(i % h->n), H[i], layer);
+				free(H);
+				gq_buf_free(&mods);
+				return rc;
+			}
 		snprintf(num[0], 32, "%d", layer);
 		snprintf(num[1], 32, "%lld", (long long)h->nsamples);
 		snprintf(num[2], 32, "%d", g);

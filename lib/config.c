@@ -318,6 +318,10 @@ int gq_config_parse(gq_config *c, const char *json, size_t len, const char *name
 	if (c->multi_query)
 		c->n_kv_heads = 1;
 	c->head_dim = get_int(&r, K("head_dim"), heads > 0 ? c->hidden / heads : 1, 1, MAX_DIM);
+	/* the derived default escapes get_int's range check: fewer dims than heads leaves none per head */
+	if (c->head_dim < 1 && r.rc == GQ_OK)
+		r.rc = gq_err(GQ_ERR_FORMAT, "%s: hidden size %lld leaves no dimension for each of %lld heads",
+			      name, (long long)c->hidden, (long long)heads);
 	c->intermediate = get_int(&r, K("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size"),
 				  is(c, "llama") || is(c, "mistral") || is(c, "qwen2") ||
 						  is(c, "qwen3") || is(c, "gemma2") ||

@@ -55,7 +55,18 @@ int gq_qlinear_from_quant(gq_qlinear *ql, const gq_quant *q, const gq_gptq_opts 
 	memcpy(ql->codes, q->codes, (size_t)(q->rows * q->cols));
 	memcpy(ql->g_idx, q->g_idx, (size_t)q->cols * sizeof *q->g_idx);
 	for (int64_t i = 0; i < q->n_groups * q->rows; i++) {
-		ql->scales[i] = gq_f32_to_f16(q->scale[i]);
+		float s = gq_f16_to_f32(ql->scales[i] = gq_f32_to_f16(q->scale[i]));
+
+		/* what every reader refuses (gq_qlinear_parse): say so here, naming the module */
+		if (!(s > 0) || isinf(s)) {
+			rc = gq_err(GQ_ERR_NUMERIC,
+				    "%s: scale %g of row %lld, group %lld does not fit float16 (weights "
+				    "too large or too small for a float16 checkpoint)",
+				    name, (double)q->scale[i], (long long)(i % q->rows),
+				    (long long)(i / q->rows));
+			gq_qlinear_free(ql);
+			return rc;
+		}
 		ql->zeros[i] = (uint8_t)q->zero[i];
 	}
 	return GQ_OK;

@@ -258,7 +258,8 @@ int tok_bpe_word(tok_ctx *c, const char *w, size_t len, tok_ids *out)
 		n = bpe_merge_ref(t, s->id, n);
 	else if (n > 1 && bpe_merge(t, s, n, &n))
 		return GQ_ERR_NOMEM;
-	if (cacheable && c->cache.n < CACHE_ENTRIES) {
+	/* words without ids are not cached: an empty cache_ids has no array to point into */
+	if (cacheable && n && c->cache.n < CACHE_ENTRIES) {
 		v = (int64_t)c->cache_ids.n << 16 | (int64_t)n;
 		if (append(&c->cache_ids, s->id, n) || gq_strmap_putn(&c->cache, w, len, v))
 			return GQ_ERR_NOMEM;
