@@ -62,8 +62,10 @@ QS   := $(IDX:%=$(WORK)/q-%.gqs)
 
 all: $(OUT)/config.json
 
+# every layer is done when this runs: temporaries left in WORK by a kill -9
+# belong to targets nothing needs any more (e.g. the last layer's activations)
 $(OUT)/config.json: $(QS)
-	rm -rf $(OUT).tmp.*
+	rm -rf $(OUT).tmp.* $(WORK)/*.tmp $(WORK)/*.tmp.*
 	$(BIN)gptq-pack -m $(MODEL) -o $(OUT) --format $(PACK_FORMAT) -f $(QS)
 
 ifdef CALIB
