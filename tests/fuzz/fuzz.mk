@@ -31,7 +31,7 @@ FUZZ_LIB_OBJ := $(LIB_SRC:%.c=$(FUZZ_DIR)/%.o)
 FUZZ_COMMON  := tests/fuzz/fuzzutil.c
 FUZZ_REPLAY  := $(FUZZ_ALL:%=$(OBJDIR)/tests/fuzz-replay-%)
 
-.PHONY: fuzz fuzz-build
+.PHONY: fuzz fuzz-build fuzz-corpus
 
 # ---- replay binaries: the normal compiler and flags, run by make check ----
 $(OBJDIR)/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/fuzz.h $(wildcard lib/*.h)
@@ -61,15 +61,18 @@ fuzz-build: $(FUZZ_ALL:%=$(FUZZ_DIR)/fuzz_%)
 # Each harness starts from its corpus (new inputs are kept there between runs),
 # the committed seeds and every past crash; -timeout flags a hang, and
 # libFuzzer's default malloc limit (2 GB) flags allocations sized by the input.
-fuzz: fuzz-build $(BINS) $(TESTGEN)
+fuzz-corpus: fuzz-build $(BINS) $(TESTGEN)
 	GQ_SHARED=$(CURDIR)/../shared tests/fuzz/corpus.sh $(FUZZ_DIR)/corpus $(CURDIR)/$(BINDIR) $(CURDIR)/$(TESTGEN)
-	@set -e; for t in $(FUZZ_TARGETS); do \
-		mkdir -p $(FUZZ_DIR)/crashes/$$t; \
-		echo "== fuzz_$$t: $(FUZZ_SECONDS) s"; \
-		GQ_SHARED=$(CURDIR)/../shared $(FUZZ_DIR)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) \
-			-timeout=30 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/crashes/$$t/ $(FUZZ_ARGS) \
-			$(FUZZ_DIR)/corpus/$$t $$(ls -d tests/fuzz/seeds/$$t tests/fuzz/regressions/$$t 2>/dev/null) \
-			2>$(FUZZ_DIR)/$$t.log || { tail -60 $(FUZZ_DIR)/$$t.log; \
-			echo "fuzz_$$t: crash; input in $(FUZZ_DIR)/crashes/$$t/"; exit 1; }; \
-		grep -E '^stat::number_of_executed_units|^Done' $(FUZZ_DIR)/$$t.log || true; \
-	done
+
+# one target per harness, so make -j runs them side by side (one core each)
+fuzz-run-%: fuzz-corpus
+	@mkdir -p $(FUZZ_DIR)/crashes/$*
+	@echo "== fuzz_$*: $(FUZZ_SECONDS) s"
+	@GQ_SHARED=$(CURDIR)/../shared $(FUZZ_DIR)/fuzz_$* -max_total_time=$(FUZZ_SECONDS) \
+		-timeout=30 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/crashes/$*/ $(FUZZ_ARGS) \
+		$(FUZZ_DIR)/corpus/$* $$(ls -d tests/fuzz/seeds/$* tests/fuzz/regressions/$* 2>/dev/null) \
+		2>$(FUZZ_DIR)/$*.log || { tail -60 $(FUZZ_DIR)/$*.log; \
+		echo "fuzz_$*: crash; input in $(FUZZ_DIR)/crashes/$*/"; exit 1; }
+	@grep -E '^stat::number_of_executed_units|^Done' $(FUZZ_DIR)/$*.log | sed 's/^/fuzz_$*: /' || true
+
+fuzz: $(FUZZ_TARGETS:%=fuzz-run-%)
