@@ -7,6 +7,10 @@
 load helpers
 
 setup() {
+	# job orchestration, not memory safety: the tools' own tests cover that
+	if [ "${GQ_SANITIZE:-0}" = 1 ] || [ "${GQ_VALGRIND:-0}" = 1 ]; then
+		skip "Slurm orchestration runs once, in the plain make check"
+	fi
 	if ! sinfo -h -o %T 2>/dev/null | grep -Eq '^(idle|mixed|allocated|completing)'; then
 		[ "${GQ_REQUIRE_SLURM:-0}" != 1 ] || { echo "GQ_REQUIRE_SLURM=1 but no working Slurm node" >&2; return 1; }
 		skip "no Slurm cluster (tests/slurm/start-cluster.sh starts one)"
