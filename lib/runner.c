@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 int gq_runner_open(gq_runner *r, const char *dir, int threads)
@@ -176,14 +175,6 @@ out:
 	return rc;
 }
 
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void mean_sd(const double *x, int n, double *mean, double *sd)
 {
 	double s = 0, ss = 0;
@@ -218,10 +209,10 @@ int gq_runner_bench(const gq_runner *r, const gq_bench_opts *o, gq_bench_result 
 		int32_t next = 0;
 
 		cache.len = 0;
-		t0 = now();
+		t0 = gq_now();
 		if (o->n_prompt > 0)
 			rc = gq_model_decode(m, r->layers, &cache, ids, o->n_prompt, 1, logits);
-		t1 = now();
+		t1 = gq_now();
 		/* decoding starts from an empty context, as llama-bench's tg does */
 		cache.len = 0;
 		for (int64_t i = 0; i < o->n_gen && rc == GQ_OK; i++) {
@@ -231,7 +222,7 @@ int gq_runner_bench(const gq_runner *r, const gq_bench_opts *o, gq_bench_result 
 		}
 		if (rep >= 0) {
 			pp[rep] = o->n_prompt > 0 ? (double)o->n_prompt / (t1 - t0) : 0;
-			tg[rep] = o->n_gen > 0 ? (double)o->n_gen / (now() - t1) : 0;
+			tg[rep] = o->n_gen > 0 ? (double)o->n_gen / (gq_now() - t1) : 0;
 		}
 	}
 	if (rc == GQ_OK) {

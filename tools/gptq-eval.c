@@ -154,6 +154,18 @@ static void score(const gq_runner *r, const gq_runner *ref, const workload *w, g
 		die("no token was scored: the chunks are too short");
 }
 
+/* One line of JSON on stdout; frees j. */
+static void put_json(cJSON *j)
+{
+	char *text = cJSON_PrintUnformatted(j);
+
+	if (!text)
+		die("out of memory");
+	puts(text);
+	cJSON_free(text);
+	cJSON_Delete(j);
+}
+
 static void print_ppl(const options *o, const workload *w, const result *res, int n)
 {
 	const char *src = o->text ? o->text : o->tokens;
@@ -161,7 +173,6 @@ static void print_ppl(const options *o, const workload *w, const result *res, in
 
 	if (o->json) {
 		cJSON *j = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(j, "models");
-		char *text;
 
 		cJSON_AddStringToObject(j, "input", src);
 		cJSON_AddStringToObject(j, "protocol", proto);
@@ -186,11 +197,7 @@ static void print_ppl(const options *o, const workload *w, const result *res, in
 			}
 			cJSON_AddItemToArray(arr, m);
 		}
-		if (!(text = cJSON_PrintUnformatted(j)))
-			die("out of memory");
-		puts(text);
-		cJSON_free(text);
-		cJSON_Delete(j);
+		put_json(j);
 		return;
 	}
 	printf("perplexity of %s, protocol %s: %lld chunks of %lld tokens, %lld tokens scored\n", src,
@@ -222,7 +229,6 @@ static void print_task(const options *o, const result *res, int n)
 
 	if (o->json) {
 		cJSON *j = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(j, "models");
-		char *text;
 
 		cJSON_AddStringToObject(j, "task", gq_task_name(t));
 		cJSON_AddStringToObject(j, "data", o->data);
@@ -244,11 +250,7 @@ static void print_task(const options *o, const result *res, int n)
 			}
 			cJSON_AddItemToArray(arr, m);
 		}
-		if (!(text = cJSON_PrintUnformatted(j)))
-			die("out of memory");
-		puts(text);
-		cJSON_free(text);
-		cJSON_Delete(j);
+		put_json(j);
 		return;
 	}
 	printf("task %s on %s: %lld examples\n", gq_task_name(t), o->data, (long long)res[0].t.n);

@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 static const gq_tool tool = {
 	"gptq-run",
@@ -82,14 +81,6 @@ static void print_token(void *ctx, int32_t id)
 	fflush(stdout);
 }
 
-static double seconds(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void parse_ids(const char *s, int64_t vocab, int32_t **ids, int64_t *n)
 {
 	char *copy = estrdup(s), *save = NULL;
@@ -142,10 +133,10 @@ static void generate_one(const gq_runner *r, const options *o)
 	if (o->echo)
 		for (int64_t i = 0; i < n; i++)
 			print_token(&p, ids[i]);
-	t0 = seconds();
+	t0 = gq_now();
 	if (gq_generate(r->model, r->layers, ids, n, &o->gen, print_token, &p, &out, &n_out))
 		die("%s", gq_errmsg());
-	t1 = seconds();
+	t1 = gq_now();
 	putchar('\n');
 	gq_info("%lld prompt tokens, %lld generated in %.2f s (%.1f tokens/s)", (long long)n,
 		(long long)n_out, t1 - t0, (double)n_out / (t1 - t0));
@@ -168,7 +159,7 @@ static void generate_batch(const gq_runner *r, const options *o)
 		int64_t n, n_out;
 		char *text, *line;
 		size_t len;
-		double t0 = seconds();
+		double t0 = gq_now();
 		cJSON *j = cJSON_CreateObject(), *arr;
 
 		if (gq_runner_encode(r, c.text[i], c.len[i], !o->no_bos, &ids, &n))
@@ -188,7 +179,7 @@ static void generate_batch(const gq_runner *r, const options *o)
 			cJSON_AddItemToArray(arr, cJSON_CreateNumber(out[k]));
 		cJSON_AddNumberToObject(j, "prompt_tokens", (double)n);
 		cJSON_AddStringToObject(j, "stop", n_out < o->gen.max_new ? "eos" : "length");
-		cJSON_AddNumberToObject(j, "seconds", seconds() - t0);
+		cJSON_AddNumberToObject(j, "seconds", gq_now() - t0);
 		if (!(line = cJSON_PrintUnformatted(j)))
 			die("out of memory");
 		puts(line);
