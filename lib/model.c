@@ -492,17 +492,25 @@ void gq_module_name(const gq_model *m, int layer, int module, char *buf, size_t 
 
 int gq_module_find(const gq_model *m, const char *full, int *layer, int *module)
 {
+	/* The layer index is read from the name (prefixes are "text%d.text"), so a
+	 * lookup costs one layer's modules, not the whole model's: pipelines look
+	 * up every module of models with thousands of layers. */
+	const char *fmt = m->arch.layer_prefix, *d = strstr(fmt, "%d");
+	size_t head = d ? (size_t)(d - fmt) : 0;
 	char name[256];
 
-	for (int l = 0; l < m->cfg.n_layers; l++)
-		for (int i = 0; i < m->n_modules; i++) {
-			gq_module_name(m, l, i, name, sizeof name);
+	if (d && strncmp(full, fmt, head) == 0 && full[head] >= '0' && full[head] <= '9') {
+		long l = strtol(full + head, NULL, 10);
+
+		for (int i = 0; l < m->cfg.n_layers && i < m->n_modules; i++) {
+			gq_module_name(m, (int)l, i, name, sizeof name);
 			if (strcmp(name, full) == 0) {
-				*layer = l;
+				*layer = (int)l;
 				*module = i;
 				return GQ_OK;
 			}
 		}
+	}
 	return gq_err(GQ_ERR_NOTFOUND, "%s: no linear module '%s' in this %s model", m->dir, full,
 		      m->cfg.model_type);
 }

@@ -178,6 +178,48 @@ static void test_own_fixtures(void)
 	CHECK(n >= 18);
 }
 
+/* Every module of every fixture is found by its own name; near misses are not. */
+static void test_module_find(void)
+{
+	static const char *fixtures[] = {"models/llama3_rope", "models/mixtral_top2of4",
+					 "models/gpt2_layer_scaled", "models/opt_postnorm_proj"};
+
+	for (size_t f = 0; f < sizeof fixtures / sizeof *fixtures; f++) {
+		gq_model *m;
+		char name[256], bad[300];
+		int layer, module, found = 0;
+
+		CHECK_OK(gq_model_open(&m, testdata(fixtures[f])));
+		if (!m)
+			continue;
+		for (int l = 0; l < m->cfg.n_layers; l++)
+			for (int i = 0; i < m->n_modules; i++) {
+				gq_module_name(m, l, i, name, sizeof name);
+				layer = module = -1;
+				CHECK_OK(gq_module_find(m, name, &layer, &module));
+				found += layer == l && module == i;
+			}
+		CHECK(found == m->cfg.n_layers * m->n_modules);
+
+		/* layer 1, written with a leading zero, past the end, huge, negative; a
+		 * truncated and an extended module name */
+		const char *prefix = m->arch.layer_prefix, *d = strstr(prefix, "%d");
+		int head = (int)(d - prefix);
+		const char *mod = m->modules[0].name;
+		const char *misses[] = {"%.*s01.%s", "%.*s%d.%s", "%.*s99999999999999999999.%s",
+					"%.*s-1.%s", "%.*s0.%.3s", "%.*s0.%sx"};
+		for (size_t k = 0; k < sizeof misses / sizeof *misses; k++) {
+			if (k == 1)
+				snprintf(bad, sizeof bad, misses[k], head, prefix, m->cfg.n_layers, mod);
+			else
+				snprintf(bad, sizeof bad, misses[k], head, prefix, mod);
+			CHECK_ERR(gq_module_find(m, bad, &layer, &module), GQ_ERR_NOTFOUND,
+				  "no linear module");
+		}
+		gq_model_close(m);
+	}
+}
+
 static char tmpdir[] = "/tmp/gq-test-models-XXXXXX";
 
 /* A copy of a fixture whose config.json is rewritten by edit (sed expression). */
@@ -408,6 +450,7 @@ int main(void)
 	RUN(test_stories260k);
 	RUN(test_stories260k_greedy_story);
 	RUN(test_own_fixtures);
+	RUN(test_module_find);
 	RUN(test_moss_is_codegen);
 	RUN(test_errors);
 	RUN(test_hooks_see_groups_in_order);
