@@ -1,6 +1,6 @@
 /*
  * vendor.h - the only vendor-aware file: maps the CUDA runtime names used in
- * kernels/gpu/*.cu to HIP when compiled with hipcc -DGQ_HIP, so one source
+ * the .cu files of kernels/gpu to HIP when compiled with hipcc -DGQ_HIP, so one source
  * serves both. Intrinsic gaps are shimmed here, never inside kernels.
  */
 #ifndef GQ_VENDOR_H
@@ -9,7 +9,6 @@
 #ifdef GQ_HIP
 #include <hip/hip_runtime.h>
 #include <hip/hip_fp16.h>
-#include <hip/hip_bf16.h>
 #define cudaError_t hipError_t
 #define cudaSuccess hipSuccess
 #define cudaGetErrorString hipGetErrorString
@@ -19,6 +18,7 @@
 #define cudaDeviceProp hipDeviceProp_t
 #define cudaSetDevice hipSetDevice
 #define cudaMalloc hipMalloc
+#define cudaMemset hipMemset
 #define cudaFree hipFree
 #define cudaMemcpy hipMemcpy
 #define cudaMemcpyAsync hipMemcpyAsync
@@ -29,7 +29,6 @@
 #define cudaDeviceSynchronize hipDeviceSynchronize
 #define cudaErrorNoDevice hipErrorNoDevice
 #define cudaErrorInsufficientDriver hipErrorInsufficientDriver
-#define __nv_bfloat16 __hip_bfloat16
 /* HIP warps may be 64 wide; the kernels' xor reductions stay within 32 lanes */
 #define __shfl_xor_sync(mask, v, d) __shfl_xor(v, d)
 /* hipBLAS's v2 API takes hipDataType like cuBLAS takes cudaDataType */
@@ -46,12 +45,13 @@
 #define CUBLAS_OP_T HIPBLAS_OP_T
 #define CUDA_R_16F HIP_R_16F
 #define CUDA_R_32F HIP_R_32F
+#define CUDA_R_16BF HIP_R_16BF
+#define cudaDataType_t hipDataType
 #define CUBLAS_COMPUTE_32F HIPBLAS_COMPUTE_32F
 #define CUBLAS_GEMM_DEFAULT HIPBLAS_GEMM_DEFAULT
 #else
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
-#include <cuda_bf16.h>
 #include <cublas_v2.h>
 #endif
 
