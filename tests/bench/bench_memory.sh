@@ -87,16 +87,16 @@ for gb in $sizes; do
 			'BEGIN { n = int((gb * 1e9 - f) / l); print n < 1 ? 1 : n }')
 		start=$(date +%s.%N)
 		"$testgen" bigmodel "$model" "$layers" "$hidden" "$inter" "$vocab"
-		gen=$(echo "$(date +%s.%N) - $start" | bc)
+		gen=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
 	fi
 	size=$(du -sbL "$model" | cut -f1)
 	: >"$tmp/times"
 	start=$(date +%s.%N)
 	# shellcheck disable=SC2086
 	"$pipelines/quantize.sh" "$model" "$tmp/out" --calib "$tmp/calib.gqs" --group-size 128 $mode
-	total=$(echo "$(date +%s.%N) - $start" | bc)
-	awk -v gb="$(echo "scale=2; $size / 10^9" | bc)" -v layers="$layers" -v gen="$gen" \
-		-v lmb="$(echo "scale=1; $per_layer / 10^6" | bc)" -v total="$total" -v budget="$budget" '
+	total=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
+	awk -v gb="$(awk -v s="$size" 'BEGIN { printf "%.2f", s / 1e9 }')" -v layers="$layers" -v gen="$gen" \
+		-v lmb="$(awk -v l="$per_layer" 'BEGIN { printf "%.1f", l / 1e6 }')" -v total="$total" -v budget="$budget" '
 		{ rss[$1] = $2; wall[$1] = $3; cpu[$1] = $4 + $5; sum += $2 }
 		END {
 			n = split("gptq-hessian gptq-solve gptq-pack", order, " ")
