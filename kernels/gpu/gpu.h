@@ -80,6 +80,27 @@ int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, float *Y, void 
 int gq_gpu_gemm_f16(const void *X, int64_t ldx, const void *W, float *Y, int64_t T, int64_t n,
 		    int64_t k, void *stream);
 
+/*
+ * Σ x xᵀ on the device (the twin of gq_hessian): inputs are fp16 or bf16
+ * rows, accumulated in float32 by cuBLAS on the tensor cores.
+ */
+typedef struct {
+	int64_t n, nsamples;
+	gq_dtype dtype;   /* of the inputs: F16 or BF16 */
+	float *sum;       /* device [n, n], symmetric, both triangles */
+	float *stage32;   /* device [1024, n] host rows on their way in, or NULL */
+	void *stage16;    /* device [1024, n] the same rounded to dtype, or NULL */
+} gq_gpu_hessian;
+
+int gq_gpu_hessian_init(gq_gpu_hessian *h, int64_t n, gq_dtype dtype);
+void gq_gpu_hessian_free(gq_gpu_hessian *h);
+/* sum += Xᵀ X for X [rows, n] of dtype on the device, row stride ldx; counts rows samples. */
+int gq_gpu_hessian_add(gq_gpu_hessian *h, const void *X, int64_t ldx, int64_t rows, void *stream);
+/* The same for host float32 rows x [rows, n] whose mask is nonzero (NULL: all), rounded to dtype. */
+int gq_gpu_hessian_add_host(gq_gpu_hessian *h, const float *x, int64_t rows, const uint8_t *mask);
+/* The unnormalised sum [n, n] to the host (after the work queued on it). */
+int gq_gpu_hessian_download(const gq_gpu_hessian *h, float *sum);
+
 #ifdef __cplusplus
 }
 #endif
