@@ -163,7 +163,7 @@ int main(int argc, char **argv)
 	};
 	gq_common common;
 	gq_stream_out out = {0};
-	gq_solve_opts so = {{4, 128, 0, 0, 1, 0.01, 128, 0, 1}, 0, 0, 0};
+	gq_solve_opts so = {{4, 128, 0, 0, 1, 0.01, 128, 0, 1}, 0, 0, 0, {GQ_DEV_CPU, 0}};
 	const char *model_dir = NULL;
 	gq_model *m;
 	int all = 0, c;

@@ -376,6 +376,7 @@ extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t
 	uint8_t *dcodes = NULL;
 	int32_t *dperm = NULL, *hperm = NULL;
 	int rc = GQ_OK, dev = 0, smax = 0;
+	double t0, t1, t2, t3; /* phase times for -v */
 	size_t wbytes = (size_t)(rows * cols) * sizeof(float), hbytes = (size_t)(cols * cols) * sizeof(float);
 
 	if (rows > INT_MAX || cols > INT_MAX || B > INT_MAX)
@@ -399,8 +400,10 @@ extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t
 	CU(cudaMalloc(&dloss, (size_t)rows * sizeof *dloss));
 	CU(cudaMemset(dloss, 0, (size_t)rows * sizeof *dloss));
 	CU(cudaMalloc(&dcodes, (size_t)(rows * cols)));
+	t0 = gq_now();
 	CU(cudaMemcpy(dT, W, wbytes, cudaMemcpyHostToDevice));
 	CU(cudaMemcpy(dH, H, hbytes, cudaMemcpyHostToDevice));
+	t1 = gq_now();
 	/* the preparation, in the CPU's order */
 	if (gs < 0) {
 		/* per-row parameters come from W before dead columns are zeroed, as AutoGPTQ */
@@ -439,6 +442,7 @@ extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t
 	}
 	if ((rc = damped_hinv(dH, dHinv, cols, mean, o->damp, damp_used, retries)))
 		goto out;
+	t2 = gq_now();
 
 	/* both blocks in shared memory when they fit, else the kernel reads global memory */
 	{
@@ -474,6 +478,8 @@ extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t
 			}
 		}
 	}
+	CU(cudaDeviceSynchronize());
+	t3 = gq_now();
 	if (!(rloss = (double *)malloc((size_t)rows * sizeof *rloss))) {
 		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
 		goto out;
@@ -485,6 +491,9 @@ extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t
 	*loss = 0;
 	for (int64_t r = 0; r < rows; r++)
 		*loss += rloss[r] / 2;
+	gq_debug("gpu solve %lld x %lld: copy in %.1f ms, preparation and Hinv %.1f ms, "
+		 "column loop %.1f ms, copy out %.1f ms", (long long)rows, (long long)cols,
+		 1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2), 1e3 * (gq_now() - t3));
 out:
 	cudaFree(dW);
 	cudaFree(dT);
