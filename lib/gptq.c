@@ -429,6 +429,7 @@ int gq_gptq_solve_gpu(const float *W, const float *H, int64_t rows, int64_t cols
 	double mean = 0;
 	int rc;
 
+	memset(out, 0, sizeof *out); /* freeing it after a failure is then safe */
 	if ((rc = check_opts(o, rows, cols)) || (rc = alloc_quant(out, o, rows, cols)))
 		goto out;
 	if (!diag || !pcodes || (o->desc_act && !perm)) {

@@ -321,6 +321,8 @@ static void test_damp_escalation(void)
 		H[i * cols + i] = -1;
 	CHECK_ERR(gq_gptq_solve_gpu(W, H, rows, cols, &o, 0, &q), GQ_ERR_NUMERIC,
 		  "not positive definite");
+	/* q holds garbage here: a bad option must not free it */
+	memset(&q, 0xa5, sizeof q);
 	o.bits = 5;
 	CHECK_ERR(gq_gptq_solve_gpu(W, H, rows, cols, &o, 0, &q), GQ_ERR_ARG, "bits must be");
 out:
