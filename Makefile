@@ -4,7 +4,8 @@
 #   make              build every tool into bin/ (and lib/libgq.a)
 #   make check        C unit tests + bats CLI tests (+ man page EXAMPLES)
 #   make deps         install the Debian build/test packages when missing (needs root)
-#   make bench-gpu    GPU benchmark (CUDA): int4 products against cuBLAS fp16, same run
+#   make bench-gpu    GPU benchmarks (CUDA): int4 products against cuBLAS fp16, and the
+#                     GPTQ solve against the CPU solver, same run
 #   make bench        CPU benchmarks (ratios against a baseline measured in the same run;
 #                     bench_memory.sh quantizes 2 and 20 GB models: GQ_BENCH_MEM_GB=1 is quicker)
 #   make demo         build the bundled tiny checkpoint under tests/data/generated and run
@@ -13,7 +14,7 @@
 #   make clean
 #
 # Knobs (on the command line or in an optional, git-ignored config.mk):
-#   CUDA=auto|1|0   build kernels/gpu with nvcc; auto = when nvcc is found,
+#   CUDA=auto|1|0   build kernels/gpu with nvcc; auto = when nvcc, cuBLAS and cuSOLVER are found,
 #                   1 = required (fails when missing), 0 = CPU only
 #   HIP=auto|1|0    build kernels/gpu with hipcc from the same sources (used when
 #                   CUDA is off or absent); same meaning as CUDA
@@ -87,10 +88,12 @@ else ifeq ($(CUDA),auto)
   ifneq ($(NVCC),)
     ifneq ($(HIP),1)
       ifneq ($(CUDA_LIBDIR),)
-        ifneq ($(wildcard $(CUDA_LIBDIR)/libcublas.so),)
-          GPU := cuda
-        else
+        ifeq ($(wildcard $(CUDA_LIBDIR)/libcublas.so),)
           CUDA_SKIP_MSG := (nvcc $(NVCC) found but no libcublas.so in $(CUDA_LIBDIR))
+        else ifeq ($(wildcard $(CUDA_LIBDIR)/libcusolver.so),)
+          CUDA_SKIP_MSG := (nvcc $(NVCC) found but no libcusolver.so in $(CUDA_LIBDIR))
+        else
+          GPU := cuda
         endif
       else
         CUDA_SKIP_MSG := (nvcc $(NVCC) found but no libcudart.so under $(CUDA_HOME))
@@ -114,11 +117,11 @@ endif
 GPU_SRC := $(wildcard kernels/gpu/*.cu)
 ifeq ($(GPU),cuda)
   GQ_CFLAGS += -DGQ_CUDA $(if $(CUDA_INCDIR),-I$(CUDA_INCDIR))
-  LDLIBS    += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lcublas -lstdc++
+  LDLIBS    += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lcublas -lcusolver -lstdc++
   GPU_MSG   := ✓ nvcc found ($(NVCC)): building CUDA kernels
 else ifeq ($(GPU),hip)
   GQ_CFLAGS += -DGQ_HIP -D__HIP_PLATFORM_AMD__
-  LDLIBS    += -lamdhip64 -lhipblas -lstdc++
+  LDLIBS    += -lamdhip64 -lhipblas -lhipsolver -lstdc++
   GPU_MSG   := ✓ hipcc found ($(HIPCC)): building HIP kernels
 else
   GPU_MSG   := ✗ no GPU compiler used (CUDA=$(CUDA) HIP=$(HIP)) $(CUDA_SKIP_MSG): building CPU-only
@@ -188,7 +191,7 @@ bats: $(BINS) $(TESTGEN)
 
 include tests/fuzz/fuzz.mk
 
-BENCH_SRC := $(wildcard tests/bench/bench_*.c)
+BENCH_SRC := $(filter-out tests/bench/bench_gpu_%,$(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(OBJDIR)/bench/%)
 
 $(OBJDIR)/bench/%: $(OBJDIR)/tests/bench/%.o $(LIB)
@@ -199,15 +202,16 @@ bench: all $(BENCH_BIN) $(TESTGEN)
 	@set -e; for b in $(BENCH_BIN) tests/bench/*.sh; do echo "== $${b##*/}"; \
 		PATH=$(CURDIR)/$(BINDIR):$$PATH GQ_SHARED=$(CURDIR)/../shared GQ_TESTGEN=$(CURDIR)/$(TESTGEN) $$b; done
 
-# the GPU benchmark is C++ for nvcc (graphs, events) but links like the others
-GPU_BENCH := $(OBJDIR)/bench/bench_gpu_qgemm
+# the GPU benchmarks: qgemm is C++ for nvcc (graphs, events), gptq plain C;
+# both link like the others
+GPU_BENCH := $(OBJDIR)/bench/bench_gpu_qgemm $(OBJDIR)/bench/bench_gpu_gptq
 
 $(OBJDIR)/tests/bench/bench_gpu_qgemm.o: tests/bench/bench_gpu_qgemm.cu $(wildcard kernels/gpu/*.h lib/*.h)
 	@mkdir -p $(@D)
 	$(NVCC) -O2 -std=c++17 -Ilib -Ikernels $(CPPFLAGS) -DGQ_CUDA -c -o $@ $<
 
 bench-gpu: $(if $(filter cuda,$(GPU)),$(GPU_BENCH))
-	$(if $(filter cuda,$(GPU)),$(GPU_BENCH),@echo "bench-gpu: built without CUDA" >&2; exit 1)
+	$(if $(filter cuda,$(GPU)),set -e; for b in $(GPU_BENCH); do echo "== $${b##*/}"; $$b; done,@echo "bench-gpu: built without CUDA" >&2; exit 1)
 
 deps:
 	@sh tests/deps.sh

@@ -9,11 +9,15 @@
  *
  * The fast path keeps the block's columns as a [rows, block] copy, runs the
  * column loop in parallel over rows (rows never interact), and applies the
- * block's error to the remaining columns with one sgemm.
+ * block's error to the remaining columns with one sgemm. The GPU path
+ * (kernels/gpu/gptq.cu) is the same algorithm; its O(cols) host part is here.
  */
 #include "gptq.h"
 #include "linalg.h"
 #include "util.h"
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+#include "gpu/gpu.h"
+#endif
 
 #include <cblas.h>
 #include <math.h>
@@ -198,8 +202,8 @@ static void *block_rows(void *arg)
 	return NULL;
 }
 
-/* Stable argsort of diag descending: ties keep column order. */
-static void act_order(const float *H, int64_t n, int64_t *perm)
+/* Stable argsort of the diagonal d[i * stride] descending: ties keep column order. */
+static void act_order(const float *d, int64_t stride, int64_t n, int64_t *perm)
 {
 	for (int64_t i = 0; i < n; i++)
 		perm[i] = i;
@@ -211,7 +215,7 @@ static void act_order(const float *H, int64_t n, int64_t *perm)
 			int64_t a = lo, b = mid, k = lo;
 
 			while (a < mid && b < hi)
-				tmp[k++] = H[perm[b] * n + perm[b]] > H[perm[a] * n + perm[a]] ? perm[b++] : perm[a++];
+				tmp[k++] = d[perm[b] * stride] > d[perm[a] * stride] ? perm[b++] : perm[a++];
 			while (a < mid)
 				tmp[k++] = perm[a++];
 			while (b < hi)
@@ -341,7 +345,7 @@ int gq_gptq_solve(const float *W, const float *H, int64_t rows, int64_t cols,
 					      &out->zero[g * rows + r]);
 			}
 	if (perm) {
-		act_order(Hd, cols, perm);
+		act_order(Hd, cols + 1, cols, perm);
 		permute_cols(Wc, rows, cols, perm, tmp);
 		/* H[perm][:, perm]: rows, then columns */
 		float *Hp = malloc((size_t)(cols * cols) * sizeof *Hp);
@@ -413,6 +417,51 @@ out:
 	if (rc)
 		gq_quant_free(out);
 	return rc;
+}
+
+int gq_gptq_solve_gpu(const float *W, const float *H, int64_t rows, int64_t cols,
+		      const gq_gptq_opts *o, int device, gq_quant *out)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	float *diag = calloc((size_t)cols, sizeof *diag);
+	int64_t *perm = o->desc_act ? malloc((size_t)cols * sizeof *perm) : NULL;
+	uint8_t *pcodes = malloc((size_t)(rows * cols));
+	double mean = 0;
+	int rc;
+
+	memset(out, 0, sizeof *out); /* freeing it after a failure is then safe */
+	if ((rc = check_opts(o, rows, cols)) || (rc = alloc_quant(out, o, rows, cols)))
+		goto out;
+	if (!diag || !pcodes || (o->desc_act && !perm)) {
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory for a %lld x %lld layer", (long long)rows,
+			    (long long)cols);
+		goto out;
+	}
+	/* the diagonal as the solve sees it: dead columns have 1 */
+	for (int64_t c = 0; c < cols; c++)
+		diag[c] = H[c * cols + c] == 0 ? 1 : H[c * cols + c];
+	if (perm)
+		act_order(diag, 1, cols, perm);
+	/* summed in the permuted order, as damped_hinv_f does */
+	for (int64_t i = 0; i < cols; i++)
+		mean += diag[perm ? perm[i] : i];
+	mean /= (double)cols;
+	if ((rc = gq_gpu_set_device(device)) ||
+	    (rc = gq_gpu_gptq(W, H, rows, cols, o, perm, mean, pcodes, out->scale, out->zero,
+			      &out->loss, &out->damp_used, &out->damp_retries)))
+		goto out;
+	finish(out, o, pcodes, perm);
+out:
+	free(diag);
+	free(perm);
+	free(pcodes);
+	if (rc)
+		gq_quant_free(out);
+	return rc;
+#else
+	(void)W, (void)H, (void)rows, (void)cols, (void)o, (void)device, (void)out;
+	return gq_err(GQ_ERR_UNSUPPORTED, "GPTQ on a GPU: built without CUDA");
+#endif
 }
 
 /* ---- the reference: float64, unblocked ---- */
@@ -507,7 +556,7 @@ int gq_gptq_solve_ref(const float *W, const float *H, int64_t rows, int64_t cols
 	for (int64_t i = 0; i < cols * cols; i++)
 		Hf[i] = (float)Hd[i];
 	if (o->desc_act) {
-		act_order(Hf, cols, perm);
+		act_order(Hf, cols + 1, cols, perm);
 	} else {
 		for (int64_t i = 0; i < cols; i++)
 			perm[i] = i;

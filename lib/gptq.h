@@ -42,6 +42,12 @@ void gq_quant_free(gq_quant *q);
 /* GPTQ, float32, blocked with OpenBLAS and threads over rows. W and H are not modified. */
 int gq_gptq_solve(const float *W, const float *H, int64_t rows, int64_t cols,
 		  const gq_gptq_opts *o, gq_quant *out);
+/*
+ * The same on GPU `device` (a CUDA or HIP ordinal; kernels/gpu/gptq.cu),
+ * float32 throughout. Fails with GQ_ERR_UNSUPPORTED in a CPU-only build.
+ */
+int gq_gptq_solve_gpu(const float *W, const float *H, int64_t rows, int64_t cols,
+		      const gq_gptq_opts *o, int device, gq_quant *out);
 /* The same in float64, unblocked: the specification the fast path is tested against. */
 int gq_gptq_solve_ref(const float *W, const float *H, int64_t rows, int64_t cols,
 		      const gq_gptq_opts *o, gq_quant *out);

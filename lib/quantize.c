@@ -44,6 +44,8 @@ int gq_solve_module(const gq_model *m, int layer, int module, const float *H, in
 		rc = gq_rtn(W, md->out, md->in, &o->gptq, &q);
 	else if (o->reference)
 		rc = gq_gptq_solve_ref(W, H, md->out, md->in, &o->gptq, &q);
+	else if (o->device.kind != GQ_DEV_CPU)
+		rc = gq_gptq_solve_gpu(W, H, md->out, md->in, &o->gptq, o->device.index, &q);
 	else
 		rc = gq_gptq_solve(W, H, md->out, md->in, &o->gptq, &q);
 	if (rc) {

@@ -6,6 +6,7 @@
 #ifndef GQ_QUANTIZE_H
 #define GQ_QUANTIZE_H
 
+#include "device.h"
 #include "gptq.h"
 #include "model.h"
 #include "qlinear.h"
@@ -16,6 +17,7 @@ typedef struct {
 	int rtn;       /* round to nearest instead of GPTQ */
 	int reference; /* the float64 unblocked solver */
 	int objective; /* compute Σ (W-Q) H (W-Q)ᵀ for the report (needs H) */
+	gq_device device; /* where the GPTQ solve runs (RTN and the reference: the CPU) */
 } gq_solve_opts;
 
 typedef struct {

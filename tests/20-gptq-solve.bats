@@ -102,6 +102,45 @@ report() {
 	[ "${stderr_lines[0]}" = "gptq-solve: --damp: '2' is out of range [0, 1]" ]
 }
 
+@test "--device cuda without a CUDA GPU fails naming the device and leaves no output" {
+	if gptq-solve --version | grep -q 'cuda ([1-9]'; then
+		skip "a CUDA GPU is present"
+	fi
+	run -1 --separate-stderr gptq-solve -m "$M" --device cuda -o q.gqs h.gqs
+	if gptq-solve --version | grep -q cuda; then
+		[ "$stderr" = "gptq-solve: device 'cuda': 0 GPUs visible" ]
+	else
+		[ "$stderr" = "gptq-solve: device 'cuda': built without CUDA" ]
+	fi
+	[ ! -e q.gqs ]
+	run -1 --separate-stderr gptq-solve -m "$M" --device tpu h.gqs
+	[ "$stderr" = "gptq-solve: unknown device 'tpu' (use cpu, cuda[:N] or hip[:N])" ]
+}
+
+@test "--device cuda solves like the CPU: g_idx exact, losses within 1%, 99% of codes" {
+	gptq-solve --version | grep -q 'cuda ([1-9]' || skip "no CUDA GPU"
+	run -2 --separate-stderr gptq-solve -m "$M" --device cuda --reference h.gqs
+	[ "${stderr_lines[0]}" = "gptq-solve: cannot use --reference with --device cuda:0: it runs on the CPU" ]
+	gptq-solve -m "$M" -g 32 --desc-act h.gqs >cpu.gqs
+	gptq-solve -m "$M" -g 32 --desc-act --device cuda h.gqs >gpu.gqs
+	gptq-dump --checksum cpu.gqs >cpu.json
+	gptq-dump --checksum gpu.gqs >gpu.json
+	diff <(jq -c 'select(.kind=="qlinear") | [.metadata.name, (.tensors[] | select(.name=="g_idx") | .fnv1a64)]' cpu.json) \
+		<(jq -c 'select(.kind=="qlinear") | [.metadata.name, (.tensors[] | select(.name=="g_idx") | .fnv1a64)]' gpu.json)
+	paste <(jq -r 'select(.kind=="qlinear") | .metadata.loss' cpu.json) \
+		<(jq -r 'select(.kind=="qlinear") | .metadata.loss' gpu.json) |
+		awk '{ d = ($1 - $2) / $1; if (d > 0.01 || d < -0.01) bad++ } END { exit bad }'
+	differ=0 total=0
+	for i in $(seq 0 13); do
+		gptq-dump -x codes --frame "$i" -o c.st cpu.gqs
+		gptq-dump -x codes --frame "$i" -o g.st gpu.gqs
+		differ=$((differ + $(cmp -l c.st g.st | wc -l)))
+		total=$((total + $(stat -c %s c.st)))
+	done
+	echo "codes differing: $differ of $total bytes"
+	[ "$((differ * 100))" -le "$total" ]
+}
+
 @test "--mse and --static-groups change the solution and keep it valid" {
 	gptq-solve -m "$M" -g 32 --objective h.gqs >plain.gqs
 	gptq-solve -m "$M" -g 32 --mse --objective h.gqs >mse.gqs

@@ -17,7 +17,7 @@ static const gq_tool tool = {
 	"gptq-solve",
 	"usage: gptq-solve -m MODEL [--bits B] [--group-size N] [--desc-act] [--static-groups]\n"
 	"                  [--sym | --asym] [--damp F] [--block N] [--mse] [--reference]\n"
-	"                  [--objective] [-o FILE] [-z] [FILE|-]...\n"
+	"                  [--objective] [--device DEV] [-o FILE] [-z] [FILE|-]...\n"
 	"       gptq-solve -m MODEL --rtn [--all] [--bits B] [--group-size N] ... [FILE|-]...\n",
 	"Quantize the modules named by each hessian frame with GPTQ.\n"
 	"  -m, --model DIR       the model the Hessians were collected on\n"
@@ -36,11 +36,12 @@ static const gq_tool tool = {
 	"      --all             with --rtn: every quantizable module, no input read\n"
 	"      --reference       the float64 unblocked solver (slow; for checking)\n"
 	"      --objective       report sum (W-Q) H (W-Q)^T per module\n"
+	"      --device DEV      where GPTQ solves: cpu (default), cuda[:N] or hip[:N]\n"
 	GQ_STREAM_OUT_HELP,
 };
 
 enum { OPT_DESC = GQ_OPT_TOOL_BASE, OPT_STATIC, OPT_SYM, OPT_ASYM, OPT_DAMP, OPT_BLOCK, OPT_MSE,
-       OPT_RTN, OPT_ALL, OPT_REF, OPT_OBJ };
+       OPT_RTN, OPT_ALL, OPT_REF, OPT_OBJ, OPT_DEVICE };
 
 typedef struct {
 	const gq_model *m;
@@ -157,11 +158,12 @@ int main(int argc, char **argv)
 		{"all", no_argument, 0, OPT_ALL},
 		{"reference", no_argument, 0, OPT_REF},
 		{"objective", no_argument, 0, OPT_OBJ},
+		{"device", required_argument, 0, OPT_DEVICE},
 		{0, 0, 0, 0},
 	};
 	gq_common common;
 	gq_stream_out out = {0};
-	gq_solve_opts so = {{4, 128, 0, 0, 1, 0.01, 128, 0, 1}, 0, 0, 0};
+	gq_solve_opts so = {{4, 128, 0, 0, 1, 0.01, 128, 0, 1}, 0, 0, 0, {GQ_DEV_CPU, 0}};
 	const char *model_dir = NULL;
 	gq_model *m;
 	int all = 0, c;
@@ -196,6 +198,10 @@ int main(int argc, char **argv)
 		case OPT_ALL: all = 1; break;
 		case OPT_REF: so.reference = 1; break;
 		case OPT_OBJ: so.objective = 1; break;
+		case OPT_DEVICE:
+			if (gq_device_parse(optarg, &so.device))
+				die("%s", gq_errmsg());
+			break;
 		default: gq_usage(&tool, 2);
 		}
 	}
@@ -209,6 +215,9 @@ int main(int argc, char **argv)
 		gq_usage_error(&tool, "--all reads no input");
 	if (so.rtn && so.reference)
 		gq_usage_error(&tool, "cannot use --rtn with --reference");
+	if (so.device.kind != GQ_DEV_CPU && (so.rtn || so.reference))
+		gq_usage_error(&tool, "cannot use --%s with --device %s: it runs on the CPU",
+			       so.rtn ? "rtn" : "reference", gq_device_name(so.device));
 	so.gptq.threads = common.threads;
 	if (gq_model_open(&m, model_dir))
 		die("%s", gq_errmsg());

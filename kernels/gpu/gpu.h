@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "cpu/qgemv.h"
+#include "gptq.h"
 #include "tensor.h"
 
 #ifdef __cplusplus
@@ -100,6 +101,20 @@ int gq_gpu_hessian_add(gq_gpu_hessian *h, const void *X, int64_t ldx, int64_t ro
 int gq_gpu_hessian_add_host(gq_gpu_hessian *h, const float *x, int64_t rows, const uint8_t *mask);
 /* The unnormalised sum [n, n] to the host (after the work queued on it). */
 int gq_gpu_hessian_download(const gq_gpu_hessian *h, float *sum);
+
+/*
+ * The GPTQ solve of W [rows, cols] with H [cols, cols] (host memory) on the
+ * current device (gptq.cu), for gq_gptq_solve_gpu in lib/gptq.c, which
+ * checks the options and computes on the host what is O(cols): perm [cols]
+ * (act order; NULL without) and mean, the mean of H's diagonal once dead
+ * columns have 1 there. Out (host): pcodes [rows, cols] in permuted column
+ * order, scale and zero [n_groups, rows], loss (Σ err² / 2), the damp that
+ * succeeded and the retries it took. cuBLAS and cuSOLVER handles are made
+ * on first use for the device current then; one host thread at a time.
+ */
+int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t cols, const gq_gptq_opts *o,
+		const int64_t *perm, double mean, uint8_t *pcodes, float *scale, float *zero,
+		double *loss, double *damp_used, int *retries);
 
 #ifdef __cplusplus
 }

@@ -49,10 +49,29 @@
 #define cudaDataType_t hipDataType
 #define CUBLAS_COMPUTE_32F HIPBLAS_COMPUTE_32F
 #define CUBLAS_GEMM_DEFAULT HIPBLAS_GEMM_DEFAULT
+#define cublasSgemm hipblasSgemm
+#define CUBLAS_FILL_MODE_LOWER HIPSOLVER_FILL_MODE_LOWER
+#include <hipsolver/hipsolver.h>
+#define cusolverDnHandle_t hipsolverDnHandle_t
+#define cusolverStatus_t hipsolverStatus_t
+#define CUSOLVER_STATUS_SUCCESS HIPSOLVER_STATUS_SUCCESS
+#define cusolverDnCreate hipsolverDnCreate
+#define cusolverDnSpotrf_bufferSize hipsolverDnSpotrf_bufferSize
+#define cusolverDnSpotrf hipsolverDnSpotrf
+#define cusolverDnSpotri_bufferSize hipsolverDnSpotri_bufferSize
+#define cusolverDnSpotri hipsolverDnSpotri
+#define cudaGetDevice hipGetDevice
+#define cudaDeviceGetAttribute hipDeviceGetAttribute
+#define cudaDevAttrMaxSharedMemoryPerBlockOptin hipDeviceAttributeSharedMemPerBlockOptin
+#define cudaFuncSetAttribute(f, a, v) hipFuncSetAttribute((const void *)(f), a, v)
+#define cudaFuncAttributeMaxDynamicSharedMemorySize hipFuncAttributeMaxDynamicSharedMemorySize
+#define cudaMemset hipMemset
+#define cudaMemcpyDeviceToDevice hipMemcpyDeviceToDevice
 #else
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cublas_v2.h>
+#include <cusolverDn.h>
 #endif
 
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
