@@ -6,8 +6,9 @@
  * gq_backend, so gq_model_decode (generation, --forward, perplexity) runs
  * here unchanged. Layers may be split over several devices in order.
  *
- * Covered: rotary or learned positions, separate or concatenated q/k/v
- * projections, pre-norm blocks with RMS/gemma/layer norms (gemma2 sandwich
+ * Covered (checked against the CPU: llama, mistral, qwen2, qwen3, mixtral,
+ * gemma2, phi3, gpt2): rotary or learned positions, separate or
+ * concatenated q/k/v projections, pre-norm blocks with RMS/gemma/layer norms (gemma2 sandwich
  * norms, qwen3 q/k norms), softcapping, sliding windows, GQA, GLU (also
  * fused), plain and MoE MLPs, biases. Anything else fails at open, naming
  * the feature; CPU-only builds fail naming the missing backend.

@@ -23,7 +23,7 @@
 /* The fixtures the GPU must run (others must be refused by name). */
 static const char *covered[] = {"llama3_rope", "llama_legacy_rope", "llama_linear_rope",
 				"mistral_window", "qwen2_window", "qwen3", "mixtral_top2of4",
-				"gemma2_window", "gpt2_layer_scaled", "gpt_bigcode_mha"};
+				"gemma2_window", "gpt2_layer_scaled"};
 
 static const char *testdata(const char *rel)
 {
