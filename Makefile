@@ -4,8 +4,9 @@
 #   make              build every tool into bin/ (and lib/libgq.a)
 #   make check        C unit tests + bats CLI tests (+ man page EXAMPLES)
 #   make deps         install the Debian build/test packages when missing (needs root)
-#   make bench-gpu    GPU benchmarks (CUDA): int4 products against cuBLAS fp16, and the
-#                     GPTQ solve against the CPU solver, same run
+#   make bench-gpu    GPU benchmarks (CUDA): int4 products against cuBLAS fp16, the GPTQ
+#                     solve against the CPU solver, and decoding a llama-7B shape, int4
+#                     against our fp16 path, graphs on and off, same run
 #   make bench        CPU benchmarks (ratios against a baseline measured in the same run;
 #                     bench_memory.sh quantizes 2 and 20 GB models: GQ_BENCH_MEM_GB=1 is quicker)
 #   make demo         build the bundled tiny checkpoint under tests/data/generated and run
@@ -199,7 +200,7 @@ $(OBJDIR)/bench/%: $(OBJDIR)/tests/bench/%.o $(LIB)
 	$(CC) $(GQ_LDFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 bench: all $(BENCH_BIN) $(TESTGEN)
-	@set -e; for b in $(BENCH_BIN) tests/bench/*.sh; do echo "== $${b##*/}"; \
+	@set -e; for b in $(BENCH_BIN) $(filter-out tests/bench/bench_gpu_%,$(wildcard tests/bench/*.sh)); do echo "== $${b##*/}"; \
 		PATH=$(CURDIR)/$(BINDIR):$$PATH GQ_SHARED=$(CURDIR)/../shared GQ_TESTGEN=$(CURDIR)/$(TESTGEN) $$b; done
 
 # the GPU benchmarks: qgemm is C++ for nvcc (graphs, events), gptq plain C;
@@ -210,8 +211,9 @@ $(OBJDIR)/tests/bench/bench_gpu_qgemm.o: tests/bench/bench_gpu_qgemm.cu $(wildca
 	@mkdir -p $(@D)
 	$(NVCC) -O2 -std=c++17 -Ilib -Ikernels $(CPPFLAGS) -DGQ_CUDA -c -o $@ $<
 
-bench-gpu: $(if $(filter cuda,$(GPU)),$(GPU_BENCH))
+bench-gpu: $(if $(filter cuda,$(GPU)),all $(GPU_BENCH) $(TESTGEN))
 	$(if $(filter cuda,$(GPU)),set -e; for b in $(GPU_BENCH); do echo "== $${b##*/}"; $$b; done,@echo "bench-gpu: built without CUDA" >&2; exit 1)
+	PATH=$(CURDIR)/$(BINDIR):$$PATH GQ_TESTGEN=$(CURDIR)/$(TESTGEN) tests/bench/bench_gpu_decode.sh
 
 deps:
 	@sh tests/deps.sh

@@ -77,6 +77,36 @@ int gq_device_parse(const char *s, gq_device *d)
 	return GQ_OK;
 }
 
+int gq_device_parse_list(const char *s, gq_device *d, int max, int *n)
+{
+	char buf[64];
+	const char *p = s;
+	int rc;
+
+	for (*n = 0;; (*n)++) {
+		const char *comma = strchr(p, ',');
+		size_t len = comma ? (size_t)(comma - p) : strlen(p);
+
+		if (*n == max)
+			return gq_err(GQ_ERR_ARG, "device list '%s': more than %d devices", s, max);
+		if (len == 0 || len >= sizeof buf)
+			return gq_err(GQ_ERR_ARG, "device list '%s': empty or overlong entry", s);
+		memcpy(buf, p, len);
+		buf[len] = '\0';
+		if ((rc = gq_device_parse(buf, &d[*n])))
+			return rc;
+		if (*n > 0 && (d[*n].kind == GQ_DEV_CPU || d[*n].kind != d[0].kind))
+			return gq_err(GQ_ERR_ARG, "device list '%s': only GPUs of one kind split layers", s);
+		if (!comma)
+			break;
+		p = comma + 1;
+	}
+	(*n)++;
+	if (*n > 1 && d[0].kind == GQ_DEV_CPU)
+		return gq_err(GQ_ERR_ARG, "device list '%s': only GPUs of one kind split layers", s);
+	return GQ_OK;
+}
+
 gq_device gq_device_default(void)
 {
 	gq_device d = {GQ_DEV_CPU, 0};

@@ -28,6 +28,11 @@ int gq_gpu_count(void);
  * device is absent.
  */
 int gq_device_parse(const char *s, gq_device *d);
+/*
+ * A comma-separated list ("cuda:0,cuda:1": layers split in that order) into
+ * d [max], *n entries; "cpu" only alone.
+ */
+int gq_device_parse_list(const char *s, gq_device *d, int max, int *n);
 /* The GPU if one was built and is present, else the CPU. */
 gq_device gq_device_default(void);
 /* "cpu", "cuda:0", ... (static buffer). */

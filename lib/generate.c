@@ -172,19 +172,6 @@ typedef struct {
 	int32_t token; /* -1: a finished beam carried over unchanged */
 } candidate;
 
-static void copy_cache(const gq_model *m, gq_kv_cache *dst, const gq_kv_cache *src)
-{
-	int64_t row = m->cfg.n_kv_heads * m->cfg.head_dim;
-
-	for (int64_t l = 0; l < m->cfg.n_layers; l++) {
-		size_t off = (size_t)(l * src->capacity * row), n = (size_t)(src->len * row);
-
-		memcpy(dst->k + off, src->k + off, n * sizeof *dst->k);
-		memcpy(dst->v + off, src->v + off, n * sizeof *dst->v);
-	}
-	dst->len = src->len;
-}
-
 /* Keeps the best `cap` candidates in c [n], sorted by rank descending. */
 static void offer(candidate *c, int *n, int cap, candidate x)
 {
@@ -255,11 +242,12 @@ static int beam_search(const gq_model *m, const gq_layer *layers, const int32_t 
 		}
 		if (!running)
 			break;
-		for (int c = 0; c < nc; c++) {
+		for (int c = 0; c < nc && rc == GQ_OK; c++) {
 			const beam *src = &bm[cand[c].beam];
 			beam *dst = &nx[c];
 
-			copy_cache(m, &dst->cache, &src->cache);
+			if ((rc = gq_kv_cache_copy(m, &dst->cache, &src->cache)))
+				break;
 			memcpy(dst->ids, src->ids, (size_t)src->n * sizeof *dst->ids);
 			dst->n = src->n;
 			dst->score = cand[c].score;

@@ -691,8 +691,7 @@ static int linear(const gq_model *m, const gq_linear *l, const float *x, int64_t
 
 /* ---- rotary embeddings ---- */
 
-/* inv_freq [rot/2] as transformers computes it (float32), for a sequence reaching seq_len. */
-static void rope_inv_freq(const gq_config *c, int64_t seq_len, float *inv)
+void gq_rope_inv_freq(const gq_config *c, int64_t seq_len, float *inv)
 {
 	int64_t rot = c->rotary_dim;
 	double base = c->rope_theta;
@@ -995,7 +994,7 @@ static int attention(block_ctx *b, const float *h, int64_t T, int64_t pos0, gq_k
 	if (m->arch.pos == GQ_POS_ROPE && half > 0) {
 		float *inv = cs + 2 * T * half, *cosv = cs, *sinv = cs + T * half;
 
-		rope_inv_freq(c, pos0 + T, inv);
+		gq_rope_inv_freq(c, pos0 + T, inv);
 		for (int64_t t = 0; t < T; t++)
 			for (int64_t i = 0; i < half; i++) {
 				float ang = (float)(pos0 + t) * inv[i]; /* float32, as torch */
@@ -1434,8 +1433,12 @@ int gq_kv_cache_init(const gq_model *m, gq_kv_cache *c, int64_t capacity)
 {
 	size_t n = (size_t)(m->cfg.n_layers * capacity * m->cfg.n_kv_heads * m->cfg.head_dim);
 
+	memset(c, 0, sizeof *c);
 	c->capacity = capacity;
-	c->len = 0;
+	if (m->backend) {
+		c->be = m->backend;
+		return m->backend->cache_init(m->backend->ctx, c, capacity);
+	}
 	c->k = malloc(n * sizeof *c->k);
 	c->v = malloc(n * sizeof *c->v);
 	if (!c->k || !c->v) {
@@ -1448,9 +1451,32 @@ int gq_kv_cache_init(const gq_model *m, gq_kv_cache *c, int64_t capacity)
 
 void gq_kv_cache_free(gq_kv_cache *c)
 {
+	if (c->be)
+		c->be->cache_free(c->be->ctx, c);
 	free(c->k);
 	free(c->v);
 	c->k = c->v = NULL;
+	c->dev = NULL;
+}
+
+int gq_kv_cache_copy(const gq_model *m, gq_kv_cache *dst, const gq_kv_cache *src)
+{
+	int64_t row = m->cfg.n_kv_heads * m->cfg.head_dim;
+
+	if (src->len > dst->capacity)
+		return gq_err(GQ_ERR_ARG, "KV cache of %lld positions copied into one of %lld",
+			      (long long)src->len, (long long)dst->capacity);
+	if (m->backend)
+		return m->backend->cache_copy(m->backend->ctx, dst, src);
+	for (int64_t l = 0; l < m->cfg.n_layers; l++) {
+		size_t off_s = (size_t)(l * src->capacity * row), off_d = (size_t)(l * dst->capacity * row);
+		size_t n = (size_t)(src->len * row);
+
+		memcpy(dst->k + off_d, src->k + off_s, n * sizeof *dst->k);
+		memcpy(dst->v + off_d, src->v + off_s, n * sizeof *dst->v);
+	}
+	dst->len = src->len;
+	return GQ_OK;
 }
 
 int gq_model_forward(const gq_model *m, const int32_t *ids, int64_t T, float *logits,
@@ -1524,9 +1550,12 @@ int gq_model_decode(const gq_model *m, const gq_layer *layers, gq_kv_cache *cach
 {
 	int64_t d = m->cfg.hidden, w = d > gq_model_out_dim(m) ? d : gq_model_out_dim(m);
 	int64_t pos0 = cache->len;
-	float *x = malloc((size_t)(T * w) * sizeof *x);
+	float *x;
 	int rc;
 
+	if (m->backend)
+		return m->backend->decode(m->backend->ctx, cache, ids, T, last_only, logits);
+	x = malloc((size_t)(T * w) * sizeof *x);
 	if (!x)
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	rc = gq_model_embed(m, ids, T, pos0, x);

@@ -43,6 +43,7 @@ typedef struct gq_model {
 	int n_steps;
 	gq_pool *pool;      /* threads for quantized kernels (NULL: one); set by the caller */
 	float *head;        /* [vocab, out_dim] float32 output head while layers are resident, else NULL */
+	const struct gq_backend *backend; /* runs gq_model_decode elsewhere (the GPU), or NULL */
 } gq_model;
 
 typedef struct {
@@ -80,8 +81,25 @@ typedef struct {
 typedef struct {
 	int64_t capacity; /* positions each layer can hold */
 	int64_t len;      /* positions filled (the next token's position) */
-	float *k, *v;     /* [n_layers][capacity][n_kv_heads * head_dim] */
+	float *k, *v;     /* [n_layers][capacity][n_kv_heads * head_dim]; NULL with a backend */
+	const struct gq_backend *be; /* the backend holding this cache, or NULL */
+	void *dev;        /* the backend's state of this cache (device buffers, graphs) */
 } gq_kv_cache;
+
+/*
+ * A forward pass on another device (lib/gpumodel.c). With m->backend set,
+ * gq_model_decode and the KV cache functions below go through it, and the
+ * `layers` argument of gq_model_decode is not read (may be NULL). The
+ * backend keeps its own weights; embedding stays on the CPU.
+ */
+typedef struct gq_backend {
+	int (*cache_init)(void *ctx, gq_kv_cache *c, int64_t capacity);
+	void (*cache_free)(void *ctx, gq_kv_cache *c);
+	int (*cache_copy)(void *ctx, gq_kv_cache *dst, const gq_kv_cache *src);
+	int (*decode)(void *ctx, gq_kv_cache *c, const int32_t *ids, int64_t T, int last_only,
+		      float *logits);
+	void *ctx;
+} gq_backend;
 
 /* Opens dir: config, checkpoint, architecture; checks every tensor exists with its shape. */
 int gq_model_open(gq_model **m, const char *dir);
@@ -125,6 +143,11 @@ int gq_model_logits(const gq_model *m, const float *x, int64_t T, float *logits)
 
 int gq_kv_cache_init(const gq_model *m, gq_kv_cache *c, int64_t capacity);
 void gq_kv_cache_free(gq_kv_cache *c);
+/* dst = src's filled positions (same model, dst at least as large): beam search. */
+int gq_kv_cache_copy(const gq_model *m, gq_kv_cache *dst, const gq_kv_cache *src);
+
+/* inv_freq [rotary_dim / 2] of the rotary embedding for a sequence reaching seq_len (float32, as torch). */
+void gq_rope_inv_freq(const gq_config *c, int64_t seq_len, float *inv);
 
 /*
  * Loads every layer (for generation); *layers holds n_layers entries. The

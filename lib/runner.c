@@ -13,18 +13,25 @@
 #include <string.h>
 #include <unistd.h>
 
-int gq_runner_open(gq_runner *r, const char *dir, int threads)
+int gq_runner_open(gq_runner *r, const char *dir, int threads, const char *device)
 {
+	gq_device devs[16];
 	char path[4096];
-	int rc;
+	int rc, n_devs = 1;
 
 	memset(r, 0, sizeof *r);
 	/* OpenBLAS runs the float GEMMs, the pool the quantized ones: same thread budget */
 	openblas_set_num_threads(threads);
-	if ((rc = gq_model_open(&r->model, dir)) || (rc = gq_pool_create(&r->pool, threads)))
+	devs[0] = (gq_device){GQ_DEV_CPU, 0};
+	if ((device && (rc = gq_device_parse_list(device, devs, 16, &n_devs))) ||
+	    (rc = gq_model_open(&r->model, dir)) || (rc = gq_pool_create(&r->pool, threads)))
 		goto fail;
 	r->model->pool = r->pool;
-	if ((rc = gq_model_load_layers(r->model, &r->layers)))
+	if (devs[0].kind == GQ_DEV_CPU)
+		rc = gq_model_load_layers(r->model, &r->layers);
+	else
+		rc = gq_gpu_model_open(&r->gpu, r->model, devs, n_devs);
+	if (rc)
 		goto fail;
 	snprintf(path, sizeof path, "%s/tokenizer.json", dir);
 	if (access(path, F_OK) == 0 && (rc = gq_tok_load(&r->tok, dir)))
@@ -41,6 +48,7 @@ fail:
 
 void gq_runner_close(gq_runner *r)
 {
+	gq_gpu_model_close(r->gpu);
 	if (r->model)
 		gq_model_free_layers(r->model, r->layers);
 	gq_model_close(r->model);
@@ -81,6 +89,10 @@ void gq_runner_weight_bytes(const gq_runner *r, gq_weight_bytes *b)
 {
 	const gq_model *m = r->model;
 
+	if (r->gpu) {
+		gq_gpu_model_weight_bytes(r->gpu, &b->linears, &b->head);
+		return;
+	}
 	b->linears = 0;
 	for (int l = 0; l < m->cfg.n_layers; l++)
 		for (int i = 0; i < m->n_modules; i++) {

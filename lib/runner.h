@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "generate.h"
+#include "gpumodel.h"
 #include "model.h"
 #include "safetensors.h"
 #include "stream.h"
@@ -16,22 +17,27 @@
 
 typedef struct {
 	gq_model *model;
-	gq_layer *layers;  /* [n_layers] */
+	gq_layer *layers;  /* [n_layers]; NULL when the model runs on a GPU */
+	gq_gpu_model *gpu; /* the model's weights on the GPU(s), or NULL */
 	gq_tokenizer *tok; /* NULL when the directory has no tokenizer.json */
 	gq_pool *pool;
 	int32_t stop[2];   /* EOS ids: the tokenizer's and config.json's (distinct) */
 	int n_stop;
 } gq_runner;
 
-/* Opens dir with `threads` threads for the quantized kernels (and OpenBLAS). */
-int gq_runner_open(gq_runner *r, const char *dir, int threads);
+/*
+ * Opens dir with `threads` threads for the quantized kernels (and OpenBLAS)
+ * on device: "cpu" (or NULL), "cuda[:N]", or a list splitting the layers
+ * ("cuda:0,cuda:1").
+ */
+int gq_runner_open(gq_runner *r, const char *dir, int threads, const char *device);
 void gq_runner_close(gq_runner *r);
 
 /* Text to ids, with the tokenizer's BOS when add_bos and it has one; *ids malloc'd. */
 int gq_runner_encode(const gq_runner *r, const char *text, size_t len, int add_bos, int32_t **ids,
 		     int64_t *n);
 
-/* Bytes one decoding step reads: quantized or float32 linears plus the output head. */
+/* Bytes one decoding step reads: quantized or float32 (fp16 on a GPU) linears plus the output head. */
 typedef struct {
 	uint64_t linears, head;
 } gq_weight_bytes;

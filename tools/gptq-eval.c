@@ -24,6 +24,8 @@ static const gq_tool tool = {
 	"                 [--choices-field F] [--json]\n",
 	"Measure checkpoints (fp or GPTQ): perplexity, KL divergence, task scores.\n"
 	"  -m, --model DIR       a model to evaluate; repeat for a side-by-side table\n"
+	"      --device DEV      cpu (default), cuda[:N], or cuda:0,cuda:1,... to split the\n"
+	"                        layers over GPUs in that order (--ref runs there too)\n"
 	"      --ref DIR         reference model (the fp original): adds its perplexity, the\n"
 	"                        KL divergence of each model from it and top-1 agreement\n"
 	"      --text FILE       perplexity of a text file ('-': stdin)\n"
@@ -47,14 +49,14 @@ static const gq_tool tool = {
 
 enum { OPT_REF = GQ_OPT_TOOL_BASE, OPT_TEXT, OPT_PROTOCOL, OPT_CTX, OPT_CHUNKS, OPT_TOKENS,
        OPT_TASK, OPT_DATA, OPT_LIMIT, OPT_MAX_NEW, OPT_TEXT_FIELD, OPT_LABEL_FIELD,
-       OPT_CHOICES_FIELD, OPT_JSON };
+       OPT_CHOICES_FIELD, OPT_JSON, OPT_DEVICE };
 
 enum { MAX_MODELS = 32 };
 
 typedef struct {
 	const char *models[MAX_MODELS];
 	int n_models;
-	const char *ref, *text, *tokens, *data;
+	const char *ref, *text, *tokens, *data, *device;
 	gq_ppl_protocol protocol;
 	int64_t ctx, chunks;
 	int have_task, json;
@@ -296,6 +298,7 @@ int main(int argc, char **argv)
 		{"label-field", required_argument, 0, OPT_LABEL_FIELD},
 		{"choices-field", required_argument, 0, OPT_CHOICES_FIELD},
 		{"json", no_argument, 0, OPT_JSON},
+		{"device", required_argument, 0, OPT_DEVICE},
 		{0, 0, 0, 0},
 	};
 	options o = {.protocol = GQ_PPL_LLAMACPP};
@@ -337,6 +340,7 @@ int main(int argc, char **argv)
 		case OPT_LABEL_FIELD: o.to.label_field = optarg; break;
 		case OPT_CHOICES_FIELD: o.to.choices_field = optarg; break;
 		case OPT_JSON: o.json = 1; break;
+		case OPT_DEVICE: o.device = optarg; break;
 		default: gq_usage(&tool, 2);
 		}
 	}
@@ -358,14 +362,14 @@ int main(int argc, char **argv)
 	if (o.ctx == 0)
 		o.ctx = gq_ppl_default_ctx(o.protocol);
 	gq_task_defaults(o.task, &o.to);
-	if (o.ref && gq_runner_open(&ref, o.ref, common.threads))
+	if (o.ref && gq_runner_open(&ref, o.ref, common.threads, o.device))
 		die("%s", gq_errmsg());
 	res = ecalloc((size_t)o.n_models, sizeof *res);
 	for (int i = 0; i < o.n_models; i++) {
 		gq_runner r;
 
 		/* one model resident at a time (with the reference): they may be large */
-		if (gq_runner_open(&r, o.models[i], common.threads))
+		if (gq_runner_open(&r, o.models[i], common.threads, o.device))
 			die("%s", gq_errmsg());
 		res[i].model = o.models[i];
 		if (o.have_task) {

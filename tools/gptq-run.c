@@ -1,6 +1,7 @@
 /*
- * gptq-run - generate text with an fp or GPTQ checkpoint on the CPU; also
- * its throughput (--bench) and per-token log-probabilities (--forward).
+ * gptq-run - generate text with an fp or GPTQ checkpoint on the CPU or a
+ * GPU; also its throughput (--bench) and per-token log-probabilities
+ * (--forward).
  */
 #include "calib.h"
 #include "cli.h"
@@ -19,8 +20,12 @@ static const gq_tool tool = {
 	"       gptq-run -m MODEL --batch FILE [-n N] [sampling]\n"
 	"       gptq-run -m MODEL --bench [--pp N] [--tg N] [--reps R] [--json]\n"
 	"       gptq-run -m MODEL --forward [--logits] [-o FILE] [-z] [FILE|-]...\n",
-	"Generate text with a checkpoint (fp16/bf16/fp32 or GPTQ 2/3/4/8-bit) on the CPU.\n"
+	"Generate text with a checkpoint (fp16/bf16/fp32 or GPTQ 2/3/4/8-bit) on the CPU or a GPU.\n"
 	"  -m, --model DIR       model directory (config.json, safetensors, tokenizer.json)\n"
+	"      --device DEV      cpu (default), cuda[:N], or cuda:0,cuda:1,... to split the\n"
+	"                        layers over GPUs in that order\n"
+	"      --no-graphs       on a GPU, launch each decoding step's kernels one by one\n"
+	"                        instead of replaying a captured CUDA graph\n"
 	"  -p, --prompt TEXT     prompt text (default: empty, i.e. BOS only)\n"
 	"  -f, --file FILE       read the prompt from FILE ('-': stdin)\n"
 	"      --prompt-ids IDS  prompt as token ids, separated by commas or spaces\n"
@@ -49,12 +54,13 @@ static const gq_tool tool = {
 
 enum { OPT_PROMPT_IDS = GQ_OPT_TOOL_BASE, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_REPEAT, OPT_SEED,
        OPT_BEAMS, OPT_NO_BOS, OPT_IGNORE_EOS, OPT_ECHO, OPT_PRINT_IDS, OPT_BATCH, OPT_FIELD,
-       OPT_BENCH, OPT_PP, OPT_TG, OPT_REPS, OPT_JSON, OPT_FORWARD, OPT_LOGITS, OPT_FORCE };
+       OPT_BENCH, OPT_PP, OPT_TG, OPT_REPS, OPT_JSON, OPT_FORWARD, OPT_LOGITS, OPT_FORCE,
+       OPT_DEVICE, OPT_NO_GRAPHS };
 
 typedef struct {
-	const char *model, *prompt, *prompt_file, *prompt_ids, *batch, *field;
+	const char *model, *prompt, *prompt_file, *prompt_ids, *batch, *field, *device;
 	gq_gen_opts gen;
-	int no_bos, ignore_eos, echo, print_ids, bench, json, forward, logits;
+	int no_bos, ignore_eos, echo, print_ids, bench, json, forward, logits, no_graphs;
 	gq_bench_opts bo;
 	gq_stream_out out;
 } options;
@@ -205,10 +211,12 @@ static void bench(const gq_runner *r, const options *o, int threads)
 	gq_runner_weight_bytes(r, &wb);
 	gb = (double)(wb.linears + wb.head) / 1e9;
 	if (o->json) {
-		printf("{\"model\":\"%s\",\"quant\":\"%s\",\"bits\":%d,\"threads\":%d,\"pp\":%lld,"
+		printf("{\"model\":\"%s\",\"device\":\"%s\",\"graphs\":%s,\"quant\":\"%s\","
+		       "\"bits\":%d,\"threads\":%d,\"pp\":%lld,"
 		       "\"tg\":%lld,\"reps\":%d,\"pp_tok_s\":%.3f,\"pp_sd\":%.3f,\"tg_tok_s\":%.3f,"
 		       "\"tg_sd\":%.3f,\"linear_bytes\":%llu,\"head_bytes\":%llu,\"tg_gb_s\":%.3f}\n",
-		       r->model->dir, quant, r->model->cfg.quant_bits, threads, (long long)o->bo.n_prompt,
+		       r->model->dir, o->device ? o->device : "cpu",
+		       r->gpu && !o->no_graphs ? "true" : "false", quant, r->model->cfg.quant_bits, threads, (long long)o->bo.n_prompt,
 		       (long long)o->bo.n_gen, o->bo.reps, res.pp_tok_s, res.pp_sd, res.tg_tok_s,
 		       res.tg_sd, (unsigned long long)wb.linears, (unsigned long long)wb.head,
 		       gb * res.tg_tok_s);
@@ -226,7 +234,8 @@ static void bench(const gq_runner *r, const options *o, int threads)
 			continue;
 		snprintf(test, sizeof test, "%s%lld", k ? "tg" : "pp",
 			 (long long)(k ? o->bo.n_gen : o->bo.n_prompt));
-		snprintf(w, sizeof w, r->model->cfg.quant_bits ? "int%d" : "f32", r->model->cfg.quant_bits);
+		snprintf(w, sizeof w, r->model->cfg.quant_bits ? "int%d" : r->gpu ? "f16" : "f32",
+			 r->model->cfg.quant_bits);
 		printf("| %-30.30s | %-7s | %7.3f | %7d | %-6s | %9.2f ± %5.2f |\n", r->model->dir, w, gb,
 		       threads, test, v, sd);
 	}
@@ -306,6 +315,8 @@ int main(int argc, char **argv)
 		{"json", no_argument, 0, OPT_JSON},
 		{"forward", no_argument, 0, OPT_FORWARD},
 		{"logits", no_argument, 0, OPT_LOGITS},
+		{"device", required_argument, 0, OPT_DEVICE},
+		{"no-graphs", no_argument, 0, OPT_NO_GRAPHS},
 		{0, 0, 0, 0},
 	};
 	options o = {.field = "prompt",
@@ -348,6 +359,8 @@ int main(int argc, char **argv)
 		case OPT_JSON: o.json = 1; break;
 		case OPT_FORWARD: o.forward = 1; break;
 		case OPT_LOGITS: o.logits = 1; break;
+		case OPT_DEVICE: o.device = optarg; break;
+		case OPT_NO_GRAPHS: o.no_graphs = 1; break;
 		default: gq_usage(&tool, 2);
 		}
 	}
@@ -366,8 +379,10 @@ int main(int argc, char **argv)
 		gq_usage_error(&tool, "-o, -z and --force apply to --forward (text goes to stdout)");
 	if (o.gen.beams > 1 && o.gen.temperature > 0)
 		gq_usage_error(&tool, "--beams is deterministic: it cannot be combined with --temp");
-	if (gq_runner_open(&r, o.model, common.threads))
+	if (gq_runner_open(&r, o.model, common.threads, o.device))
 		die("%s", gq_errmsg());
+	if (r.gpu)
+		gq_gpu_model_use_graphs(r.gpu, !o.no_graphs);
 	if (!o.ignore_eos) {
 		o.gen.stop = r.stop;
 		o.gen.n_stop = r.n_stop;

@@ -37,7 +37,7 @@ static void test_ppl_matches_full_forward(void)
 	gq_ppl_sums s = {0}, self = {0};
 	double nll = 0;
 
-	CHECK_OK(gq_runner_open(&r, FIXTURE, 2));
+	CHECK_OK(gq_runner_open(&r, FIXTURE, 2, NULL));
 	if (check_test_failed)
 		return;
 	int64_t V = r.model->cfg.vocab;
@@ -69,7 +69,7 @@ static void test_continuation_logprob(void)
 	float lp[11];
 	double sum = 0, got;
 
-	CHECK_OK(gq_runner_open(&r, FIXTURE, 1));
+	CHECK_OK(gq_runner_open(&r, FIXTURE, 1, NULL));
 	if (check_test_failed)
 		return;
 	CHECK_OK(gq_sequence_logprobs(r.model, r.layers, ids, 12, lp, NULL));

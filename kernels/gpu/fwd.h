@@ -1,0 +1,106 @@
+/*
+ * fwd.h - the GPU pieces of a transformer block other than the matrix
+ * products (those are gpu.h's): streams and CUDA graphs, norms (fused with
+ * a residual add), activations, rotary embeddings (fused with qwen3's
+ * per-head norm), the KV cache store and attention, MoE row gathering.
+ *
+ * Activations are fp32 [T, width] row-major unless named 16 (fp16, the
+ * input of the products). Everything runs asynchronously on `stream`; pos0
+ * is a device int64 holding the position of the first of the T rows, so a
+ * captured graph serves every position.
+ */
+#ifndef GQ_GPU_FWD_H
+#define GQ_GPU_FWD_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int gq_gpu_stream_create(void **stream);
+void gq_gpu_stream_destroy(void *stream);
+int gq_gpu_stream_sync(void *stream);
+int gq_gpu_upload_async(void *dst, const void *src, uint64_t bytes, void *stream);
+int gq_gpu_download_async(void *dst, const void *src, uint64_t bytes, void *stream);
+/* Device to device, also across devices (unified addressing). */
+int gq_gpu_copy_async(void *dst, const void *src, uint64_t bytes, void *stream);
+int gq_gpu_zero_async(void *dst, uint64_t bytes, void *stream);
+
+/* Stream capture into a graph: begin, the work, end; then launch it any number of times. */
+int gq_gpu_graph_begin(void *stream);
+int gq_gpu_graph_end(void *stream, void **exec);
+int gq_gpu_graph_launch(void *exec, void *stream);
+void gq_gpu_graph_destroy(void *exec);
+
+/* Norm kinds, numbered as gq_norm_kind (arch.h). */
+enum { GQ_GPU_NORM_LAYER, GQ_GPU_NORM_RMS, GQ_GPU_NORM_RMS_GEMMA };
+/* Activations, numbered as gq_act_kind (config.h). */
+
+/*
+ * Row norms of x [T, d]: when add is not NULL, x += add first (x is
+ * written back). Then y = norm(x) with weight w [d] and bias b [d] (NULL:
+ * none) into y32 (may be x) and/or y16; either may be NULL.
+ */
+int gq_gpu_norm(int kind, float *x, const float *add, int64_t T, int64_t d, const float *w,
+		const float *b, double eps, float *y32, void *y16, void *stream);
+/* x [n] += a [n]. */
+int gq_gpu_add(float *x, const float *a, int64_t n, void *stream);
+/* y[t * ld + o] += b[o] for t < T, o < n. */
+int gq_gpu_bias(float *y, int64_t ld, const float *b, int64_t T, int64_t n, void *stream);
+/* x [n] = cap * tanh(x / cap). */
+int gq_gpu_softcap(float *x, int64_t n, double cap, void *stream);
+/*
+ * y16 [T, n] = act(g) * u (u not NULL, the GLU) or act(g); g and u have row
+ * strides ldg, ldu. act is a gq_act_kind.
+ */
+int gq_gpu_act(int act, const float *g, int64_t ldg, const float *u, int64_t ldu, int64_t T,
+	       int64_t n, void *y16, void *stream);
+
+/*
+ * Per head of x [T, heads * hd] (row stride ld), in place: with norm_w [hd]
+ * an RMS norm first (qwen3), then the rotary embedding of the leading
+ * 2 * half dims at position *pos0 + t with inv_freq [half] (skipped when
+ * half is 0); pairs (2i, 2i+1) when interleaved, else (i, i + half).
+ */
+int gq_gpu_qk_rope(float *x, int64_t ld, int64_t T, int64_t heads, int64_t hd,
+		   const float *norm_w, double eps, const float *inv_freq, int64_t half,
+		   int interleaved, const int64_t *pos0, void *stream);
+
+/* Rows k, v [T, width] (strides ldk, ldv) into cache rows *pos0.. of ck, cv [capacity, width]. */
+int gq_gpu_kv_store(const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t T,
+		    int64_t width, float *ck, float *cv, const int64_t *pos0, void *stream);
+
+typedef struct {
+	int64_t H, KV, hd;  /* query heads, key/value heads, head width */
+	double scale;       /* applied to q·k */
+	double softcap;     /* 0: none (gemma2: cap * tanh(s / cap)) */
+	int64_t window;     /* 0: full causal; else keys in (p - window, p] */
+	int64_t capacity;   /* rows of the cache */
+} gq_gpu_attn;
+
+/* Largest cache (positions) gq_gpu_attention handles: its scores live in shared memory. */
+int64_t gq_gpu_attention_max_capacity(int64_t hd);
+/* Lets the attention kernel use that much shared memory on the current device; once per device. */
+int gq_gpu_attention_init(void);
+
+/*
+ * out16 [T, H * hd] = causal softmax attention of the T queries q [T, H *
+ * hd] (stride ldq) at positions *pos0 + t over cache rows 0 .. *pos0 + t of
+ * K, V [capacity, KV * hd].
+ */
+int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ldq, const float *K,
+		     const float *V, int64_t T, const int64_t *pos0, void *out16, void *stream);
+
+/* y16 [n, d] = x16 rows rows[i] of [*, d] (MoE: the tokens routed to one expert). */
+int gq_gpu_gather_rows(const void *x16, const int32_t *rows, int64_t n, int64_t d, void *y16,
+		       void *stream);
+/* out[rows[i]] += wt[i] * ys[i] for i < n, rows of width d. */
+int gq_gpu_scatter_add(float *out, const float *ys, const int32_t *rows, const float *wt,
+		       int64_t n, int64_t d, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

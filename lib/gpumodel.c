@@ -1,0 +1,883 @@
+/*
+ * gpumodel.c - the GPU forward pass behind gq_backend (see gpumodel.h).
+ *
+ * Mirrors gq_block_forward in model.c, which stays the reference: the same
+ * block order, with the elementwise pieces as kernels/gpu/fwd.cu kernels and
+ * the products through gpu.h. Rows go through in chunks of at most CHUNK,
+ * so the device buffers are sized once at open. Token embedding runs on the
+ * CPU (one row per token) and the rows are uploaded.
+ *
+ * A one-token step is captured into a graph per KV cache after one warm-up
+ * step (lazy module loading, cuBLAS set-up), then replayed: the position is
+ * read from device memory by every kernel that needs it.
+ */
+#include "gpumodel.h"
+#include "util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+#include "gpu/fwd.h"
+#include "gpu/gpu.h"
+
+enum { CHUNK = 512, MAX_DEVS = 16 };
+
+typedef struct {
+	int64_t in, out;
+	gq_gpu_qmat q; /* when quantized (q.codes set) */
+	void *w16;     /* [out, in] fp16 when dense */
+	float *b;      /* [out], or NULL */
+} glin;
+
+typedef struct {
+	glin *lin;                                  /* [n_modules], m->modules order */
+	float *norm_attn_w, *norm_attn_b;           /* [d]; biases only for layer norms */
+	float *norm_mlp_w, *norm_mlp_b;             /* [d] */
+	float *post_attn_w, *post_mlp_w;            /* [d], gemma2 */
+	float *q_norm_w, *k_norm_w;                 /* [head_dim], qwen3 */
+	int dev;                                    /* index into gq_gpu_model.dev */
+} glayer;
+
+/* One device: its layers, stream and activation buffers (CHUNK rows each). */
+typedef struct {
+	int ordinal;
+	int l0, l1;         /* layers [l0, l1) */
+	void *stream;
+	int64_t *pos;       /* [1] position of the first row in flight */
+	float *inv_freq;    /* [rotary_dim / 2] */
+	float *x;           /* [CHUNK, d] residual stream */
+	void *h16;          /* [CHUNK, d] fp16 normed input */
+	void *o16;          /* [CHUNK, H hd] fp16 attention output */
+	void *a16;          /* [CHUNK, inter] fp16 activation */
+	float *qkv;         /* [CHUNK, (H + 2 KV) hd] */
+	float *att, *mo;    /* [CHUNK, d] */
+	float *g, *u;       /* [CHUNK, 2 inter], [CHUNK, inter] */
+	void *xs16;         /* [CHUNK, d] MoE: rows routed to one expert */
+	float *ys;          /* [CHUNK, d] MoE: that expert's output */
+	float *router;      /* [CHUNK, E] MoE router logits */
+	int32_t *rows;      /* [CHUNK] MoE row indices */
+	float *wt;          /* [CHUNK] MoE routing weights */
+	void *ws;           /* qgemm workspace */
+	uint64_t ws_bytes;
+} gdev;
+
+struct gq_gpu_model {
+	gq_model *m;
+	gq_backend be;
+	glayer *layers;     /* [n_layers] */
+	gdev dev[MAX_DEVS];
+	int n_devs;
+	void *head16;       /* [V, out_dim] fp16, last device */
+	float *head_b;      /* [V] or NULL */
+	float *final_w, *final_b; /* [d] */
+	float *logits;      /* [CHUNK, V], last device */
+	float *host_x;      /* [CHUNK, d] host staging of embeddings */
+	float *host_router; /* [CHUNK, E] */
+	float *host_w;      /* [CHUNK, E] routing weights */
+	int32_t *host_rows; /* [CHUNK] */
+	float *host_wt;     /* [CHUNK] */
+	uint64_t bytes_lin, bytes_head;
+	int graphs;
+	const gq_gpu_hooks *hooks;
+};
+
+/* Device state of one KV cache. */
+typedef struct {
+	float **k, **v; /* [n_layers] each [capacity, KV hd] on the layer's device */
+	void *graph;    /* the captured one-token step, or NULL */
+	int warm;       /* a one-token step ran uncaptured already */
+} gcache;
+
+/* ---- uploads ---- */
+
+static int dup_f32(const float *h, int64_t n, float **d)
+{
+	int rc;
+
+	*d = NULL;
+	if (!h)
+		return GQ_OK;
+	if ((rc = gq_gpu_alloc((void **)d, (uint64_t)n * 4)) || (rc = gq_gpu_upload(*d, h, (uint64_t)n * 4)))
+		return rc;
+	return GQ_OK;
+}
+
+/* d = fp16 copy of float32 h [n], through a host buffer. */
+static int dup_f16(const float *h, int64_t n, void **d)
+{
+	uint16_t *t = malloc((size_t)n * 2 + 2);
+	int rc;
+
+	if (!t)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	for (int64_t i = 0; i < n; i++)
+		t[i] = gq_f32_to_f16(h[i]);
+	rc = gq_gpu_alloc(d, (uint64_t)n * 2);
+	if (rc == GQ_OK)
+		rc = gq_gpu_upload(*d, t, (uint64_t)n * 2);
+	free(t);
+	return rc;
+}
+
+static int upload_layer(gq_gpu_model *g, int l, glayer *G)
+{
+	gq_model *m = g->m;
+	gq_layer L;
+	int rc;
+
+	if ((rc = gq_layer_load(m, l, &L)))
+		return rc;
+	G->lin = calloc((size_t)m->n_modules, sizeof *G->lin);
+	rc = G->lin ? GQ_OK : gq_err(GQ_ERR_NOMEM, "out of memory");
+	for (int i = 0; i < m->n_modules && rc == GQ_OK; i++) {
+		const gq_linear *s = &L.lin[i];
+		glin *d = &G->lin[i];
+
+		d->in = s->in;
+		d->out = s->out;
+		if (s->q) {
+			rc = gq_gpu_qmat_upload(&d->q, &s->q->k);
+			g->bytes_lin += (uint64_t)(d->q.out * d->q.words_per_row * 4 + d->q.out * d->q.n_groups * 4);
+		} else {
+			rc = dup_f16(s->w, s->in * s->out, &d->w16);
+			g->bytes_lin += (uint64_t)(s->in * s->out * 2);
+		}
+		if (rc == GQ_OK)
+			rc = dup_f32(s->b, s->out, &d->b);
+	}
+	int64_t d = m->cfg.hidden, hd = m->cfg.head_dim;
+	if (rc == GQ_OK && !(rc = dup_f32(L.norm_attn_w, d, &G->norm_attn_w)) &&
+	    !(rc = dup_f32(L.norm_attn_b, d, &G->norm_attn_b)) &&
+	    !(rc = dup_f32(L.norm_mlp_w, d, &G->norm_mlp_w)) &&
+	    !(rc = dup_f32(L.norm_mlp_b, d, &G->norm_mlp_b)) &&
+	    !(rc = dup_f32(L.post_attn_w, d, &G->post_attn_w)) &&
+	    !(rc = dup_f32(L.post_mlp_w, d, &G->post_mlp_w)) &&
+	    !(rc = dup_f32(L.q_norm_w, hd, &G->q_norm_w)))
+		rc = dup_f32(L.k_norm_w, hd, &G->k_norm_w);
+	gq_layer_free(m, &L);
+	gq_layer_release(m, l);
+	return rc;
+}
+
+/* The output head as fp16 [V, out_dim] on the current device, converted a slice at a time. */
+static int upload_head(gq_gpu_model *g)
+{
+	const gq_model *m = g->m;
+	const char *head = m->arch.lm_head ? m->arch.lm_head : m->arch.embed;
+	int64_t V = m->cfg.vocab, d = gq_model_out_dim(m), rows = 4096;
+	float *f = malloc((size_t)(rows * d) * sizeof *f);
+	uint16_t *h = malloc((size_t)(rows * d) * sizeof *h);
+	char name[256];
+	gq_tensor t;
+	int rc = !f || !h ? gq_err(GQ_ERR_NOMEM, "out of memory") : GQ_OK;
+
+	snprintf(name, sizeof name, "%s.weight", head);
+	if (rc == GQ_OK && !(rc = gq_ckpt_get(m->ckpt, name, &t)))
+		rc = gq_gpu_alloc(&g->head16, (uint64_t)(V * d) * 2);
+	for (int64_t v0 = 0; v0 < V && rc == GQ_OK; v0 += rows) {
+		int64_t n = V - v0 < rows ? V - v0 : rows;
+
+		gq_convert_to_f32(t.dtype, t.data, (uint64_t)(v0 * d), (uint64_t)(n * d), f);
+		for (int64_t i = 0; i < n * d; i++)
+			h[i] = gq_f32_to_f16(f[i]);
+		rc = gq_gpu_upload((uint16_t *)g->head16 + v0 * d, h, (uint64_t)(n * d) * 2);
+	}
+	g->bytes_head = (uint64_t)(V * d) * 2;
+	free(f);
+	free(h);
+	snprintf(name, sizeof name, "%s.bias", head);
+	if (rc == GQ_OK && m->arch.lm_head && gq_ckpt_has(m->ckpt, name)) {
+		float *b = malloc((size_t)V * sizeof *b);
+
+		if (!b)
+			return gq_err(GQ_ERR_NOMEM, "out of memory");
+		rc = gq_ckpt_get(m->ckpt, name, &t);
+		if (rc == GQ_OK) {
+			gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)V, b);
+			rc = dup_f32(b, V, &g->head_b);
+		}
+		free(b);
+	}
+	return rc;
+}
+
+static int upload_final_norm(gq_gpu_model *g)
+{
+	const gq_model *m = g->m;
+	int64_t d = m->cfg.hidden;
+	float *w = malloc((size_t)d * sizeof *w), *b = malloc((size_t)d * sizeof *b);
+	char name[256];
+	gq_tensor t;
+	int rc = !w || !b ? gq_err(GQ_ERR_NOMEM, "out of memory") : GQ_OK;
+
+	snprintf(name, sizeof name, "%s.weight", m->arch.final_norm);
+	if (rc == GQ_OK && !(rc = gq_ckpt_get(m->ckpt, name, &t))) {
+		gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)d, w);
+		rc = dup_f32(w, d, &g->final_w);
+	}
+	snprintf(name, sizeof name, "%s.bias", m->arch.final_norm);
+	if (rc == GQ_OK && m->arch.norm == GQ_NORM_LAYER && !(rc = gq_ckpt_get(m->ckpt, name, &t))) {
+		gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)d, b);
+		rc = dup_f32(b, d, &g->final_b);
+	}
+	free(w);
+	free(b);
+	return rc;
+}
+
+/* ---- the block ---- */
+
+/* y [n, out] = x16 [n, in] Wᵀ + b on D's stream. */
+static int linear(gdev *D, const glin *l, const void *x16, int64_t n, float *y)
+{
+	int rc = l->q.codes ? gq_gpu_qgemm(&l->q, x16, n, y, D->ws, D->ws_bytes, D->stream)
+			    : gq_gpu_gemm_f16(x16, l->in, l->w16, y, n, l->out, l->in, D->stream);
+
+	if (rc == GQ_OK && l->b)
+		rc = gq_gpu_bias(y, l->out, l->b, n, l->out, D->stream);
+	return rc;
+}
+
+static int find_module(const gq_model *m, gq_role role, int expert)
+{
+	for (int i = 0; i < m->n_modules; i++)
+		if (m->modules[i].role == role && m->modules[i].expert == expert)
+			return i;
+	return -1;
+}
+
+/* The hook for the group starting at module i: GQ_STOPPED when it asks to stop. */
+static int observe(gq_gpu_model *g, gdev *D, int layer, int i, const void *x16, int64_t rows)
+{
+	const gq_module *md = &g->m->modules[i];
+	int rc;
+
+	if (!g->hooks || !g->hooks->group_input || md->group < 0 ||
+	    (i > 0 && g->m->modules[i - 1].group == md->group))
+		return GQ_OK;
+	if ((rc = gq_gpu_stream_sync(D->stream)))
+		return rc;
+	return g->hooks->group_input(g->hooks->ctx, layer, md->group, x16, rows, md->in) ? GQ_STOPPED
+											: GQ_OK;
+}
+
+static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int64_t capacity)
+{
+	const gq_model *m = g->m;
+	const gq_config *c = &m->cfg;
+	const glayer *L = &g->layers[l];
+	int64_t H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+	int64_t half = m->arch.pos == GQ_POS_ROPE ? c->rotary_dim / 2 : 0;
+	float *q = D->qkv, *k, *v;
+	int64_t ldq, ldk, ldv;
+	gq_gpu_attn a = {H, KV, hd, c->query_scale > 0 ? c->query_scale : 1.0 / sqrt((double)hd),
+			 c->attn_softcap, 0, capacity};
+	int rc, io = find_module(m, GQ_ROLE_O, -1);
+
+	if (!strcmp(c->model_type, "gpt2")) {
+		a.scale = c->scale_attn_weights ? 1.0 / sqrt((double)hd) : 1.0;
+		if (c->scale_attn_by_layer)
+			a.scale /= (double)(l + 1);
+	}
+	if (c->sliding_window > 0 && c->layer_sliding && c->layer_sliding[l])
+		a.window = c->sliding_window;
+	if (m->arch.qkv == GQ_QKV_SEPARATE) {
+		int iq = find_module(m, GQ_ROLE_Q, -1), ik = find_module(m, GQ_ROLE_K, -1),
+		    iv = find_module(m, GQ_ROLE_V, -1);
+
+		k = q + CHUNK * H * hd;
+		v = k + CHUNK * KV * hd;
+		ldq = H * hd;
+		ldk = ldv = KV * hd;
+		if ((rc = observe(g, D, l, iq, D->h16, n)) || (rc = linear(D, &L->lin[iq], D->h16, n, q)) ||
+		    (rc = linear(D, &L->lin[ik], D->h16, n, k)) || (rc = linear(D, &L->lin[iv], D->h16, n, v)))
+			return rc;
+	} else {
+		int i = find_module(m, GQ_ROLE_QKV, -1);
+
+		ldq = ldk = ldv = (H + 2 * KV) * hd;
+		k = q + H * hd;
+		v = k + KV * hd;
+		if ((rc = observe(g, D, l, i, D->h16, n)) || (rc = linear(D, &L->lin[i], D->h16, n, q)))
+			return rc;
+	}
+	if ((rc = gq_gpu_qk_rope(q, ldq, n, H, hd, L->q_norm_w, c->norm_eps, D->inv_freq, half,
+				 m->arch.rope_interleaved, D->pos, D->stream)) ||
+	    (rc = gq_gpu_qk_rope(k, ldk, n, KV, hd, L->k_norm_w, c->norm_eps, D->inv_freq, half,
+				 m->arch.rope_interleaved, D->pos, D->stream)) ||
+	    (rc = gq_gpu_kv_store(k, ldk, v, ldv, n, KV * hd, gc->k[l], gc->v[l], D->pos, D->stream)) ||
+	    (rc = gq_gpu_attention(&a, q, ldq, gc->k[l], gc->v[l], n, D->pos, D->o16, D->stream)) ||
+	    (rc = observe(g, D, l, io, D->o16, n)))
+		return rc;
+	return linear(D, &L->lin[io], D->o16, n, D->att);
+}
+
+/* Gated or plain MLP of modules ig/iu (or fused igu) and id on x16 [n, d], into y. */
+static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id, const void *x16,
+	       int64_t n, float *y)
+{
+	const glayer *L = &g->layers[l];
+	int64_t inter = g->m->modules[id].in;
+	int act = (int)g->m->cfg.act, rc;
+
+	if ((rc = observe(g, D, l, igu >= 0 ? igu : ig >= 0 ? ig : iu, x16, n)))
+		return rc;
+	if (igu >= 0) {
+		if ((rc = linear(D, &L->lin[igu], x16, n, D->g)) ||
+		    (rc = gq_gpu_act(act, D->g, 2 * inter, D->g + inter, 2 * inter, n, inter, D->a16,
+				     D->stream)))
+			return rc;
+	} else if (ig >= 0) {
+		if ((rc = linear(D, &L->lin[ig], x16, n, D->g)) || (rc = linear(D, &L->lin[iu], x16, n, D->u)) ||
+		    (rc = gq_gpu_act(act, D->g, inter, D->u, inter, n, inter, D->a16, D->stream)))
+			return rc;
+	} else if ((rc = linear(D, &L->lin[iu], x16, n, D->g)) ||
+		   (rc = gq_gpu_act(act, D->g, inter, NULL, 0, n, inter, D->a16, D->stream))) {
+		return rc;
+	}
+	if ((rc = observe(g, D, l, id, D->a16, n)))
+		return rc;
+	return linear(D, &L->lin[id], D->a16, n, y);
+}
+
+/*
+ * Mixtral on the device, routed on the host exactly as model.c's moe():
+ * router logits come back, each expert runs on the rows routed to it and
+ * its weighted output is added in expert order.
+ */
+static int moe(gq_gpu_model *g, gdev *D, int l, int64_t n)
+{
+	const gq_model *m = g->m;
+	int64_t E = m->cfg.n_experts, k = m->cfg.experts_per_tok, d = m->cfg.hidden;
+	float *w = g->host_w;
+	int rc;
+
+	if ((rc = linear(D, &g->layers[l].lin[find_module(m, GQ_ROLE_ROUTER, -1)], D->h16, n,
+			 D->router)) ||
+	    (rc = gq_gpu_download_async(g->host_router, D->router, (uint64_t)(n * E) * 4, D->stream)) ||
+	    (rc = gq_gpu_stream_sync(D->stream)) ||
+	    (rc = gq_gpu_zero_async(D->mo, (uint64_t)(n * d) * 4, D->stream)))
+		return rc;
+	memset(w, 0, (size_t)(n * E) * sizeof *w);
+	for (int64_t t = 0; t < n; t++) {
+		float *r = g->host_router + t * E, max = r[0], sum = 0, chosen = 0;
+
+		for (int64_t e = 1; e < E; e++)
+			max = r[e] > max ? r[e] : max;
+		for (int64_t e = 0; e < E; e++)
+			sum += (r[e] = expf(r[e] - max));
+		for (int64_t e = 0; e < E; e++)
+			r[e] /= sum;
+		for (int64_t j = 0; j < k; j++) {
+			int64_t best = -1;
+
+			for (int64_t e = 0; e < E; e++)
+				if (w[t * E + e] == 0 && (best < 0 || r[e] > r[best]))
+					best = e;
+			w[t * E + best] = r[best];
+			chosen += r[best];
+		}
+		for (int64_t e = 0; e < E; e++)
+			w[t * E + e] /= chosen;
+	}
+	for (int64_t e = 0; e < E; e++) {
+		int64_t cnt = 0;
+
+		for (int64_t t = 0; t < n; t++)
+			if (w[t * E + e] > 0) {
+				g->host_rows[cnt] = (int32_t)t;
+				g->host_wt[cnt++] = w[t * E + e];
+			}
+		if (cnt == 0)
+			continue;
+		/* the host arrays are rewritten for the next expert: wait for these copies */
+		if ((rc = gq_gpu_upload_async(D->rows, g->host_rows, (uint64_t)cnt * 4, D->stream)) ||
+		    (rc = gq_gpu_upload_async(D->wt, g->host_wt, (uint64_t)cnt * 4, D->stream)) ||
+		    (rc = gq_gpu_stream_sync(D->stream)) ||
+		    (rc = gq_gpu_gather_rows(D->h16, D->rows, cnt, d, D->xs16, D->stream)) ||
+		    (rc = glu(g, D, l, find_module(m, GQ_ROLE_GATE, (int)e), find_module(m, GQ_ROLE_UP, (int)e),
+			      -1, find_module(m, GQ_ROLE_DOWN, (int)e), D->xs16, cnt, D->ys)) ||
+		    (rc = gq_gpu_scatter_add(D->mo, D->ys, D->rows, D->wt, cnt, d, D->stream)))
+			return rc;
+	}
+	return GQ_OK;
+}
+
+static int mlp(gq_gpu_model *g, gdev *D, int l, int64_t n)
+{
+	const gq_model *m = g->m;
+
+	switch (m->arch.mlp) {
+	case GQ_MLP_GLU:
+		return glu(g, D, l, find_module(m, GQ_ROLE_GATE, -1), find_module(m, GQ_ROLE_UP, -1), -1,
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, D->mo);
+	case GQ_MLP_GLU_FUSED:
+		return glu(g, D, l, -1, -1, find_module(m, GQ_ROLE_GATE_UP, -1),
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, D->mo);
+	case GQ_MLP_PLAIN:
+		return glu(g, D, l, -1, find_module(m, GQ_ROLE_UP, -1), -1,
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, D->mo);
+	case GQ_MLP_MOE:
+		return moe(g, D, l, n);
+	}
+	return GQ_OK;
+}
+
+/* One pre-norm block on D->x [n, d], as gq_block_forward's sequential branch. */
+static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity)
+{
+	const gq_model *m = g->m;
+	const glayer *L = &g->layers[l];
+	gdev *D = &g->dev[L->dev];
+	int kind = (int)m->arch.norm;
+	int64_t d = m->cfg.hidden;
+	double eps = m->cfg.norm_eps;
+	int rc;
+
+	if ((rc = gq_gpu_norm(kind, D->x, NULL, n, d, L->norm_attn_w, L->norm_attn_b, eps, NULL,
+			      D->h16, D->stream)) ||
+	    (rc = attention(g, D, gc, l, n, capacity)))
+		return rc;
+	if (L->post_attn_w &&
+	    (rc = gq_gpu_norm(kind, D->att, NULL, n, d, L->post_attn_w, NULL, eps, D->att, NULL, D->stream)))
+		return rc;
+	/* x += attn; h = norm_mlp(x) */
+	if ((rc = gq_gpu_norm(kind, D->x, D->att, n, d, L->norm_mlp_w, L->norm_mlp_b, eps, NULL,
+			      D->h16, D->stream)) ||
+	    (rc = mlp(g, D, l, n)))
+		return rc;
+	if (L->post_mlp_w &&
+	    (rc = gq_gpu_norm(kind, D->mo, NULL, n, d, L->post_mlp_w, NULL, eps, D->mo, NULL, D->stream)))
+		return rc;
+	return gq_gpu_add(D->x, D->mo, n * d, D->stream);
+}
+
+/*
+ * Every layer on the rows already in dev[0].x, then the final norm and the
+ * head into logits [rows_out, V] of the last device: rows_out 0 (none), 1
+ * (the last row) or n.
+ */
+static int body(gq_gpu_model *g, gcache *gc, int64_t n, int64_t rows_out, int64_t capacity)
+{
+	const gq_model *m = g->m;
+	int64_t d = m->cfg.hidden, V = m->cfg.vocab;
+	gdev *D = NULL;
+	int rc = GQ_OK;
+
+	for (int k = 0; k < g->n_devs && rc == GQ_OK; k++) {
+		D = &g->dev[k];
+		if ((rc = gq_gpu_set_device(D->ordinal)))
+			break;
+		if (k > 0) {
+			/* the previous device's rows, once it is done with them */
+			gdev *P = &g->dev[k - 1];
+
+			if ((rc = gq_gpu_stream_sync(P->stream)) ||
+			    (rc = gq_gpu_copy_async(D->x, P->x, (uint64_t)(n * d) * 4, D->stream)))
+				break;
+		}
+		for (int l = D->l0; l < D->l1 && rc == GQ_OK; l++)
+			rc = block(g, gc, l, n, capacity);
+	}
+	if (rc || rows_out == 0)
+		return rc;
+	float *xr = D->x + (n - rows_out) * d;
+	if ((rc = gq_gpu_norm((int)m->arch.norm, xr, NULL, rows_out, d, g->final_w, g->final_b,
+			      m->cfg.norm_eps, NULL, D->h16, D->stream)) ||
+	    (rc = gq_gpu_gemm_f16(D->h16, d, g->head16, g->logits, rows_out, V, d, D->stream)))
+		return rc;
+	if (g->head_b && (rc = gq_gpu_bias(g->logits, V, g->head_b, rows_out, V, D->stream)))
+		return rc;
+	if (m->cfg.final_softcap > 0)
+		rc = gq_gpu_softcap(g->logits, rows_out * V, m->cfg.final_softcap, D->stream);
+	return rc;
+}
+
+/* n rows of host_x at cache position c->len through the model; logits of rows_out rows to out. */
+static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t rows_out, float *out)
+{
+	const gq_model *m = g->m;
+	gcache *gc = c->dev;
+	gdev *D0 = &g->dev[0], *DL = &g->dev[g->n_devs - 1];
+	int64_t pos = c->len, d = m->cfg.hidden, V = m->cfg.vocab;
+	int graph = n == 1 && g->graphs && g->n_devs == 1 && !g->hooks && m->arch.mlp != GQ_MLP_MOE;
+	int rc = GQ_OK;
+
+	for (int k = 0; k < g->n_devs && rc == GQ_OK; k++)
+		if (!(rc = gq_gpu_set_device(g->dev[k].ordinal)))
+			rc = gq_gpu_upload_async(g->dev[k].pos, &pos, 8, g->dev[k].stream);
+	if (rc == GQ_OK && !(rc = gq_gpu_set_device(D0->ordinal)))
+		rc = gq_gpu_upload_async(D0->x, g->host_x, (uint64_t)(n * d) * 4, D0->stream);
+	if (rc)
+		return rc;
+	if (graph && gc->warm) {
+		if (!gc->graph) {
+			if ((rc = gq_gpu_graph_begin(D0->stream)))
+				return rc;
+			rc = body(g, gc, n, rows_out, c->capacity);
+			/* end the capture either way: the stream must leave capture mode */
+			int rc2 = gq_gpu_graph_end(D0->stream, &gc->graph);
+
+			if (rc || (rc = rc2))
+				return rc;
+		}
+		rc = gq_gpu_graph_launch(gc->graph, D0->stream);
+	} else {
+		rc = body(g, gc, n, rows_out, c->capacity);
+		gc->warm |= graph;
+	}
+	if (rc == GQ_OK && rows_out > 0 &&
+	    !(rc = gq_gpu_set_device(DL->ordinal)))
+		rc = gq_gpu_download_async(out, g->logits, (uint64_t)(rows_out * V) * 4, DL->stream);
+	if (rc == GQ_OK)
+		rc = gq_gpu_stream_sync(DL->stream);
+	return rc;
+}
+
+/* ---- the backend ---- */
+
+static void cache_free(void *ctx, gq_kv_cache *c)
+{
+	gq_gpu_model *g = ctx;
+	gcache *gc = c->dev;
+
+	if (!gc)
+		return;
+	for (int64_t l = 0; gc->k && l < g->m->cfg.n_layers; l++) {
+		gq_gpu_free(gc->k[l]);
+		gq_gpu_free(gc->v[l]);
+	}
+	gq_gpu_graph_destroy(gc->graph);
+	free(gc->k);
+	free(gc->v);
+	free(gc);
+	c->dev = NULL;
+}
+
+static int cache_init(void *ctx, gq_kv_cache *c, int64_t capacity)
+{
+	gq_gpu_model *g = ctx;
+	const gq_config *cfg = &g->m->cfg;
+	uint64_t row = (uint64_t)(cfg->n_kv_heads * cfg->head_dim) * 4;
+	gcache *gc = calloc(1, sizeof *gc);
+	int rc = GQ_OK;
+
+	c->dev = gc;
+	if (!gc || !(gc->k = calloc((size_t)cfg->n_layers, sizeof *gc->k)) ||
+	    !(gc->v = calloc((size_t)cfg->n_layers, sizeof *gc->v)))
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
+	for (int l = 0; l < cfg->n_layers && rc == GQ_OK; l++)
+		if (!(rc = gq_gpu_set_device(g->dev[g->layers[l].dev].ordinal)) &&
+		    !(rc = gq_gpu_alloc((void **)&gc->k[l], row * (uint64_t)capacity)))
+			rc = gq_gpu_alloc((void **)&gc->v[l], row * (uint64_t)capacity);
+	if (rc) {
+		cache_free(ctx, c);
+		return gq_err_wrap(rc, "KV cache of %lld positions on the GPU", (long long)capacity);
+	}
+	return GQ_OK;
+}
+
+static int cache_copy(void *ctx, gq_kv_cache *dst, const gq_kv_cache *src)
+{
+	gq_gpu_model *g = ctx;
+	const gq_config *cfg = &g->m->cfg;
+	uint64_t bytes = (uint64_t)(src->len * cfg->n_kv_heads * cfg->head_dim) * 4;
+	gcache *s = src->dev, *d = dst->dev;
+	int rc = GQ_OK;
+
+	for (int l = 0; l < cfg->n_layers && rc == GQ_OK; l++) {
+		gdev *D = &g->dev[g->layers[l].dev];
+
+		if (!(rc = gq_gpu_set_device(D->ordinal)) &&
+		    !(rc = gq_gpu_copy_async(d->k[l], s->k[l], bytes, D->stream)))
+			rc = gq_gpu_copy_async(d->v[l], s->v[l], bytes, D->stream);
+	}
+	for (int k = 0; k < g->n_devs && rc == GQ_OK; k++)
+		if (!(rc = gq_gpu_set_device(g->dev[k].ordinal)))
+			rc = gq_gpu_stream_sync(g->dev[k].stream);
+	dst->len = src->len;
+	return rc;
+}
+
+static int decode(void *ctx, gq_kv_cache *c, const int32_t *ids, int64_t T, int last_only,
+		  float *logits)
+{
+	gq_gpu_model *g = ctx;
+	int64_t V = g->m->cfg.vocab;
+	int rc = GQ_OK;
+
+	if (c->len + T > c->capacity)
+		return gq_err(GQ_ERR_ARG, "KV cache full (%lld positions)", (long long)c->capacity);
+	for (int64_t t0 = 0; t0 < T && rc == GQ_OK; t0 += CHUNK) {
+		int64_t n = T - t0 < CHUNK ? T - t0 : CHUNK;
+		int64_t rows = last_only ? (t0 + n == T) : n;
+
+		if ((rc = gq_model_embed(g->m, ids + t0, n, c->len, g->host_x)) ||
+		    (rc = step(g, c, n, rows, last_only ? logits : logits + t0 * V)))
+			break;
+		c->len += n;
+	}
+	return rc;
+}
+
+/* ---- open and close ---- */
+
+/* What the GPU block does not do yet: an error naming it, else GQ_OK. */
+static int check_supported(const gq_model *m)
+{
+	const gq_config *c = &m->cfg;
+	const gq_arch *a = &m->arch;
+	const char *what = NULL;
+
+	if (!c->pre_norm)
+		what = "post-norm blocks";
+	else if (a->pos == GQ_POS_ALIBI)
+		what = "ALiBi positions";
+	else if (a->pos == GQ_POS_ROPE && c->rope_type == GQ_ROPE_DYNAMIC)
+		what = "dynamic rotary scaling";
+	else if (a->qkv != GQ_QKV_SEPARATE && a->qkv != GQ_QKV_CONCAT)
+		what = "this fused q/k/v layout";
+	else if (c->parallel_residual)
+		what = "parallel residual blocks";
+	else if (c->residual_post_ln)
+		what = "residuals from the normed input";
+	else if (a->project_out)
+		what = "an output projection (word_embed_proj_dim)";
+	else if (!a->final_norm)
+		what = "a model without a final norm";
+	else if (!a->norm_mlp)
+		what = "blocks whose MLP reads the attention norm";
+	if (what)
+		return gq_err(GQ_ERR_UNSUPPORTED, "%s: %s (model_type %s) is not on the GPU yet: use "
+			      "--device cpu", m->dir, what, c->model_type);
+	return GQ_OK;
+}
+
+static void free_layer(glayer *G, int n_modules)
+{
+	for (int i = 0; G->lin && i < n_modules; i++) {
+		gq_gpu_qmat_free(&G->lin[i].q);
+		gq_gpu_free(G->lin[i].w16);
+		gq_gpu_free(G->lin[i].b);
+	}
+	free(G->lin);
+	gq_gpu_free(G->norm_attn_w);
+	gq_gpu_free(G->norm_attn_b);
+	gq_gpu_free(G->norm_mlp_w);
+	gq_gpu_free(G->norm_mlp_b);
+	gq_gpu_free(G->post_attn_w);
+	gq_gpu_free(G->post_mlp_w);
+	gq_gpu_free(G->q_norm_w);
+	gq_gpu_free(G->k_norm_w);
+}
+
+static int alloc_dev(gq_gpu_model *g, gdev *D)
+{
+	const gq_model *m = g->m;
+	const gq_config *c = &m->cfg;
+	int64_t d = c->hidden, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+	int64_t inter = c->intermediate > 0 ? c->intermediate : 1, E = c->n_experts > 0 ? c->n_experts : 1;
+	int64_t half = c->rotary_dim / 2 > 0 ? c->rotary_dim / 2 : 1;
+	float *inv = malloc((size_t)half * sizeof *inv);
+	int rc;
+
+	if (!inv)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	if (m->arch.pos == GQ_POS_ROPE)
+		gq_rope_inv_freq(c, 0, inv);
+	else
+		memset(inv, 0, (size_t)half * sizeof *inv);
+	(void)((rc = gq_gpu_set_device(D->ordinal)) || (rc = gq_gpu_stream_create(&D->stream)) ||
+	       (rc = gq_gpu_attention_init()) ||
+	       (rc = gq_gpu_alloc((void **)&D->pos, 8)) ||
+	       (rc = dup_f32(inv, half, &D->inv_freq)) ||
+	       (rc = gq_gpu_alloc((void **)&D->x, (uint64_t)(CHUNK * d) * 4)) ||
+	       (rc = gq_gpu_alloc(&D->h16, (uint64_t)(CHUNK * d) * 2)) ||
+	       (rc = gq_gpu_alloc(&D->o16, (uint64_t)(CHUNK * H * hd) * 2)) ||
+	       (rc = gq_gpu_alloc(&D->a16, (uint64_t)(CHUNK * inter) * 2)) ||
+	       (rc = gq_gpu_alloc((void **)&D->qkv, (uint64_t)(CHUNK * (H + 2 * KV) * hd) * 4)) ||
+	       (rc = gq_gpu_alloc((void **)&D->att, (uint64_t)(CHUNK * d) * 4)) ||
+	       (rc = gq_gpu_alloc((void **)&D->mo, (uint64_t)(CHUNK * d) * 4)) ||
+	       (rc = gq_gpu_alloc((void **)&D->g, (uint64_t)(CHUNK * 2 * inter) * 4)) ||
+	       (rc = gq_gpu_alloc((void **)&D->u, (uint64_t)(CHUNK * inter) * 4)) ||
+	       (m->arch.mlp == GQ_MLP_MOE &&
+		((rc = gq_gpu_alloc(&D->xs16, (uint64_t)(CHUNK * d) * 2)) ||
+		 (rc = gq_gpu_alloc((void **)&D->ys, (uint64_t)(CHUNK * d) * 4)) ||
+		 (rc = gq_gpu_alloc((void **)&D->router, (uint64_t)(CHUNK * E) * 4)) ||
+		 (rc = gq_gpu_alloc((void **)&D->rows, CHUNK * 4)) ||
+		 (rc = gq_gpu_alloc((void **)&D->wt, CHUNK * 4)))));
+	free(inv);
+	return rc;
+}
+
+static void free_dev(gdev *D)
+{
+	if (D->ordinal >= 0)
+		gq_gpu_set_device(D->ordinal);
+	gq_gpu_stream_destroy(D->stream);
+	gq_gpu_free(D->pos);
+	gq_gpu_free(D->inv_freq);
+	gq_gpu_free(D->x);
+	gq_gpu_free(D->h16);
+	gq_gpu_free(D->o16);
+	gq_gpu_free(D->a16);
+	gq_gpu_free(D->qkv);
+	gq_gpu_free(D->att);
+	gq_gpu_free(D->mo);
+	gq_gpu_free(D->g);
+	gq_gpu_free(D->u);
+	gq_gpu_free(D->xs16);
+	gq_gpu_free(D->ys);
+	gq_gpu_free(D->router);
+	gq_gpu_free(D->rows);
+	gq_gpu_free(D->wt);
+	gq_gpu_free(D->ws);
+}
+
+int gq_gpu_model_open(gq_gpu_model **out, gq_model *m, const gq_device *devs, int n_devs)
+{
+	const gq_config *c = &m->cfg;
+	int64_t L = c->n_layers, E = c->n_experts > 0 ? c->n_experts : 1;
+	gq_gpu_model *g;
+	int rc;
+
+	*out = NULL;
+	if ((rc = check_supported(m)))
+		return rc;
+	if (n_devs < 1 || n_devs > MAX_DEVS || n_devs > L)
+		return gq_err(GQ_ERR_ARG, "%d devices for %lld layers (at most %d, one layer each)",
+			      n_devs, (long long)L, MAX_DEVS);
+	for (int k = 1; k < n_devs; k++)
+		if (devs[k].index != devs[0].index)
+			return gq_err(GQ_ERR_UNSUPPORTED, "a layer split over distinct GPUs (%d and %d) "
+				      "needs a cuBLAS handle per device, which kernels/gpu/qgemm.cu "
+				      "does not keep yet", devs[0].index, devs[k].index);
+	g = calloc(1, sizeof *g);
+	if (!g)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	g->m = m;
+	g->n_devs = n_devs;
+	g->graphs = 1;
+	for (int k = 0; k < MAX_DEVS; k++)
+		g->dev[k].ordinal = -1;
+	g->layers = calloc((size_t)L, sizeof *g->layers);
+	g->host_x = malloc((size_t)(CHUNK * c->hidden) * sizeof *g->host_x);
+	g->host_router = malloc((size_t)(CHUNK * E) * sizeof *g->host_router);
+	g->host_w = malloc((size_t)(CHUNK * E) * sizeof *g->host_w);
+	g->host_rows = malloc(CHUNK * sizeof *g->host_rows);
+	g->host_wt = malloc(CHUNK * sizeof *g->host_wt);
+	rc = !g->layers || !g->host_x || !g->host_router || !g->host_w || !g->host_rows || !g->host_wt
+		     ? gq_err(GQ_ERR_NOMEM, "out of memory")
+		     : GQ_OK;
+	for (int k = 0; k < n_devs && rc == GQ_OK; k++) {
+		gdev *D = &g->dev[k];
+
+		D->ordinal = devs[k].index;
+		D->l0 = (int)(L * k / n_devs);
+		D->l1 = (int)(L * (k + 1) / n_devs);
+		if ((rc = alloc_dev(g, D)))
+			break;
+		for (int l = D->l0; l < D->l1 && rc == GQ_OK; l++) {
+			g->layers[l].dev = k;
+			if ((rc = upload_layer(g, l, &g->layers[l])))
+				rc = gq_err_wrap(rc, "%s: layer %d to %s", m->dir, l, gq_device_name(devs[k]));
+			for (int i = 0; i < m->n_modules && rc == GQ_OK; i++) {
+				const glin *li = &g->layers[l].lin[i];
+				uint64_t ws = li->q.codes ? gq_gpu_qgemm_workspace(&li->q, CHUNK) : 0;
+
+				D->ws_bytes = ws > D->ws_bytes ? ws : D->ws_bytes;
+			}
+		}
+		if (rc == GQ_OK)
+			rc = gq_gpu_alloc(&D->ws, D->ws_bytes);
+	}
+	/* the head on the last device; one product now makes cuBLAS's handle outside any capture */
+	if (rc == GQ_OK && !(rc = upload_head(g)) && !(rc = upload_final_norm(g)) &&
+	    !(rc = gq_gpu_alloc((void **)&g->logits, (uint64_t)(CHUNK * c->vocab) * 4))) {
+		gdev *D = &g->dev[n_devs - 1];
+
+		if (!(rc = gq_gpu_zero_async(D->h16, (uint64_t)c->hidden * 2, D->stream)) &&
+		    !(rc = gq_gpu_gemm_f16(D->h16, c->hidden, g->head16, g->logits, 1, c->vocab,
+					   c->hidden, D->stream)))
+			rc = gq_gpu_stream_sync(D->stream);
+	}
+	if (rc) {
+		gq_gpu_model_close(g);
+		return rc;
+	}
+	g->be = (gq_backend){cache_init, cache_free, cache_copy, decode, g};
+	m->backend = &g->be;
+	*out = g;
+	return GQ_OK;
+}
+
+void gq_gpu_model_close(gq_gpu_model *g)
+{
+	if (!g)
+		return;
+	if (g->m->backend == &g->be)
+		g->m->backend = NULL;
+	for (int64_t l = 0; g->layers && l < g->m->cfg.n_layers; l++) {
+		gq_gpu_set_device(g->dev[g->layers[l].dev].ordinal);
+		free_layer(&g->layers[l], g->m->n_modules);
+	}
+	for (int k = 0; k < g->n_devs; k++)
+		free_dev(&g->dev[k]);
+	gq_gpu_free(g->head16);
+	gq_gpu_free(g->head_b);
+	gq_gpu_free(g->final_w);
+	gq_gpu_free(g->final_b);
+	gq_gpu_free(g->logits);
+	free(g->layers);
+	free(g->host_x);
+	free(g->host_router);
+	free(g->host_w);
+	free(g->host_rows);
+	free(g->host_wt);
+	free(g);
+}
+
+void gq_gpu_model_use_graphs(gq_gpu_model *g, int on)
+{
+	g->graphs = on;
+}
+
+void gq_gpu_model_set_hooks(gq_gpu_model *g, const gq_gpu_hooks *h)
+{
+	g->hooks = h;
+}
+
+void gq_gpu_model_weight_bytes(const gq_gpu_model *g, uint64_t *linears, uint64_t *head)
+{
+	*linears = g->bytes_lin;
+	*head = g->bytes_head;
+}
+
+#else /* CPU-only build */
+
+int gq_gpu_model_open(gq_gpu_model **g, gq_model *m, const gq_device *devs, int n_devs)
+{
+	*g = NULL;
+	return gq_err(GQ_ERR_UNSUPPORTED, "%s: built without a GPU backend: use --device cpu", m->dir);
+}
+
+void gq_gpu_model_close(gq_gpu_model *g)
+{
+}
+
+void gq_gpu_model_use_graphs(gq_gpu_model *g, int on)
+{
+}
+
+void gq_gpu_model_set_hooks(gq_gpu_model *g, const gq_gpu_hooks *h)
+{
+}
+
+void gq_gpu_model_weight_bytes(const gq_gpu_model *g, uint64_t *linears, uint64_t *head)
+{
+	*linears = *head = 0;
+}
+
+#endif

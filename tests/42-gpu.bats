@@ -1,0 +1,81 @@
+#!/usr/bin/env bats
+# --device: gptq-run and gptq-eval on a GPU agree with the CPU for GPTQ
+# checkpoints of every bit width (act order included), in every mode; a
+# CPU-only build and an absent GPU are named. GPU cases skip without one.
+
+load helpers
+
+setup() {
+	setup_tools
+	P=$BATS_TEST_DIRNAME/../pipelines
+	testgen checkpoint m 1 448 64
+	cp "$BATS_TEST_DIRNAME"/data/tokenizer/* m/
+}
+
+# gpu_or_skip: skip unless this build has CUDA and sees a device
+gpu_or_skip() {
+	gptq-run --version | grep -q 'cuda ([1-9]' || skip "no CUDA device visible to this build"
+}
+
+@test "--device names what is missing: the backend or the device" {
+	if ! gptq-run --version | grep -q cuda; then
+		run -1 gptq-run -m m -p x --device cuda
+		[[ $output == *"device 'cuda': built without CUDA"* ]]
+		run -1 gptq-eval -m m --text "$BATS_TEST_DIRNAME/data/corpus.txt" --device cuda:0
+		[[ $output == *"built without CUDA"* ]]
+	elif ! gptq-run --version | grep -q 'cuda ([1-9]'; then
+		run -1 gptq-run -m m -p x --device cuda
+		[[ $output == *"0 GPUs visible"* ]]
+	fi
+	run -1 gptq-run -m m -p x --device tpu
+	[[ $output == *"unknown device 'tpu'"* ]]
+	run -1 gptq-run -m m -p x --device cpu,cpu
+	[[ $output == *"one kind"* ]]
+}
+
+@test "GPU: generation, --forward, --bench and perplexity match the CPU" {
+	gpu_or_skip
+	C=$BATS_TEST_DIRNAME/data/corpus.txt
+	a=$(gptq-run -q -m m -p "The cat" -n 8 --print-ids --ignore-eos)
+	b=$(gptq-run -q -m m -p "The cat" -n 8 --print-ids --ignore-eos --device cuda)
+	[ "$a" = "$b" ]
+	c=$(gptq-run -q -m m -p "The cat" -n 8 --print-ids --ignore-eos --device cuda --no-graphs)
+	[ "$a" = "$c" ]
+	testgen tokens 3 20 0 448 >t.gqs
+	gptq-run -m m --forward t.gqs -o cpu.gqs
+	gptq-run -m m --forward t.gqs -o gpu.gqs --device cuda
+	gptq-dump --stats cpu.gqs | jq -c '.tensors[] | select(.name == "logprobs") | .stats.mean' >a
+	gptq-dump --stats gpu.gqs | jq -c '.tensors[] | select(.name == "logprobs") | .stats.mean' >b
+	jq -e -n --slurpfile a a --slurpfile b b '($a[0] / $b[0] - 1) | fabs < 1e-3'
+	run -0 gptq-run -m m --bench --pp 16 --tg 8 --reps 2 --json --device cuda
+	jq -e '.tg_tok_s > 0 and .device == "cuda" and .graphs == true' <<<"$output"
+	run -0 gptq-eval -m m --text "$C" --ctx 64 --chunks 4 --json
+	p=$(jq '.models[0].ppl' <<<"$output")
+	run -0 gptq-eval -m m --text "$C" --ctx 64 --chunks 4 --json --device cuda:0,cuda:0
+	jq -e --argjson p "$p" '(.models[0].ppl / $p - 1) | fabs < 1e-3' <<<"$output"
+}
+
+@test "GPU: GPTQ checkpoints of every bit width, act order included, match the CPU" {
+	gpu_or_skip
+	testgen tokens 6 48 1 128 >calib.gqs
+	testgen tokens 4 40 2 128 >eval.gqs
+	for arch in qwen3 mixtral_top2of4; do
+		M=$BATS_TEST_DIRNAME/data/models/$arch
+		for q in "--bits 4 --group-size 32 --desc-act" "--bits 3 --group-size -1" \
+			"--bits 8 --group-size 32 --asym" "--bits 2 --group-size 16 --desc-act --static-groups"; do
+			rm -rf packed
+			run -0 "$P/quantize.sh" "$M" packed --calib calib.gqs $q
+			run -0 gptq-eval -q -m packed --tokens eval.gqs --json
+			p=$(jq '.models[0].ppl' <<<"$output")
+			run -0 gptq-eval -q -m packed --tokens eval.gqs --json --device cuda
+			echo "$arch $q: cpu $p, gpu $output"
+			jq -e --argjson p "$p" '(.models[0].ppl / $p - 1) | fabs < 2e-3' <<<"$output"
+		done
+	done
+}
+
+@test "GPU: an architecture not on the GPU yet is refused by name" {
+	gpu_or_skip
+	run -1 gptq-run -m "$BATS_TEST_DIRNAME/data/models/falcon_alibi" --prompt-ids 1,2 --device cuda
+	[[ $output == *"ALiBi positions"*"not on the GPU yet"* ]]
+}

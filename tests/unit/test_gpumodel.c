@@ -1,0 +1,308 @@
+/*
+ * test_gpumodel.c - the GPU forward pass (lib/gpumodel.c) against the CPU
+ * one (lib/model.c, itself held to transformers by test_models): logits of
+ * every own fixture the GPU covers within a tolerance fit to fp16 product
+ * inputs, the rest refused by name; decoding with and without CUDA graphs
+ * bit-identical; greedy and beam ids equal to the CPU's; a layer split over
+ * one GPU named twice; the group-input hooks. Quantized checkpoints are
+ * covered by tests/42-gpu.bats. Skips without a GPU.
+ */
+#include "check.h"
+#include "device.h"
+#include "runner.h"
+
+#include <dirent.h>
+
+/*
+ * ||gpu - cpu|| / ||cpu|| of the logits: the GPU rounds the inputs of every
+ * product to fp16 (2^-11 relative), which a few layers of random weights
+ * amplify to about 1e-3.
+ */
+#define TOL 5e-3
+
+/* The fixtures the GPU must run (others must be refused by name). */
+static const char *covered[] = {"llama3_rope", "llama_legacy_rope", "llama_linear_rope",
+				"mistral_window", "qwen2_window", "qwen3", "mixtral_top2of4",
+				"gemma2_window", "gpt2_layer_scaled"};
+
+static const char *testdata(const char *rel)
+{
+	static char buf[1024];
+	const char *root = getenv("GQ_TESTDATA");
+
+	snprintf(buf, sizeof buf, "%s/%s", root && *root ? root : "tests/data", rel);
+	return buf;
+}
+
+static double rel_err(const float *a, const float *ref, int64_t n)
+{
+	double num = 0, den = 0;
+
+	for (int64_t i = 0; i < n; i++) {
+		num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
+		den += (double)ref[i] * ref[i];
+	}
+	return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static int have_gpu(void)
+{
+	if (!gq_gpu_backend()) {
+		check_skip("built without a GPU backend");
+		return 0;
+	}
+	if (gq_gpu_count() == 0) {
+		check_skip("no GPU");
+		return 0;
+	}
+	return 1;
+}
+
+static void make_ids(int64_t vocab, int64_t T, int32_t *ids)
+{
+	uint64_t s = 17;
+
+	for (int64_t t = 0; t < T; t++)
+		ids[t] = (int32_t)(check_rand(&s) % (uint64_t)vocab);
+}
+
+static void test_device_lists(void)
+{
+	gq_device d[4];
+	int n;
+
+	CHECK_OK(gq_device_parse_list("cpu", d, 4, &n));
+	CHECK(n == 1 && d[0].kind == GQ_DEV_CPU);
+	CHECK_ERR(gq_device_parse_list("cpu,", d, 4, &n), GQ_ERR_ARG, "empty");
+	if (!gq_gpu_backend()) {
+		gq_runner r;
+
+		CHECK_ERR(gq_runner_open(&r, testdata("models/qwen3"), 1, "cuda"), GQ_ERR_UNSUPPORTED,
+			  "built without CUDA");
+		return;
+	}
+	if (gq_gpu_count() == 0)
+		return;
+	CHECK_OK(gq_device_parse_list("cuda:0,cuda:0", d, 4, &n));
+	CHECK(n == 2 && d[1].index == 0);
+	CHECK_ERR(gq_device_parse_list("cuda:0,cpu", d, 4, &n), GQ_ERR_ARG, "one kind");
+	CHECK_ERR(gq_device_parse_list("cuda,cuda,cuda", d, 2, &n), GQ_ERR_ARG, "more than 2");
+}
+
+/* Logits [T, V] of one sequence on a runner (CPU or GPU alike). */
+static int logits_of(const gq_runner *r, const int32_t *ids, int64_t T, float *logits)
+{
+	float *lp = malloc((size_t)T * sizeof *lp);
+	int rc = gq_sequence_logprobs(r->model, r->layers, ids, T, lp, logits);
+
+	free(lp);
+	return rc;
+}
+
+static int is_covered(const char *name)
+{
+	for (size_t i = 0; i < sizeof covered / sizeof *covered; i++)
+		if (!strcmp(covered[i], name))
+			return 1;
+	return 0;
+}
+
+/* One model: GPU logits against the CPU's over a 40-token sequence. */
+static void compare_dir(const char *dir, const char *name, int *n_ok)
+{
+	const int64_t T = 40;
+	gq_runner cpu, gpu;
+	int rc;
+
+	CHECK_OK(gq_runner_open(&cpu, dir, 2, NULL));
+	rc = gq_runner_open(&gpu, dir, 2, "cuda");
+	if (rc) {
+		printf("#   %-24s not on the GPU: %s\n", name, gq_errmsg());
+		CHECK(rc == GQ_ERR_UNSUPPORTED && strstr(gq_errmsg(), "not on the GPU yet"));
+		CHECK(!is_covered(name));
+		gq_runner_close(&cpu);
+		return;
+	}
+	int64_t V = cpu.model->cfg.vocab;
+	int32_t *ids = malloc((size_t)T * sizeof *ids);
+	float *a = malloc((size_t)(T * V) * sizeof *a), *b = malloc((size_t)(T * V) * sizeof *b);
+
+	make_ids(V, T, ids);
+	CHECK_OK(logits_of(&cpu, ids, T, a));
+	CHECK_OK(logits_of(&gpu, ids, T, b));
+	double e = rel_err(b, a, T * V);
+	printf("#   %-24s GPU logits relative error %.2e\n", name, e);
+	CHECK(e < TOL);
+	(*n_ok)++;
+	free(ids);
+	free(a);
+	free(b);
+	gq_runner_close(&gpu);
+	gq_runner_close(&cpu);
+}
+
+static void test_fixtures(void)
+{
+	static const char *shared[] = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "gemma2", "phi3"};
+	DIR *d;
+	struct dirent *e;
+	int n_ok = 0;
+
+	if (!have_gpu())
+		return;
+	d = opendir(testdata("models"));
+	CHECK(d != NULL);
+	while (d && (e = readdir(d))) {
+		char dir[1024];
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(dir, sizeof dir, "%s/%s", testdata("models"), e->d_name);
+		compare_dir(dir, e->d_name, &n_ok);
+	}
+	if (d)
+		closedir(d);
+	CHECK(n_ok >= (int)(sizeof covered / sizeof *covered));
+	/* transformers' own random checkpoints, where ../shared has them */
+	for (size_t i = 0; i < sizeof shared / sizeof *shared; i++) {
+		char rel[256];
+		const char *dir;
+		int before = n_ok;
+
+		snprintf(rel, sizeof rel, "fixtures/models/%s", shared[i]);
+		if (!(dir = check_shared(rel)))
+			continue;
+		compare_dir(dir, rel, &n_ok);
+		CHECK(n_ok == before + 1);
+	}
+}
+
+/* prefill 5 then 8 single steps; logits [13, V] of every step into out. */
+static void decode_run(const gq_runner *r, const int32_t *ids, float *out)
+{
+	gq_kv_cache c;
+	int64_t V = r->model->cfg.vocab;
+
+	CHECK_OK(gq_kv_cache_init(r->model, &c, 16));
+	CHECK_OK(gq_model_decode(r->model, r->layers, &c, ids, 5, 0, out));
+	for (int t = 5; t < 13; t++)
+		CHECK_OK(gq_model_decode(r->model, r->layers, &c, ids + t, 1, 1, out + t * V));
+	CHECK(c.len == 13);
+	gq_kv_cache_free(&c);
+}
+
+static void test_decode(void)
+{
+	const char *dir = testdata("models/llama3_rope");
+	gq_runner cpu, gpu;
+	int32_t ids[13], *ga = NULL, *gb = NULL;
+	int64_t na = 0, nb = 0;
+
+	if (!have_gpu())
+		return;
+	CHECK_OK(gq_runner_open(&cpu, dir, 2, NULL));
+	CHECK_OK(gq_runner_open(&gpu, dir, 2, "cuda"));
+	int64_t V = cpu.model->cfg.vocab;
+	float *ref = malloc((size_t)(13 * V) * sizeof *ref), *with = malloc((size_t)(13 * V) * sizeof *with);
+	float *without = malloc((size_t)(13 * V) * sizeof *without);
+
+	make_ids(V, 13, ids);
+	decode_run(&cpu, ids, ref);
+	gq_gpu_model_use_graphs(gpu.gpu, 1);
+	decode_run(&gpu, ids, with);
+	gq_gpu_model_use_graphs(gpu.gpu, 0);
+	decode_run(&gpu, ids, without);
+	/* a replayed graph runs the very kernels the direct launches do */
+	CHECK(memcmp(with, without, (size_t)(13 * V) * sizeof *with) == 0);
+	printf("#   decode with graphs: relative error %.2e against the CPU\n", rel_err(with, ref, 13 * V));
+	CHECK(rel_err(with, ref, 13 * V) < TOL);
+
+	/* greedy and beam ids: the CPU's, for a few tokens */
+	gq_gpu_model_use_graphs(gpu.gpu, 1);
+	for (int beams = 1; beams <= 3; beams += 2) {
+		gq_gen_opts o = {.max_new = 6, .top_p = 1, .repeat_penalty = 1, .beams = beams};
+
+		CHECK_OK(gq_generate(cpu.model, cpu.layers, ids, 4, &o, NULL, NULL, &ga, &na));
+		CHECK_OK(gq_generate(gpu.model, gpu.layers, ids, 4, &o, NULL, NULL, &gb, &nb));
+		CHECK(na == nb && na > 0 && memcmp(ga, gb, (size_t)na * sizeof *ga) == 0);
+		free(ga);
+		free(gb);
+	}
+	free(ref);
+	free(with);
+	free(without);
+	gq_runner_close(&gpu);
+	gq_runner_close(&cpu);
+}
+
+static void test_split(void)
+{
+	const char *dir = testdata("models/qwen3");
+	const int64_t T = 20;
+	gq_runner one, two;
+	int32_t ids[20];
+
+	if (!have_gpu())
+		return;
+	CHECK_OK(gq_runner_open(&one, dir, 2, "cuda:0"));
+	CHECK_OK(gq_runner_open(&two, dir, 2, "cuda:0,cuda:0"));
+	int64_t V = one.model->cfg.vocab;
+	float *a = malloc((size_t)(T * V) * sizeof *a), *b = malloc((size_t)(T * V) * sizeof *b);
+
+	make_ids(V, T, ids);
+	CHECK_OK(logits_of(&one, ids, T, a));
+	CHECK_OK(logits_of(&two, ids, T, b));
+	CHECK(memcmp(a, b, (size_t)(T * V) * sizeof *a) == 0);
+	free(a);
+	free(b);
+	gq_runner_close(&one);
+	gq_runner_close(&two);
+}
+
+typedef struct {
+	int calls, bad;
+	const gq_model *m;
+	int64_t rows;
+} hook_ctx;
+
+static int on_group(void *p, int layer, int group, const void *x16, int64_t rows, int64_t cols)
+{
+	hook_ctx *h = p;
+
+	h->calls++;
+	h->bad += rows != h->rows || cols < 1 || !x16 || layer < 0 ||
+		  layer >= h->m->cfg.n_layers || group < 0 || group >= h->m->n_groups;
+	return 0;
+}
+
+static void test_hooks(void)
+{
+	gq_runner r;
+	int32_t ids[6];
+	float *lg;
+
+	if (!have_gpu())
+		return;
+	CHECK_OK(gq_runner_open(&r, testdata("models/qwen3"), 2, "cuda"));
+	hook_ctx h = {0, 0, r.model, 6};
+	gq_gpu_hooks hooks = {on_group, &h};
+
+	lg = malloc((size_t)(6 * r.model->cfg.vocab) * sizeof *lg);
+	make_ids(r.model->cfg.vocab, 6, ids);
+	gq_gpu_model_set_hooks(r.gpu, &hooks);
+	CHECK_OK(logits_of(&r, ids, 6, lg));
+	CHECK(h.calls == r.model->n_groups * (int)r.model->cfg.n_layers && h.bad == 0);
+	gq_gpu_model_set_hooks(r.gpu, NULL);
+	free(lg);
+	gq_runner_close(&r);
+}
+
+int main(void)
+{
+	RUN(test_device_lists);
+	RUN(test_fixtures);
+	RUN(test_decode);
+	RUN(test_split);
+	RUN(test_hooks);
+	return check_done();
+}
