@@ -40,7 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* GEMV shape (and QM_BLOCKS below): the -D overrides are for tuning sweeps */
+/* GEMV shape (and QM_BLOCKS, QM_MAX_T below): the -D overrides are for tuning sweeps */
 #ifndef QG_ROWS
 #define QG_ROWS 4 /* output rows per GEMV block */
 #endif
@@ -405,10 +405,11 @@ dequant_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ s
  * Y [T, out] (or its split-K partial) = W Xᵀ without an fp16 copy of W in
  * device memory. A block of 8 warps owns QM_ROWS rows and steps through its
  * K range two chunks (64 codes) at a time:
- *   registers: a ring of the next QM_DEPTH steps' codes and scales (one
- *     chunk per lane: row 16 warp + lane / 2, chunk lane % 2), so that many
- *     weight loads are in flight (one step ahead left the loads
- *     latency-bound: 9% of DRAM bandwidth), and the next step's X slice;
+ *   registers: the next step's codes, groups and scale (one chunk per lane:
+ *     row 16 warp + lane / 2, chunk lane % 2) and X slice, loaded while the
+ *     tensor cores work on the current one (a ring of 4 steps in flight
+ *     measured no faster: the kernel is bound by issue and barriers, not
+ *     by load latency);
  *   Ws [QM_ROWS][64] fp16: the step's weights, dequantized by the lanes
  *     (oct_to_half: the same rounding as dequant_kernel, so the same W16);
  *   Xs [16 NT][64] fp16: the step's X (zero past T);
@@ -417,8 +418,9 @@ dequant_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ s
  * Split K: grid.y = S slices of the K steps; with S > 1 each writes its
  * partial part [S][T][out] and reduce_kernel sums them (a fixed order).
  */
+#ifndef QM_MAX_T
 #define QM_MAX_T 64
-#define QM_DEPTH 4 /* steps of weights in flight per lane */
+#endif
 
 template <int BITS>
 struct qm_stage { /* one step of a lane's weights */
@@ -428,7 +430,7 @@ struct qm_stage { /* one step of a lane's weights */
 };
 
 template <int BITS, int NT>
-__global__ static void __launch_bounds__(QM_THREADS, 2)
+__global__ static void __launch_bounds__(QM_THREADS)
 qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	    const int32_t *__restrict__ gsorted, const __half *__restrict__ xs, int64_t ldx,
 	    int T, float *__restrict__ dst, int64_t out, int n_chunks, int n_groups,
@@ -445,8 +447,8 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	const int step0 = blockIdx.y * steps_per_slice;
 	const int step1 = min(step0 + steps_per_slice, (n_chunks + 1) / 2);
 	const __half2 *sz_row = sz + my_row * n_groups;
-	qm_stage<BITS> ring[QM_DEPTH]; /* ring[d]: step s with (s - step0) % QM_DEPTH == d */
-	uint4 xv[XPT];                 /* this thread's vectors of the next step's X */
+	qm_stage<BITS> next; /* the lane's weights of the next step */
+	uint4 xv[XPT];       /* this thread's vectors of the next step's X */
 	nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc[NT];
 
 #pragma unroll
@@ -480,56 +482,52 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 		}
 	};
 
-#pragma unroll
-	for (int d = 0; d < QM_DEPTH; d++)
-		if (step0 + d < step1)
-			load_w(step0 + d, ring[d]);
-	if (step0 < step1)
+	if (step0 < step1) {
+		load_w(step0, next);
 		load_x(step0);
-	for (int sb = step0; sb < step1; sb += QM_DEPTH) {
-#pragma unroll
-		for (int d = 0; d < QM_DEPTH; d++) { /* unrolled: ring[d] stays in registers */
-			const int s = sb + d, c = 2 * s + (lane & 1);
+	}
+	for (int s = step0; s < step1; s++) {
+		const int c = 2 * s + (lane & 1);
 
-			if (s >= step1) /* the same for the whole block */
-				break;
-			__syncthreads(); /* the previous step's fragments are read */
-			{
-				__half2 zero1024[4], scale[4];
-				__half *wrow = Ws + (16 * warp + (lane >> 1)) * QM_LD + 32 * (lane & 1);
+		__syncthreads(); /* the previous step's fragments are read */
+		{
+			__half2 zero1024[4], scale[4];
+			__half *wrow = Ws + (16 * warp + (lane >> 1)) * QM_LD + 32 * (lane & 1);
+			const bool uniform = next.g0 == next.g31;
 
+			if (uniform) /* once for the chunk */
+				oct_params(sz_row, gsorted, 0, 0, true, next.sz0, zero1024, scale);
 #pragma unroll
-				for (int q = 0; q < 4; q++) {
-					oct_params(sz_row, gsorted, c < n_chunks ? c : 0, q,
-						   ring[d].g0 == ring[d].g31, ring[d].sz0, zero1024, scale);
-					*(uint4 *)(wrow + 8 * q) =
-						oct_to_half<BITS>(oct_of<BITS>(ring[d].w, q), zero1024, scale);
-				}
-#pragma unroll
-				for (int i = 0; i < XPT; i++) {
-					const int v = threadIdx.x + i * QM_THREADS;
-
-					if (v < XV)
-						*(uint4 *)(Xs + (v >> 3) * QM_LD + 8 * (v & 7)) = xv[i];
-				}
+			for (int q = 0; q < 4; q++) {
+				if (!uniform)
+					oct_params(sz_row, gsorted, c < n_chunks ? c : 0, q, false, next.sz0,
+						   zero1024, scale);
+				*(uint4 *)(wrow + 8 * q) = oct_to_half<BITS>(oct_of<BITS>(next.w, q), zero1024, scale);
 			}
-			__syncthreads();
-			if (s + QM_DEPTH < step1) /* in flight while the tensor cores run */
-				load_w(s + QM_DEPTH, ring[d]);
-			if (s + 1 < step1)
-				load_x(s + 1);
 #pragma unroll
-			for (int kk = 0; kk < 64; kk += 16) {
-				nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> a;
+			for (int i = 0; i < XPT; i++) {
+				const int v = threadIdx.x + i * QM_THREADS;
 
-				nvcuda::wmma::load_matrix_sync(a, Ws + 16 * warp * QM_LD + kk, QM_LD);
+				if (v < XV)
+					*(uint4 *)(Xs + (v >> 3) * QM_LD + 8 * (v & 7)) = xv[i];
+			}
+		}
+		__syncthreads();
+		if (s + 1 < step1) { /* in flight while the tensor cores run */
+			load_w(s + 1, next);
+			load_x(s + 1);
+		}
 #pragma unroll
-				for (int j = 0; j < NT; j++) {
-					nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::col_major> b;
+		for (int kk = 0; kk < 64; kk += 16) {
+			nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> a;
 
-					nvcuda::wmma::load_matrix_sync(b, Xs + 16 * j * QM_LD + kk, QM_LD);
-					nvcuda::wmma::mma_sync(acc[j], a, b, acc[j]);
-				}
+			nvcuda::wmma::load_matrix_sync(a, Ws + 16 * warp * QM_LD + kk, QM_LD);
+#pragma unroll
+			for (int j = 0; j < NT; j++) {
+				nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::col_major> b;
+
+				nvcuda::wmma::load_matrix_sync(b, Xs + 16 * j * QM_LD + kk, QM_LD);
+				nvcuda::wmma::mma_sync(acc[j], a, b, acc[j]);
 			}
 		}
 	}
@@ -636,14 +634,16 @@ static int needs_gather(const gq_gpu_qmat *w)
 
 /*
  * Split-K slices of the fused kernel: enough blocks to fill the GPU
- * (QM_BLOCKS), at least 4 steps (256 codes) per slice; a function of the
- * shape alone, so the workspace size is too.
+ * (QM_BLOCKS; twice that for 1 or 2 token tiles, whose registers allow 4
+ * resident blocks per SM, not 2), at least 4 steps (256 codes) per slice;
+ * a function of the shape and T alone, so the workspace size is too.
  */
-static int qm_slices(const gq_gpu_qmat *w, int *steps_per_slice)
+static int qm_slices(const gq_gpu_qmat *w, int64_t T, int *steps_per_slice)
 {
 	const int64_t steps = CEIL_DIV(w->in_pad / 32, (int64_t)2);
 	const int64_t row_blocks = CEIL_DIV(w->out, (int64_t)QM_ROWS);
-	int64_t S = CEIL_DIV((int64_t)QM_BLOCKS, row_blocks), per;
+	const int64_t blocks = T <= 32 ? 2 * QM_BLOCKS : QM_BLOCKS;
+	int64_t S = CEIL_DIV(blocks, row_blocks), per;
 
 	if (S > steps / 4)
 		S = steps / 4;
@@ -671,7 +671,7 @@ extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
 	if (T <= GQ_GPU_GEMV_MAX_T)
 		return xs_bytes(w, T);
 	if (T <= QM_MAX_T) {
-		S = qm_slices(w, &per);
+		S = qm_slices(w, T, &per);
 		return xs_bytes(w, T) + (S > 1 ? (uint64_t)(S * T * w->out) * 4 : 0);
 	}
 	return xs_bytes(w, T) + (uint64_t)(w->out * w->in_pad) * 2;
@@ -741,7 +741,7 @@ template <int BITS>
 static int launch_mma(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float *Y, int T,
 		      float *part, cudaStream_t s)
 {
-	int per, S = qm_slices(w, &per);
+	int per, S = qm_slices(w, T, &per);
 	const dim3 grid((unsigned)CEIL_DIV(w->out, (int64_t)QM_ROWS), (unsigned)S);
 	float *dst = S > 1 ? part : Y;
 	const int n_chunks = (int)(w->in_pad / 32);
