@@ -21,9 +21,15 @@
  *     turn two codes into a half2 1024 + c with one mask (exact), 3 bits go code
  *     by code; a chunk that spans groups (group sizes not a multiple of 32,
  *     irregular g_idx) falls back to a per-code group lookup.
+ *   T <= QM_MAX_T (64; CUDA): qmma_kernel<BITS, NT>, dequantize into shared
+ *     memory + wmma tensor cores, K split over blocks when the rows alone do
+ *     not fill the GPU (comment at the kernel).
  *   larger T: dequant_kernel<BITS> writes W16 [out, in_pad] fp16, then cuBLAS
  *     GemmEx (fp16 in, fp32 accumulate and out).
- * Instances: BITS in {2, 3, 4, 8} x T in 1..8 for the GEMV; BITS for dequant.
+ * The fused kernel and dequant_kernel round each weight to fp16 the same way
+ * (oct_to_half), so they multiply the same W16.
+ * Instances: BITS in {2, 3, 4, 8} x T in 1..8 for the GEMV, x NT in 1..4
+ * token tiles of 16 for the fused kernel; BITS for dequant.
  */
 #include "gpu/gpu.h"
 #include "gpu/vendor.h"
@@ -34,8 +40,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define QG_ROWS 4      /* output rows per GEMV block */
+/* GEMV shape (and QM_BLOCKS, QM_MAX_T below): the -D overrides are for tuning sweeps */
+#ifndef QG_ROWS
+#define QG_ROWS 4 /* output rows per GEMV block */
+#endif
+#ifndef QG_THREADS
 #define QG_THREADS 128 /* threads per GEMV block */
+#endif
 
 #define LAUNCH_CHECK(name)                                                               \
 	do {                                                                             \
@@ -235,53 +246,323 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	}
 }
 
-/* xs [T, in_pad] = x [T, ldx] gathered through perm (NULL: identity), zero past in. */
+/*
+ * xs [T, in_pad] = x [T, ldx] gathered through perm (NULL: identity), zero
+ * past in. Grid (column blocks, token blocks): no division per element.
+ */
 __global__ static void gather_kernel(const __half *__restrict__ x, int64_t ldx,
 				     const int32_t *__restrict__ perm, int64_t in, int64_t in_pad,
-				     __half *__restrict__ xs, int64_t n)
+				     int64_t T, __half *__restrict__ xs)
 {
-	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-	     i += (int64_t)gridDim.x * blockDim.x) {
-		int64_t t = i / in_pad, k = i % in_pad;
+	const int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
 
-		xs[i] = k < in ? x[t * ldx + (perm ? perm[k] : k)] : __float2half(0.0f);
+	if (k >= in_pad)
+		return;
+	for (int64_t t = blockIdx.y; t < T; t += gridDim.y)
+		xs[t * in_pad + k] = k < in ? x[t * ldx + (perm ? perm[k] : k)] : __float2half(0.0f);
+}
+
+/*
+ * 8 consecutive codes of a chunk ("an oct", codes 8 q .. 8 q + 7, BITS bytes)
+ * right-aligned in a 64-bit pair; q is a constant once loops unroll.
+ */
+template <int BITS>
+__device__ __forceinline__ uint2 oct_of(const uint32_t (&w)[BITS], int q)
+{
+	if constexpr (BITS == 8) {
+		return make_uint2(w[2 * q], w[2 * q + 1]);
+	} else if constexpr (BITS == 4) {
+		return make_uint2(w[q], 0);
+	} else if constexpr (BITS == 2) {
+		return make_uint2(w[q >> 1] >> (16 * (q & 1)), 0);
+	} else {
+		const int bit = 24 * q, i = bit >> 5;
+
+		return make_uint2(__funnelshift_r(w[i], w[i + 1 < 3 ? i + 1 : 2], bit & 31), 0);
+	}
+}
+
+/* The same from device memory for a run-time q: only the words it needs. */
+template <int BITS>
+__device__ __forceinline__ uint2 load_oct(const uint32_t *chunk, int q)
+{
+	if constexpr (BITS == 8) {
+		return *(const uint2 *)(chunk + 2 * q);
+	} else if constexpr (BITS == 4) {
+		return make_uint2(chunk[q], 0);
+	} else if constexpr (BITS == 2) {
+		return make_uint2(chunk[q >> 1] >> (16 * (q & 1)), 0);
+	} else {
+		const int bit = 24 * q, i = bit >> 5;
+
+		return make_uint2(__funnelshift_r(chunk[i], chunk[i + 1 < 3 ? i + 1 : 2], bit & 31), 0);
 	}
 }
 
 /*
- * W16 [out, 32 n_chunks] fp16 in sorted column order; one thread per 8 codes
- * (a quarter chunk), so a warp stores 512 contiguous bytes.
+ * An oct as 8 fp16 weights in code order, pair p (codes 2p, 2p + 1) with
+ * zero1024[p] = 1024 + zero and scale[p] per half. Each code becomes the half
+ * 1024 + c (masked into the mantissa of 0x6400), so (1024 + c) - (1024 + z)
+ * is the exact integer c - z and one fp16 multiply rounds (c - z) s once:
+ * bit-identical to rounding the exact fp32 product.
  */
 template <int BITS>
-__global__ static void dequant_kernel(const uint32_t *__restrict__ codes,
-				      const __half2 *__restrict__ sz, const int32_t *__restrict__ gsorted,
-				      __half *__restrict__ W16, int64_t out, int64_t n_chunks,
-				      int64_t n_groups)
+__device__ __forceinline__ uint4 oct_to_half(uint2 v, const __half2 (&zero1024)[4],
+					     const __half2 (&scale)[4])
 {
-	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < out * n_chunks * 4;
-	     i += (int64_t)gridDim.x * blockDim.x) {
-		const int64_t o = (i >> 2) / n_chunks, c = (i >> 2) % n_chunks;
-		const int q = (int)(i & 3), g0 = gsorted[32 * c], uniform = g0 == gsorted[32 * c + 31];
-		const float2 s0 = __half22float2(sz[o * n_groups + g0]);
-		uint32_t w[BITS];
-		__half2 h[4];
+	uint32_t c[4]; /* c[q] = halves (1024 + code q, 1024 + code q + 4) */
 
-		load_chunk<BITS>(codes + o * n_chunks * BITS + c * BITS, w);
+	if constexpr (BITS == 8) {
 #pragma unroll
-		for (int qq = 0; qq < 4; qq++) /* constant code positions: w stays in registers */
-			if (qq == q)
-#pragma unroll
-				for (int j = 0; j < 8; j += 2) {
-					const int k = 32 * c + 8 * qq + j;
-					float2 a = uniform ? s0 : __half22float2(sz[o * n_groups + gsorted[k]]);
-					float2 b = uniform ? s0 : __half22float2(sz[o * n_groups + gsorted[k + 1]]);
+		for (int q = 0; q < 4; q++)
+			c[q] = (__byte_perm(v.x, v.y, q | (4 + q) << 8) & 0x00ff00ffu) | 0x64006400u;
+	} else {
+		/* codes 0-3 to bits 0.., codes 4-7 to bits 16.. (4 bits: already there) */
+		constexpr uint32_t LO = (1u << (4 * BITS)) - 1, MASK2 = ((1u << BITS) - 1) * 0x00010001u;
+		const uint32_t x = (v.x & LO) | ((v.x >> (4 * BITS)) & LO) << 16;
 
-					h[j / 2] = __floats2half2_rn((code_at<BITS>(w, 8 * qq + j) - a.y) * a.x,
-								     (code_at<BITS>(w, 8 * qq + j + 1) - b.y) * b.x);
-				}
-		*(uint4 *)(W16 + o * 32 * n_chunks + 32 * c + 8 * q) = *(const uint4 *)h;
+#pragma unroll
+		for (int q = 0; q < 4; q++)
+			c[q] = ((x >> (BITS * q)) & MASK2) | 0x64006400u;
+	}
+	const uint32_t pair[4] = {__byte_perm(c[0], c[1], 0x5410), __byte_perm(c[2], c[3], 0x5410),
+				  __byte_perm(c[0], c[1], 0x7632), __byte_perm(c[2], c[3], 0x7632)};
+	uint4 r;
+	uint32_t *o = (uint32_t *)&r;
+
+#pragma unroll
+	for (int p = 0; p < 4; p++) {
+		__half2 h = __hmul2(__hsub2(*(const __half2 *)&pair[p], zero1024[p]), scale[p]);
+
+		o[p] = *(const uint32_t *)&h;
+	}
+	return r;
+}
+
+/*
+ * The (1024 + zero, scale) pairs for oct q of chunk c of row `row`: one
+ * lookup when the chunk lies in one group (uniform), else one per code.
+ */
+__device__ __forceinline__ void oct_params(const __half2 *__restrict__ sz_row,
+					   const int32_t *__restrict__ gsorted, int64_t c, int q,
+					   bool uniform, __half2 sz0, __half2 (&zero1024)[4],
+					   __half2 (&scale)[4])
+{
+	const __half2 k1024 = __float2half2_rn(1024.0f);
+
+#pragma unroll
+	for (int p = 0; p < 4; p++) {
+		__half2 a = sz0, b = sz0;
+
+		if (!uniform) {
+			a = sz_row[gsorted[32 * c + 8 * q + 2 * p]];
+			b = sz_row[gsorted[32 * c + 8 * q + 2 * p + 1]];
+		}
+		/* sz halves are (scale, zero) */
+		zero1024[p] = __hadd2(__highs2half2(a, b), k1024);
+		scale[p] = __lows2half2(a, b);
 	}
 }
+
+/*
+ * W16 [out, 32 n_chunks] fp16 in sorted column order. Grid (out, chunk
+ * blocks): block (o, y) does row o, chunks [64 y, 64 y + 64), one thread per
+ * oct, so a warp reads 8 whole chunks and stores 512 contiguous bytes as
+ * 16-byte vectors; 32-bit index arithmetic only (the row is the block).
+ */
+#define DQ_THREADS 256
+template <int BITS>
+__global__ static void __launch_bounds__(DQ_THREADS)
+dequant_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
+	       const int32_t *__restrict__ gsorted, __half *__restrict__ W16, int n_chunks,
+	       int n_groups)
+{
+	const int64_t o = blockIdx.x;
+	const int c = blockIdx.y * (DQ_THREADS / 4) + (threadIdx.x >> 2), q = threadIdx.x & 3;
+
+	if (c >= n_chunks)
+		return;
+	const __half2 *sz_row = sz + o * n_groups;
+	const int g0 = gsorted[32 * c];
+	const uint2 v = load_oct<BITS>(codes + (o * n_chunks + c) * BITS, q);
+	__half2 zero1024[4], scale[4];
+
+	oct_params(sz_row, gsorted, c, q, g0 == gsorted[32 * c + 31], sz_row[g0], zero1024, scale);
+	*(uint4 *)(W16 + (o * n_chunks + c) * 32 + 8 * q) = oct_to_half<BITS>(v, zero1024, scale);
+}
+
+#define QM_ROWS 128   /* output rows per block: 16 per warp */
+#define QM_THREADS 256
+#define QM_LD 72      /* shared row stride in halves: 64 + 8 against bank conflicts */
+#ifndef QM_BLOCKS
+#define QM_BLOCKS 264 /* at least two blocks per SM on a 132-SM H100/H200 */
+#endif
+#ifdef GQ_HIP
+#define QM_MAX_T GQ_GPU_GEMV_MAX_T /* no fused kernel (wmma is CUDA's): dequantize + GEMM */
+#else
+/*
+ * Fused dequantize + tensor-core product for GQ_GPU_GEMV_MAX_T < T <= QM_MAX_T:
+ * Y [T, out] (or its split-K partial) = W Xᵀ without an fp16 copy of W in
+ * device memory. A block of 8 warps owns QM_ROWS rows and steps through its
+ * K range two chunks (64 codes) at a time:
+ *   registers: the next step's codes, groups and scale (one chunk per lane:
+ *     row 16 warp + lane / 2, chunk lane % 2) and X slice, loaded while the
+ *     tensor cores work on the current one (a ring of 4 steps in flight
+ *     measured no faster: the kernel is bound by issue and barriers, not
+ *     by load latency);
+ *   Ws [QM_ROWS][64] fp16: the step's weights, dequantized by the lanes
+ *     (oct_to_half: the same rounding as dequant_kernel, so the same W16);
+ *   Xs [16 NT][64] fp16: the step's X (zero past T);
+ *   each warp: C [16 rows][16 NT tokens] += Ws rows · Xsᵀ (wmma 16x16x16,
+ *     fp32 accumulators).
+ * Split K: grid.y = S slices of the K steps; with S > 1 each writes its
+ * partial part [S][T][out] and reduce_kernel sums them (a fixed order).
+ */
+#ifndef QM_MAX_T
+#define QM_MAX_T 64
+#endif
+
+template <int BITS>
+struct qm_stage { /* one step of a lane's weights */
+	uint32_t w[BITS]; /* its chunk */
+	int g0, g31;      /* groups of the chunk's first and last code */
+	__half2 sz0;      /* (scale, zero) of g0 */
+};
+
+template <int BITS, int NT>
+__global__ static void __launch_bounds__(QM_THREADS)
+qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
+	    const int32_t *__restrict__ gsorted, const __half *__restrict__ xs, int64_t ldx,
+	    int T, float *__restrict__ dst, int64_t out, int n_chunks, int n_groups,
+	    int steps_per_slice)
+{
+	__shared__ __align__(32) __half Ws[QM_ROWS * QM_LD];     /* [QM_ROWS][QM_LD] */
+	__shared__ __align__(32) __half Xs[16 * NT * QM_LD];     /* [16 NT][QM_LD] */
+	__shared__ __align__(32) float Cs[QM_THREADS / 32][256]; /* per warp [16 tokens][16 rows] */
+	constexpr int XV = 16 * NT * 8;                          /* 16-byte vectors in Xs's data */
+	constexpr int XPT = (XV + QM_THREADS - 1) / QM_THREADS;  /* of them per thread */
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const int64_t o0 = (int64_t)blockIdx.x * QM_ROWS;
+	const int64_t my_row = o0 + 16 * warp + (lane >> 1) < out ? o0 + 16 * warp + (lane >> 1) : out - 1;
+	const int step0 = blockIdx.y * steps_per_slice;
+	const int step1 = min(step0 + steps_per_slice, (n_chunks + 1) / 2);
+	const __half2 *sz_row = sz + my_row * n_groups;
+	qm_stage<BITS> next; /* the lane's weights of the next step */
+	uint4 xv[XPT];       /* this thread's vectors of the next step's X */
+	nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc[NT];
+
+#pragma unroll
+	for (int j = 0; j < NT; j++)
+		nvcuda::wmma::fill_fragment(acc[j], 0.0f);
+
+	/* the lane's chunk of step s (zeros past the last chunk), codes first */
+	auto load_w = [&](int s, qm_stage<BITS> &st) {
+		const int c = 2 * s + (lane & 1);
+
+		if (c < n_chunks) {
+			load_chunk<BITS>(codes + (my_row * n_chunks + c) * BITS, st.w);
+			st.g0 = gsorted[32 * c], st.g31 = gsorted[32 * c + 31];
+		} else {
+#pragma unroll
+			for (int i = 0; i < BITS; i++)
+				st.w[i] = 0;
+			st.g0 = st.g31 = gsorted[0];
+		}
+		st.sz0 = sz_row[st.g0];
+	};
+	/* this thread's vectors of step s's X (zeros past the last chunk and past T) */
+	auto load_x = [&](int s) {
+#pragma unroll
+		for (int i = 0; i < XPT; i++) {
+			const int v = threadIdx.x + i * QM_THREADS, t = v >> 3, k = 64 * s + 8 * (v & 7);
+
+			xv[i] = make_uint4(0, 0, 0, 0);
+			if (v < XV && t < T && k < 32 * n_chunks)
+				xv[i] = *(const uint4 *)(xs + t * ldx + k);
+		}
+	};
+
+	if (step0 < step1) {
+		load_w(step0, next);
+		load_x(step0);
+	}
+	for (int s = step0; s < step1; s++) {
+		const int c = 2 * s + (lane & 1);
+
+		__syncthreads(); /* the previous step's fragments are read */
+		{
+			__half2 zero1024[4], scale[4];
+			__half *wrow = Ws + (16 * warp + (lane >> 1)) * QM_LD + 32 * (lane & 1);
+			const bool uniform = next.g0 == next.g31;
+
+			if (uniform) /* once for the chunk */
+				oct_params(sz_row, gsorted, 0, 0, true, next.sz0, zero1024, scale);
+#pragma unroll
+			for (int q = 0; q < 4; q++) {
+				if (!uniform)
+					oct_params(sz_row, gsorted, c < n_chunks ? c : 0, q, false, next.sz0,
+						   zero1024, scale);
+				*(uint4 *)(wrow + 8 * q) = oct_to_half<BITS>(oct_of<BITS>(next.w, q), zero1024, scale);
+			}
+#pragma unroll
+			for (int i = 0; i < XPT; i++) {
+				const int v = threadIdx.x + i * QM_THREADS;
+
+				if (v < XV)
+					*(uint4 *)(Xs + (v >> 3) * QM_LD + 8 * (v & 7)) = xv[i];
+			}
+		}
+		__syncthreads();
+		if (s + 1 < step1) { /* in flight while the tensor cores run */
+			load_w(s + 1, next);
+			load_x(s + 1);
+		}
+#pragma unroll
+		for (int kk = 0; kk < 64; kk += 16) {
+			nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> a;
+
+			nvcuda::wmma::load_matrix_sync(a, Ws + 16 * warp * QM_LD + kk, QM_LD);
+#pragma unroll
+			for (int j = 0; j < NT; j++) {
+				nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::col_major> b;
+
+				nvcuda::wmma::load_matrix_sync(b, Xs + 16 * j * QM_LD + kk, QM_LD);
+				nvcuda::wmma::mma_sync(acc[j], a, b, acc[j]);
+			}
+		}
+	}
+
+	/* C (row i, token n) -> dst[t][o]: through the warp's Cs, 16 rows contiguous per token */
+	dst += (int64_t)blockIdx.y * T * out;
+#pragma unroll
+	for (int j = 0; j < NT; j++) {
+		nvcuda::wmma::store_matrix_sync(Cs[warp], acc[j], 16, nvcuda::wmma::mem_col_major);
+		__syncwarp();
+		for (int e = lane; e < 256; e += 32) {
+			const int t = 16 * j + (e >> 4);
+			const int64_t o = o0 + 16 * warp + (e & 15);
+
+			if (t < T && o < out)
+				dst[t * out + o] = Cs[warp][e];
+		}
+		__syncwarp();
+	}
+}
+
+/* y [n] = Σ_s part[s][n] over S slices, in slice order. */
+__global__ static void reduce_kernel(const float *__restrict__ part, int S, int64_t n,
+				     float *__restrict__ y)
+{
+	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+	     i += (int64_t)gridDim.x * blockDim.x) {
+		float v = part[i];
+
+		for (int s = 1; s < S; s++)
+			v += part[s * n + i];
+		y[i] = v;
+	}
+}
+#endif
 
 extern "C" int gq_gpu_qmat_upload(gq_gpu_qmat *d, const gq_qgemv_mat *m)
 {
@@ -351,11 +632,49 @@ static int needs_gather(const gq_gpu_qmat *w)
 	return w->perm || w->in != w->in_pad;
 }
 
+/*
+ * Split-K slices of the fused kernel: enough blocks to fill the GPU
+ * (QM_BLOCKS; twice that for 1 or 2 token tiles, whose registers allow 4
+ * resident blocks per SM, not 2), at least 4 steps (256 codes) per slice;
+ * a function of the shape and T alone, so the workspace size is too.
+ */
+static int qm_slices(const gq_gpu_qmat *w, int64_t T, int *steps_per_slice)
+{
+	const int64_t steps = CEIL_DIV(w->in_pad / 32, (int64_t)2);
+	const int64_t row_blocks = CEIL_DIV(w->out, (int64_t)QM_ROWS);
+	const int64_t blocks = T <= 32 ? 2 * QM_BLOCKS : QM_BLOCKS;
+	int64_t S = CEIL_DIV(blocks, row_blocks), per;
+
+	if (S > steps / 4)
+		S = steps / 4;
+	if (S < 1)
+		S = 1;
+	per = CEIL_DIV(steps, S);
+	*steps_per_slice = (int)per;
+	return (int)CEIL_DIV(steps, per);
+}
+
+/*
+ * Workspace: [xs: T x in_pad fp16 when gathered, rounded up to 256 bytes]
+ * then, by path: nothing (GEMV), the split-K partials [S][T][out] fp32
+ * (fused, S > 1), or W16 [out][in_pad] fp16 (dequantize + cuBLAS).
+ */
+static uint64_t xs_bytes(const gq_gpu_qmat *w, int64_t T)
+{
+	return needs_gather(w) ? CEIL_DIV((uint64_t)(T * w->in_pad) * 2, (uint64_t)256) * 256 : 0;
+}
+
 extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
 {
-	uint64_t xs = needs_gather(w) ? (uint64_t)(T * w->in_pad) * 2 : 0;
+	int per, S;
 
-	return T <= GQ_GPU_GEMV_MAX_T ? xs : xs + (uint64_t)(w->out * w->in_pad) * 2;
+	if (T <= GQ_GPU_GEMV_MAX_T)
+		return xs_bytes(w, T);
+	if (T <= QM_MAX_T) {
+		S = qm_slices(w, T, &per);
+		return xs_bytes(w, T) + (S > 1 ? (uint64_t)(S * T * w->out) * 4 : 0);
+	}
+	return xs_bytes(w, T) + (uint64_t)(w->out * w->in_pad) * 2;
 }
 
 /*
@@ -409,19 +728,51 @@ static void launch_gemv(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, flo
 template <int BITS>
 static void launch_dequant(const gq_gpu_qmat *w, __half *W16, cudaStream_t s)
 {
-	const int64_t n = w->out * (w->in_pad / 32) * 4;
-	const int64_t blocks = CEIL_DIV(n, (int64_t)256) < 65535 * 16 ? CEIL_DIV(n, (int64_t)256) : 65535 * 16;
+	const int n_chunks = (int)(w->in_pad / 32);
+	const dim3 grid((unsigned)w->out, (unsigned)CEIL_DIV(n_chunks, DQ_THREADS / 4));
 
-	dequant_kernel<BITS><<<blocks, 256, 0, s>>>(w->codes, (const __half2 *)w->sz, w->gsorted, W16,
-						   w->out, w->in_pad / 32, w->n_groups);
+	dequant_kernel<BITS><<<grid, DQ_THREADS, 0, s>>>(w->codes, (const __half2 *)w->sz, w->gsorted,
+							 W16, n_chunks, (int)w->n_groups);
 }
+
+#ifndef GQ_HIP
+/* The fused kernel into dst (Y, or the partials when split), then the split-K sum. */
+template <int BITS>
+static int launch_mma(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float *Y, int T,
+		      float *part, cudaStream_t s)
+{
+	int per, S = qm_slices(w, T, &per);
+	const dim3 grid((unsigned)CEIL_DIV(w->out, (int64_t)QM_ROWS), (unsigned)S);
+	float *dst = S > 1 ? part : Y;
+	const int n_chunks = (int)(w->in_pad / 32);
+
+	switch ((T + 15) / 16) {
+#define MMA_NT(NT)                                                                                 \
+	case NT:                                                                                   \
+		qmma_kernel<BITS, NT><<<grid, QM_THREADS, 0, s>>>(w->codes, (const __half2 *)w->sz,     \
+								  w->gsorted, xs, ldx, T, dst, w->out,  \
+								  n_chunks, (int)w->n_groups, per);     \
+		break;
+		MMA_NT(1) MMA_NT(2) MMA_NT(3) MMA_NT(4)
+#undef MMA_NT
+	}
+	LAUNCH_CHECK("qmma_kernel");
+	if (S > 1) {
+		const int64_t n = (int64_t)T * w->out;
+
+		reduce_kernel<<<(unsigned)CEIL_DIV(n, (int64_t)256), 256, 0, s>>>(part, S, n, Y);
+		LAUNCH_CHECK("reduce_kernel");
+	}
+	return GQ_OK;
+}
+#endif
 
 extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, float *Y, void *ws,
 			    uint64_t ws_bytes, void *stream)
 {
 	cudaStream_t s = (cudaStream_t)stream;
 	const __half *xs = (const __half *)X;
-	__half *W16 = (__half *)ws;
+	void *rest = (char *)ws + xs_bytes(w, T); /* the workspace after xs */
 	int64_t ldx = w->in;
 
 	if (T < 1 || T > INT_MAX)
@@ -433,15 +784,12 @@ extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, floa
 	if (!needs_gather(w) && ((uintptr_t)X & 15))
 		return gq_err(GQ_ERR_ARG, "X must be 16-byte aligned");
 	if (needs_gather(w)) {
-		const int64_t n = T * w->in_pad;
-		const int64_t blocks = CEIL_DIV(n, (int64_t)256) < 65535 * 16 ? CEIL_DIV(n, (int64_t)256) : 65535 * 16;
-		/* after W16 when there is one: its size keeps xs 64-byte aligned */
-		__half *g = W16 + (T > GQ_GPU_GEMV_MAX_T ? w->out * w->in_pad : 0);
+		const dim3 grid((unsigned)CEIL_DIV(w->in_pad, (int64_t)256), (unsigned)(T < 65535 ? T : 65535));
 
-		gather_kernel<<<blocks, 256, 0, s>>>((const __half *)X, w->in, w->perm, w->in, w->in_pad,
-						     g, n);
-		xs = g;
+		gather_kernel<<<grid, 256, 0, s>>>((const __half *)X, w->in, w->perm, w->in, w->in_pad, T,
+						   (__half *)ws);
 		LAUNCH_CHECK("gather_kernel");
+		xs = (const __half *)ws;
 		ldx = w->in_pad;
 	}
 	if (T <= GQ_GPU_GEMV_MAX_T) {
@@ -454,12 +802,22 @@ extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, floa
 		LAUNCH_CHECK("qgemv_kernel");
 		return GQ_OK;
 	}
+#ifndef GQ_HIP
+	if (T <= QM_MAX_T) {
+		switch (w->bits) {
+		case 2: return launch_mma<2>(w, xs, ldx, Y, (int)T, (float *)rest, s);
+		case 3: return launch_mma<3>(w, xs, ldx, Y, (int)T, (float *)rest, s);
+		case 4: return launch_mma<4>(w, xs, ldx, Y, (int)T, (float *)rest, s);
+		default: return launch_mma<8>(w, xs, ldx, Y, (int)T, (float *)rest, s);
+		}
+	}
+#endif
 	switch (w->bits) {
-	case 2: launch_dequant<2>(w, W16, s); break;
-	case 3: launch_dequant<3>(w, W16, s); break;
-	case 4: launch_dequant<4>(w, W16, s); break;
-	case 8: launch_dequant<8>(w, W16, s); break;
+	case 2: launch_dequant<2>(w, (__half *)rest, s); break;
+	case 3: launch_dequant<3>(w, (__half *)rest, s); break;
+	case 4: launch_dequant<4>(w, (__half *)rest, s); break;
+	case 8: launch_dequant<8>(w, (__half *)rest, s); break;
 	}
 	LAUNCH_CHECK("dequant_kernel");
-	return gq_gpu_gemm_f16(xs, ldx, W16, Y, T, w->out, w->in_pad, stream);
+	return gq_gpu_gemm_f16(xs, ldx, rest, Y, T, w->out, w->in_pad, stream);
 }

@@ -88,6 +88,7 @@
 #include <cuda_fp16.h>
 #include <cublas_v2.h>
 #include <cusolverDn.h>
+#include <mma.h> /* wmma: qgemm.cu's fused kernel, CUDA only */
 #endif
 
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))

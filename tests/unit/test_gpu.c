@@ -123,11 +123,13 @@ static void make_qmat(gq_qmat *q, int bits, int64_t in, int64_t out, int64_t gs,
 
 /*
  * Every width, group sizes 32/128/none/40 (groups that split 32-code
- * chunks)/irregular, act order, sizes that are not whole chunks, and
- * 1, 3, 16, 64 tokens (GEMV up to 8, dequantize + cuBLAS above).
+ * chunks)/irregular, act order, sizes that are not whole chunks, and the
+ * token counts at each path's edges: GEMV 1, 3, 8; fused tensor-core kernel
+ * 9, 24, 40, 64 (1 to 4 token tiles; K split or not by the matrix's size);
+ * dequantize + cuBLAS 65, 128.
  * Tolerance, |gpu - ref| <= rtol (|ref| + rms(ref)): activations are fp16
  * on both sides, so the GEMV differs from the reference only by fp32
- * rounding (rtol 1e-4); the cuBLAS path rounds each weight to fp16 (relative
+ * rounding (rtol 1e-4); the other paths round each weight to fp16 (relative
  * 2^-11 at most, about 3e-4 rms(ref) per output), so rtol 2e-3 is that
  * error's 7 sigma, and ‖gpu - ref‖ / ‖ref‖ must stay under 1e-3.
  */
@@ -141,9 +143,10 @@ static void test_qgemm(void)
 	} cases[] = {
 		{4, 1024, 384, 128, 0}, {4, 360, 200, 32, 1}, {4, 768, 264, -1, 0}, {4, 640, 128, 40, 0},
 		{3, 608, 96, 128, 1},   {3, 320, 64, -1, 0},  {2, 528, 160, 32, 0}, {2, 512, 96, 128, 1},
-		{8, 516, 132, 128, 1},  {8, 256, 64, 0, 0},   {4, 512, 104, 0, 0},
+		{8, 516, 132, 128, 1},  {8, 256, 64, 0, 0},   {4, 512, 104, 0, 0},  {4, 2048, 520, 128, 1},
 	};
-	static const int64_t tokens[] = {1, 3, 16, 64};
+	static const int64_t tokens[] = {1, 3, 8, 9, 24, 40, 64, 65, 128};
+	const size_t n_tokens = sizeof tokens / sizeof *tokens;
 	uint64_t seed = 23;
 
 	if (gq_gpu_count() == 0) {
@@ -151,21 +154,25 @@ static void test_qgemm(void)
 		return;
 	}
 	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
-		int64_t in = cases[c].in, out = cases[c].out, tmax = tokens[3];
+		int64_t in = cases[c].in, out = cases[c].out, tmax = tokens[n_tokens - 1];
 		float *W = malloc((size_t)(out * in) * 4), *x = malloc((size_t)(tmax * in) * 4);
 		float *got = malloc((size_t)(tmax * out) * 4), *ref = malloc((size_t)(tmax * out) * 4);
 		uint16_t *xh = malloc((size_t)(tmax * in) * 2);
 		gq_gpu_qmat d;
 		gq_qmat q;
 		void *dx, *dy, *ws;
+		uint64_t ws_max = 0;
 
 		make_qmat(&q, cases[c].bits, in, out, cases[c].gs, cases[c].act, &seed);
 		gq_qmat_dequant(&q, W);
 		CHECK_OK(gq_gpu_qmat_upload(&d, &q.k));
 		CHECK_OK(gq_gpu_alloc(&dx, (uint64_t)(tmax * in) * 2));
 		CHECK_OK(gq_gpu_alloc(&dy, (uint64_t)(tmax * out) * 4));
-		CHECK_OK(gq_gpu_alloc(&ws, gq_gpu_qgemm_workspace(&d, tmax)));
-		for (size_t ti = 0; ti < sizeof tokens / sizeof *tokens; ti++) {
+		for (size_t ti = 0; ti < n_tokens; ti++) /* each path sizes its own */
+			if (gq_gpu_qgemm_workspace(&d, tokens[ti]) > ws_max)
+				ws_max = gq_gpu_qgemm_workspace(&d, tokens[ti]);
+		CHECK_OK(gq_gpu_alloc(&ws, ws_max));
+		for (size_t ti = 0; ti < n_tokens; ti++) {
 			int64_t T = tokens[ti];
 			double rtol = T <= GQ_GPU_GEMV_MAX_T ? 1e-4 : 2e-3, ss = 0, num = 0, worst = 0;
 
