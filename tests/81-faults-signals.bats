@@ -23,15 +23,6 @@ setup() {
 	mkfifo fifo
 }
 
-# wait_for GLOB: until a path matching GLOB exists (5 s at most)
-wait_for() {
-	for _ in $(seq 500); do
-		compgen -G "$1" >/dev/null && return 0
-		sleep 0.01
-	done
-	return 1
-}
-
 # interrupt SIG FILE CMD...: start CMD reading the FIFO, feed it the first
 # 20000 bytes of FILE (less than a whole stream, so it is still working),
 # wait for its temporary output, send SIG; sets $st to its exit status

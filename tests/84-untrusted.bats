@@ -11,14 +11,6 @@ setup() {
 	M=$BATS_TEST_DIRNAME/data/models/qwen3
 }
 
-# model DIR HEADER NBYTES: a model directory whose model.safetensors has that
-# header and NBYTES of data, with the qwen3 fixture's config.json
-model() {
-	mkdir "$1"
-	cp "$M/config.json" "$1"/
-	mkst "$1/model.safetensors" "$2" "$3"
-}
-
 @test "a header bomb is refused without reading or allocating its claim" {
 	# 100 MB claimed (the limit) on a 19-byte file: refused from the file size
 	printf '\x00\xe1\xf5\x05\x00\x00\x00\x00{"a":1}    ' >bomb.st
@@ -42,7 +34,7 @@ model() {
 }
 
 @test "tensor data claimed past the end of the file is refused before use" {
-	model m '{"model.embed_tokens.weight":{"dtype":"F32","shape":[1000000,1000],"data_offsets":[0,4000000000]}}' 64
+	mkmodel m '{"model.embed_tokens.weight":{"dtype":"F32","shape":[1000000,1000],"data_offsets":[0,4000000000]}}' 64
 	for t in "gptq-dump m" "gptq-dump --model-info m" "gptq-solve -m m --rtn --all"; do
 		run -1 --separate-stderr timeout 10 $t
 		[ "${stderr#*: }" = "m/model.safetensors: truncated: tensors need 4000000000 bytes of data but the file has 64" ]
@@ -54,7 +46,7 @@ model() {
 }
 
 @test "huge shapes are refused by arithmetic, and empty ones allocate nothing" {
-	model m '{"x":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}' 0
+	mkmodel m '{"x":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}' 0
 	run -1 --separate-stderr gptq-dump m
 	[ "$stderr" = "gptq-dump: m/model.safetensors: tensor 'x': shape overflows 64 bits" ]
 	# 2^52 samples of no tokens: valid safetensors, but no token frame
@@ -65,13 +57,13 @@ model() {
 	run -1 --separate-stderr timeout 10 gptq-solve -m "$M" h.gqs
 	[ "$stderr" = "gptq-solve: h.gqs: frame 0 at byte 0: H is not a square matrix" ]
 	# a model whose embedding has the right name but not the config's shape
-	model e '{"model.embed_tokens.weight":{"dtype":"F32","shape":[0,4503599627370496],"data_offsets":[0,0]}}' 0
+	mkmodel e '{"model.embed_tokens.weight":{"dtype":"F32","shape":[0,4503599627370496],"data_offsets":[0,0]}}' 0
 	run -1 --separate-stderr timeout 10 gptq-dump --model-info e
 	[[ "$stderr" == "gptq-dump: "*"model.embed_tokens.weight"* ]]
 }
 
 @test "duplicate tensor names are refused in a header and across shards" {
-	model m '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}' 8
+	mkmodel m '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}' 8
 	run -1 --separate-stderr gptq-dump m
 	[ "$stderr" = "gptq-dump: m/model.safetensors: duplicate tensor name 'a'" ]
 	mkdir s

@@ -61,6 +61,49 @@ mkst() {
 	} >"$file"
 }
 
+# mkmodel DIR HEADER_JSON DATA_BYTES: a model directory whose model.safetensors
+# has that header and data (mkst), with the qwen3 fixture's config.json
+mkmodel() {
+	mkdir "$1"
+	cp "$BATS_TEST_DIRNAME/data/models/qwen3/config.json" "$1"/
+	mkst "$1/model.safetensors" "$2" "$3"
+}
+
+# poke FILE TENSOR nan|inf|1e6|-1|BYTES [INDEX]: overwrite element INDEX (default 0)
+# of TENSOR in the safetensors FILE with that value in the tensor's own dtype, or
+# with BYTES as printf escapes ('\x40\x00\x00\x00')
+poke() {
+	local f=$1 len off dtype bytes size
+	len=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
+	off=$(dd if="$f" bs=1 skip=8 count="$len" status=none | jq ".\"$2\".data_offsets[0]")
+	dtype=$(dd if="$f" bs=1 skip=8 count="$len" status=none | jq -r ".\"$2\".dtype")
+	case $dtype:$3 in
+	F32:nan) bytes='\x00\x00\xc0\x7f' ;;
+	F32:inf) bytes='\x00\x00\x80\x7f' ;;
+	F32:1e6) bytes='\x00\x24\x74\x49' ;;
+	BF16:nan) bytes='\xc0\x7f' ;;
+	BF16:inf) bytes='\x80\x7f' ;;
+	BF16:1e6) bytes='\x74\x49' ;;
+	F16:nan) bytes='\x00\x7e' ;;
+	F16:inf) bytes='\x00\x7c' ;;
+	F16:-1) bytes='\x00\xbc' ;;
+	I32:-1) bytes='\xff\xff\xff\xff' ;;
+	*:\\x*) bytes=$3 ;;
+	*) echo "poke: no $3 in $dtype" >&2; return 1 ;;
+	esac
+	size=$(printf "$bytes" | wc -c)
+	printf "$bytes" | dd of="$f" bs=1 seek=$((8 + len + off + ${4:-0} * size)) conv=notrunc status=none
+}
+
+# wait_for GLOB: until a path matching GLOB exists (5 s at most)
+wait_for() {
+	for _ in $(seq 500); do
+		compgen -G "$1" >/dev/null && return 0
+		sleep 0.01
+	done
+	return 1
+}
+
 # header_keys FILE: tensor names of a plain safetensors file, read with dd+jq
 # (independent of the code under test).
 header_keys() {
