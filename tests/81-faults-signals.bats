@@ -8,12 +8,7 @@
 load helpers
 
 setup_file() {
-	local M=$BATS_TEST_DIRNAME/data/models/qwen3
-	PATH="$GQ_BINDIR:$PATH"
-	cd "$BATS_FILE_TMPDIR" || return 1
-	"$GQ_TESTGEN" tokens 4 32 0 128 >t.gqs
-	gptq-hessian -m "$M" --no-sequential t.gqs >h.gqs
-	gptq-solve -m "$M" -g 32 h.gqs >q.gqs 2>/dev/null
+	cd "$BATS_FILE_TMPDIR" && make_streams
 }
 
 setup() {

@@ -26,11 +26,6 @@ setup() {
 	C=$BATS_TEST_DIRNAME/data/corpus.txt
 }
 
-# no_output: nothing named out*, and no temporary left beside it
-no_output() {
-	[ "$(ls | grep -c -e '^out' -e '\.tmp\.')" -eq 0 ]
-}
-
 # tokens_frame FILE HEADER_TAIL DATA: a tokens frame whose header ends with
 # HEADER_TAIL (the tensors) followed by DATA (printf escapes)
 tokens_frame() {

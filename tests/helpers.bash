@@ -64,6 +64,21 @@ mkst() {
 	} >"$file"
 }
 
+# make_streams: t.gqs (tokens), h.gqs (Hessians) and q.gqs (qlinear frames) of
+# the qwen3 fixture in the current directory, made by the plain tools (inputs
+# for the fault tests, not under test themselves)
+make_streams() {
+	local M=$BATS_TEST_DIRNAME/data/models/qwen3
+	"$GQ_TESTGEN" tokens 4 32 0 128 >t.gqs
+	"$GQ_BINDIR"/gptq-hessian -m "$M" --no-sequential t.gqs >h.gqs
+	"$GQ_BINDIR"/gptq-solve -m "$M" -g 32 h.gqs >q.gqs 2>/dev/null
+}
+
+# no_output: nothing named out*, and no temporary left beside it
+no_output() {
+	[ "$(ls | grep -c -e '^out' -e '\.tmp\.')" -eq 0 ]
+}
+
 # mkmodel DIR HEADER_JSON DATA_BYTES: a model directory whose model.safetensors
 # has that header and data (mkst), with the qwen3 fixture's config.json
 mkmodel() {
