@@ -70,7 +70,8 @@ static void on_exit_cleanup(void)
 
 void gq_atomic_install_handlers(void)
 {
-	struct sigaction sa;
+	static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+	struct sigaction sa, old;
 
 	if (handlers_installed)
 		return;
@@ -80,9 +81,10 @@ void gq_atomic_install_handlers(void)
 	/* a held signal returns: a write it interrupts must resume, not fail with EINTR */
 	sa.sa_flags = SA_RESTART;
 	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
+	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+		/* one ignored from the start (nohup, a shell's background job) stays ignored */
+		if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+			sigaction(sigs[i], &sa, NULL);
 	atexit(on_exit_cleanup);
 }
 

@@ -36,7 +36,10 @@ int gq_atomic_commit(gq_atomic *a, int replace);
 /* Removes the temporary output; safe to call after a failed commit. */
 void gq_atomic_abort(gq_atomic *a);
 
-/* Installs the signal handlers and atexit hook (idempotent; tools call it once). */
+/*
+ * Installs the signal handlers and atexit hook (idempotent; tools call it
+ * once). Signals ignored at start (nohup, background jobs) stay ignored.
+ */
 void gq_atomic_install_handlers(void);
 
 /* A whole regular file read into memory, refusing files larger than max_bytes. */

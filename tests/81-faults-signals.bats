@@ -24,7 +24,8 @@ setup() {
 interrupt() {
 	local sig=$1 file=$2 pid
 	shift 2
-	"$@" <fifo 2>/dev/null &
+	# (a background job starts with SIGINT ignored; a terminal's does not)
+	env --default-signal=INT "$@" <fifo 2>/dev/null &
 	pid=$!
 	exec 8>fifo
 	head -c 20000 "$file" >&8
@@ -50,6 +51,26 @@ interrupt() {
 	interrupt INT h.gqs gptq-dump --split out.d
 	[ "$st" -eq 130 ]
 	[ "$(ls | grep -c -e '^out' -e '\.tmp\.')" -eq 0 ]
+}
+
+@test "signals ignored from the start stay ignored, as under nohup" {
+	gptq-solve -m "$M" -g 32 -o want.gqs h.gqs 2>/dev/null
+	for sig in INT TERM HUP; do
+		sh -c "trap '' $sig; exec gptq-solve -m '$M' -g 32 -o out.gqs" <fifo 2>/dev/null &
+		pid=$!
+		exec 8>fifo
+		head -c 20000 h.gqs >&8
+		wait_for 'out.gqs.tmp.*'
+		kill -s $sig $pid
+		# the rest of the input: the run goes on to the end (regression: it died)
+		tail -c +20001 h.gqs >&8
+		exec 8>&-
+		wait $pid
+		# the same frames (the report's timings aside)
+		[ "$(gptq-dump out.gqs | jq -c '[.kind, .metadata.name, .data_bytes]')" = \
+			"$(gptq-dump want.gqs | jq -c '[.kind, .metadata.name, .data_bytes]')" ]
+		rm out.gqs
+	done
 }
 
 @test "SIGKILL leaves no final output, and the next run succeeds" {

@@ -317,7 +317,7 @@ tokens_frame() {
 	mkfifo fifo
 	testgen tokens 64 128 1 448 >big.gqs
 	for sig in INT TERM KILL; do
-		gptq-run -m m --forward -o out.gqs <fifo 2>/dev/null &
+		env --default-signal=INT gptq-run -m m --forward -o out.gqs <fifo 2>/dev/null &
 		pid=$!
 		exec 8>fifo
 		head -c 20000 big.gqs >&8
