@@ -226,14 +226,14 @@ tokens_frame() {
 		dup) want="dup/model.safetensors: duplicate tensor name 'a'" ;;
 		escape) want="escape/model.safetensors.index.json: tensor 'a' maps to an invalid file name" ;;
 		esac
-		run -1 --separate-stderr timeout 60 gptq-run -m $d --prompt-ids 1
+		run -1 --separate-stderr timeout $(limit 60) gptq-run -m $d --prompt-ids 1
 		[ "$stderr" = "gptq-run: $want" ]
-		run -1 --separate-stderr timeout 60 gptq-run -m $d --forward -o out.gqs t.gqs
+		run -1 --separate-stderr timeout $(limit 60) gptq-run -m $d --forward -o out.gqs t.gqs
 		[ "$stderr" = "gptq-run: $want" ]
-		run -1 --separate-stderr timeout 60 gptq-eval -m $d --tokens t.gqs --json
+		run -1 --separate-stderr timeout $(limit 60) gptq-eval -m $d --tokens t.gqs --json
 		[ "$stderr" = "gptq-eval: $want" ]
 		[ -z "$output" ]
-		run -1 --separate-stderr timeout 60 gptq-eval -m m --ref $d --tokens t.gqs
+		run -1 --separate-stderr timeout $(limit 60) gptq-eval -m m --ref $d --tokens t.gqs
 		[ "$stderr" = "gptq-eval: $want" ]
 	done
 	no_output

@@ -36,6 +36,15 @@ testgen() {
 	"$GQ_TESTGEN" "$@"
 }
 
+# limit SECONDS: a hang guard for timeout(1), ten times longer under valgrind
+limit() {
+	if [ "${GQ_VALGRIND:-0}" = 1 ]; then
+		echo $(($1 * 10))
+	else
+		echo "$1"
+	fi
+}
+
 # numerics_only: skip a long, purely numerical acceptance test under the
 # sanitizers or valgrind (they find memory errors; the plain run checks the
 # numbers, and the same code paths run in the shorter tests).
