@@ -24,8 +24,8 @@ setup() {
 interrupt() {
 	local sig=$1 file=$2 pid
 	shift 2
-	# (a background job starts with SIGINT ignored; a terminal's does not)
-	env --default-signal=INT "$@" <fifo 2>/dev/null &
+	# (a background job starts with SIGINT ignored, nohup with SIGHUP; a terminal's do not)
+	env --default-signal "$@" <fifo 2>/dev/null &
 	pid=$!
 	exec 8>fifo
 	head -c 20000 "$file" >&8
@@ -117,7 +117,7 @@ interrupt() {
 	mkdir tmp
 	# calibration from a FIFO held open: every stage is up and waiting when the
 	# signal comes; a background job starts with SIGINT ignored, a terminal's does not
-	TMPDIR=$PWD/tmp env --default-signal=INT setsid "$BATS_TEST_DIRNAME/../pipelines/quantize.sh" "$M" out --calib fifo \
+	TMPDIR=$PWD/tmp env --default-signal setsid "$BATS_TEST_DIRNAME/../pipelines/quantize.sh" "$M" out --calib fifo \
 		--group-size 32 >/dev/null 2>&1 &
 	pid=$!
 	exec 8>fifo

@@ -317,7 +317,7 @@ tokens_frame() {
 	mkfifo fifo
 	testgen tokens 64 128 1 448 >big.gqs
 	for sig in INT TERM KILL; do
-		env --default-signal=INT gptq-run -m m --forward -o out.gqs <fifo 2>/dev/null &
+		env --default-signal gptq-run -m m --forward -o out.gqs <fifo 2>/dev/null &
 		pid=$!
 		exec 8>fifo
 		head -c 20000 big.gqs >&8
@@ -338,7 +338,7 @@ tokens_frame() {
 	for sig in INT KILL; do
 		# the stage records its pid, then generates far more than is read before the kill
 		run bash -c "set -o pipefail
-			sh -c 'echo \$\$ >pid; exec env --default-signal=INT gptq-run -q -m m -n 20000 --ignore-eos -p the --print-ids' |
+			sh -c 'echo \$\$ >pid; exec env --default-signal gptq-run -q -m m -n 20000 --ignore-eos -p the --print-ids' |
 			{ head -c 100 >/dev/null; kill -$sig \$(cat pid); cat >/dev/null; }"
 		[ "$status" -eq $((128 + $(kill -l $sig))) ]
 	done
@@ -382,8 +382,8 @@ EOF
 	[ "$(wc -l <out.jsonl)" -eq 1 ]
 	jq -e '.index == 0' out.jsonl
 	# --json: one line at the end, so a run cut short prints none
-	# (a background job starts with SIGINT ignored; a terminal's does not)
-	env --default-signal=INT gptq-eval -m m -m m -m m --text "$C" --protocol windows --ctx 64 \
+	# (a background job starts with SIGINT ignored, nohup with SIGHUP; a terminal's do not)
+	env --default-signal gptq-eval -m m -m m -m m --text "$C" --protocol windows --ctx 64 \
 		--json >out.json &
 	pid=$!
 	sleep 0.3
