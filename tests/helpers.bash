@@ -122,9 +122,9 @@ poke() {
 	printf "$bytes" | dd of="$f" bs=1 seek=$((8 + len + off + ${4:-0} * size)) conv=notrunc status=none
 }
 
-# wait_for GLOB: until a path matching GLOB exists (5 s at most)
+# wait_for GLOB: until a path matching GLOB exists (5 s at most, limit 5 under valgrind)
 wait_for() {
-	for _ in $(seq 500); do
+	for _ in $(seq $((100 * $(limit 5)))); do
 		compgen -G "$1" >/dev/null && return 0
 		sleep 0.01
 	done
