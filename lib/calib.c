@@ -153,6 +153,10 @@ static int jsonl_text(void *p, const char *s, size_t n, int64_t line)
 	(void)line;
 	if (!o)
 		return gq_err(GQ_ERR_FORMAT, "not valid JSON");
+	if (gq_json_has_nul(s, n)) {
+		cJSON_Delete(o);
+		return gq_err(GQ_ERR_FORMAT, "\\u0000 in a string: text cannot hold NUL characters");
+	}
 	if (!cJSON_IsString(v)) {
 		cJSON_Delete(o);
 		return gq_err(GQ_ERR_FORMAT, "no string field '%s'", l->field);

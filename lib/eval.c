@@ -472,6 +472,9 @@ int gq_task_run(const gq_runner *r, gq_task t, const char *path, const gq_task_o
 		j = cJSON_ParseWithLength(line, (size_t)(end - line));
 		if (!cJSON_IsObject(j)) {
 			rc = gq_err(GQ_ERR_FORMAT, "%s:%lld: not a JSON object", path, (long long)lineno);
+		} else if (gq_json_has_nul(line, (size_t)(end - line))) {
+			rc = gq_err(GQ_ERR_FORMAT, "%s:%lld: \\u0000 in a string: text cannot hold NUL "
+				    "characters", path, (long long)lineno);
 		} else {
 			rc = t == GQ_TASK_LM ? run_lm(r, j, o, res)
 			   : t == GQ_TASK_CLASSIFY ? run_classify(r, j, o, res)

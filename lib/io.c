@@ -30,6 +30,8 @@ static volatile sig_atomic_t reg_is_dir[REG_MAX];
 static int reg_owner[REG_MAX]; /* slot of the directory a file lives in, or -1 */
 static int reg_used;            /* slots ever handed out (high-water mark) */
 static int handlers_installed;
+static volatile sig_atomic_t holding;  /* gq_put_line is writing: signals wait */
+static volatile sig_atomic_t held_sig; /* the signal that came meanwhile, or 0 */
 
 static void reg_cleanup_all(void)
 {
@@ -47,6 +49,15 @@ static void reg_cleanup_all(void)
 
 static void on_signal(int sig)
 {
+	/*
+	 * Blocking the signal would not do: OpenBLAS's threads do not block it,
+	 * and the kernel hands it to one of them. So whichever thread runs this
+	 * notes it, and gq_put_line acts on it once its line is out.
+	 */
+	if (holding) {
+		held_sig = sig;
+		return;
+	}
 	reg_cleanup_all();
 	signal(sig, SIG_DFL);
 	raise(sig);
@@ -59,17 +70,21 @@ static void on_exit_cleanup(void)
 
 void gq_atomic_install_handlers(void)
 {
-	struct sigaction sa;
+	static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+	struct sigaction sa, old;
 
 	if (handlers_installed)
 		return;
 	handlers_installed = 1;
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = on_signal;
+	/* a held signal returns: a write it interrupts must resume, not fail with EINTR */
+	sa.sa_flags = SA_RESTART;
 	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
+	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+		/* one ignored from the start (nohup, a shell's background job) stays ignored */
+		if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+			sigaction(sigs[i], &sa, NULL);
 	atexit(on_exit_cleanup);
 }
 
@@ -442,6 +457,22 @@ int gq_close_stdout(void)
 		bad = 1;
 	if (bad)
 		return gq_err(GQ_ERR_IO, "cannot write '<stdout>': %s", strerror(errno));
+	return GQ_OK;
+}
+
+int gq_put_line(const char *line)
+{
+	int bad, e;
+
+	gq_atomic_install_handlers();
+	holding = 1;
+	bad = fputs(line, stdout) == EOF || putchar('\n') == EOF || fflush(stdout) != 0;
+	e = errno;
+	holding = 0;
+	if (held_sig)
+		on_signal(held_sig);
+	if (bad)
+		return gq_err(GQ_ERR_IO, "cannot write '<stdout>': %s", strerror(e));
 	return GQ_OK;
 }
 

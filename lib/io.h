@@ -36,7 +36,10 @@ int gq_atomic_commit(gq_atomic *a, int replace);
 /* Removes the temporary output; safe to call after a failed commit. */
 void gq_atomic_abort(gq_atomic *a);
 
-/* Installs the signal handlers and atexit hook (idempotent; tools call it once). */
+/*
+ * Installs the signal handlers and atexit hook (idempotent; tools call it
+ * once). Signals ignored at start (nohup, background jobs) stay ignored.
+ */
 void gq_atomic_install_handlers(void);
 
 /* A whole regular file read into memory, refusing files larger than max_bytes. */
@@ -58,6 +61,13 @@ int gq_fwrite_all(FILE *fp, const void *buf, size_t n, const char *path);
 /* Flushes and checks stdout at the end of a tool (EPIPE counts as failure). */
 int gq_close_stdout(void);
 
+/*
+ * Writes line and a newline to stdout and flushes. SIGINT, SIGTERM and SIGHUP
+ * arriving meanwhile take effect once the line is out, so an interrupted
+ * tool's output ends with a whole line (JSON lines stay parseable); SIGKILL
+ * cannot be held back.
+ */
+int gq_put_line(const char *line);
 /* A name is safe inside an output directory: no '/', no "..", not empty, no NUL. */
 int gq_safe_filename(const char *name);
 

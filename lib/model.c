@@ -269,6 +269,8 @@ static int load_quantized(const gq_model *m, int layer, int module, gq_qmat **ou
 		rc = gq_qmat_from_gptq(*out, full, m->cfg.quant_bits, md->in, md->out, groups,
 				       m->cfg.quant_group, qwc, qzc,
 				       m->cfg.quant_v2 ? GQ_FORMAT_GPTQ_V2 : GQ_FORMAT_GPTQ, scc, gic);
+		if (rc)
+			rc = gq_err_wrap(rc, "%s", m->dir);
 	}
 	free(qwc);
 	free(qzc);
@@ -1571,6 +1573,12 @@ int gq_model_decode(const gq_model *m, const gq_layer *layers, gq_kv_cache *cach
 	}
 	if (rc == GQ_OK)
 		rc = gq_model_logits(m, x, T, logits);
+	/* NaN or Inf would be sampled or scored as if they were numbers */
+	for (int64_t i = 0; rc == GQ_OK && i < T * m->cfg.vocab; i++)
+		if (!isfinite(logits[i]))
+			rc = gq_err(GQ_ERR_NUMERIC, "%s: the logits at position %lld are not finite (NaN or "
+				    "Inf in the weights, or activations beyond float range)", m->dir,
+				    (long long)(last_only ? cache->len - 1 : pos0 + i / m->cfg.vocab));
 	free(x);
 	return rc;
 }

@@ -11,6 +11,7 @@
 #include "util.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,6 +85,12 @@ int gq_qmat_from_gptq(gq_qmat *q, const char *name, int bits, int64_t in, int64_
 		for (int64_t g = 0; g < n_groups; g++) {
 			q->scales[o * n_groups + g] = gq_f16_to_f32(scales[g * out + o]);
 			q->zeros[o * n_groups + g] = (float)zeros[g * out + o];
+			/* zero or negative scales are odd but computable; these poison every output */
+			if (!isfinite(q->scales[o * n_groups + g])) {
+				rc = gq_err(GQ_ERR_FORMAT, "%s: scales[%lld, %lld] is %s", name, (long long)g,
+					    (long long)o, isnan(q->scales[o * n_groups + g]) ? "NaN" : "infinite");
+				goto out;
+			}
 		}
 	}
 	if (!identity) {

@@ -267,6 +267,18 @@ void gq_buf_printf(gq_buf *b, const char *fmt, ...)
 	b->len += (size_t)n;
 }
 
+int gq_json_has_nul(const char *json, size_t n)
+{
+	/* backslashes occur only in strings; skipping what follows each skips "\\" whole */
+	for (size_t i = 0; i + 1 < n; i++)
+		if (json[i] == '\\') {
+			if (json[i + 1] == 'u' && i + 5 < n && memcmp(json + i + 2, "0000", 4) == 0)
+				return 1;
+			i++;
+		}
+	return 0;
+}
+
 void gq_buf_json_string(gq_buf *b, const char *s)
 {
 	gq_buf_append(b, "\"", 1);

@@ -92,6 +92,11 @@ void gq_buf_append(gq_buf *b, const void *p, size_t n);
 void gq_buf_printf(gq_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends s as a JSON string literal, quotes included. */
 void gq_buf_json_string(gq_buf *b, const char *s);
+/*
+ * JSON text [n] escapes a NUL (\u0000) somewhere: cJSON would end that string
+ * there, silently, as its strings are NUL-terminated.
+ */
+int gq_json_has_nul(const char *json, size_t n);
 
 /* ---- string -> int64 hash map (keys copied) ---- */
 

@@ -30,17 +30,17 @@ setup() {
 
 @test "the sequential loop through a FIFO finishes and matches a layer-by-layer run" {
 	mkfifo fb
-	run -0 timeout 60 sh -c "gptq-hessian -m '$M' --feedback fb t.gqs | gptq-solve -m '$M' -g 32 | tee fb > q.gqs"
-	run -0 timeout 60 sh -c "gptq-hessian -m '$M' --feedback fb --layers 0 --save-state a1.gqs t.gqs | gptq-solve -m '$M' -g 32 | tee fb > q0.gqs"
+	run -0 timeout $(limit 60) sh -c "gptq-hessian -m '$M' --feedback fb t.gqs | gptq-solve -m '$M' -g 32 | tee fb > q.gqs"
+	run -0 timeout $(limit 60) sh -c "gptq-hessian -m '$M' --feedback fb --layers 0 --save-state a1.gqs t.gqs | gptq-solve -m '$M' -g 32 | tee fb > q0.gqs"
 	[ "$(gptq-dump a1.gqs | jq -r '[.kind, .metadata.layer] | join(" ")' | sort -u)" = "activations 1" ]
-	run -0 timeout 60 sh -c "gptq-hessian -m '$M' --feedback fb a1.gqs | gptq-solve -m '$M' -g 32 | tee fb > q1.gqs"
+	run -0 timeout $(limit 60) sh -c "gptq-hessian -m '$M' --feedback fb a1.gqs | gptq-solve -m '$M' -g 32 | tee fb > q1.gqs"
 	diff <(gptq-dump --checksum q.gqs | jq -c 'select(.kind=="qlinear") | [.metadata.name, [.tensors[].fnv1a64]]') \
 		<(cat q0.gqs q1.gqs | gptq-dump --checksum | jq -c 'select(.kind=="qlinear") | [.metadata.name, [.tensors[].fnv1a64]]')
 }
 
 @test "sequential Hessians differ from full-precision ones after the first step" {
 	mkfifo fb
-	timeout 60 sh -c "gptq-hessian -m '$M' --feedback fb t.gqs | tee hs.gqs | gptq-solve -m '$M' -g 32 | tee fb >/dev/null"
+	timeout $(limit 60) sh -c "gptq-hessian -m '$M' --feedback fb t.gqs | tee hs.gqs | gptq-solve -m '$M' -g 32 | tee fb >/dev/null"
 	gptq-hessian -m "$M" --no-sequential t.gqs >hn.gqs
 	a=$(gptq-dump --checksum hs.gqs | jq -r '.tensors[0].fnv1a64')
 	b=$(gptq-dump --checksum hn.gqs | jq -r '.tensors[0].fnv1a64')
@@ -70,11 +70,11 @@ setup() {
 
 @test "a process that fails early does not leave the loop hanging" {
 	mkfifo fb
-	run timeout 30 sh -c "gptq-hessian -m /nonexistent --feedback fb t.gqs | gptq-solve -m '$M' | tee fb >/dev/null"
+	run timeout $(limit 30) sh -c "gptq-hessian -m /nonexistent --feedback fb t.gqs | gptq-solve -m '$M' | tee fb >/dev/null"
 	[ "$status" -ne 124 ]
-	run timeout 30 sh -c "gptq-hessian -m '$M' --feedback fb t.gqs | gptq-solve -m '$M' --bits 5 | tee fb >/dev/null"
+	run timeout $(limit 30) sh -c "gptq-hessian -m '$M' --feedback fb t.gqs | gptq-solve -m '$M' --bits 5 | tee fb >/dev/null"
 	[ "$status" -ne 124 ]
-	run timeout 30 bash -c "set -o pipefail; gptq-hessian -m '$M' --feedback fb t.gqs | gptq-solve -m /nonexistent | tee fb >/dev/null"
+	run timeout $(limit 30) bash -c "set -o pipefail; gptq-hessian -m '$M' --feedback fb t.gqs | gptq-solve -m /nonexistent | tee fb >/dev/null"
 	[ "$status" -ne 0 ] && [ "$status" -ne 124 ]
 }
 

@@ -12,14 +12,14 @@ setup() {
 }
 
 @test "quantize.sh and quantize.mk give byte-identical checkpoints" {
-	run -0 timeout 120 "$P/quantize.sh" "$M" sh-out --calib t.gqs --group-size 32
-	run -0 timeout 120 make -s -f "$P/quantize.mk" MODEL="$M" OUT=mk-out CALIB=t.gqs GROUP=32
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$M" sh-out --calib t.gqs --group-size 32
+	run -0 timeout $(limit 120) make -s -f "$P/quantize.mk" MODEL="$M" OUT=mk-out CALIB=t.gqs GROUP=32
 	diff -r sh-out mk-out
 	ls mk-out.work | grep -q '^q-1.gqs$'
 }
 
 @test "quantize.mk resumes after kill -9 anywhere with identical output" {
-	timeout 120 make -s -f "$P/quantize.mk" MODEL="$M" OUT=ref CALIB=t.gqs GROUP=32
+	timeout $(limit 120) make -s -f "$P/quantize.mk" MODEL="$M" OUT=ref CALIB=t.gqs GROUP=32
 	# kill when each of these appears, and at a few random moments
 	for point in act-0.gqs q-0.gqs.tmp q-0.gqs act-1.gqs q-1.gqs.tmp 0.05 0.12 0.2; do
 		rm -rf out out.work
@@ -31,7 +31,7 @@ setup() {
 		esac
 		kill -9 -- -"$pid" 2>/dev/null || true
 		wait "$pid" 2>/dev/null || true
-		run -0 timeout 120 make -s -f "$P/quantize.mk" MODEL="$M" OUT=out CALIB=t.gqs GROUP=32
+		run -0 timeout $(limit 120) make -s -f "$P/quantize.mk" MODEL="$M" OUT=out CALIB=t.gqs GROUP=32
 		diff -r ref out
 		# no temporary or half-written file survives the resume
 		ls out.work | grep tmp && return 1
@@ -40,23 +40,23 @@ setup() {
 }
 
 @test "quantize.mk without sequential mode solves every group of linears as its own target" {
-	run -0 timeout 120 make -s -j 2 -f "$P/quantize.mk" MODEL="$M" OUT=mk-out CALIB=t.gqs GROUP=32 SEQUENTIAL=0
-	run -0 timeout 120 "$P/quantize.sh" "$M" sh-out --calib t.gqs --group-size 32 --no-sequential
+	run -0 timeout $(limit 120) make -s -j 2 -f "$P/quantize.mk" MODEL="$M" OUT=mk-out CALIB=t.gqs GROUP=32 SEQUENTIAL=0
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$M" sh-out --calib t.gqs --group-size 32 --no-sequential
 	diff -r sh-out mk-out
 	ls mk-out.work | grep -q '^h-0.gqs$'
 	# q/k/v, o, gate/up, down in each of the two layers
 	[ "$(ls mk-out.work | grep -c '^q-[01]-[0-3].gqs$')" -eq 8 ]
 	# experts are groups too: attention 2 + 4 experts x 2, a layer
 	mx=$BATS_TEST_DIRNAME/data/models/mixtral_top2of4
-	run -0 timeout 120 make -s -j 2 -f "$P/quantize.mk" MODEL="$mx" OUT=mx-mk CALIB=t.gqs GROUP=32 SEQUENTIAL=0
-	run -0 timeout 120 "$P/quantize.sh" "$mx" mx-sh --calib t.gqs --group-size 32 --no-sequential
+	run -0 timeout $(limit 120) make -s -j 2 -f "$P/quantize.mk" MODEL="$mx" OUT=mx-mk CALIB=t.gqs GROUP=32 SEQUENTIAL=0
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$mx" mx-sh --calib t.gqs --group-size 32 --no-sequential
 	diff -r mx-sh mx-mk
 	[ "$(ls mx-mk.work | grep -c '^q-1-[0-9]*.gqs$')" -eq 10 ]
 }
 
 @test "quantize.mk -j resumes after kill -9 anywhere with identical output" {
 	mk=(make -s -j 2 -f "$P/quantize.mk" MODEL="$M" CALIB=t.gqs GROUP=32 SEQUENTIAL=0)
-	timeout 120 "${mk[@]}" OUT=ref
+	timeout $(limit 120) "${mk[@]}" OUT=ref
 	( cd ref && sha256sum -- * ) >ref.sum
 	# kill when each of these appears, and at random moments (the seed is printed on failure)
 	seed=${GQ_TEST_SEED:-$RANDOM}
@@ -72,7 +72,7 @@ setup() {
 		esac
 		kill -9 -- -"$pid" 2>/dev/null || true
 		wait "$pid" 2>/dev/null || true
-		run -0 timeout 120 "${mk[@]}" OUT=out
+		run -0 timeout $(limit 120) "${mk[@]}" OUT=out
 		( cd out && sha256sum -c --quiet ../ref.sum )
 		[ "$(ls out | wc -l)" -eq "$(wc -l <ref.sum)" ]
 		ls out.work | grep tmp && return 1
@@ -83,18 +83,18 @@ setup() {
 @test "slurm/submit.sh --local gives quantize.sh's checkpoint in every mode" {
 	S=$P/slurm/submit.sh
 	mx=$BATS_TEST_DIRNAME/data/models/mixtral_top2of4
-	run -0 timeout 120 "$P/quantize.sh" "$M" ref --calib t.gqs --group-size 32
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$M" ref --calib t.gqs --group-size 32
 	# the step chain: every step's Hessians from quantized earlier steps, outside the loop
-	run -0 timeout 120 "$S" "$M" steps --calib t.gqs --group-size 32 --chain steps --local
+	run -0 timeout $(limit 120) "$S" "$M" steps --calib t.gqs --group-size 32 --chain steps --local
 	diff -r ref steps
-	run -0 timeout 120 "$S" "$M" layers --calib t.gqs --group-size 32 --chain layers --local
+	run -0 timeout $(limit 120) "$S" "$M" layers --calib t.gqs --group-size 32 --chain layers --local
 	diff -r ref layers
-	run -0 timeout 120 "$P/quantize.sh" "$M" ref-ns --calib t.gqs --group-size 32 --no-sequential
-	run -0 timeout 120 "$S" "$M" ns --calib t.gqs --group-size 32 --no-sequential --local
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$M" ref-ns --calib t.gqs --group-size 32 --no-sequential
+	run -0 timeout $(limit 120) "$S" "$M" ns --calib t.gqs --group-size 32 --no-sequential --local
 	diff -r ref-ns ns
 	# steps of several groups (experts)
-	run -0 timeout 120 "$P/quantize.sh" "$mx" mx-ref --calib t.gqs --group-size 32
-	run -0 timeout 120 "$S" "$mx" mx --calib t.gqs --group-size 32 --chain steps --local
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$mx" mx-ref --calib t.gqs --group-size 32
+	run -0 timeout $(limit 120) "$S" "$mx" mx --calib t.gqs --group-size 32 --chain steps --local
 	diff -r mx-ref mx
 }
 
@@ -118,24 +118,24 @@ setup() {
 }
 
 @test "quantize.sh --save keeps the Hessians and modules for inspection" {
-	run -0 timeout 120 "$P/quantize.sh" "$M" out --calib t.gqs --group-size 32 --save keep
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$M" out --calib t.gqs --group-size 32 --save keep
 	[ "$(gptq-dump keep/hessians.gqs | jq -s length)" -eq 8 ]
 	[ "$(gptq-dump keep/qlinear.gqs | jq -r .kind | grep -c qlinear)" -eq 14 ]
 }
 
 @test "quantize.sh --rtn needs no calibration" {
-	run -0 timeout 60 "$P/quantize.sh" "$M" out --rtn --bits 8 --group-size -1
+	run -0 timeout $(limit 60) "$P/quantize.sh" "$M" out --rtn --bits 8 --group-size -1
 	[ "$(jq -c '[.bits, .group_size]' out/quantize_config.json)" = "[8,-1]" ]
 	[ "$(jq -r '.[] | .method' out/gptq_report.json | sort -u)" = rtn ]
 }
 
 @test "a failing stage fails the pipeline, leaves no output and does not hang" {
-	run timeout 60 "$P/quantize.sh" "$M" out --calib t.gqs --bits 5
+	run timeout $(limit 60) "$P/quantize.sh" "$M" out --calib t.gqs --bits 5
 	[ "$status" -ne 0 ] && [ "$status" -ne 124 ]
 	[ ! -e out ]
-	run timeout 60 "$P/quantize.sh" /nonexistent out --calib t.gqs
+	run timeout $(limit 60) "$P/quantize.sh" /nonexistent out --calib t.gqs
 	[ "$status" -ne 0 ] && [ "$status" -ne 124 ]
-	run timeout 60 make -s -f "$P/quantize.mk" MODEL="$M" OUT=out CALIB=t.gqs BITS=5
+	run timeout $(limit 60) make -s -f "$P/quantize.mk" MODEL="$M" OUT=out CALIB=t.gqs BITS=5
 	[ "$status" -ne 0 ] && [ "$status" -ne 124 ]
 	[ ! -e out ]
 	[ "$(ls out.work 2>/dev/null | grep -c '^q-')" -eq 0 ]

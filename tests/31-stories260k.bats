@@ -23,7 +23,7 @@ objectives() {
 @test "GPTQ beats round-to-nearest on every module at 4 and 3 bits, g32" {
 	mkfifo fb
 	for bits in 4 3; do
-		timeout 300 bash -o pipefail -c "gptq-hessian -m '$S' --feedback fb calib.gqs | tee h.gqs |
+		timeout $(limit 300) bash -o pipefail -c "gptq-hessian -m '$S' --feedback fb calib.gqs | tee h.gqs |
 			gptq-solve -m '$S' -b $bits -g 32 --objective | tee fb > q.gqs"
 		gptq-solve -m "$S" -b "$bits" -g 32 --rtn --objective h.gqs >r.gqs
 		objectives q.gqs >g.txt

@@ -24,7 +24,7 @@ setup() {
 
 # submit ARGS...: submit.sh --wait, keeping the job ids for teardown
 submit() {
-	timeout 300 "$P/slurm/submit.sh" "$@" --wait | tee -a jobs
+	timeout $(limit 300) "$P/slurm/submit.sh" "$@" --wait | tee -a jobs
 }
 
 teardown() {
@@ -36,7 +36,7 @@ teardown() {
 	run -0 submit "$M" slurm --calib s0.gqs --calib s1.gqs --group-size 32 --chain layers
 	[ "${lines[0]%: job *}" = "layer 0" ] && [ "${lines[2]%: job *}" = pack ]
 	cat s0.gqs s1.gqs >all.gqs
-	run -0 timeout 120 "$P/quantize.sh" "$M" local --calib all.gqs --group-size 32
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$M" local --calib all.gqs --group-size 32
 	diff -r local slurm
 	# one log per job, each layer its own job
 	[ "$(ls slurm.work/logs | grep -c '^gptq-layer-')" -eq 2 ]
@@ -49,7 +49,7 @@ teardown() {
 	# 2 layers x 4 steps, each an array and a solve, one state array between the layers
 	[ "${#lines[@]}" -eq 18 ]
 	[ "$(ls slurm.work/logs | grep -c '^gptq-step-.*_[01].out$')" -eq 16 ]
-	run -0 timeout 120 "$P/slurm/submit.sh" "$M" local --calib s0.gqs --calib s1.gqs --group-size 32 --local
+	run -0 timeout $(limit 120) "$P/slurm/submit.sh" "$M" local --calib s0.gqs --calib s1.gqs --group-size 32 --local
 	diff -r local slurm
 }
 
@@ -58,7 +58,7 @@ teardown() {
 	[ "${lines[0]%: job *}" = "hessians (2 shards)" ] && [ "${lines[2]%: job *}" = "solves (8)" ]
 	[ "$(ls slurm.work/logs | grep -c '^gptq-solve-.*_[0-7].out$')" -eq 8 ]
 	# the same scripts without Slurm
-	run -0 timeout 120 "$P/slurm/submit.sh" "$M" local --calib s0.gqs --calib s1.gqs --group-size 32 \
+	run -0 timeout $(limit 120) "$P/slurm/submit.sh" "$M" local --calib s0.gqs --calib s1.gqs --group-size 32 \
 		--no-sequential --local
 	diff -r local slurm
 	# and the plain pipeline on the merged Hessians
@@ -69,7 +69,7 @@ teardown() {
 }
 
 @test "a failing job cancels the jobs after it and submit.sh fails" {
-	run timeout 300 "$P/slurm/submit.sh" "$M" slurm --calib s0.gqs --bits 5 --no-sequential --wait
+	run timeout $(limit 300) "$P/slurm/submit.sh" "$M" slurm --calib s0.gqs --bits 5 --no-sequential --wait
 	[ "$status" -eq 1 ]
 	[ "${lines[-1]}" = "submit.sh: a job failed (logs in $PWD/slurm.work/logs)" ]
 	[ ! -e slurm ]

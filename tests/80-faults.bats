@@ -7,12 +7,7 @@
 load helpers
 
 setup_file() {
-	local M=$BATS_TEST_DIRNAME/data/models/qwen3
-	PATH="$GQ_BINDIR:$PATH"
-	cd "$BATS_FILE_TMPDIR" || return 1
-	"$GQ_TESTGEN" tokens 4 32 0 128 >t.gqs
-	gptq-hessian -m "$M" --no-sequential t.gqs >h.gqs
-	gptq-solve -m "$M" -g 32 h.gqs >q.gqs 2>/dev/null
+	cd "$BATS_FILE_TMPDIR" && make_streams
 }
 
 setup() {
@@ -44,11 +39,6 @@ tool() {
 # frame_offset FILE N: byte offset of frame N
 frame_offset() {
 	gptq-dump "$1" | jq -s ".[$2].offset"
-}
-
-# no_output: nothing named out*, and no temporary left beside it
-no_output() {
-	[ "$(ls | grep -c -e '^out' -e '\.tmp\.')" -eq 0 ]
 }
 
 @test "every stream tool names a truncated stdin by frame and offset, exits 1 and writes nothing" {

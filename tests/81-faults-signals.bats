@@ -8,12 +8,7 @@
 load helpers
 
 setup_file() {
-	local M=$BATS_TEST_DIRNAME/data/models/qwen3
-	PATH="$GQ_BINDIR:$PATH"
-	cd "$BATS_FILE_TMPDIR" || return 1
-	"$GQ_TESTGEN" tokens 4 32 0 128 >t.gqs
-	gptq-hessian -m "$M" --no-sequential t.gqs >h.gqs
-	gptq-solve -m "$M" -g 32 h.gqs >q.gqs 2>/dev/null
+	cd "$BATS_FILE_TMPDIR" && make_streams
 }
 
 setup() {
@@ -23,22 +18,14 @@ setup() {
 	mkfifo fifo
 }
 
-# wait_for GLOB: until a path matching GLOB exists (5 s at most)
-wait_for() {
-	for _ in $(seq 500); do
-		compgen -G "$1" >/dev/null && return 0
-		sleep 0.01
-	done
-	return 1
-}
-
 # interrupt SIG FILE CMD...: start CMD reading the FIFO, feed it the first
 # 20000 bytes of FILE (less than a whole stream, so it is still working),
 # wait for its temporary output, send SIG; sets $st to its exit status
 interrupt() {
 	local sig=$1 file=$2 pid
 	shift 2
-	"$@" <fifo 2>/dev/null &
+	# (a background job starts with SIGINT ignored, nohup with SIGHUP; a terminal's do not)
+	env --default-signal "$@" <fifo 2>/dev/null &
 	pid=$!
 	exec 8>fifo
 	head -c 20000 "$file" >&8
@@ -64,6 +51,26 @@ interrupt() {
 	interrupt INT h.gqs gptq-dump --split out.d
 	[ "$st" -eq 130 ]
 	[ "$(ls | grep -c -e '^out' -e '\.tmp\.')" -eq 0 ]
+}
+
+@test "signals ignored from the start stay ignored, as under nohup" {
+	gptq-solve -m "$M" -g 32 -o want.gqs h.gqs 2>/dev/null
+	for sig in INT TERM HUP; do
+		sh -c "trap '' $sig; exec gptq-solve -m '$M' -g 32 -o out.gqs" <fifo 2>/dev/null &
+		pid=$!
+		exec 8>fifo
+		head -c 20000 h.gqs >&8
+		wait_for 'out.gqs.tmp.*'
+		kill -s $sig $pid
+		# the rest of the input: the run goes on to the end (regression: it died)
+		tail -c +20001 h.gqs >&8
+		exec 8>&-
+		wait $pid
+		# the same frames (the report's timings aside)
+		[ "$(gptq-dump out.gqs | jq -c '[.kind, .metadata.name, .data_bytes]')" = \
+			"$(gptq-dump want.gqs | jq -c '[.kind, .metadata.name, .data_bytes]')" ]
+		rm out.gqs
+	done
 }
 
 @test "SIGKILL leaves no final output, and the next run succeeds" {
@@ -110,7 +117,7 @@ interrupt() {
 	mkdir tmp
 	# calibration from a FIFO held open: every stage is up and waiting when the
 	# signal comes; a background job starts with SIGINT ignored, a terminal's does not
-	TMPDIR=$PWD/tmp env --default-signal=INT setsid "$BATS_TEST_DIRNAME/../pipelines/quantize.sh" "$M" out --calib fifo \
+	TMPDIR=$PWD/tmp env --default-signal setsid "$BATS_TEST_DIRNAME/../pipelines/quantize.sh" "$M" out --calib fifo \
 		--group-size 32 >/dev/null 2>&1 &
 	pid=$!
 	exec 8>fifo

@@ -9,9 +9,7 @@ load helpers
 setup() {
 	setup_tools
 	M=$BATS_TEST_DIRNAME/data/models/qwen3
-	testgen tokens 4 32 0 128 >t.gqs
-	gptq-hessian -m "$M" --no-sequential t.gqs >h.gqs
-	gptq-solve -m "$M" -g 32 h.gqs >q.gqs 2>/dev/null
+	make_streams
 	mkdir small
 	mount -t tmpfs -o size=64k tmpfs small 2>/dev/null ||
 		skip "cannot mount a tmpfs here (needs root): disk-full tests skipped"

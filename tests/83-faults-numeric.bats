@@ -18,27 +18,6 @@ copy_model() {
 	cp "$M"/config.json "$M"/model.safetensors "$1"/
 }
 
-# poke DIR TENSOR nan|inf|1e6: overwrite the first element of TENSOR in
-# DIR/model.safetensors with that value in the tensor's own dtype
-poke() {
-	local f=$1/model.safetensors len off dtype bytes
-	len=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
-	off=$(dd if="$f" bs=1 skip=8 count="$len" status=none | jq ".\"$2\".data_offsets[0]")
-	dtype=$(dd if="$f" bs=1 skip=8 count="$len" status=none | jq -r ".\"$2\".dtype")
-	case $dtype:$3 in
-	F32:nan) bytes='\x00\x00\xc0\x7f' ;;
-	F32:inf) bytes='\x00\x00\x80\x7f' ;;
-	F32:1e6) bytes='\x00\x24\x74\x49' ;;
-	BF16:nan) bytes='\xc0\x7f' ;;
-	BF16:inf) bytes='\x80\x7f' ;;
-	BF16:1e6) bytes='\x74\x49' ;;
-	F16:nan) bytes='\x00\x7e' ;;
-	F16:inf) bytes='\x00\x7c' ;;
-	*) echo "poke: no $3 in $dtype" >&2; return 1 ;;
-	esac
-	printf "$bytes" | dd of="$f" bs=1 seek=$((8 + len + off)) conv=notrunc status=none
-}
-
 # hmat FILE DIAG OFF: a 64 x 64 hessian frame for o_proj with every diagonal
 # entry DIAG and every other entry OFF (little-endian float32 as printf escapes)
 hmat() {
@@ -56,7 +35,7 @@ hmat() {
 	for v in nan inf; do
 		rm -rf m
 		copy_model m
-		poke m model.layers.1.mlp.up_proj.weight $v
+		poke m/model.safetensors model.layers.1.mlp.up_proj.weight $v
 		run -1 --separate-stderr gptq-solve -m m -g 32 -o q.gqs h.gqs
 		[ "$stderr" = "gptq-solve: model.layers.1.mlp.up_proj: weight [0, 0] is $v" ]
 		[ ! -e q.gqs ]
@@ -68,7 +47,7 @@ hmat() {
 
 @test "a NaN weight upstream stops gptq-hessian at the first poisoned Hessian" {
 	copy_model m
-	poke m model.layers.0.mlp.down_proj.weight nan
+	poke m/model.safetensors model.layers.0.mlp.down_proj.weight nan
 	# layer 0's Hessians are computed before down_proj runs; layer 1's see the NaN
 	run -1 --separate-stderr gptq-hessian -m m --no-sequential -o h.gqs t.gqs
 	[[ "$stderr" == "gptq-hessian: model.layers.1.self_attn.q_proj: Hessian entry [0, 0] is "*"nan: the activations reaching layer 1 are not finite (NaN or Inf in the weights before it?)" ]]
@@ -87,7 +66,7 @@ hmat() {
 @test "weights beyond float16's range are refused instead of packed as infinite scales" {
 	copy_model m
 	# 1e6: a 4-bit group's scale of about 1.3e5 is past float16's 65504
-	poke m model.layers.0.self_attn.q_proj.weight 1e6
+	poke m/model.safetensors model.layers.0.self_attn.q_proj.weight 1e6
 	run -1 --separate-stderr gptq-solve -m m --rtn --all -g 32 -o q.gqs
 	[[ "$stderr" == "gptq-solve: model.layers.0.self_attn.q_proj: scale "*" of row 0, group 0 does not fit float16 (weights too large or too small for a float16 checkpoint)" ]]
 	[ ! -e q.gqs ]

@@ -11,67 +11,59 @@ setup() {
 	M=$BATS_TEST_DIRNAME/data/models/qwen3
 }
 
-# model DIR HEADER NBYTES: a model directory whose model.safetensors has that
-# header and NBYTES of data, with the qwen3 fixture's config.json
-model() {
-	mkdir "$1"
-	cp "$M/config.json" "$1"/
-	mkst "$1/model.safetensors" "$2" "$3"
-}
-
 @test "a header bomb is refused without reading or allocating its claim" {
 	# 100 MB claimed (the limit) on a 19-byte file: refused from the file size
 	printf '\x00\xe1\xf5\x05\x00\x00\x00\x00{"a":1}    ' >bomb.st
-	run -1 --separate-stderr timeout 10 gptq-dump bomb.st
+	run -1 --separate-stderr timeout $(limit 10) gptq-dump bomb.st
 	[ "$stderr" = "gptq-dump: bomb.st: frame 0 at byte 0: truncated: header needs 100000000 bytes but the input has 11 left" ]
 	# on a pipe nothing tells the size: at most the limit is buffered
-	run -1 --separate-stderr timeout 10 sh -c 'cat bomb.st | gptq-dump'
+	run -1 --separate-stderr timeout $(limit 10) sh -c 'cat bomb.st | gptq-dump'
 	[ "$stderr" = "gptq-dump: <stdin>: frame 0 at byte 0: truncated: header needs 100000000 bytes but the input ends after 11" ]
 	printf '\x01\xe1\xf5\x05\x00\x00\x00\x00{}' >over.st
-	run -1 --separate-stderr timeout 10 sh -c 'cat over.st | gptq-dump'
+	run -1 --separate-stderr timeout $(limit 10) sh -c 'cat over.st | gptq-dump'
 	[ "$stderr" = "gptq-dump: <stdin>: frame 0 at byte 0: header length 100000001 exceeds the limit of 100000000 bytes (not a safetensors frame?)" ]
 	# deeply nested JSON is a syntax error, not a stack overflow
 	mkst deep.st "{\"__metadata__\":$(printf '%.0s[' $(seq 20000))$(printf '%.0s]' $(seq 20000))}" 0
-	run -1 --separate-stderr timeout 10 gptq-dump deep.st
+	run -1 --separate-stderr timeout $(limit 10) gptq-dump deep.st
 	[[ "$stderr" == "gptq-dump: deep.st: frame 0 at byte 0: header is not valid JSON (error at byte "* ]]
 	# a checkpoint shard with the same lie
 	mkdir m
 	cp bomb.st m/model.safetensors
-	run -1 --separate-stderr timeout 10 gptq-dump m
+	run -1 --separate-stderr timeout $(limit 10) gptq-dump m
 	[ "$stderr" = "gptq-dump: m/model.safetensors: truncated: header needs 100000000 bytes but the file has 11 left" ]
 }
 
 @test "tensor data claimed past the end of the file is refused before use" {
-	model m '{"model.embed_tokens.weight":{"dtype":"F32","shape":[1000000,1000],"data_offsets":[0,4000000000]}}' 64
+	mkmodel m '{"model.embed_tokens.weight":{"dtype":"F32","shape":[1000000,1000],"data_offsets":[0,4000000000]}}' 64
 	for t in "gptq-dump m" "gptq-dump --model-info m" "gptq-solve -m m --rtn --all"; do
-		run -1 --separate-stderr timeout 10 $t
+		run -1 --separate-stderr timeout $(limit 10) $t
 		[ "${stderr#*: }" = "m/model.safetensors: truncated: tensors need 4000000000 bytes of data but the file has 64" ]
 	done
 	# a stream frame: the same claim fails as truncated, without a 4 GB allocation
 	cp m/model.safetensors big.gqs
-	run -1 --separate-stderr timeout 10 sh -c 'cat big.gqs | gptq-dump --stats'
+	run -1 --separate-stderr timeout $(limit 10) sh -c 'cat big.gqs | gptq-dump --stats'
 	[[ "$stderr" == "gptq-dump: <stdin>: frame 0 at byte 0: truncated: tensor data needs 4000000000 bytes but the input ends after 64 (tensor 'model.embed_tokens.weight' incomplete)" ]]
 }
 
 @test "huge shapes are refused by arithmetic, and empty ones allocate nothing" {
-	model m '{"x":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}' 0
+	mkmodel m '{"x":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}' 0
 	run -1 --separate-stderr gptq-dump m
 	[ "$stderr" = "gptq-dump: m/model.safetensors: tensor 'x': shape overflows 64 bits" ]
 	# 2^52 samples of no tokens: valid safetensors, but no token frame
 	mkst z.gqs '{"__metadata__":{"gptq.kind":"tokens"},"input_ids":{"dtype":"I32","shape":[4503599627370496,0],"data_offsets":[0,0]}}' 0
-	run -1 --separate-stderr timeout 10 gptq-hessian -m "$M" --no-sequential z.gqs
+	run -1 --separate-stderr timeout $(limit 10) gptq-hessian -m "$M" --no-sequential z.gqs
 	[ "$stderr" = "gptq-hessian: z.gqs: frame 0 at byte 0: input_ids must be an integer [n, seqlen] tensor" ]
 	mkst h.gqs '{"__metadata__":{"gptq.kind":"hessian","modules":"model.layers.0.self_attn.q_proj","nsamples":"1"},"H":{"dtype":"F32","shape":[0,4503599627370496],"data_offsets":[0,0]}}' 0
-	run -1 --separate-stderr timeout 10 gptq-solve -m "$M" h.gqs
+	run -1 --separate-stderr timeout $(limit 10) gptq-solve -m "$M" h.gqs
 	[ "$stderr" = "gptq-solve: h.gqs: frame 0 at byte 0: H is not a square matrix" ]
 	# a model whose embedding has the right name but not the config's shape
-	model e '{"model.embed_tokens.weight":{"dtype":"F32","shape":[0,4503599627370496],"data_offsets":[0,0]}}' 0
-	run -1 --separate-stderr timeout 10 gptq-dump --model-info e
+	mkmodel e '{"model.embed_tokens.weight":{"dtype":"F32","shape":[0,4503599627370496],"data_offsets":[0,0]}}' 0
+	run -1 --separate-stderr timeout $(limit 10) gptq-dump --model-info e
 	[[ "$stderr" == "gptq-dump: "*"model.embed_tokens.weight"* ]]
 }
 
 @test "duplicate tensor names are refused in a header and across shards" {
-	model m '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}' 8
+	mkmodel m '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}' 8
 	run -1 --separate-stderr gptq-dump m
 	[ "$stderr" = "gptq-dump: m/model.safetensors: duplicate tensor name 'a'" ]
 	mkdir s

@@ -21,7 +21,7 @@ replay() {
 	done
 	[ "${#dirs[@]}" -gt 0 ] || skip "no regressions or seeds for $1"
 	if [ "${GQ_VALGRIND:-0}" = 1 ]; then
-		run -0 valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+		run -0 valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
 			"$bin" "${dirs[@]}"
 	else
 		run -0 "$bin" "${dirs[@]}"

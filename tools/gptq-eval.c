@@ -64,6 +64,12 @@ typedef struct {
 	gq_task_opts to;
 } options;
 
+/* A file as messages name it. */
+static const char *shown(const char *path)
+{
+	return strcmp(path, "-") ? path : "<stdin>";
+}
+
 /* The same chunks for every model: (ids [n, len], scored from `first`), with right padding. */
 typedef struct {
 	gq_samples s;
@@ -76,9 +82,10 @@ static void load_workload(const gq_runner *r, const options *o, workload *w)
 		char *text;
 		size_t len;
 
-		if (gq_read_input(o->text, (size_t)4 << 30, &text, &len) ||
-		    gq_ppl_chunks(r, text, len, o->protocol, o->ctx, o->chunks, &w->s, &w->first))
+		if (gq_read_input(o->text, (size_t)4 << 30, &text, &len))
 			die("%s", gq_errmsg());
+		if (gq_ppl_chunks(r, text, len, o->protocol, o->ctx, o->chunks, &w->s, &w->first))
+			die("%s: %s", shown(o->text), gq_errmsg());
 		free(text);
 		return;
 	}
@@ -118,7 +125,7 @@ static void load_workload(const gq_runner *r, const options *o, workload *w)
 	gq_frame_free(&f);
 	gq_reader_close(rd);
 	if (w->s.n == 0)
-		die("%s: no tokens frames (make them with gptq-calib --eval)", o->tokens);
+		die("%s: no tokens frames (make them with gptq-calib --eval)", shown(o->tokens));
 	w->first = 0;
 }
 
@@ -153,7 +160,7 @@ static void score(const gq_runner *r, const gq_runner *ref, const workload *w, g
 			 (long long)w->s.n, exp(s->nll / (double)(s->count ? s->count : 1)));
 	}
 	if (s->count == 0)
-		die("no token was scored: the chunks are too short");
+		die("%s: no token was scored: the chunks are too short", o_tokens_name);
 }
 
 /* One line of JSON on stdout; frees j. */
@@ -163,7 +170,8 @@ static void put_json(cJSON *j)
 
 	if (!text)
 		die("out of memory");
-	puts(text);
+	if (gq_put_line(text))
+		die("%s", gq_errmsg());
 	cJSON_free(text);
 	cJSON_Delete(j);
 }
@@ -378,7 +386,7 @@ int main(int argc, char **argv)
 		} else {
 			if (i == 0)
 				load_workload(&r, &o, &w);
-			score(&r, o.ref ? &ref : NULL, &w, &res[i].s, o.tokens ? o.tokens : o.text);
+			score(&r, o.ref ? &ref : NULL, &w, &res[i].s, shown(o.tokens ? o.tokens : o.text));
 		}
 		gq_debug("%s done", o.models[i]);
 		gq_runner_close(&r);

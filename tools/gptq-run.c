@@ -117,8 +117,11 @@ static void prompt_ids(const gq_runner *r, const options *o, int32_t **ids, int6
 			die("%s", gq_errmsg());
 	}
 	if (gq_runner_encode(r, text ? text : o->prompt ? o->prompt : "",
-			     text ? len : o->prompt ? strlen(o->prompt) : 0, !o->no_bos, ids, n))
+			     text ? len : o->prompt ? strlen(o->prompt) : 0, !o->no_bos, ids, n)) {
+		if (text)
+			die("%s: %s", strcmp(o->prompt_file, "-") ? o->prompt_file : "<stdin>", gq_errmsg());
 		die("%s", gq_errmsg());
+	}
 	free(text);
 }
 
@@ -188,8 +191,8 @@ static void generate_batch(const gq_runner *r, const options *o)
 		cJSON_AddNumberToObject(j, "seconds", gq_now() - t0);
 		if (!(line = cJSON_PrintUnformatted(j)))
 			die("out of memory");
-		puts(line);
-		fflush(stdout);
+		if (gq_put_line(line))
+			die("%s", gq_errmsg());
 		cJSON_free(line);
 		cJSON_Delete(j);
 		free(text);

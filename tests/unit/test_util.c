@@ -64,10 +64,24 @@ static void test_buf(void)
 	gq_buf_free(&b);
 }
 
+static void test_json_nul(void)
+{
+	/* a NUL; an escaped backslash, then one; a NUL then a digit */
+	const char *yes[] = {"{\"p\": \"a\\u0000b\"}", "[\"\\\\\\u0000\"]", "\"\\u00001\""};
+	/* an escaped backslash, then u0000 as text; cut short; U+0001 */
+	const char *no[] = {"{\"p\": \"a\\\\u0000b\"}", "\"\\u000", "\"\\u0001\""};
+
+	for (size_t i = 0; i < sizeof yes / sizeof *yes; i++)
+		CHECK(gq_json_has_nul(yes[i], strlen(yes[i])));
+	for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+		CHECK(!gq_json_has_nul(no[i], strlen(no[i])));
+}
+
 int main(void)
 {
 	RUN(test_parse_numbers);
 	RUN(test_strmap);
 	RUN(test_buf);
+	RUN(test_json_nul);
 	return check_done();
 }
