@@ -21,12 +21,13 @@
 /*
  * ||H_gpu - H_cpu|| / ||H_cpu|| per frame. The GPU rounds every product
  * input to fp16 (2^-11 relative) and keeps the weights in fp16, so the
- * activations reaching a layer differ from the CPU's by about 1e-3 after a
- * few layers of random weights (test_gpumodel: logits within 5e-3); H is
- * quadratic in them, so its error is about twice the activations'. The same
- * bound holds the saved state.
+ * activations reaching a layer differ from the CPU's by a few 1e-4 after
+ * the fixtures' two layers of random weights, more in sequential mode where
+ * RTN weights are substituted; H is quadratic in them. Measured on an H200:
+ * at most 1.1e-3 for H and 9e-4 for the saved state over these fixtures;
+ * the bound leaves a factor of about 3.
  */
-#define TOL 1e-2
+#define TOL 3e-3
 
 static const char *covered[] = {"llama3_rope", "mistral_window", "qwen2_window", "qwen3",
 				"mixtral_top2of4", "gemma2_window", "gpt2_layer_scaled"};
