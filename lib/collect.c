@@ -6,8 +6,14 @@
  * are the layer-to-layer state. A step runs each sample on a scratch copy
  * and stops the block as soon as the step's last group has been seen, since
  * nothing after it is needed until the step's weights are quantized.
+ *
+ * On a GPU (collect_gpu) the same schedule runs with the activations
+ * resident on the device ([len, hidden] floats a sample), one layer
+ * uploaded at a time through gpumodel's layer-at-a-time API, and H summed
+ * there from the fp16 inputs of the products (kernels/gpu/hessian.cu).
  */
 #include "collect.h"
+#include "gpumodel.h"
 #include "hessian.h"
 #include "util.h"
 
@@ -113,63 +119,72 @@ static int read_feedback(feedback *fb, const gq_model *m, int layer, gq_layer *L
 	return GQ_OK;
 }
 
+/* The hessian frame of group g of `layer`: H [n, n] = 2/nsamples Σ x xᵀ. */
+static int emit_group(const gq_model *m, int layer, int g, int64_t n, int64_t nsamples,
+		      const float *H, gq_writer *w)
+{
+	gq_buf mods = {0};
+	char first[GQ_NAME_MAX] = "", name[GQ_NAME_MAX], num[4][32];
+	int64_t shape[2] = {n, n};
+	gq_st_builder b;
+	int rc, step = -1;
+
+	for (int i = 0; i < m->n_modules; i++)
+		if (m->modules[i].group == g) {
+			gq_module_name(m, layer, i, name, sizeof name);
+			if (!first[0])
+				memcpy(first, name, sizeof first);
+			if (mods.len)
+				gq_buf_append(&mods, ",", 1);
+			gq_buf_append(&mods, name, strlen(name));
+			step = m->modules[i].step;
+		}
+	if (mods.failed) {
+		gq_buf_free(&mods);
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	}
+	/* one NaN or Inf activation (a bad weight upstream, an overflow) poisons H: stop here, not at solve */
+	for (int64_t i = 0; i < n * n; i++)
+		if (!isfinite(H[i])) {
+			rc = gq_err(GQ_ERR_NUMERIC,
+				    "%s: Hessian entry [%lld, %lld] is %g: the activations reaching layer "
+				    "%d are not finite (NaN or Inf in the weights before it?)",
+				    first, (long long)(i / n), (long long)(i % n), H[i], layer);
+			gq_buf_free(&mods);
+			return rc;
+		}
+	snprintf(num[0], 32, "%d", layer);
+	snprintf(num[1], 32, "%lld", (long long)nsamples);
+	snprintf(num[2], 32, "%d", g);
+	snprintf(num[3], 32, "%d", step);
+	gq_stb_init(&b);
+	rc = gq_stb_meta(&b, "gptq.kind", "hessian") || gq_stb_meta(&b, "layer", num[0]) ||
+	     gq_stb_meta(&b, "name", first) || gq_stb_meta(&b, "modules", mods.data) ||
+	     gq_stb_meta(&b, "nsamples", num[1]) || gq_stb_meta(&b, "group", num[2]) ||
+	     gq_stb_meta(&b, "step", num[3]) ||
+	     gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H)
+		     ? GQ_ERR_NOMEM
+		     : gq_writer_put(w, &b);
+	gq_stb_free(&b);
+	gq_buf_free(&mods);
+	return rc;
+}
+
 /* One hessian frame per group g with h[g] collecting, in group order. */
 static int emit(const gq_model *m, int layer, hook_ctx *hc, gq_writer *w)
 {
 	for (int g = 0; g < m->n_groups; g++) {
 		gq_hessian *h = &hc->h[g];
-		gq_buf mods = {0};
-		char first[GQ_NAME_MAX] = "", name[GQ_NAME_MAX], num[4][32];
-		int64_t shape[2] = {h->n, h->n};
-		gq_st_builder b;
 		float *H;
-		int rc, step = -1;
+		int rc;
 
 		if (!h->sum)
 			continue;
-		for (int i = 0; i < m->n_modules; i++)
-			if (m->modules[i].group == g) {
-				gq_module_name(m, layer, i, name, sizeof name);
-				if (!first[0])
-					memcpy(first, name, sizeof first);
-				if (mods.len)
-					gq_buf_append(&mods, ",", 1);
-				gq_buf_append(&mods, name, strlen(name));
-				step = m->modules[i].step;
-			}
-		H = malloc((size_t)(h->n * h->n) * sizeof *H);
-		if (!H || mods.failed) {
-			free(H);
-			gq_buf_free(&mods);
+		if (!(H = malloc((size_t)(h->n * h->n) * sizeof *H)))
 			return gq_err(GQ_ERR_NOMEM, "out of memory");
-		}
 		gq_hessian_get(h, H);
-		/* one NaN or Inf activation (a bad weight upstream, an overflow) poisons H: stop here, not at solve */
-		for (int64_t i = 0; i < h->n * h->n; i++)
-			if (!isfinite(H[i])) {
-				rc = gq_err(GQ_ERR_NUMERIC,
-					    "%s: Hessian entry [%lld, %lld] is %g: the activations reaching layer "
-					    "%d are not finite (NaN or Inf in the weights before it?)",
-					    first, (long long)(i / h->n), (long long)(i % h->n), H[i], layer);
-				free(H);
-				gq_buf_free(&mods);
-				return rc;
-			}
-		snprintf(num[0], 32, "%d", layer);
-		snprintf(num[1], 32, "%lld", (long long)h->nsamples);
-		snprintf(num[2], 32, "%d", g);
-		snprintf(num[3], 32, "%d", step);
-		gq_stb_init(&b);
-		rc = gq_stb_meta(&b, "gptq.kind", "hessian") || gq_stb_meta(&b, "layer", num[0]) ||
-		     gq_stb_meta(&b, "name", first) || gq_stb_meta(&b, "modules", mods.data) ||
-		     gq_stb_meta(&b, "nsamples", num[1]) || gq_stb_meta(&b, "group", num[2]) ||
-		     gq_stb_meta(&b, "step", num[3]) ||
-		     gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H)
-			     ? GQ_ERR_NOMEM
-			     : gq_writer_put(w, &b);
-		gq_stb_free(&b);
+		rc = emit_group(m, layer, g, h->n, h->nsamples, H, w);
 		free(H);
-		gq_buf_free(&mods);
 		if (rc)
 			return rc;
 	}
@@ -182,20 +197,38 @@ static void free_hessians(const gq_model *m, hook_ctx *hc)
 		gq_hessian_free(&hc->h[g]);
 }
 
-/* Starts accumulators for the groups of `step` (-1: every group). */
-static int start_hessians(const gq_model *m, int step, hook_ctx *hc)
+/*
+ * The groups of `step` (-1: every group): on [n_groups] set for them, with
+ * their input width in width [n_groups]; the group after which the block
+ * may stop (-1: never) is returned.
+ */
+static int plan_step(const gq_model *m, int step, uint8_t *on, int64_t *width)
 {
-	hc->stop_group = -1;
+	int stop = -1;
+
+	memset(on, 0, (size_t)m->n_groups);
 	for (int i = 0; i < m->n_modules; i++) {
 		const gq_module *md = &m->modules[i];
+
+		if (md->group < 0 || (step >= 0 && md->step != step))
+			continue;
+		on[md->group] = 1;
+		width[md->group] = md->in;
+		if (step >= 0 && md->group > stop)
+			stop = md->group;
+	}
+	return stop;
+}
+
+/* Starts accumulators for the groups of `step` (-1: every group). */
+static int start_hessians(const gq_model *m, int step, hook_ctx *hc, uint8_t *on, int64_t *width)
+{
+	hc->stop_group = plan_step(m, step, on, width);
+	for (int g = 0; g < m->n_groups; g++) {
 		int rc;
 
-		if (md->group < 0 || (step >= 0 && md->step != step) || hc->h[md->group].sum)
-			continue;
-		if ((rc = gq_hessian_init(&hc->h[md->group], md->in)))
+		if (on[g] && (rc = gq_hessian_init(&hc->h[g], width[g])))
 			return rc;
-		if (step >= 0 && md->group > hc->stop_group)
-			hc->stop_group = md->group;
 	}
 	return GQ_OK;
 }
@@ -213,27 +246,25 @@ static int forward_all(const gq_model *m, const gq_layer *L, float **x, const gq
 	return GQ_OK;
 }
 
-/* One `activations` frame per sample: x [len, hidden] (+ mask), feeding `layer`. */
-static int save_state(int layer, const gq_sample *s, float **x, int64_t n, int64_t d, gq_writer *w)
+/* The `activations` frame of sample i (s): x [len, hidden] (+ mask), feeding `layer`. */
+static int save_sample(int layer, int64_t i, const gq_sample *s, const float *x, int64_t d,
+		       gq_writer *w)
 {
 	char num[2][32];
-	int rc = GQ_OK;
+	int64_t shape[2] = {s->len, d};
+	gq_st_builder b;
+	int rc;
 
 	snprintf(num[0], sizeof num[0], "%d", layer);
-	for (int64_t i = 0; i < n && rc == GQ_OK; i++) {
-		int64_t shape[2] = {s[i].len, d};
-		gq_st_builder b;
-
-		snprintf(num[1], sizeof num[1], "%lld", (long long)i);
-		gq_stb_init(&b);
-		rc = gq_stb_meta(&b, "gptq.kind", "activations") || gq_stb_meta(&b, "layer", num[0]) ||
-		     gq_stb_meta(&b, "sample", num[1]) ||
-		     gq_stb_tensor(&b, "x", GQ_DTYPE_F32, 2, shape, x[i]) ||
-		     (s[i].mask && gq_stb_tensor(&b, "attention_mask", GQ_DTYPE_U8, 1, shape, s[i].mask))
-			     ? GQ_ERR_NOMEM
-			     : gq_writer_put(w, &b);
-		gq_stb_free(&b);
-	}
+	snprintf(num[1], sizeof num[1], "%lld", (long long)i);
+	gq_stb_init(&b);
+	rc = gq_stb_meta(&b, "gptq.kind", "activations") || gq_stb_meta(&b, "layer", num[0]) ||
+	     gq_stb_meta(&b, "sample", num[1]) ||
+	     gq_stb_tensor(&b, "x", GQ_DTYPE_F32, 2, shape, x) ||
+	     (s->mask && gq_stb_tensor(&b, "attention_mask", GQ_DTYPE_U8, 1, shape, s->mask))
+		     ? GQ_ERR_NOMEM
+		     : gq_writer_put(w, &b);
+	gq_stb_free(&b);
 	return rc;
 }
 
@@ -293,20 +324,19 @@ static int apply_given(const gq_model *m, int layer, gq_layer *L, const gq_qline
 	return GQ_OK;
 }
 
-int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_collect_opts *o,
-	       const gq_qlinear *given, int n_given, gq_writer *w,
-	       int (*before_drain)(void *ctx), void *ctx)
+/* The CPU collection: activations [n] host [len, hidden] each. */
+static int collect_cpu(const gq_model *m, const gq_sample *samples, int64_t n,
+		       const gq_collect_opts *o, const gq_qlinear *given, int n_given, gq_writer *w,
+		       feedback *fb, uint8_t *want, uint8_t *on, int64_t *width)
 {
 	int64_t d = m->cfg.hidden, maxlen = 0;
 	float **x = calloc((size_t)n + 1, sizeof *x), *scratch = NULL;
 	hook_ctx hc = {calloc((size_t)m->n_groups + 1, sizeof(gq_hessian)), -1, GQ_OK};
 	gq_hooks hooks = {on_group, &hc};
-	uint8_t *want = calloc((size_t)m->n_modules + 1, 1);
-	feedback fb = {o->feedback, o->feedback_fd, NULL, {0}};
 	gq_progress prog;
 	int rc = GQ_OK;
 
-	if (!x || !hc.h || !want) {
+	if (!x || !hc.h) {
 		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
 		goto out;
 	}
@@ -336,7 +366,7 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 		if (rc == GQ_OK && l < o->first_layer) {
 			rc = forward_all(m, &L, x, samples, n, NULL);
 		} else if (rc == GQ_OK && !o->sequential) {
-			if ((rc = start_hessians(m, -1, &hc)) == GQ_OK)
+			if ((rc = start_hessians(m, -1, &hc, on, width)) == GQ_OK)
 				rc = forward_all(m, &L, x, samples, n, &hooks);
 			rc = rc ? rc : hc.rc;
 			if (rc == GQ_OK)
@@ -347,7 +377,7 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 				/* the very last step's weights matter only if the state is saved */
 				int last = l == o->last_layer && s == m->n_steps - 1 && !o->state;
 
-				if ((rc = start_hessians(m, s, &hc)))
+				if ((rc = start_hessians(m, s, &hc, on, width)))
 					break;
 				for (int64_t i = 0; i < n && rc == GQ_OK; i++) {
 					memcpy(scratch, x[i], (size_t)(samples[i].len * d) * sizeof *scratch);
@@ -361,7 +391,7 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 				for (int i = 0; i < m->n_modules; i++)
 					want[i] = m->modules[i].step == s;
 				if (rc == GQ_OK && !last)
-					rc = read_feedback(&fb, m, l, &L, want);
+					rc = read_feedback(fb, m, l, &L, want);
 			}
 			if (rc == GQ_OK && (l < o->last_layer || o->state))
 				rc = forward_all(m, &L, x, samples, n, NULL);
@@ -373,7 +403,285 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 	}
 	gq_progress_finish(&prog);
 	if (rc == GQ_OK && o->state)
-		rc = save_state(o->last_layer + 1, samples, x, n, d, o->state);
+		for (int64_t i = 0; i < n && rc == GQ_OK; i++)
+			rc = save_sample(o->last_layer + 1, i, &samples[i], x[i], d, o->state);
+out:
+	for (int64_t i = 0; x && i < n; i++)
+		free(x[i]);
+	free(x);
+	free(scratch);
+	if (hc.h)
+		free_hessians(m, &hc);
+	free(hc.h);
+	return rc;
+}
+
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+#include "gpu/fwd.h"
+#include "gpu/gpu.h"
+
+typedef struct {
+	gq_gpu_hessian *h;    /* [n_groups]; h[g].sum == NULL: not collecting g */
+	int stop_group;       /* stop the block after this group's input; -1 never */
+	int rc;
+	const uint8_t *mask;  /* host [len] of the sample running, or NULL */
+	int32_t *keep;        /* host [cap_rows] rows of the hook's input that are real tokens */
+	int32_t *keep_d;      /* device [cap_rows] the same */
+	void *kept16;         /* device [cap_rows, cap_cols] fp16 those rows */
+	int64_t cap_rows, cap_cols;
+} ghook_ctx;
+
+/* Grows the row-gathering buffers to rows x cols. */
+static int ghook_room(ghook_ctx *c, int64_t rows, int64_t cols)
+{
+	int rc;
+
+	if (rows <= c->cap_rows && cols <= c->cap_cols)
+		return GQ_OK;
+	rows = rows > c->cap_rows ? rows : c->cap_rows;
+	cols = cols > c->cap_cols ? cols : c->cap_cols;
+	free(c->keep);
+	gq_gpu_free(c->keep_d);
+	gq_gpu_free(c->kept16);
+	c->keep_d = NULL;
+	c->kept16 = NULL;
+	c->cap_rows = c->cap_cols = 0;
+	if (!(c->keep = malloc((size_t)rows * sizeof *c->keep)))
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	if ((rc = gq_gpu_alloc((void **)&c->keep_d, (uint64_t)rows * 4)) ||
+	    (rc = gq_gpu_alloc(&c->kept16, (uint64_t)(rows * cols) * 2)))
+		return rc;
+	c->cap_rows = rows;
+	c->cap_cols = cols;
+	return GQ_OK;
+}
+
+/* Adds the rows of x16 [rows, cols] that are real tokens (gathered on the device) to H. */
+static int gpu_add_rows(ghook_ctx *c, gq_gpu_hessian *h, const void *x16, int64_t rows,
+			int64_t cols, int64_t row0, const int32_t *idx, void *stream)
+{
+	int64_t k = 0;
+	int rc;
+
+	if (!c->mask && !idx)
+		return gq_gpu_hessian_add(h, x16, cols, rows, stream);
+	if ((rc = ghook_room(c, rows, cols)))
+		return rc;
+	for (int64_t r = 0; r < rows; r++)
+		if (!c->mask || c->mask[row0 + (idx ? idx[r] : r)])
+			c->keep[k++] = (int32_t)r;
+	if (k == rows)
+		return gq_gpu_hessian_add(h, x16, cols, rows, stream);
+	if (k == 0)
+		return GQ_OK;
+	/* the host list is staged before the call returns (pageable memory) */
+	if ((rc = gq_gpu_upload_async(c->keep_d, c->keep, (uint64_t)k * 4, stream)) ||
+	    (rc = gq_gpu_gather_rows(x16, c->keep_d, k, cols, c->kept16, stream)))
+		return rc;
+	return gq_gpu_hessian_add(h, c->kept16, cols, k, stream);
+}
+
+static int on_group_gpu(void *p, int layer, int group, const void *x16, int64_t rows,
+			int64_t cols, int64_t row0, const int32_t *idx, void *stream)
+{
+	ghook_ctx *c = p;
+
+	(void)layer;
+	if (c->rc) /* a later chunk after a failed add: keep the error */
+		return 1;
+	if (c->h[group].sum && (c->rc = gpu_add_rows(c, &c->h[group], x16, rows, cols, row0, idx, stream)))
+		return 1;
+	return group == c->stop_group;
+}
+
+static void free_gpu_hessians(const gq_model *m, ghook_ctx *hc)
+{
+	for (int g = 0; g < m->n_groups; g++)
+		gq_gpu_hessian_free(&hc->h[g]);
+}
+
+/* One hessian frame per group collecting, from the device sums: the CPU's H = 2/n Σ, lower triangle mirrored. */
+static int emit_gpu(const gq_model *m, int layer, ghook_ctx *hc, gq_writer *w)
+{
+	for (int g = 0; g < m->n_groups; g++) {
+		gq_gpu_hessian *h = &hc->h[g];
+		int64_t n = h->n;
+		float *H, scale = h->nsamples ? 2.0f / (float)h->nsamples : 0.0f;
+		int rc;
+
+		if (!h->sum)
+			continue;
+		if (!(H = malloc((size_t)(n * n) * sizeof *H)))
+			return gq_err(GQ_ERR_NOMEM, "out of memory");
+		if ((rc = gq_gpu_hessian_download(h, H)) == GQ_OK) {
+			for (int64_t i = 0; i < n; i++)
+				for (int64_t j = 0; j <= i; j++)
+					H[i * n + j] = H[j * n + i] = scale * H[i * n + j];
+			rc = emit_group(m, layer, g, n, h->nsamples, H, w);
+		}
+		free(H);
+		if (rc)
+			return rc;
+	}
+	return GQ_OK;
+}
+
+/* Every sample through the resident layer (activations replaced when update is set). */
+static int run_all(gq_gpu_model *g, float **x, uint8_t **mask, const gq_sample *s, int64_t n,
+		   int update, ghook_ctx *hc)
+{
+	int rc = GQ_OK;
+
+	for (int64_t i = 0; i < n && rc == GQ_OK; i++) {
+		hc->mask = s[i].mask;
+		rc = gq_gpu_model_run_layer(g, x[i], s[i].len, mask[i], update);
+		rc = rc ? rc : hc->rc;
+	}
+	return rc;
+}
+
+/*
+ * collect_cpu's schedule on the device o->device: activations x [n] device
+ * [len, hidden] each (masks [n] device [len], NULL without), one layer
+ * resident; the host holds one layer and one sample's staging [maxlen, hidden].
+ */
+static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
+		       const gq_collect_opts *o, const gq_qlinear *given, int n_given, gq_writer *w,
+		       feedback *fb, uint8_t *want, uint8_t *on, int64_t *width)
+{
+	int64_t d = m->cfg.hidden, maxlen = 1;
+	float **x = calloc((size_t)n + 1, sizeof *x), *host = NULL;
+	uint8_t **mask = calloc((size_t)n + 1, sizeof *mask);
+	uint8_t *upd = calloc((size_t)m->n_modules + 1, 1);
+	ghook_ctx hc = {calloc((size_t)m->n_groups + 1, sizeof(gq_gpu_hessian)), -1, GQ_OK};
+	gq_gpu_hooks hooks = {on_group_gpu, &hc};
+	gq_gpu_model *g = NULL;
+	gq_progress prog;
+	int rc = GQ_OK;
+
+	for (int64_t i = 0; i < n; i++)
+		maxlen = samples[i].len > maxlen ? samples[i].len : maxlen;
+	if (!x || !mask || !upd || !hc.h || !(host = malloc((size_t)(maxlen * d) * sizeof *host))) {
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	/* g keeps m but never changes it (no backend is set in this mode) */
+	if ((rc = gq_gpu_model_open_layerwise(&g, (gq_model *)m, o->device, maxlen)))
+		goto out;
+	for (int64_t i = 0; i < n && rc == GQ_OK; i++) {
+		uint64_t bytes = (uint64_t)(samples[i].len * d) * 4;
+
+		if ((rc = gq_gpu_alloc((void **)&x[i], bytes)))
+			rc = gq_err_wrap(rc, "the calibration activations on %s (%lld samples)",
+					 gq_device_name(o->device), (long long)n);
+		else if (samples[i].x)
+			rc = gq_gpu_upload(x[i], samples[i].x, bytes);
+		else if (o->start_layer > 0)
+			rc = gq_err(GQ_ERR_ARG, "sample %lld has no activations for layer %d",
+				    (long long)i, o->start_layer);
+		else if (!(rc = gq_model_embed(m, samples[i].ids, samples[i].len, 0, host)))
+			rc = gq_gpu_upload(x[i], host, bytes);
+		if (rc == GQ_OK && samples[i].mask && !(rc = gq_gpu_alloc((void **)&mask[i], (uint64_t)samples[i].len)))
+			rc = gq_gpu_upload(mask[i], samples[i].mask, (uint64_t)samples[i].len);
+	}
+	gq_progress_init(&prog, "hessian", o->last_layer - o->first_layer + 1);
+	for (int l = o->start_layer; l <= o->last_layer && rc == GQ_OK; l++) {
+		gq_layer L;
+
+		if ((rc = gq_layer_load(m, l, &L)))
+			break;
+		if ((rc = apply_given(m, l, &L, given, n_given)) == GQ_OK)
+			rc = gq_gpu_model_put_layer(g, &L);
+		if (rc == GQ_OK && l < o->first_layer) {
+			rc = run_all(g, x, mask, samples, n, 1, &hc);
+		} else if (rc == GQ_OK && !o->sequential) {
+			hc.stop_group = plan_step(m, -1, on, width);
+			for (int k = 0; k < m->n_groups && rc == GQ_OK; k++)
+				if (on[k])
+					rc = gq_gpu_hessian_init(&hc.h[k], width[k], GQ_DTYPE_F16);
+			gq_gpu_model_set_hooks(g, &hooks);
+			rc = rc ? rc : run_all(g, x, mask, samples, n, 1, &hc);
+			gq_gpu_model_set_hooks(g, NULL);
+			if (rc == GQ_OK)
+				rc = emit_gpu(m, l, &hc, w);
+			free_gpu_hessians(m, &hc);
+		} else if (rc == GQ_OK) {
+			for (int s = 0; s < m->n_steps && rc == GQ_OK; s++) {
+				int last = l == o->last_layer && s == m->n_steps - 1 && !o->state;
+
+				hc.stop_group = plan_step(m, s, on, width);
+				for (int k = 0; k < m->n_groups && rc == GQ_OK; k++)
+					if (on[k])
+						rc = gq_gpu_hessian_init(&hc.h[k], width[k], GQ_DTYPE_F16);
+				gq_gpu_model_set_hooks(g, &hooks);
+				rc = rc ? rc : run_all(g, x, mask, samples, n, 0, &hc);
+				gq_gpu_model_set_hooks(g, NULL);
+				if (rc == GQ_OK)
+					rc = emit_gpu(m, l, &hc, w);
+				free_gpu_hessians(m, &hc);
+				for (int i = 0; i < m->n_modules; i++)
+					want[i] = upd[i] = m->modules[i].step == s;
+				if (rc == GQ_OK && !last)
+					rc = read_feedback(fb, m, l, &L, want);
+				/* the quantized weights, dequantized on the host, replace the device's */
+				for (int i = 0; i < m->n_modules && rc == GQ_OK && !last; i++)
+					if (upd[i])
+						rc = gq_gpu_model_put_linear(g, i, L.lin[i].w);
+			}
+			if (rc == GQ_OK && (l < o->last_layer || o->state))
+				rc = run_all(g, x, mask, samples, n, 1, &hc);
+		}
+		gq_layer_free(m, &L);
+		gq_layer_release(m, l);
+		if (l >= o->first_layer)
+			gq_progress_update(&prog, l - o->first_layer + 1);
+	}
+	gq_progress_finish(&prog);
+	for (int64_t i = 0; i < n && rc == GQ_OK && o->state; i++)
+		if (!(rc = gq_gpu_download(host, x[i], (uint64_t)(samples[i].len * d) * 4)))
+			rc = save_sample(o->last_layer + 1, i, &samples[i], host, d, o->state);
+out:
+	if (hc.h)
+		free_gpu_hessians(m, &hc);
+	free(hc.h);
+	free(hc.keep);
+	gq_gpu_free(hc.keep_d);
+	gq_gpu_free(hc.kept16);
+	for (int64_t i = 0; x && i < n; i++) {
+		gq_gpu_free(x[i]);
+		gq_gpu_free(mask[i]);
+	}
+	gq_gpu_model_close(g);
+	free(x);
+	free(mask);
+	free(upd);
+	free(host);
+	return rc;
+}
+#else
+static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
+		       const gq_collect_opts *o, const gq_qlinear *given, int n_given, gq_writer *w,
+		       feedback *fb, uint8_t *want, uint8_t *on, int64_t *width)
+{
+	return gq_err(GQ_ERR_UNSUPPORTED, "%s: built without a GPU backend: use --device cpu", m->dir);
+}
+#endif
+
+int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_collect_opts *o,
+	       const gq_qlinear *given, int n_given, gq_writer *w,
+	       int (*before_drain)(void *ctx), void *ctx)
+{
+	uint8_t *want = calloc((size_t)m->n_modules + 1, 1), *on = calloc((size_t)m->n_groups + 1, 1);
+	int64_t *width = calloc((size_t)m->n_groups + 1, sizeof *width);
+	feedback fb = {o->feedback, o->feedback_fd, NULL, {0}};
+	int rc = GQ_OK;
+
+	if (!want || !on || !width)
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
+	else if (o->device.kind == GQ_DEV_CPU)
+		rc = collect_cpu(m, samples, n, o, given, n_given, w, &fb, want, on, width);
+	else
+		rc = collect_gpu(m, samples, n, o, given, n_given, w, &fb, want, on, width);
 	if (o->sequential && before_drain) {
 		int brc = before_drain(ctx);
 
@@ -389,15 +697,9 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 		if (rc == GQ_OK && k < 0)
 			rc = k;
 	}
-out:
-	for (int64_t i = 0; x && i < n; i++)
-		free(x[i]);
-	free(x);
-	free(scratch);
-	if (hc.h)
-		free_hessians(m, &hc);
-	free(hc.h);
 	free(want);
+	free(on);
+	free(width);
 	gq_frame_free(&fb.f);
 	gq_reader_close(fb.r);
 	if (fb.fd >= 0)

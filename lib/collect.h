@@ -14,6 +14,7 @@
 #ifndef GQ_COLLECT_H
 #define GQ_COLLECT_H
 
+#include "device.h"
 #include "model.h"
 #include "qlinear.h"
 #include "stream.h"
@@ -32,6 +33,7 @@ typedef struct {
 	gq_writer *state;            /* if set: activations leaving last_layer, one frame a sample */
 	const char *feedback;        /* name of the qlinear feedback stream (sequential) */
 	int feedback_fd;             /* its descriptor, opened early without blocking (taken over), or -1 */
+	gq_device device;            /* where the layers run and H is summed (cpu: the reference) */
 } gq_collect_opts;
 
 /*

@@ -40,6 +40,13 @@ typedef struct {
 	int dev;                                    /* index into gq_gpu_model.dev */
 } glayer;
 
+/* Device state of one KV cache. */
+typedef struct {
+	float **k, **v; /* [n_layers] each [capacity, KV hd] on the layer's device */
+	void *graph;    /* the captured one-token step, or NULL */
+	int warm;       /* a one-token step ran uncaptured already */
+} gcache;
+
 /* One device: its layers, stream and activation buffers (CHUNK rows each). */
 typedef struct {
 	int ordinal;
@@ -81,14 +88,14 @@ struct gq_gpu_model {
 	uint64_t bytes_lin, bytes_head;
 	int graphs;
 	const gq_gpu_hooks *hooks;
+	int64_t row0;       /* sequence position of the first row in flight, for the hooks */
+	/* layer at a time: */
+	int resident;       /* the layer on the device, or -1 */
+	gcache *lw;         /* its KV cache: k, v [n_layers], only k[resident] set while running */
+	float *lw_k, *lw_v; /* [lw_cap, KV hd] */
+	int64_t lw_cap;
+	const uint8_t *key_mask; /* device [lw_cap] of the sequence running, or NULL */
 };
-
-/* Device state of one KV cache. */
-typedef struct {
-	float **k, **v; /* [n_layers] each [capacity, KV hd] on the layer's device */
-	void *graph;    /* the captured one-token step, or NULL */
-	int warm;       /* a one-token step ran uncaptured already */
-} gcache;
 
 /* ---- uploads ---- */
 
@@ -121,18 +128,16 @@ static int dup_f16(const float *h, int64_t n, void **d)
 	return rc;
 }
 
-static int upload_layer(gq_gpu_model *g, int l, glayer *G)
+/* The host layer L into G. */
+static int upload_host_layer(gq_gpu_model *g, const gq_layer *L, glayer *G)
 {
-	gq_model *m = g->m;
-	gq_layer L;
+	const gq_model *m = g->m;
 	int rc;
 
-	if ((rc = gq_layer_load(m, l, &L)))
-		return rc;
 	G->lin = calloc((size_t)m->n_modules, sizeof *G->lin);
 	rc = G->lin ? GQ_OK : gq_err(GQ_ERR_NOMEM, "out of memory");
 	for (int i = 0; i < m->n_modules && rc == GQ_OK; i++) {
-		const gq_linear *s = &L.lin[i];
+		const gq_linear *s = &L->lin[i];
 		glin *d = &G->lin[i];
 
 		d->in = s->in;
@@ -148,14 +153,26 @@ static int upload_layer(gq_gpu_model *g, int l, glayer *G)
 			rc = dup_f32(s->b, s->out, &d->b);
 	}
 	int64_t d = m->cfg.hidden, hd = m->cfg.head_dim;
-	if (rc == GQ_OK && !(rc = dup_f32(L.norm_attn_w, d, &G->norm_attn_w)) &&
-	    !(rc = dup_f32(L.norm_attn_b, d, &G->norm_attn_b)) &&
-	    !(rc = dup_f32(L.norm_mlp_w, d, &G->norm_mlp_w)) &&
-	    !(rc = dup_f32(L.norm_mlp_b, d, &G->norm_mlp_b)) &&
-	    !(rc = dup_f32(L.post_attn_w, d, &G->post_attn_w)) &&
-	    !(rc = dup_f32(L.post_mlp_w, d, &G->post_mlp_w)) &&
-	    !(rc = dup_f32(L.q_norm_w, hd, &G->q_norm_w)))
-		rc = dup_f32(L.k_norm_w, hd, &G->k_norm_w);
+	if (rc == GQ_OK && !(rc = dup_f32(L->norm_attn_w, d, &G->norm_attn_w)) &&
+	    !(rc = dup_f32(L->norm_attn_b, d, &G->norm_attn_b)) &&
+	    !(rc = dup_f32(L->norm_mlp_w, d, &G->norm_mlp_w)) &&
+	    !(rc = dup_f32(L->norm_mlp_b, d, &G->norm_mlp_b)) &&
+	    !(rc = dup_f32(L->post_attn_w, d, &G->post_attn_w)) &&
+	    !(rc = dup_f32(L->post_mlp_w, d, &G->post_mlp_w)) &&
+	    !(rc = dup_f32(L->q_norm_w, hd, &G->q_norm_w)))
+		rc = dup_f32(L->k_norm_w, hd, &G->k_norm_w);
+	return rc;
+}
+
+static int upload_layer(gq_gpu_model *g, int l, glayer *G)
+{
+	gq_model *m = g->m;
+	gq_layer L;
+	int rc;
+
+	if ((rc = gq_layer_load(m, l, &L)))
+		return rc;
+	rc = upload_host_layer(g, &L, G);
 	gq_layer_free(m, &L);
 	gq_layer_release(m, l);
 	return rc;
@@ -249,7 +266,8 @@ static int find_module(const gq_model *m, gq_role role, int expert)
 }
 
 /* The hook for the group starting at module i: GQ_STOPPED when it asks to stop. */
-static int observe(gq_gpu_model *g, gdev *D, int layer, int i, const void *x16, int64_t rows)
+static int observe(gq_gpu_model *g, gdev *D, int layer, int i, const void *x16, int64_t rows,
+		   const int32_t *idx)
 {
 	const gq_module *md = &g->m->modules[i];
 	int rc;
@@ -259,8 +277,10 @@ static int observe(gq_gpu_model *g, gdev *D, int layer, int i, const void *x16, 
 		return GQ_OK;
 	if ((rc = gq_gpu_stream_sync(D->stream)))
 		return rc;
-	return g->hooks->group_input(g->hooks->ctx, layer, md->group, x16, rows, md->in) ? GQ_STOPPED
-											: GQ_OK;
+	return g->hooks->group_input(g->hooks->ctx, layer, md->group, x16, rows, md->in, g->row0, idx,
+				     D->stream)
+		       ? GQ_STOPPED
+		       : GQ_OK;
 }
 
 static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int64_t capacity)
@@ -273,7 +293,7 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 	float *q = D->qkv, *k, *v;
 	int64_t ldq, ldk, ldv;
 	gq_gpu_attn a = {H, KV, hd, c->query_scale > 0 ? c->query_scale : 1.0 / sqrt((double)hd),
-			 c->attn_softcap, 0, capacity};
+			 c->attn_softcap, 0, capacity, g->key_mask};
 	int rc, io = find_module(m, GQ_ROLE_O, -1);
 
 	if (!strcmp(c->model_type, "gpt2")) {
@@ -291,7 +311,7 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 		v = k + CHUNK * KV * hd;
 		ldq = H * hd;
 		ldk = ldv = KV * hd;
-		if ((rc = observe(g, D, l, iq, D->h16, n)) || (rc = linear(D, &L->lin[iq], D->h16, n, q)) ||
+		if ((rc = observe(g, D, l, iq, D->h16, n, NULL)) || (rc = linear(D, &L->lin[iq], D->h16, n, q)) ||
 		    (rc = linear(D, &L->lin[ik], D->h16, n, k)) || (rc = linear(D, &L->lin[iv], D->h16, n, v)))
 			return rc;
 	} else {
@@ -300,7 +320,7 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 		ldq = ldk = ldv = (H + 2 * KV) * hd;
 		k = q + H * hd;
 		v = k + KV * hd;
-		if ((rc = observe(g, D, l, i, D->h16, n)) || (rc = linear(D, &L->lin[i], D->h16, n, q)))
+		if ((rc = observe(g, D, l, i, D->h16, n, NULL)) || (rc = linear(D, &L->lin[i], D->h16, n, q)))
 			return rc;
 	}
 	if ((rc = gq_gpu_qk_rope(q, ldq, n, H, hd, L->q_norm_w, c->norm_eps, D->inv_freq, half,
@@ -309,20 +329,20 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 				 m->arch.rope_interleaved, D->pos, D->stream)) ||
 	    (rc = gq_gpu_kv_store(k, ldk, v, ldv, n, KV * hd, gc->k[l], gc->v[l], D->pos, D->stream)) ||
 	    (rc = gq_gpu_attention(&a, q, ldq, gc->k[l], gc->v[l], n, D->pos, D->o16, D->stream)) ||
-	    (rc = observe(g, D, l, io, D->o16, n)))
+	    (rc = observe(g, D, l, io, D->o16, n, NULL)))
 		return rc;
 	return linear(D, &L->lin[io], D->o16, n, D->att);
 }
 
-/* Gated or plain MLP of modules ig/iu (or fused igu) and id on x16 [n, d], into y. */
+/* Gated or plain MLP of modules ig/iu (or fused igu) and id on x16 [n, d] (rows idx, see observe), into y. */
 static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id, const void *x16,
-	       int64_t n, float *y)
+	       int64_t n, const int32_t *idx, float *y)
 {
 	const glayer *L = &g->layers[l];
 	int64_t inter = g->m->modules[id].in;
 	int act = (int)g->m->cfg.act, rc;
 
-	if ((rc = observe(g, D, l, igu >= 0 ? igu : ig >= 0 ? ig : iu, x16, n)))
+	if ((rc = observe(g, D, l, igu >= 0 ? igu : ig >= 0 ? ig : iu, x16, n, idx)))
 		return rc;
 	if (igu >= 0) {
 		if ((rc = linear(D, &L->lin[igu], x16, n, D->g)) ||
@@ -337,7 +357,7 @@ static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id,
 		   (rc = gq_gpu_act(act, D->g, inter, NULL, 0, n, inter, D->a16, D->stream))) {
 		return rc;
 	}
-	if ((rc = observe(g, D, l, id, D->a16, n)))
+	if ((rc = observe(g, D, l, id, D->a16, n, idx)))
 		return rc;
 	return linear(D, &L->lin[id], D->a16, n, y);
 }
@@ -398,7 +418,7 @@ static int moe(gq_gpu_model *g, gdev *D, int l, int64_t n)
 		    (rc = gq_gpu_stream_sync(D->stream)) ||
 		    (rc = gq_gpu_gather_rows(D->h16, D->rows, cnt, d, D->xs16, D->stream)) ||
 		    (rc = glu(g, D, l, find_module(m, GQ_ROLE_GATE, (int)e), find_module(m, GQ_ROLE_UP, (int)e),
-			      -1, find_module(m, GQ_ROLE_DOWN, (int)e), D->xs16, cnt, D->ys)) ||
+			      -1, find_module(m, GQ_ROLE_DOWN, (int)e), D->xs16, cnt, g->host_rows, D->ys)) ||
 		    (rc = gq_gpu_scatter_add(D->mo, D->ys, D->rows, D->wt, cnt, d, D->stream)))
 			return rc;
 	}
@@ -412,13 +432,13 @@ static int mlp(gq_gpu_model *g, gdev *D, int l, int64_t n)
 	switch (m->arch.mlp) {
 	case GQ_MLP_GLU:
 		return glu(g, D, l, find_module(m, GQ_ROLE_GATE, -1), find_module(m, GQ_ROLE_UP, -1), -1,
-			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, D->mo);
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo);
 	case GQ_MLP_GLU_FUSED:
 		return glu(g, D, l, -1, -1, find_module(m, GQ_ROLE_GATE_UP, -1),
-			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, D->mo);
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo);
 	case GQ_MLP_PLAIN:
 		return glu(g, D, l, -1, find_module(m, GQ_ROLE_UP, -1), -1,
-			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, D->mo);
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo);
 	case GQ_MLP_MOE:
 		return moe(g, D, l, n);
 	}
@@ -505,6 +525,7 @@ static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t rows_out, fl
 	int graph = n == 1 && g->graphs && g->n_devs == 1 && !g->hooks && m->arch.mlp != GQ_MLP_MOE;
 	int rc = GQ_OK;
 
+	g->row0 = pos;
 	for (int k = 0; k < g->n_devs && rc == GQ_OK; k++)
 		if (!(rc = gq_gpu_set_device(g->dev[k].ordinal)))
 			rc = gq_gpu_upload_async(g->dev[k].pos, &pos, 8, g->dev[k].stream);
@@ -736,10 +757,38 @@ static void free_dev(gdev *D)
 	gq_gpu_free(D->ws);
 }
 
+/* g with its host arrays, no device work yet; NULL when out of memory (g freed). */
+static gq_gpu_model *new_model(gq_model *m, int n_devs)
+{
+	const gq_config *c = &m->cfg;
+	int64_t E = c->n_experts > 0 ? c->n_experts : 1;
+	gq_gpu_model *g = calloc(1, sizeof *g);
+
+	if (!g)
+		return NULL;
+	g->m = m;
+	g->n_devs = n_devs;
+	g->graphs = 1;
+	g->resident = -1;
+	for (int k = 0; k < MAX_DEVS; k++)
+		g->dev[k].ordinal = -1;
+	g->layers = calloc((size_t)c->n_layers, sizeof *g->layers);
+	g->host_x = malloc((size_t)(CHUNK * c->hidden) * sizeof *g->host_x);
+	g->host_router = malloc((size_t)(CHUNK * E) * sizeof *g->host_router);
+	g->host_w = malloc((size_t)(CHUNK * E) * sizeof *g->host_w);
+	g->host_rows = malloc(CHUNK * sizeof *g->host_rows);
+	g->host_wt = malloc(CHUNK * sizeof *g->host_wt);
+	if (!g->layers || !g->host_x || !g->host_router || !g->host_w || !g->host_rows || !g->host_wt) {
+		gq_gpu_model_close(g);
+		return NULL;
+	}
+	return g;
+}
+
 int gq_gpu_model_open(gq_gpu_model **out, gq_model *m, const gq_device *devs, int n_devs)
 {
 	const gq_config *c = &m->cfg;
-	int64_t L = c->n_layers, E = c->n_experts > 0 ? c->n_experts : 1;
+	int64_t L = c->n_layers;
 	gq_gpu_model *g;
 	int rc;
 
@@ -754,23 +803,9 @@ int gq_gpu_model_open(gq_gpu_model **out, gq_model *m, const gq_device *devs, in
 			return gq_err(GQ_ERR_UNSUPPORTED, "a layer split over distinct GPUs (%d and %d) "
 				      "needs a cuBLAS handle per device, which kernels/gpu/qgemm.cu "
 				      "does not keep yet", devs[0].index, devs[k].index);
-	g = calloc(1, sizeof *g);
-	if (!g)
+	if (!(g = new_model(m, n_devs)))
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
-	g->m = m;
-	g->n_devs = n_devs;
-	g->graphs = 1;
-	for (int k = 0; k < MAX_DEVS; k++)
-		g->dev[k].ordinal = -1;
-	g->layers = calloc((size_t)L, sizeof *g->layers);
-	g->host_x = malloc((size_t)(CHUNK * c->hidden) * sizeof *g->host_x);
-	g->host_router = malloc((size_t)(CHUNK * E) * sizeof *g->host_router);
-	g->host_w = malloc((size_t)(CHUNK * E) * sizeof *g->host_w);
-	g->host_rows = malloc(CHUNK * sizeof *g->host_rows);
-	g->host_wt = malloc(CHUNK * sizeof *g->host_wt);
-	rc = !g->layers || !g->host_x || !g->host_router || !g->host_w || !g->host_rows || !g->host_wt
-		     ? gq_err(GQ_ERR_NOMEM, "out of memory")
-		     : GQ_OK;
+	rc = GQ_OK;
 	for (int k = 0; k < n_devs && rc == GQ_OK; k++) {
 		gdev *D = &g->dev[k];
 
@@ -825,6 +860,13 @@ void gq_gpu_model_close(gq_gpu_model *g)
 	}
 	for (int k = 0; k < g->n_devs; k++)
 		free_dev(&g->dev[k]);
+	gq_gpu_free(g->lw_k);
+	gq_gpu_free(g->lw_v);
+	if (g->lw) {
+		free(g->lw->k);
+		free(g->lw->v);
+		free(g->lw);
+	}
 	gq_gpu_free(g->head16);
 	gq_gpu_free(g->head_b);
 	gq_gpu_free(g->final_w);
@@ -842,6 +884,121 @@ void gq_gpu_model_close(gq_gpu_model *g)
 void gq_gpu_model_use_graphs(gq_gpu_model *g, int on)
 {
 	g->graphs = on;
+}
+
+/* ---- layer at a time ---- */
+
+int gq_gpu_model_open_layerwise(gq_gpu_model **out, gq_model *m, gq_device dev, int64_t max_len)
+{
+	const gq_config *c = &m->cfg;
+	uint64_t row = (uint64_t)(c->n_kv_heads * c->head_dim) * 4;
+	gq_gpu_model *g;
+	int rc;
+
+	*out = NULL;
+	if ((rc = check_supported(m)))
+		return rc;
+	if (max_len > gq_gpu_attention_max_capacity(c->head_dim))
+		return gq_err(GQ_ERR_UNSUPPORTED, "%s: sequences of %lld tokens are more than GPU "
+			      "attention holds (%lld): use --device cpu", m->dir, (long long)max_len,
+			      (long long)gq_gpu_attention_max_capacity(c->head_dim));
+	if (!(g = new_model(m, 1)))
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	g->graphs = 0;
+	g->dev[0].ordinal = dev.index;
+	g->dev[0].l0 = 0;
+	g->dev[0].l1 = (int)c->n_layers;
+	g->lw_cap = max_len;
+	g->lw = calloc(1, sizeof *g->lw);
+	rc = g->lw && (g->lw->k = calloc((size_t)c->n_layers, sizeof *g->lw->k)) &&
+			     (g->lw->v = calloc((size_t)c->n_layers, sizeof *g->lw->v))
+		     ? GQ_OK
+		     : gq_err(GQ_ERR_NOMEM, "out of memory");
+	if (rc == GQ_OK && !(rc = alloc_dev(g, &g->dev[0])) &&
+	    !(rc = gq_gpu_alloc((void **)&g->lw_k, row * (uint64_t)max_len)))
+		rc = gq_gpu_alloc((void **)&g->lw_v, row * (uint64_t)max_len);
+	if (rc) {
+		gq_gpu_model_close(g);
+		return gq_err_wrap(rc, "%s on %s", m->dir, gq_device_name(dev));
+	}
+	*out = g;
+	return GQ_OK;
+}
+
+int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L)
+{
+	gdev *D = &g->dev[0];
+	int rc;
+
+	if ((rc = gq_gpu_set_device(D->ordinal)))
+		return rc;
+	if (g->resident >= 0) {
+		free_layer(&g->layers[g->resident], g->m->n_modules);
+		memset(&g->layers[g->resident], 0, sizeof g->layers[g->resident]);
+		g->resident = -1;
+	}
+	rc = upload_host_layer(g, L, &g->layers[L->index]);
+	g->resident = L->index; /* freed by the next put or close, even half uploaded */
+	for (int i = 0; i < g->m->n_modules && rc == GQ_OK; i++) {
+		const glin *li = &g->layers[L->index].lin[i];
+		uint64_t ws = li->q.codes ? gq_gpu_qgemm_workspace(&li->q, CHUNK) : 0;
+
+		if (ws > D->ws_bytes) {
+			gq_gpu_free(D->ws);
+			D->ws = NULL;
+			D->ws_bytes = ws;
+			rc = gq_gpu_alloc(&D->ws, ws);
+		}
+	}
+	return rc ? gq_err_wrap(rc, "%s: layer %d to GPU %d", g->m->dir, L->index, D->ordinal) : GQ_OK;
+}
+
+int gq_gpu_model_put_linear(gq_gpu_model *g, int mod, const float *w)
+{
+	glin *d = &g->layers[g->resident].lin[mod];
+	int rc;
+
+	if ((rc = gq_gpu_set_device(g->dev[0].ordinal)))
+		return rc;
+	gq_gpu_qmat_free(&d->q);
+	gq_gpu_free(d->w16);
+	d->w16 = NULL;
+	return dup_f16(w, d->in * d->out, &d->w16);
+}
+
+int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t *mask, int update)
+{
+	gdev *D = &g->dev[0];
+	int l = g->resident, rc;
+	int64_t d = g->m->cfg.hidden;
+
+	if (l < 0 || len > g->lw_cap)
+		return gq_err(GQ_ERR_ARG, "no layer on the device, or a sequence of %lld tokens "
+			      "(room for %lld)", (long long)len, (long long)g->lw_cap);
+	if ((rc = gq_gpu_set_device(D->ordinal)))
+		return rc;
+	g->lw->k[l] = g->lw_k;
+	g->lw->v[l] = g->lw_v;
+	g->key_mask = mask;
+	for (int64_t t0 = 0; t0 < len && rc == GQ_OK; t0 += CHUNK) {
+		int64_t n = len - t0 < CHUNK ? len - t0 : CHUNK;
+
+		/* a pageable source is staged before the call returns: t0 may change next */
+		g->row0 = t0;
+		if ((rc = gq_gpu_upload_async(D->pos, &t0, 8, D->stream)) ||
+		    (rc = gq_gpu_copy_async(D->x, x + t0 * d, (uint64_t)(n * d) * 4, D->stream)))
+			break;
+		rc = block(g, g->lw, l, n, g->lw_cap);
+		if (rc == GQ_STOPPED)
+			rc = GQ_OK;
+		else if (rc == GQ_OK && update)
+			rc = gq_gpu_copy_async(x + t0 * d, D->x, (uint64_t)(n * d) * 4, D->stream);
+	}
+	if (rc == GQ_OK)
+		rc = gq_gpu_stream_sync(D->stream);
+	g->lw->k[l] = g->lw->v[l] = NULL;
+	g->key_mask = NULL;
+	return rc;
 }
 
 void gq_gpu_model_set_hooks(gq_gpu_model *g, const gq_gpu_hooks *h)
@@ -878,6 +1035,27 @@ void gq_gpu_model_set_hooks(gq_gpu_model *g, const gq_gpu_hooks *h)
 void gq_gpu_model_weight_bytes(const gq_gpu_model *g, uint64_t *linears, uint64_t *head)
 {
 	*linears = *head = 0;
+}
+
+int gq_gpu_model_open_layerwise(gq_gpu_model **g, gq_model *m, gq_device dev, int64_t max_len)
+{
+	*g = NULL;
+	return gq_err(GQ_ERR_UNSUPPORTED, "%s: built without a GPU backend: use --device cpu", m->dir);
+}
+
+int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L)
+{
+	return gq_err(GQ_ERR_UNSUPPORTED, "built without a GPU backend");
+}
+
+int gq_gpu_model_put_linear(gq_gpu_model *g, int mod, const float *w)
+{
+	return gq_err(GQ_ERR_UNSUPPORTED, "built without a GPU backend");
+}
+
+int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t *mask, int update)
+{
+	return gq_err(GQ_ERR_UNSUPPORTED, "built without a GPU backend");
 }
 
 #endif

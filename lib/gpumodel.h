@@ -26,12 +26,15 @@ typedef struct gq_gpu_model gq_gpu_model;
 /*
  * Hook seeing the device input of every group of linears (for a GPU
  * gptq-hessian): x16 is fp16 [rows, cols] on the device of that layer,
- * valid during the call (the stream is synchronized first). Nonzero stops
- * the forward with GQ_STOPPED.
+ * valid during the call and until later work on `stream` (the stream is
+ * synchronized first; queue reads of x16 on it). Row r is the token at
+ * position row0 + (idx ? idx[r] : r) of the sequence: idx (host [rows]) is
+ * set for the rows routed to one MoE expert. Nonzero stops the forward with
+ * GQ_STOPPED.
  */
 typedef struct {
 	int (*group_input)(void *ctx, int layer, int group, const void *x16, int64_t rows,
-			   int64_t cols);
+			   int64_t cols, int64_t row0, const int32_t *idx, void *stream);
 	void *ctx;
 } gq_gpu_hooks;
 
@@ -50,5 +53,26 @@ void gq_gpu_model_use_graphs(gq_gpu_model *g, int on);
 void gq_gpu_model_set_hooks(gq_gpu_model *g, const gq_gpu_hooks *h);
 /* Bytes a decoding step reads from the device: linears (packed or fp16) and the fp16 head. */
 void gq_gpu_model_weight_bytes(const gq_gpu_model *g, uint64_t *linears, uint64_t *head);
+
+/*
+ * Layer at a time (the GPU gptq-hessian): buffers on dev for sequences of
+ * up to max_len tokens, no layer resident yet and no head, so device memory
+ * holds one layer whatever the model's size. The caller keeps activations
+ * on the device and runs them through the resident layer.
+ */
+int gq_gpu_model_open_layerwise(gq_gpu_model **g, gq_model *m, gq_device dev, int64_t max_len);
+/* Makes the host layer L (weights as the caller left them) the resident one, replacing the last. */
+int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L);
+/* Replaces the resident layer's dense module mod by the host weights w [out, in]. */
+int gq_gpu_model_put_linear(gq_gpu_model *g, int mod, const float *w);
+/*
+ * The resident layer on one sequence x [len, d] (device float32), whose
+ * mask (device [len], or NULL) hides padded tokens from attention; the
+ * result replaces x when update is set. With hooks set, a hook that stops
+ * ends the block for the rows in flight only: later rows still run to that
+ * point (their attention needs only earlier rows' keys, stored before).
+ * The layer's stream is synchronized on return.
+ */
+int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t *mask, int update);
 
 #endif

@@ -4,7 +4,10 @@
 #   make -f pipelines/quantize.mk MODEL=dir OUT=dir [TEXT=corpus.txt | CALIB="tokens.gqs ..."]
 #        [NSAMPLES=128] [SEQLEN=2048] [SEED=0] [BITS=4] [GROUP=128] [DESC_ACT=1]
 #        [SYM=0] [DAMP=0.01] [FORMAT=gptq] [SEQUENTIAL=0] [WORK=dir] [ZSTD=1]
+#        [DEVICE=cuda[:N]]
 #
+# DEVICE is passed to gptq-hessian and gptq-solve as --device (default: the
+# CPU); with SEQUENTIAL=0 and make -j, the solves then share that GPU.
 # Sequential (default): layer i runs gptq-hessian on the activations entering
 # it, with gptq-solve's modules fed back through a FIFO, and saves the
 # activations entering layer i+1 (the next target's input). SEQUENTIAL=0
@@ -37,12 +40,14 @@ FORMAT     ?=
 SEQUENTIAL ?= 1
 WORK       ?= $(OUT).work
 ZSTD       ?= 0
+DEVICE     ?=
 
 SOLVE_OPTS := --bits $(BITS) --group-size $(GROUP) --damp $(DAMP) \
 	$(if $(filter 1,$(DESC_ACT)),--desc-act) $(if $(filter 1,$(STATIC_GROUPS)),--static-groups) \
 	$(if $(filter 0,$(SYM)),--asym) $(if $(filter 1,$(MSE)),--mse)
 PACK_FORMAT := $(or $(FORMAT),$(if $(filter 0,$(SYM)),gptq_v2,gptq))
 Z := $(if $(filter 1,$(ZSTD)),-z)
+DEV := $(if $(DEVICE),--device $(DEVICE))
 
 # the layer count, from the tools' own reading of config.json
 INFO := $(shell $(BIN)gptq-dump --model-info $(MODEL))
@@ -90,9 +95,9 @@ $(WORK)/q-$(1).gqs $(WORK)/act-$(2).gqs &: $(WORK)/act-$(1).gqs
 	rm -f $(WORK)/q-$(1).gqs.tmp $(WORK)/act-$(2).gqs.tmp.* # left by a kill -9
 	rm -f $(WORK)/fb-$(1) && mkfifo $(WORK)/fb-$(1); \
 	trap 'rm -f $(WORK)/fb-$(1)' EXIT; \
-	$(BIN)gptq-hessian -m $(MODEL) --feedback $(WORK)/fb-$(1) --layers $(1) $(Z) \
+	$(BIN)gptq-hessian -m $(MODEL) --feedback $(WORK)/fb-$(1) --layers $(1) $(Z) $(DEV) \
 		--save-state $(WORK)/act-$(2).gqs $$< | \
-	$(BIN)gptq-solve -m $(MODEL) $(SOLVE_OPTS) | tee $(WORK)/fb-$(1) > $(WORK)/q-$(1).gqs.tmp || \
+	$(BIN)gptq-solve -m $(MODEL) $(SOLVE_OPTS) $(DEV) | tee $(WORK)/fb-$(1) > $(WORK)/q-$(1).gqs.tmp || \
 		{ rm -f $(WORK)/act-$(2).gqs $(WORK)/q-$(1).gqs.tmp; exit 1; }; \
 	mv $(WORK)/q-$(1).gqs.tmp $(WORK)/q-$(1).gqs
 endef
@@ -110,12 +115,12 @@ define GROUP_SOLVE
 $(WORK)/q-$(1)-$(firstword $(subst :, ,$(2))).gqs: $(WORK)/h-$(1).gqs
 	rm -f $$@.tmp.*
 	$(BIN)gptq-dump --extract $(subst %d,$(1),$(LAYER_PREFIX))$(lastword $(subst :, ,$(2))) -o - $$< | \
-		$(BIN)gptq-solve -m $(MODEL) $(SOLVE_OPTS) -o $$@
+		$(BIN)gptq-solve -m $(MODEL) $(SOLVE_OPTS) $(DEV) -o $$@
 endef
 define LAYER
 $(WORK)/h-$(1).gqs $(WORK)/act-$(2).gqs &: $(WORK)/act-$(1).gqs
 	rm -f $(WORK)/h-$(1).gqs.tmp.* $(WORK)/act-$(2).gqs.tmp.* # left by a kill -9
-	$(BIN)gptq-hessian -m $(MODEL) --no-sequential --layers $(1) $(Z) \
+	$(BIN)gptq-hessian -m $(MODEL) --no-sequential --layers $(1) $(Z) $(DEV) \
 		--save-state $(WORK)/act-$(2).gqs -o $(WORK)/h-$(1).gqs $$<
 
 $(foreach g,$(MODULE_GROUPS),$(eval $(call GROUP_SOLVE,$(1),$(g))))

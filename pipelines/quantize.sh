@@ -20,6 +20,8 @@ usage: quantize.sh MODEL OUT [--text FILE]... [--calib TOKENS.gqs] [--field NAME
                    [--bits B] [--group-size G] [--desc-act] [--static-groups] [--asym]
                    [--damp F] [--mse] [--rtn] [--no-sequential] [--format gptq|gptq_v2]
                    [--shard-size SIZE] [--fake-quant] [--keep-dtype] [--save DIR] [--threads N]
+                   [--device DEV]
+  --device DEV   where gptq-hessian and gptq-solve compute: cpu (default) or cuda[:N]
 USAGE
 	exit "${1:-2}"
 }
@@ -30,7 +32,7 @@ model=$1
 out=$2
 shift 2
 
-texts= calib_opts= solve_opts= pack_opts= hess_opts= save= seq=1 rtn= format= asym= calib_file=
+texts= calib_opts= solve_opts= pack_opts= hess_opts= dev_opts= save= seq=1 rtn= format= asym= calib_file=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--text) texts="$texts $(printf '%s' "$2" | sed "s/'/'\\\\''/g; s/^/'/; s/\$/'/")"; shift ;;
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
 	--fake-quant|--keep-dtype) pack_opts="$pack_opts $1" ;;
 	--threads) solve_opts="$solve_opts --threads $2"; hess_opts="$hess_opts --threads $2"; shift ;;
 	--save) save=$2; shift ;;
+	--device) dev_opts="--device $2"; shift ;;
 	-h|--help) usage 0 ;;
 	*) echo "quantize.sh: unknown option '$1'" >&2; usage 2 ;;
 	esac
@@ -83,11 +86,11 @@ if [ -n "$rtn" ]; then
 		gptq-pack -m "$model" -o "$out" $pack_opts
 elif [ -n "$seq" ]; then
 	mkfifo "$tmp/feedback"
-	calib | gptq-hessian -m "$model" --feedback "$tmp/feedback" $hess_opts |
-		tee "$save_h" | gptq-solve -m "$model" $solve_opts |
+	calib | gptq-hessian -m "$model" --feedback "$tmp/feedback" $hess_opts $dev_opts |
+		tee "$save_h" | gptq-solve -m "$model" $solve_opts $dev_opts |
 		tee "$tmp/feedback" "$save_q" | gptq-pack -m "$model" -o "$out" $pack_opts
 else
-	calib | gptq-hessian -m "$model" --no-sequential $hess_opts |
-		tee "$save_h" | gptq-solve -m "$model" $solve_opts |
+	calib | gptq-hessian -m "$model" --no-sequential $hess_opts $dev_opts |
+		tee "$save_h" | gptq-solve -m "$model" $solve_opts $dev_opts |
 		tee "$save_q" | gptq-pack -m "$model" -o "$out" $pack_opts
 fi

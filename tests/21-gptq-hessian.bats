@@ -90,3 +90,18 @@ setup() {
 	run -2 --separate-stderr gptq-hessian -m "$M" --no-sequential --layers 3 t.gqs
 	[[ "${stderr_lines[0]}" == "gptq-hessian: --layers: '3': "*"(the model has 2 layers)" ]]
 }
+
+@test "--device cuda without a CUDA GPU fails naming the device and leaves no output" {
+	if gptq-hessian --version | grep -q 'cuda ([1-9]'; then
+		skip "a CUDA GPU is present"
+	fi
+	run -1 --separate-stderr gptq-hessian -m "$M" --no-sequential --device cuda -o h.gqs t.gqs
+	if gptq-hessian --version | grep -q cuda; then
+		[ "$stderr" = "gptq-hessian: device 'cuda': 0 GPUs visible" ]
+	else
+		[ "$stderr" = "gptq-hessian: device 'cuda': built without CUDA" ]
+	fi
+	[ ! -e h.gqs ]
+	run -2 --separate-stderr gptq-hessian --merge --device cpu t.gqs
+	[ "${stderr_lines[0]}" = "gptq-hessian: --merge takes only input files and output options" ]
+}

@@ -18,9 +18,9 @@
 static const gq_tool tool = {
 	"gptq-hessian",
 	"usage: gptq-hessian -m MODEL --feedback FILE [--layers A-B] [--save-state FILE]\n"
-	"                    [-o FILE] [-z] [FILE|-]...\n"
+	"                    [--device DEV] [-o FILE] [-z] [FILE|-]...\n"
 	"       gptq-hessian -m MODEL --no-sequential [--layers A-B] [--save-state FILE]\n"
-	"                    [-o FILE] [-z] [FILE|-]...\n"
+	"                    [--device DEV] [-o FILE] [-z] [FILE|-]...\n"
 	"       gptq-hessian --merge [-o FILE] [-z] FILE...\n",
 	"Run the model over the calibration tokens a layer at a time and write\n"
 	"H = 2/n sum x x^T for every group of linears that share an input.\n"
@@ -34,12 +34,15 @@ static const gq_tool tool = {
 	"      --save-state FILE write the activations leaving the last layer (activations\n"
 	"                        frames); given as input instead of tokens they resume\n"
 	"                        there, as pipelines/quantize.mk does layer by layer\n"
+	"      --device DEV      where the layers run: cpu (default) or cuda[:N]/hip[:N]\n"
+	"                        (activations resident on the GPU, one layer uploaded at a\n"
+	"                        time, H summed in float32 from the fp16 inputs)\n"
 	"      --merge           sum partial Hessian streams frame by frame (weighted by\n"
 	"                        nsamples): data-parallel collection\n"
 	GQ_STREAM_OUT_HELP,
 };
 
-enum { OPT_FEEDBACK = GQ_OPT_TOOL_BASE, OPT_NOSEQ, OPT_LAYERS, OPT_MERGE, OPT_STATE };
+enum { OPT_FEEDBACK = GQ_OPT_TOOL_BASE, OPT_NOSEQ, OPT_LAYERS, OPT_MERGE, OPT_STATE, OPT_DEVICE };
 
 typedef struct {
 	gq_writer *w;
@@ -205,6 +208,7 @@ int main(int argc, char **argv)
 		{"layers", required_argument, 0, OPT_LAYERS},
 		{"merge", no_argument, 0, OPT_MERGE},
 		{"save-state", required_argument, 0, OPT_STATE},
+		{"device", required_argument, 0, OPT_DEVICE},
 		{0, 0, 0, 0},
 	};
 	gq_common common;
@@ -213,7 +217,7 @@ int main(int argc, char **argv)
 			      .feedback_fd = open_feedback_early(argc, argv)};
 	const char *model_dir = NULL, *layers = NULL, *state = NULL;
 	gq_writer *state_w = NULL;
-	int merge = 0, noseq = 0, c, n_inputs, n_given = 0;
+	int merge = 0, noseq = 0, device = 0, c, n_inputs, n_given = 0;
 	char *dash = "-", **inputs;
 	gq_sample *samples = NULL;
 	gq_qlinear *given = NULL;
@@ -232,6 +236,11 @@ int main(int argc, char **argv)
 		case OPT_LAYERS: layers = optarg; break;
 		case OPT_MERGE: merge = 1; break;
 		case OPT_STATE: state = optarg; break;
+		case OPT_DEVICE:
+			if (gq_device_parse(optarg, &co.device))
+				die("%s", gq_errmsg());
+			device = 1;
+			break;
 		default: gq_usage(&tool, 2);
 		}
 	}
@@ -242,7 +251,7 @@ int main(int argc, char **argv)
 	if (merge) {
 		gq_reader **rd = ecalloc((size_t)n_inputs, sizeof *rd);
 
-		if (model_dir || co.feedback || noseq || layers || state)
+		if (model_dir || co.feedback || noseq || layers || state || device)
 			gq_usage_error(&tool, "--merge takes only input files and output options");
 		for (int i = 0; i < n_inputs; i++)
 			if (gq_reader_open(&rd[i], inputs[i]))

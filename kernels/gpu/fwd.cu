@@ -373,7 +373,7 @@ extern "C" int64_t gq_gpu_attention_max_capacity(int64_t hd)
 __global__ static void __launch_bounds__(ATT_THREADS)
 attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, int64_t H,
 		 int64_t KV, int64_t hd, float scale, float softcap, int64_t window,
-		 const int64_t *pos0, __half *out)
+		 const uint8_t *key_mask, const int64_t *pos0, __half *out)
 {
 	__shared__ float red[32];
 	extern __shared__ float sm[]; /* q [hd], then scores [keys] */
@@ -398,7 +398,7 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 			s *= scale;
 			if (softcap > 0)
 				s = (float)(softcap * tanh((double)s / softcap));
-			S[j] = s;
+			S[j] = key_mask && !key_mask[lo + j] ? -INFINITY : s;
 		}
 	}
 	__syncthreads();
@@ -406,7 +406,8 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 		mx = fmaxf(mx, S[j]);
 	mx = block_reduce(mx, red, true);
 	for (int64_t j = threadIdx.x; j < n; j += ATT_THREADS) {
-		float e = expf(S[j] - mx);
+		/* every key hidden (a padded row before any real token): zeros, as the CPU */
+		float e = mx == -INFINITY ? 0.0f : expf(S[j] - mx);
 
 		S[j] = e;
 		sum += e;
@@ -418,7 +419,7 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 
 		for (int64_t j = 0; j < n; j++)
 			acc += S[j] * vc[j * w];
-		out[(t * H + h) * hd + i] = __float2half(acc / sum);
+		out[(t * H + h) * hd + i] = __float2half(sum > 0 ? acc / sum : 0.0f);
 	}
 }
 
@@ -442,7 +443,7 @@ extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ld
 			      "attention holds (%lld)", (long long)keys,
 			      (long long)gq_gpu_attention_max_capacity(a->hd));
 	attention_kernel<<<dim3((unsigned)a->H, (unsigned)T), ATT_THREADS, smem, S(stream)>>>(
-		q, ldq, K, V, a->H, a->KV, a->hd, (float)a->scale, (float)a->softcap, a->window, pos0,
+		q, ldq, K, V, a->H, a->KV, a->hd, (float)a->scale, (float)a->softcap, a->window, a->key_mask, pos0,
 		(__half *)out16);
 	LAUNCH_CHECK("attention_kernel");
 	return GQ_OK;

@@ -77,6 +77,7 @@ typedef struct {
 	double softcap;     /* 0: none (gemma2: cap * tanh(s / cap)) */
 	int64_t window;     /* 0: full causal; else keys in (p - window, p] */
 	int64_t capacity;   /* rows of the cache */
+	const uint8_t *key_mask; /* device [capacity]: 0 hides that key (padding); NULL: none */
 } gq_gpu_attn;
 
 /* Largest cache (positions) gq_gpu_attention handles: its scores live in shared memory. */

@@ -265,12 +265,13 @@ typedef struct {
 	int64_t rows;
 } hook_ctx;
 
-static int on_group(void *p, int layer, int group, const void *x16, int64_t rows, int64_t cols)
+static int on_group(void *p, int layer, int group, const void *x16, int64_t rows, int64_t cols,
+		    int64_t row0, const int32_t *idx, void *stream)
 {
 	hook_ctx *h = p;
 
 	h->calls++;
-	h->bad += rows != h->rows || cols < 1 || !x16 || layer < 0 ||
+	h->bad += rows != h->rows || cols < 1 || !x16 || row0 != 0 || idx || layer < 0 ||
 		  layer >= h->m->cfg.n_layers || group < 0 || group >= h->m->n_groups;
 	return 0;
 }
