@@ -553,7 +553,7 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 	float **x = calloc((size_t)n + 1, sizeof *x), *host = NULL;
 	uint8_t **mask = calloc((size_t)n + 1, sizeof *mask);
 	uint8_t *upd = calloc((size_t)m->n_modules + 1, 1);
-	ghook_ctx hc = {calloc((size_t)m->n_groups + 1, sizeof(gq_gpu_hessian)), -1, GQ_OK};
+	ghook_ctx hc = {.h = calloc((size_t)m->n_groups + 1, sizeof(gq_gpu_hessian)), .stop_group = -1};
 	gq_gpu_hooks hooks = {on_group_gpu, &hc};
 	gq_gpu_model *g = NULL;
 	gq_progress prog;
