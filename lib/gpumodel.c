@@ -380,28 +380,7 @@ static int moe(gq_gpu_model *g, gdev *D, int l, int64_t n)
 	    (rc = gq_gpu_stream_sync(D->stream)) ||
 	    (rc = gq_gpu_zero_async(D->mo, (uint64_t)(n * d) * 4, D->stream)))
 		return rc;
-	memset(w, 0, (size_t)(n * E) * sizeof *w);
-	for (int64_t t = 0; t < n; t++) {
-		float *r = g->host_router + t * E, max = r[0], sum = 0, chosen = 0;
-
-		for (int64_t e = 1; e < E; e++)
-			max = r[e] > max ? r[e] : max;
-		for (int64_t e = 0; e < E; e++)
-			sum += (r[e] = expf(r[e] - max));
-		for (int64_t e = 0; e < E; e++)
-			r[e] /= sum;
-		for (int64_t j = 0; j < k; j++) {
-			int64_t best = -1;
-
-			for (int64_t e = 0; e < E; e++)
-				if (w[t * E + e] == 0 && (best < 0 || r[e] > r[best]))
-					best = e;
-			w[t * E + best] = r[best];
-			chosen += r[best];
-		}
-		for (int64_t e = 0; e < E; e++)
-			w[t * E + e] /= chosen;
-	}
+	gq_moe_route(g->host_router, n, E, k, w);
 	for (int64_t e = 0; e < E; e++) {
 		int64_t cnt = 0;
 

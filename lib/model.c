@@ -1099,25 +1099,9 @@ static int plain_mlp(block_ctx *b, const float *x, int64_t T, float *out)
 	return rc;
 }
 
-/* Mixtral: softmax router, top-k experts per token, weights renormalised over the k. */
-static int moe(block_ctx *b, const float *x, int64_t T, float *out)
+void gq_moe_route(float *logits, int64_t T, int64_t E, int64_t k, float *w)
 {
-	const gq_model *m = b->m;
-	int64_t E = m->cfg.n_experts, k = m->cfg.experts_per_tok, d = m->cfg.hidden;
-	int ir = find_module(m, GQ_ROLE_ROUTER, -1);
-	float *logits = malloc((size_t)(T * E) * sizeof *logits);
-	float *w = calloc((size_t)(T * E), sizeof *w); /* [T, E] routing weight, 0 if not chosen */
-	float *xs = malloc((size_t)(T * d) * sizeof *xs), *ys = malloc((size_t)(T * d) * sizeof *ys);
-	uint8_t *ms = malloc((size_t)T + 1);
-	int64_t *rows = malloc((size_t)T * sizeof *rows);
-	int rc = GQ_OK;
-
-	if (!logits || !w || !xs || !ys || !ms || !rows) {
-		rc = gq_err(GQ_ERR_NOMEM, "out of memory in the MoE block");
-		goto out;
-	}
-	if ((rc = linear(m, &b->L->lin[ir], x, T, logits)))
-		goto out;
+	memset(w, 0, (size_t)(T * E) * sizeof *w);
 	for (int64_t t = 0; t < T; t++) {
 		float *r = logits + t * E, max = r[0], sum = 0, chosen = 0;
 
@@ -1140,6 +1124,28 @@ static int moe(block_ctx *b, const float *x, int64_t T, float *out)
 		for (int64_t e = 0; e < E; e++)
 			w[t * E + e] /= chosen;
 	}
+}
+
+/* Mixtral: softmax router, top-k experts per token, weights renormalised over the k. */
+static int moe(block_ctx *b, const float *x, int64_t T, float *out)
+{
+	const gq_model *m = b->m;
+	int64_t E = m->cfg.n_experts, k = m->cfg.experts_per_tok, d = m->cfg.hidden;
+	int ir = find_module(m, GQ_ROLE_ROUTER, -1);
+	float *logits = malloc((size_t)(T * E) * sizeof *logits);
+	float *w = malloc((size_t)(T * E) * sizeof *w); /* [T, E] routing weight, 0 if not chosen */
+	float *xs = malloc((size_t)(T * d) * sizeof *xs), *ys = malloc((size_t)(T * d) * sizeof *ys);
+	uint8_t *ms = malloc((size_t)T + 1);
+	int64_t *rows = malloc((size_t)T * sizeof *rows);
+	int rc = GQ_OK;
+
+	if (!logits || !w || !xs || !ys || !ms || !rows) {
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory in the MoE block");
+		goto out;
+	}
+	if ((rc = linear(m, &b->L->lin[ir], x, T, logits)))
+		goto out;
+	gq_moe_route(logits, T, E, k, w);
 	memset(out, 0, (size_t)(T * d) * sizeof *out);
 	for (int64_t e = 0; e < E && !b->stopped; e++) {
 		int64_t n = 0;

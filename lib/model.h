@@ -125,6 +125,13 @@ void gq_layer_release(const gq_model *m, int layer);
 int gq_model_embed(const gq_model *m, const int32_t *ids, int64_t T, int64_t pos0, float *x);
 
 /*
+ * Mixtral's router for T tokens: logits [T, E] become softmax probabilities
+ * in place, w [T, E] gets the top-k experts' probabilities renormalised over
+ * the k (ties to the lower index, as torch.topk) and 0 elsewhere.
+ */
+void gq_moe_route(float *logits, int64_t T, int64_t E, int64_t k, float *w);
+
+/*
  * One block on one sequence, in place: x [T, hidden] at positions pos0...
  * mask [T] marks real tokens (NULL: all): keys at padded positions are not
  * attended to. With a cache, keys/values are appended at cache->len (== pos0)

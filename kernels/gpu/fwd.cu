@@ -14,22 +14,6 @@
 
 #include <math.h>
 
-#define GPU_CHECK(call)                                                              \
-	do {                                                                         \
-		cudaError_t e_ = (call);                                             \
-		if (e_ != cudaSuccess)                                               \
-			return gq_err(GQ_ERR_IO, "%s failed: %s", #call,             \
-				      cudaGetErrorString(e_));                       \
-	} while (0)
-
-#define LAUNCH_CHECK(name)                                                               \
-	do {                                                                             \
-		cudaError_t e_ = cudaGetLastError();                                     \
-		if (e_ != cudaSuccess)                                                   \
-			return gq_err(GQ_ERR_IO, "%s launch failed: %s", name,           \
-				      cudaGetErrorString(e_));                           \
-	} while (0)
-
 #define S(stream) ((cudaStream_t)(stream))
 
 /* Grid of 256-thread blocks covering n, capped (kernels loop over the rest). */

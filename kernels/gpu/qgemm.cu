@@ -48,14 +48,6 @@
 #define QG_THREADS 128 /* threads per GEMV block */
 #endif
 
-#define LAUNCH_CHECK(name)                                                               \
-	do {                                                                             \
-		cudaError_t e_ = cudaGetLastError();                                     \
-		if (e_ != cudaSuccess)                                                   \
-			return gq_err(GQ_ERR_IO, "%s launch failed: %s", name,           \
-				      cudaGetErrorString(e_));                           \
-	} while (0)
-
 /* The chunk's `BITS` words, with the widest aligned loads the width allows. */
 template <int BITS>
 __device__ __forceinline__ void load_chunk(const uint32_t *p, uint32_t (&w)[BITS])

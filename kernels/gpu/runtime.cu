@@ -6,14 +6,6 @@
 #include "gpu/vendor.h"
 #include "util.h"
 
-#define GPU_CHECK(call)                                                              \
-	do {                                                                         \
-		cudaError_t e_ = (call);                                             \
-		if (e_ != cudaSuccess)                                               \
-			return gq_err(GQ_ERR_IO, "%s failed: %s", #call,             \
-				      cudaGetErrorString(e_));                       \
-	} while (0)
-
 extern "C" int gq_gpu_device_count(void)
 {
 	int n = 0;

@@ -93,4 +93,21 @@
 
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
 
+/* Every runtime call and launch checked; the failure names the call (needs util.h). */
+#define GPU_CHECK(call)                                                              \
+	do {                                                                         \
+		cudaError_t e_ = (call);                                             \
+		if (e_ != cudaSuccess)                                               \
+			return gq_err(GQ_ERR_IO, "%s failed: %s", #call,             \
+				      cudaGetErrorString(e_));                       \
+	} while (0)
+
+#define LAUNCH_CHECK(name)                                                               \
+	do {                                                                             \
+		cudaError_t e_ = cudaGetLastError();                                     \
+		if (e_ != cudaSuccess)                                                   \
+			return gq_err(GQ_ERR_IO, "%s launch failed: %s", name,           \
+				      cudaGetErrorString(e_));                           \
+	} while (0)
+
 #endif

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "device.h"
 #include "util.h"
 
 static int check_failures;
@@ -68,6 +69,20 @@ static const char *check_skip_reason;
 static inline void check_skip(const char *reason)
 {
 	check_skip_reason = reason;
+}
+
+/* Whether GPU tests can run here; skips the test, saying why, when not. */
+static inline int check_have_gpu(void)
+{
+	if (!gq_gpu_backend()) {
+		check_skip("built without a GPU backend");
+		return 0;
+	}
+	if (gq_gpu_count() == 0) {
+		check_skip("no GPU");
+		return 0;
+	}
+	return 1;
 }
 
 static inline void check_run(const char *name, void (*fn)(void))

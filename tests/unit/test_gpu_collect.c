@@ -43,19 +43,6 @@ static const char *testdata(const char *rel)
 	return buf;
 }
 
-static int have_gpu(void)
-{
-	if (!gq_gpu_backend()) {
-		check_skip("built without a GPU backend");
-		return 0;
-	}
-	if (gq_gpu_count() == 0) {
-		check_skip("no GPU");
-		return 0;
-	}
-	return 1;
-}
-
 /* Samples [N_SAMPLES] of LEN ids: the second left-padded (7), the third right-padded (5). */
 static void make_samples(const gq_model *m, gq_sample *s, int32_t *ids, uint8_t *mask)
 {
@@ -189,7 +176,7 @@ static void test_fixtures(void)
 	static const char *sattrs[] = {"layer", "sample", NULL};
 	char dir[] = "/tmp/gq-gpu-collect-XXXXXX", p[6][1100];
 
-	if (!have_gpu())
+	if (!check_have_gpu())
 		return;
 	CHECK(mkdtemp(dir) != NULL);
 	snprintf(p[0], sizeof p[0], "%s/fb", dir);
@@ -234,7 +221,7 @@ static void test_refused(void)
 	int32_t ids[N_SAMPLES * LEN];
 	uint8_t mask[N_SAMPLES * LEN];
 
-	if (!have_gpu())
+	if (!check_have_gpu())
 		return;
 	CHECK_OK(gq_model_open(&m, testdata("models/falcon_alibi")));
 	make_samples(m, s, ids, mask);

@@ -18,19 +18,6 @@
 #define MIN_CODES 0.99
 #define MAX_OBJ 0.005
 
-static int have_gpu(void)
-{
-	if (!gq_gpu_backend()) {
-		check_skip("built without a GPU backend");
-		return 0;
-	}
-	if (gq_gpu_count() == 0) {
-		check_skip("no GPU");
-		return 0;
-	}
-	return 1;
-}
-
 static float *load(const gq_ckpt *c, const char *name, int64_t *d0, int64_t *d1)
 {
 	gq_tensor t;
@@ -103,7 +90,7 @@ static void test_autogptq_vectors(void)
 	double worst_agree = 1, worst_obj = 0, worst_cpu = 1;
 	int configs = 0;
 
-	if (!have_gpu())
+	if (!check_have_gpu())
 		return;
 	for (int k = 0; k < 3; k++) {
 		char rel[64];
@@ -242,7 +229,7 @@ static void test_options_odd_shapes(void)
 	double worst_agree = 1, worst_obj = 0;
 	int n = 0;
 
-	if (!have_gpu())
+	if (!check_have_gpu())
 		goto out;
 	/* 3 dead columns of every 97 */
 	make_layer(rows, cols, 600, 3, 5, W, H);
@@ -273,7 +260,7 @@ static void test_larger_layer(void)
 	float *H = malloc((size_t)(cols * cols) * sizeof *H);
 	double worst_agree = 1, worst_obj = 0;
 
-	if (!have_gpu())
+	if (!check_have_gpu())
 		goto out;
 	make_layer(rows, cols, 1500, 1, 9, W, H);
 	for (int desc = 0; desc < 2; desc++) {
@@ -297,7 +284,7 @@ static void test_damp_escalation(void)
 	gq_gptq_opts o = {4, 32, 0, 0, 1, 0.01, 128, 0, 4};
 	gq_quant q;
 
-	if (!have_gpu())
+	if (!check_have_gpu())
 		goto out;
 	/*
 	 * 40 samples: H has rank 40 of 160, so its least eigenvalue is 0; shifted

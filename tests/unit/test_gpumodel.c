@@ -45,19 +45,6 @@ static double rel_err(const float *a, const float *ref, int64_t n)
 	return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-static int have_gpu(void)
-{
-	if (!gq_gpu_backend()) {
-		check_skip("built without a GPU backend");
-		return 0;
-	}
-	if (gq_gpu_count() == 0) {
-		check_skip("no GPU");
-		return 0;
-	}
-	return 1;
-}
-
 static void make_ids(int64_t vocab, int64_t T, int32_t *ids)
 {
 	uint64_t s = 17;
@@ -148,7 +135,7 @@ static void test_fixtures(void)
 	struct dirent *e;
 	int n_ok = 0;
 
-	if (!have_gpu())
+	if (!check_have_gpu())
 		return;
 	d = opendir(testdata("models"));
 	CHECK(d != NULL);
@@ -198,7 +185,7 @@ static void test_decode(void)
 	int32_t ids[13], *ga = NULL, *gb = NULL;
 	int64_t na = 0, nb = 0;
 
-	if (!have_gpu())
+	if (!check_have_gpu())
 		return;
 	CHECK_OK(gq_runner_open(&cpu, dir, 2, NULL));
 	CHECK_OK(gq_runner_open(&gpu, dir, 2, "cuda"));
@@ -242,7 +229,7 @@ static void test_split(void)
 	gq_runner one, two;
 	int32_t ids[20];
 
-	if (!have_gpu())
+	if (!check_have_gpu())
 		return;
 	CHECK_OK(gq_runner_open(&one, dir, 2, "cuda:0"));
 	CHECK_OK(gq_runner_open(&two, dir, 2, "cuda:0,cuda:0"));
@@ -282,7 +269,7 @@ static void test_hooks(void)
 	int32_t ids[6];
 	float *lg;
 
-	if (!have_gpu())
+	if (!check_have_gpu())
 		return;
 	CHECK_OK(gq_runner_open(&r, testdata("models/qwen3"), 2, "cuda"));
 	hook_ctx h = {0, 0, r.model, 6};
