@@ -121,6 +121,18 @@ static inline const char *check_shared(const char *rel)
 	return stat(b, &st) == 0 ? b : NULL;
 }
 
+/* rel under the project's own test data (GQ_TESTDATA, default tests/data): always present. */
+static inline const char *check_testdata(const char *rel)
+{
+	static char buf[8][1024];
+	static int next;
+	const char *root = getenv("GQ_TESTDATA");
+	char *b = buf[next++ % 8];
+
+	snprintf(b, sizeof buf[0], "%s/%s", root && *root ? root : "tests/data", rel);
+	return b;
+}
+
 /* Deterministic pseudo-random numbers (xorshift64*) for test inputs. */
 static inline uint64_t check_rand(uint64_t *state)
 {

@@ -34,15 +34,6 @@ static const char *covered[] = {"llama3_rope", "mistral_window", "qwen2_window",
 
 enum { N_SAMPLES = 3, LEN = 40 };
 
-static const char *testdata(const char *rel)
-{
-	static char buf[1024];
-	const char *root = getenv("GQ_TESTDATA");
-
-	snprintf(buf, sizeof buf, "%s/%s", root && *root ? root : "tests/data", rel);
-	return buf;
-}
-
 /* Samples [N_SAMPLES] of LEN ids: the second left-padded (7), the third right-padded (5). */
 static void make_samples(const gq_model *m, gq_sample *s, int32_t *ids, uint8_t *mask)
 {
@@ -192,7 +183,7 @@ static void test_fixtures(void)
 		uint8_t mask[N_SAMPLES * LEN];
 
 		snprintf(rel, sizeof rel, "models/%s", covered[k]);
-		CHECK_OK(gq_model_open(&m, testdata(rel)));
+		CHECK_OK(gq_model_open(&m, check_testdata(rel)));
 		make_samples(m, s, ids, mask);
 		for (int seq = 0; seq < 2; seq++) {
 			double eh, es;
@@ -223,7 +214,7 @@ static void test_refused(void)
 
 	if (!check_have_gpu())
 		return;
-	CHECK_OK(gq_model_open(&m, testdata("models/falcon_alibi")));
+	CHECK_OK(gq_model_open(&m, check_testdata("models/falcon_alibi")));
 	make_samples(m, s, ids, mask);
 	CHECK_ERR(collect_to(m, s, 0, NULL, "cuda", "/tmp/gq-gpu-collect-refused", NULL),
 		  GQ_ERR_UNSUPPORTED, "model_type falcon");

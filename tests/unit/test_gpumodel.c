@@ -25,15 +25,6 @@ static const char *covered[] = {"llama3_rope", "llama_legacy_rope", "llama_linea
 				"mistral_window", "qwen2_window", "qwen3", "mixtral_top2of4",
 				"gemma2_window", "gpt2_layer_scaled"};
 
-static const char *testdata(const char *rel)
-{
-	static char buf[1024];
-	const char *root = getenv("GQ_TESTDATA");
-
-	snprintf(buf, sizeof buf, "%s/%s", root && *root ? root : "tests/data", rel);
-	return buf;
-}
-
 static double rel_err(const float *a, const float *ref, int64_t n)
 {
 	double num = 0, den = 0;
@@ -64,7 +55,7 @@ static void test_device_lists(void)
 	if (!gq_gpu_backend()) {
 		gq_runner r;
 
-		CHECK_ERR(gq_runner_open(&r, testdata("models/qwen3"), 1, "cuda"), GQ_ERR_UNSUPPORTED,
+		CHECK_ERR(gq_runner_open(&r, check_testdata("models/qwen3"), 1, "cuda"), GQ_ERR_UNSUPPORTED,
 			  "built without CUDA");
 		return;
 	}
@@ -137,14 +128,14 @@ static void test_fixtures(void)
 
 	if (!check_have_gpu())
 		return;
-	d = opendir(testdata("models"));
+	d = opendir(check_testdata("models"));
 	CHECK(d != NULL);
 	while (d && (e = readdir(d))) {
 		char dir[1024];
 
 		if (e->d_name[0] == '.')
 			continue;
-		snprintf(dir, sizeof dir, "%s/%s", testdata("models"), e->d_name);
+		snprintf(dir, sizeof dir, "%s/%s", check_testdata("models"), e->d_name);
 		compare_dir(dir, e->d_name, &n_ok);
 	}
 	if (d)
@@ -180,7 +171,7 @@ static void decode_run(const gq_runner *r, const int32_t *ids, float *out)
 
 static void test_decode(void)
 {
-	const char *dir = testdata("models/llama3_rope");
+	const char *dir = check_testdata("models/llama3_rope");
 	gq_runner cpu, gpu;
 	int32_t ids[13], *ga = NULL, *gb = NULL;
 	int64_t na = 0, nb = 0;
@@ -224,7 +215,7 @@ static void test_decode(void)
 
 static void test_split(void)
 {
-	const char *dir = testdata("models/qwen3");
+	const char *dir = check_testdata("models/qwen3");
 	const int64_t T = 20;
 	gq_runner one, two;
 	int32_t ids[20];
@@ -271,7 +262,7 @@ static void test_hooks(void)
 
 	if (!check_have_gpu())
 		return;
-	CHECK_OK(gq_runner_open(&r, testdata("models/qwen3"), 2, "cuda"));
+	CHECK_OK(gq_runner_open(&r, check_testdata("models/qwen3"), 2, "cuda"));
 	hook_ctx h = {0, 0, r.model, 6};
 	gq_gpu_hooks hooks = {on_group, &h};
 

@@ -143,19 +143,10 @@ static void test_shared_architectures(void)
 	}
 }
 
-static const char *testdata(const char *rel)
-{
-	static char buf[1024];
-	const char *root = getenv("GQ_TESTDATA");
-
-	snprintf(buf, sizeof buf, "%s/%s", root && *root ? root : "tests/data", rel);
-	return buf;
-}
-
 /* The project's own fixtures (tests/data/models): needs nothing from ../shared. */
 static void test_own_fixtures(void)
 {
-	DIR *d = opendir(testdata("models"));
+	DIR *d = opendir(check_testdata("models"));
 	struct dirent *e;
 	int n = 0;
 
@@ -168,7 +159,7 @@ static void test_own_fixtures(void)
 
 		if (e->d_name[0] == '.')
 			continue;
-		snprintf(dir, sizeof dir, "%s/%s", testdata("models"), e->d_name);
+		snprintf(dir, sizeof dir, "%s/%s", check_testdata("models"), e->d_name);
 		err = check_model(dir);
 		printf("#   %-24s worst relative error %.2e\n", e->d_name, err);
 		CHECK(err < TOL);
@@ -189,7 +180,7 @@ static void test_module_find(void)
 		char name[256], bad[300];
 		int layer, module, found = 0;
 
-		CHECK_OK(gq_model_open(&m, testdata(fixtures[f])));
+		CHECK_OK(gq_model_open(&m, check_testdata(fixtures[f])));
 		if (!m)
 			continue;
 		for (int l = 0; l < m->cfg.n_layers; l++)
@@ -231,7 +222,7 @@ static const char *variant(const char *fixture, const char *name, const char *se
 	snprintf(dir, sizeof dir, "%s/%s", tmpdir, name);
 	snprintf(cmd, sizeof cmd,
 		 "mkdir -p '%s' && cp '%s'/* '%s'/ && chmod u+w '%s'/* && sed -i -e '%s' '%s/config.json'",
-		 dir, testdata(fixture), dir, dir, sed, dir);
+		 dir, check_testdata(fixture), dir, dir, sed, dir);
 	CHECK(system(cmd) == 0);
 	return dir;
 }
@@ -340,7 +331,7 @@ static void test_errors(void)
 		gq_st_builder b;
 		char path[1024];
 
-		snprintf(path, sizeof path, "%s/model.safetensors", testdata("models/qwen3"));
+		snprintf(path, sizeof path, "%s/model.safetensors", check_testdata("models/qwen3"));
 		CHECK_OK(gq_ckpt_open(&c, path));
 		gq_stb_init(&b);
 		for (int i = 0; c && i < gq_ckpt_count(c); i++) {
@@ -367,7 +358,7 @@ static void test_hooks_see_groups_in_order(void)
 	int32_t ids[8] = {1, 5, 9, 2, 7, 3, 3, 4};
 	float *x;
 
-	CHECK_OK(gq_model_open(&m, testdata("models/mixtral_top2of4")));
+	CHECK_OK(gq_model_open(&m, check_testdata("models/mixtral_top2of4")));
 	if (!m)
 		return;
 	/* q,k,v | o | router (no group) | w1,w3 | w2 for each of 4 experts */
@@ -393,7 +384,7 @@ static void test_hooks_see_groups_in_order(void)
  */
 static void test_kv_cache_matches_full_forward(void)
 {
-	DIR *d = opendir(testdata("models"));
+	DIR *d = opendir(check_testdata("models"));
 	struct dirent *e;
 
 	while (d && (e = readdir(d))) {
@@ -408,7 +399,7 @@ static void test_kv_cache_matches_full_forward(void)
 		 * cached key keeps the rotation of its own step: by design not the full forward */
 		if (e->d_name[0] == '.' || strcmp(e->d_name, "llama_dynamic_rope") == 0)
 			continue;
-		snprintf(dir, sizeof dir, "%s/%s", testdata("models"), e->d_name);
+		snprintf(dir, sizeof dir, "%s/%s", check_testdata("models"), e->d_name);
 		snprintf(refpath, sizeof refpath, "%s/ref.safetensors", dir);
 		CHECK_OK(gq_model_open(&m, dir));
 		CHECK_OK(gq_ckpt_open(&ref, refpath));

@@ -789,15 +789,6 @@ static void test_stream(void)
 
 /* ---- the project's own tokenizer (tests/data/tokenizer): needs nothing from ../shared ---- */
 
-static const char *testdata(const char *rel)
-{
-	static char buf[1024];
-	const char *root = getenv("GQ_TESTDATA");
-
-	snprintf(buf, sizeof buf, "%s/%s", root && *root ? root : "tests/data", rel);
-	return buf;
-}
-
 /*
  * tests/gen/gen-tokenizer.py trained it on tests/data/corpus.txt: byte-level
  * BPE, ids 0-255 the bytes, 256-445 merges, 446 <s> (BOS, put first by the
@@ -811,7 +802,7 @@ static void test_own_tokenizer(void)
 	int32_t *ids, *ref;
 	const char *tok;
 
-	CHECK_OK(gq_tok_load(&t, testdata("tokenizer")));
+	CHECK_OK(gq_tok_load(&t, check_testdata("tokenizer")));
 	if (check_test_failed)
 		return;
 	CHECK(gq_tok_vocab_size(t) == 448);
@@ -829,7 +820,7 @@ static void test_own_tokenizer(void)
 	free(ids);
 
 	/* all of the corpus: BOS first, nothing special after it, lossless, compact */
-	CHECK_OK(gq_read_file(testdata("corpus.txt"), 16 << 20, &text, &len));
+	CHECK_OK(gq_read_file(check_testdata("corpus.txt"), 16 << 20, &text, &len));
 	if (check_test_failed) {
 		gq_tok_free(t);
 		return;
