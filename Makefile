@@ -109,8 +109,13 @@ ifeq ($(GPU),)
     endif
     GPU := hip
   else ifeq ($(HIP),auto)
+    # Debian packages hipcc but not hipBLAS/hipSOLVER, which the kernels need
     ifneq ($(HIPCC),)
-      GPU := hip
+      ifneq ($(wildcard /usr/include/hipblas/hipblas.h /opt/rocm/include/hipblas/hipblas.h),)
+        GPU := hip
+      else
+        CUDA_SKIP_MSG += (hipcc $(HIPCC) found but no hipblas/hipblas.h)
+      endif
     endif
   endif
 endif
