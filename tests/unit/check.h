@@ -134,6 +134,18 @@ static inline const char *check_testdata(const char *rel)
 }
 
 /* Deterministic pseudo-random numbers (xorshift64*) for test inputs. */
+/* ‖a - ref‖ / ‖ref‖ over n values (the absolute norm when ref is all zero). */
+static inline double check_rel_err(const float *a, const float *ref, int64_t n)
+{
+	double num = 0, den = 0;
+
+	for (int64_t i = 0; i < n; i++) {
+		num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
+		den += (double)ref[i] * ref[i];
+	}
+	return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
 static inline uint64_t check_rand(uint64_t *state)
 {
 	*state ^= *state >> 12;

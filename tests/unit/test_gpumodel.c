@@ -25,17 +25,6 @@ static const char *covered[] = {"llama3_rope", "llama_legacy_rope", "llama_linea
 				"mistral_window", "qwen2_window", "qwen3", "mixtral_top2of4",
 				"gemma2_window", "gpt2_layer_scaled"};
 
-static double rel_err(const float *a, const float *ref, int64_t n)
-{
-	double num = 0, den = 0;
-
-	for (int64_t i = 0; i < n; i++) {
-		num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
-		den += (double)ref[i] * ref[i];
-	}
-	return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 static void make_ids(int64_t vocab, int64_t T, int32_t *ids)
 {
 	uint64_t s = 17;
@@ -108,7 +97,7 @@ static void compare_dir(const char *dir, const char *name, int *n_ok)
 	make_ids(V, T, ids);
 	CHECK_OK(logits_of(&cpu, ids, T, a));
 	CHECK_OK(logits_of(&gpu, ids, T, b));
-	double e = rel_err(b, a, T * V);
+	double e = check_rel_err(b, a, T * V);
 	printf("#   %-24s GPU logits relative error %.2e\n", name, e);
 	CHECK(e < TOL);
 	(*n_ok)++;
@@ -192,8 +181,8 @@ static void test_decode(void)
 	decode_run(&gpu, ids, without);
 	/* a replayed graph runs the very kernels the direct launches do */
 	CHECK(memcmp(with, without, (size_t)(13 * V) * sizeof *with) == 0);
-	printf("#   decode with graphs: relative error %.2e against the CPU\n", rel_err(with, ref, 13 * V));
-	CHECK(rel_err(with, ref, 13 * V) < TOL);
+	printf("#   decode with graphs: relative error %.2e against the CPU\n", check_rel_err(with, ref, 13 * V));
+	CHECK(check_rel_err(with, ref, 13 * V) < TOL);
 
 	/* greedy and beam ids: the CPU's, for a few tokens */
 	gq_gpu_model_use_graphs(gpu.gpu, 1);

@@ -31,17 +31,6 @@ typedef struct {
 	int missing;
 } compare_ctx;
 
-static double rel_err(const float *a, const float *ref, int64_t n)
-{
-	double num = 0, den = 0;
-
-	for (int64_t i = 0; i < n; i++) {
-		num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
-		den += (double)ref[i] * ref[i];
-	}
-	return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 /* Slice [seq] of a [batch, T, d] reference tensor, converted. */
 static float *ref_slice(const gq_ckpt *ref, const char *name, int64_t seq, int64_t n)
 {
@@ -68,7 +57,7 @@ static void on_hidden(void *p, int index, const float *x, int64_t T, int64_t d)
 		c->missing++;
 		return;
 	}
-	e = rel_err(x, ref, T * d);
+	e = check_rel_err(x, ref, T * d);
 	if (!(e < TOL))
 		fprintf(stderr, "  %s seq %lld: relative error %.3g\n", name, (long long)c->seq, e);
 	if (!(e <= c->worst))
@@ -106,7 +95,7 @@ static double check_model(const char *dir)
 		c.seq = b;
 		CHECK_OK(gq_model_forward(m, tok, T, logits, on_hidden, &c));
 		want = ref_slice(ref, "logits", b, T * V);
-		double e = rel_err(logits, want, T * V);
+		double e = check_rel_err(logits, want, T * V);
 		if (!(e < TOL))
 			fprintf(stderr, "  logits seq %lld: relative error %.3g\n", (long long)b, e);
 		if (!(e <= c.worst))
@@ -415,14 +404,14 @@ static void test_kv_cache_matches_full_forward(void)
 		for (int64_t t = pre; t < T; t++)
 			CHECK_OK(gq_model_decode(m, layers, &cache, tok + t, 1, 0, step + t * V));
 		CHECK(cache.len == T);
-		double err = rel_err(step, full, T * V);
+		double err = check_rel_err(step, full, T * V);
 		if (!(err < 1e-5))
 			fprintf(stderr, "  %s: cached decode differs by %.3g\n", e->d_name, err);
 		CHECK(err < 1e-5);
 		/* last_only returns the last position's logits */
 		cache.len = 0;
 		CHECK_OK(gq_model_decode(m, layers, &cache, tok, T, 1, step));
-		CHECK(rel_err(step, full + (T - 1) * V, V) < 1e-5);
+		CHECK(check_rel_err(step, full + (T - 1) * V, V) < 1e-5);
 		free(full);
 		free(step);
 		gq_kv_cache_free(&cache);
