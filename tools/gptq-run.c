@@ -167,6 +167,7 @@ static void generate_batch(const gq_runner *r, const options *o)
 		int32_t *ids, *out;
 		int64_t n, n_out;
 		char *text, *line;
+		int bad;
 		size_t len;
 		double t0 = gq_now();
 		cJSON *j = cJSON_CreateObject(), *arr;
@@ -191,13 +192,14 @@ static void generate_batch(const gq_runner *r, const options *o)
 		cJSON_AddNumberToObject(j, "seconds", gq_now() - t0);
 		if (!(line = cJSON_PrintUnformatted(j)))
 			die("out of memory");
-		if (gq_put_line(line))
-			die("%s", gq_errmsg());
+		bad = gq_put_line(line);
 		cJSON_free(line);
 		cJSON_Delete(j);
 		free(text);
 		free(ids);
 		free(out);
+		if (bad)
+			die("%s", gq_errmsg());
 	}
 	gq_corpus_free(&c);
 }
