@@ -56,6 +56,7 @@ typedef struct {
 	uint32_t *sz;          /* device [out][n_groups] (fp16 scale, fp16 zero) in low, high half */
 	int32_t *gsorted;      /* device [in_pad] group of sorted position k (padding: the last) */
 	int32_t *perm;         /* device [in] original column of sorted position k; NULL = identity */
+	int group_chunks;      /* G / 32 when group g is sorted positions [g G, g G + G), else 0 */
 } gq_gpu_qmat;
 
 /* Copies m to the device into d (freed with gq_gpu_qmat_free, also after a failure). */

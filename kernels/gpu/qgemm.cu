@@ -16,20 +16,26 @@
  * to in_pad (skipped when there is no permutation and in is a multiple of 32).
  *
  * Variants:
- *   T <= GQ_GPU_GEMV_MAX_T: qgemv_kernel<BITS, T>, a block of 4 warps per 4 rows,
+ *   T = 1 (T <= GQ_GPU_GEMV_MAX_T on HIP): qgemv_kernel<BITS, T>, a block of 4 warps per 4 rows,
  *     each thread whole chunks of all 4 rows (x read once for 4 rows); 2/4/8 bits
  *     turn two codes into a half2 1024 + c with one mask (exact), 3 bits go code
  *     by code; a chunk that spans groups (group sizes not a multiple of 32,
  *     irregular g_idx) falls back to a per-code group lookup.
+ *   2 <= T <= GQ_GPU_GEMV_MAX_T (CUDA): qgemv_mma_kernel<BITS>, one mma.m16n8k16
+ *     per 16 codes of 16 rows, the tokens in the instruction's 8 columns (its
+ *     cost hardly grows with T: 2.1x the CUDA-core GEMV's speed at T = 8, but
+ *     slower at T = 1, where that one keeps more loads in flight).
  *   T <= QM_MAX_T (64; CUDA): qmma_kernel<BITS, NT>, dequantize into shared
  *     memory + wmma tensor cores, K split over blocks when the rows alone do
  *     not fill the GPU (comment at the kernel).
  *   larger T: dequant_kernel<BITS> writes W16 [out, in_pad] fp16, then cuBLAS
  *     GemmEx (fp16 in, fp32 accumulate and out).
- * The fused kernel and dequant_kernel round each weight to fp16 the same way
- * (oct_to_half), so they multiply the same W16.
- * Instances: BITS in {2, 3, 4, 8} x T in 1..8 for the GEMV, x NT in 1..4
- * token tiles of 16 for the fused kernel; BITS for dequant.
+ * The tensor-core kernels and dequant_kernel round each weight to fp16 the
+ * same way (oct_to_half), so they multiply the same W16; the T = 1 GEMV
+ * dequantizes in fp32.
+ * Instances: BITS in {2, 3, 4, 8} x T = 1 (1..8 on HIP) for the CUDA-core
+ * GEMV, x NT in 1..4 token tiles of 16 for the fused kernel; BITS for the
+ * tensor-core GEMV and dequant.
  */
 #include "gpu/gpu.h"
 #include "gpu/vendor.h"
@@ -541,6 +547,133 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	}
 }
 
+/*
+ * Tensor-core GEMV for T <= GQ_GPU_GEMV_MAX_T (8) tokens: Y [T, out] = W Xᵀ
+ * with one mma.m16n8k16 (fp16 in, fp32 accumulate) per 16 codes of 16 rows,
+ * the 8 token columns of the instruction holding the T tokens. Decoding is
+ * bound by instruction issue, not only by bandwidth, once the weights stream
+ * at HBM speed: the lanes only unpack codes (oct_to_half, the rounding of
+ * W16) and the multiply-adds go to the tensor cores, half the instructions
+ * per weight of a CUDA-core GEMV.
+ *
+ * A warp owns 16 rows (lane = 4 g + q: rows g and g + 8) and steps through
+ * K 4 chunks (128 codes) at a time, lane q taking chunk 4 s + q of both its
+ * rows. The dot product does not care in which order K is summed, so the
+ * fragments' k positions are assigned to suit the loads: in oct o (8 codes)
+ * of its chunk a lane's pairs (0, 1) and (2, 3) are one k-step's k pairs
+ * 2q and 2q + 8, pairs (4, 5) and (6, 7) the next one's, and the lane's B
+ * fragment holds X at exactly those codes (token g, one 16-byte load).
+ * QV_WARPS warps of a block split the K steps of the same 16 rows and add
+ * their partial sums in shared memory in a fixed order.
+ */
+#ifndef QV_WARPS
+#define QV_WARPS 8
+#endif
+#ifndef QV_UNROLL
+#define QV_UNROLL 4
+#endif
+
+/* c [4] += A (16 x 16, fp16) B (16 x 8, fp16) in the m16n8k16 fragment layouts. */
+__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+					  uint32_t a3, uint32_t b0, uint32_t b1)
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+		     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* one K step of a lane: its chunk of both rows and their groups */
+template <int BITS>
+struct qv_step {
+	uint32_t a[BITS], b[BITS]; /* codes of rows g and g + 8 */
+	int gA, gB;                /* groups of the chunk's first and last code */
+};
+
+template <int BITS>
+__global__ static void __launch_bounds__(32 * QV_WARPS)
+qgemv_mma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
+		 const int32_t *__restrict__ gsorted, int group_chunks, const __half *__restrict__ xs,
+		 int64_t ldx, int T, float *__restrict__ y, int64_t out, int n_chunks, int n_groups)
+{
+	__shared__ float part[QV_WARPS][32][4]; /* [warp][lane][accumulator] */
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+	const int64_t o0 = (int64_t)blockIdx.x * 16;
+	/* rows past the end repeat the last; never stored */
+	const int64_t r0 = o0 + g < out ? o0 + g : out - 1, r1 = o0 + g + 8 < out ? o0 + g + 8 : out - 1;
+	const uint32_t *w0 = codes + r0 * n_chunks * BITS, *w1 = codes + r1 * n_chunks * BITS;
+	const __half2 *sz0 = sz + r0 * n_groups, *sz1 = sz + r1 * n_groups;
+	const __half *xg = xs + (g < T ? g : 0) * ldx; /* token g's row; lanes g >= T feed zeros */
+	const int steps = (n_chunks + 3) / 4;
+	float c[4] = {};
+
+	/* QV_UNROLL consecutive steps per round, all their loads issued before any math */
+	for (int s0 = warp * QV_UNROLL; s0 < steps; s0 += QV_WARPS * QV_UNROLL) {
+		qv_step<BITS> st[QV_UNROLL];
+
+#pragma unroll
+		for (int u = 0; u < QV_UNROLL; u++) {
+			const int ch = 4 * (s0 + u) + q;
+
+			st[u].gA = st[u].gB = 0;
+			if (ch < n_chunks) {
+				load_chunk<BITS>(w0 + ch * BITS, st[u].a);
+				load_chunk<BITS>(w1 + ch * BITS, st[u].b);
+				if (group_chunks) /* regular groups: no lookup */
+					st[u].gA = st[u].gB = ch / group_chunks;
+				else
+					st[u].gA = gsorted[32 * ch], st[u].gB = gsorted[32 * ch + 31];
+			}
+		}
+#pragma unroll
+		for (int u = 0; u < QV_UNROLL; u++) {
+			const int ch = 4 * (s0 + u) + q;
+			const bool uniform = st[u].gA == st[u].gB;
+			__half2 za[4], sa[4], zb[4], sb[4];
+
+			if (uniform) {
+				oct_params(sz0, gsorted, 0, 0, true, sz0[st[u].gA], za, sa);
+				oct_params(sz1, gsorted, 0, 0, true, sz1[st[u].gA], zb, sb);
+			}
+#pragma unroll
+			for (int o = 0; o < 4; o++) {
+				uint4 ha = make_uint4(0, 0, 0, 0), hb = ha, xv = ha;
+
+				if (ch < n_chunks) {
+					if (!uniform) {
+						oct_params(sz0, gsorted, ch, o, false, sz0[0], za, sa);
+						oct_params(sz1, gsorted, ch, o, false, sz1[0], zb, sb);
+					}
+					ha = oct_to_half<BITS>(oct_of<BITS>(st[u].a, o), za, sa);
+					hb = oct_to_half<BITS>(oct_of<BITS>(st[u].b, o), zb, sb);
+					if (g < T)
+						xv = *(const uint4 *)(xg + 32 * ch + 8 * o);
+				}
+				mma_16816(c, ha.x, hb.x, ha.y, hb.y, xv.x, xv.y);
+				mma_16816(c, ha.z, hb.z, ha.w, hb.w, xv.z, xv.w);
+			}
+		}
+	}
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		part[warp][lane][i] = c[i];
+	__syncthreads();
+	if (warp)
+		return;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		/* c0, c1: row g, tokens 2q and 2q + 1; c2, c3: row g + 8 */
+		const int t = 2 * q + (i & 1);
+		const int64_t o = o0 + g + 8 * (i >> 1);
+		float v = 0;
+
+		for (int k = 0; k < QV_WARPS; k++)
+			v += part[k][lane][i];
+		if (t < T && o < out)
+			y[t * out + o] = v;
+	}
+}
+
 /* y [n] = Σ_s part[s][n] over S slices, in slice order. */
 __global__ static void reduce_kernel(const float *__restrict__ part, int S, int64_t n,
 				     float *__restrict__ y)
@@ -555,6 +688,23 @@ __global__ static void reduce_kernel(const float *__restrict__ part, int S, int6
 	}
 }
 #endif
+
+/*
+ * Chunks per group when group g is sorted positions [g G, g G + G) with G a
+ * multiple of 32 (the last may be shorter): the group of chunk c is then c /
+ * (G / 32), no lookup. 0 otherwise (group sizes like 40, irregular g_idx).
+ */
+static int regular_group_chunks(const gq_qgemv_mat *m)
+{
+	const int64_t G = m->gstart[1] - m->gstart[0];
+
+	if (G % 32 || G / 32 > INT_MAX)
+		return 0;
+	for (int64_t g = 0; g < m->n_groups; g++)
+		if (m->gstart[g] != g * G || (g + 1 < m->n_groups && m->gstart[g + 1] != (g + 1) * G))
+			return 0;
+	return (int)(G / 32);
+}
 
 extern "C" int gq_gpu_qmat_upload(gq_gpu_qmat *d, const gq_qgemv_mat *m)
 {
@@ -590,6 +740,7 @@ extern "C" int gq_gpu_qmat_upload(gq_gpu_qmat *d, const gq_qgemv_mat *m)
 	for (int64_t k = m->in; k < 32 * n_chunks; k++) /* padding: zero codes, zero x */
 		gsorted[k] = (int32_t)(m->n_groups - 1);
 	*d = (gq_gpu_qmat){m->bits, m->in, m->out, m->n_groups, 32 * n_chunks, wpr};
+	d->group_chunks = regular_group_chunks(m);
 	if ((rc = gq_gpu_alloc((void **)&d->codes, (uint64_t)(m->out * wpr) * 4)) ||
 	    (rc = gq_gpu_upload(d->codes, codes, (uint64_t)(m->out * wpr) * 4)) ||
 	    (rc = gq_gpu_alloc((void **)&d->sz, (uint64_t)(m->out * m->n_groups) * 4)) ||
@@ -699,6 +850,7 @@ extern "C" int gq_gpu_gemm_f16(const void *X, int64_t ldx, const void *W, float 
 	return GQ_OK;
 }
 
+/* T = 1 (and every T on HIP): the CUDA-core GEMV; 2..8 tokens: the tensor-core one */
 template <int BITS>
 static void launch_gemv(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float *Y, int64_t T,
 			cudaStream_t s)
@@ -706,13 +858,24 @@ static void launch_gemv(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, flo
 	const int64_t blocks = CEIL_DIV(w->out, (int64_t)QG_ROWS), n_chunks = w->in_pad / 32;
 	const __half2 *sz = (const __half2 *)w->sz;
 
+#ifndef GQ_HIP
+	if (T > 1) {
+		qgemv_mma_kernel<BITS><<<(unsigned)CEIL_DIV(w->out, (int64_t)16), 32 * QV_WARPS, 0, s>>>(
+			w->codes, sz, w->gsorted, w->group_chunks, xs, ldx, (int)T, Y, w->out,
+			(int)n_chunks, (int)w->n_groups);
+		return;
+	}
+#endif
 	switch (T) {
 #define GEMV_T(N)                                                                                  \
 	case N:                                                                                    \
 		qgemv_kernel<BITS, N><<<blocks, QG_THREADS, 0, s>>>(w->codes, sz, w->gsorted, xs, ldx,   \
 								   Y, w->out, n_chunks, w->n_groups); \
 		break;
-		GEMV_T(1) GEMV_T(2) GEMV_T(3) GEMV_T(4) GEMV_T(5) GEMV_T(6) GEMV_T(7) GEMV_T(8)
+		GEMV_T(1)
+#ifdef GQ_HIP
+		GEMV_T(2) GEMV_T(3) GEMV_T(4) GEMV_T(5) GEMV_T(6) GEMV_T(7) GEMV_T(8)
+#endif
 #undef GEMV_T
 	}
 }

@@ -1,6 +1,7 @@
 /*
- * bench_gpu_qgemm - int4 g128 quantized products (gq_gpu_qgemm: GEMV up to
- * 8 tokens, the fused tensor-core kernel up to 64, dequantize + cuBLAS above)
+ * bench_gpu_qgemm - int4 g128 quantized products (gq_gpu_qgemm: the CUDA-core
+ * GEMV for 1 token, the tensor-core GEMV up to 8, the fused tensor-core kernel
+ * up to 64, dequantize + cuBLAS above)
  * against cuBLAS fp16 GemmEx on the same llama-7B shapes and token counts,
  * measured in the same run.
  *
@@ -121,7 +122,7 @@ int main(int argc, char **argv)
 		int64_t out, in;
 		const char *name;
 	} shapes[] = {{4096, 4096, "q_proj"}, {11008, 4096, "up_proj"}, {4096, 11008, "down_proj"}};
-	static const int64_t batches[] = {1, 8, 16, 32, 64, 256};
+	static const int64_t batches[] = {1, 2, 8, 16, 32, 64, 256};
 	const int64_t tmax = 256;
 	int reps = argc > 1 ? atoi(argv[1]) : 25;
 	char name[256];
