@@ -9,8 +9,8 @@
 # Layers are narrow (hidden 512) and many: GPTQ costs about in_features flops
 # per weight, so wide layers would take longer still while the memory
 # question is the same. Even so the solves take about 100 CPU seconds per GB
-# on a small machine: the 20 GB model is hours on 2 cores (GQ_BENCH_MEM_GB=1
-# for a quick run). Prints a table; exits 1 when a tool's peak RSS exceeds
+# on a small machine: the 20 GB model is hours on 2 cores, half an hour with
+# GQ_BENCH_MEM_SEQUENTIAL=0 (GQ_BENCH_MEM_GB=1 for a quick run). Prints a table; exits 1 when a tool's peak RSS exceeds
 # the budget.
 #
 #   GQ_BENCH_MEM_GB="2 20"   model sizes in GB (10^9 bytes of weights)
