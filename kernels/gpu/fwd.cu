@@ -37,8 +37,8 @@ extern "C" int gq_gpu_stream_create(void **stream)
 
 extern "C" void gq_gpu_stream_destroy(void *stream)
 {
-	if (stream)
-		cudaStreamDestroy(S(stream));
+	if (stream) /* teardown: nothing to report a failure to */
+		(void)cudaStreamDestroy(S(stream));
 }
 
 extern "C" int gq_gpu_stream_sync(void *stream)
@@ -86,7 +86,7 @@ extern "C" int gq_gpu_graph_end(void *stream, void **exec)
 	if (err != cudaSuccess)
 		return gq_err(GQ_ERR_IO, "cudaStreamEndCapture failed: %s", cudaGetErrorString(err));
 	err = cudaGraphInstantiate(&e, g, 0);
-	cudaGraphDestroy(g);
+	(void)cudaGraphDestroy(g); /* the instance does not need it; err says what failed */
 	if (err != cudaSuccess)
 		return gq_err(GQ_ERR_IO, "cudaGraphInstantiate failed: %s", cudaGetErrorString(err));
 	*exec = e;
@@ -101,8 +101,8 @@ extern "C" int gq_gpu_graph_launch(void *exec, void *stream)
 
 extern "C" void gq_gpu_graph_destroy(void *exec)
 {
-	if (exec)
-		cudaGraphExecDestroy((cudaGraphExec_t)exec);
+	if (exec) /* teardown: nothing to report a failure to */
+		(void)cudaGraphExecDestroy((cudaGraphExec_t)exec);
 }
 
 /* ---- reductions ---- */

@@ -22,8 +22,8 @@
  * only where the Cholesky and sgemm summation orders move a value across a
  * rounding boundary.
  */
+#include "gpu/blas.h"
 #include "gpu/gpu.h"
-#include "gpu/vendor.h"
 #include "util.h"
 
 #include <limits.h>

@@ -11,8 +11,8 @@
  * triangles are filled (a full GEMM costs twice a SYRK's flops but runs on
  * the tensor cores, which cuBLAS's SYRK does not).
  */
+#include "gpu/blas.h"
 #include "gpu/gpu.h"
-#include "gpu/vendor.h"
 #include "util.h"
 
 #include <limits.h>

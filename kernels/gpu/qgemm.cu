@@ -196,7 +196,7 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 			 * 8 bits: whole words are 4 codes, so two words make a block of 8.
 			 */
 			constexpr int CPW = 32 / BITS, N = CPW < 8 ? 8 : CPW;
-			constexpr uint32_t MASK2 = ((1u << BITS) - 1) * 0x00010001u;
+			constexpr uint32_t PAIR_MASK = ((1u << BITS) - 1) * 0x00010001u;
 
 #pragma unroll
 			for (int i = 0; i < BITS; i += N / CPW)
@@ -205,7 +205,7 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 					for (int u = 0; u < N / CPW; u++)
 #pragma unroll
 						for (int q = 0; q < CPW / 2; q++) {
-							uint32_t h = ((w[r][i + u] >> (BITS * q)) & MASK2) | 0x64006400u;
+							uint32_t h = ((w[r][i + u] >> (BITS * q)) & PAIR_MASK) | 0x64006400u;
 							float2 f = __half22float2(*(const __half2 *)&h);
 
 							wf[u * CPW + q] = fmaf(f.x, s[r], m[r]);
@@ -316,12 +316,12 @@ __device__ __forceinline__ uint4 oct_to_half(uint2 v, const __half2 (&zero1024)[
 			c[q] = (__byte_perm(v.x, v.y, q | (4 + q) << 8) & 0x00ff00ffu) | 0x64006400u;
 	} else {
 		/* codes 0-3 to bits 0.., codes 4-7 to bits 16.. (4 bits: already there) */
-		constexpr uint32_t LO = (1u << (4 * BITS)) - 1, MASK2 = ((1u << BITS) - 1) * 0x00010001u;
+		constexpr uint32_t LO = (1u << (4 * BITS)) - 1, PAIR_MASK = ((1u << BITS) - 1) * 0x00010001u;
 		const uint32_t x = (v.x & LO) | ((v.x >> (4 * BITS)) & LO) << 16;
 
 #pragma unroll
 		for (int q = 0; q < 4; q++)
-			c[q] = ((x >> (BITS * q)) & MASK2) | 0x64006400u;
+			c[q] = ((x >> (BITS * q)) & PAIR_MASK) | 0x64006400u;
 	}
 	const uint32_t pair[4] = {__byte_perm(c[0], c[1], 0x5410), __byte_perm(c[2], c[3], 0x5410),
 				  __byte_perm(c[0], c[1], 0x7632), __byte_perm(c[2], c[3], 0x7632)};
@@ -818,36 +818,6 @@ extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
 		return xs_bytes(w, T) + (S > 1 ? (uint64_t)(S * T * w->out) * 4 : 0);
 	}
 	return xs_bytes(w, T) + (uint64_t)(w->out * w->in_pad) * 2;
-}
-
-/*
- * cuBLAS handle, made on first use on the device current then; calls from
- * several host threads at once are not supported.
- */
-static cublasHandle_t blas;
-
-extern "C" int gq_gpu_gemm_f16(const void *X, int64_t ldx, const void *W, float *Y, int64_t T,
-			       int64_t n, int64_t k, void *stream)
-{
-	const float one = 1.0f, zero = 0.0f;
-	cublasStatus_t st;
-
-	if (T < 1 || n < 1 || k < 1 || T > INT_MAX || n > INT_MAX || k > INT_MAX || ldx < k ||
-	    ldx > INT_MAX)
-		return gq_err(GQ_ERR_ARG, "bad GEMM shape: T %lld, n %lld, k %lld, ldx %lld",
-			      (long long)T, (long long)n, (long long)k, (long long)ldx);
-	if (!blas && (st = cublasCreate(&blas)) != CUBLAS_STATUS_SUCCESS)
-		return gq_err(GQ_ERR_IO, "cublasCreate failed: %s", cublasGetStatusString(st));
-	if ((st = cublasSetStream(blas, (cudaStream_t)stream)) != CUBLAS_STATUS_SUCCESS)
-		return gq_err(GQ_ERR_IO, "cublasSetStream failed: %s", cublasGetStatusString(st));
-	/* column-major view: Yᵀ [n, T] = (W as k x n)ᵀ · (X as k x T) */
-	st = cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)T, (int)k, &one, W, CUDA_R_16F,
-			  (int)k, X, CUDA_R_16F, (int)ldx, &zero, Y, CUDA_R_32F, (int)n,
-			  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-	if (st != CUBLAS_STATUS_SUCCESS)
-		return gq_err(GQ_ERR_IO, "cublasGemmEx [%lld x %lld x %lld] failed: %s", (long long)T,
-			      (long long)n, (long long)k, cublasGetStatusString(st));
-	return GQ_OK;
 }
 
 /* T = 1 (and every T on HIP): the CUDA-core GEMV; 2..8 tokens: the tensor-core one */

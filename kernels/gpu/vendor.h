@@ -1,7 +1,8 @@
 /*
- * vendor.h - the only vendor-aware file: maps the CUDA runtime names used in
- * the .cu files of kernels/gpu to HIP when compiled with hipcc -DGQ_HIP, so one source
- * serves both. Intrinsic gaps are shimmed here, never inside kernels.
+ * vendor.h - maps the CUDA runtime names used in the .cu files of kernels/gpu
+ * to HIP when compiled with hipcc -DGQ_HIP, so one source serves both
+ * (blas.h does the same for cuBLAS and cuSOLVER). Intrinsic gaps are shimmed
+ * here, never inside kernels.
  */
 #ifndef GQ_VENDOR_H
 #define GQ_VENDOR_H
@@ -47,47 +48,13 @@
 #define cudaErrorInsufficientDriver hipErrorInsufficientDriver
 /* HIP warps may be 64 wide; the kernels' xor reductions stay within 32 lanes */
 #define __shfl_xor_sync(mask, v, d) __shfl_xor(v, d)
-/* hipBLAS's v2 API takes hipDataType like cuBLAS takes cudaDataType */
-#define HIPBLAS_V2
-#include <hipblas/hipblas.h>
-#define cublasHandle_t hipblasHandle_t
-#define cublasStatus_t hipblasStatus_t
-#define CUBLAS_STATUS_SUCCESS HIPBLAS_STATUS_SUCCESS
-#define cublasCreate hipblasCreate
-#define cublasSetStream hipblasSetStream
-#define cublasGetStatusString hipblasStatusToString
-#define cublasGemmEx hipblasGemmEx
-#define CUBLAS_OP_N HIPBLAS_OP_N
-#define CUBLAS_OP_T HIPBLAS_OP_T
-#define CUDA_R_16F HIP_R_16F
-#define CUDA_R_32F HIP_R_32F
-#define CUDA_R_16BF HIP_R_16BF
-#define cudaDataType_t hipDataType
-#define CUBLAS_COMPUTE_32F HIPBLAS_COMPUTE_32F
-#define CUBLAS_GEMM_DEFAULT HIPBLAS_GEMM_DEFAULT
-#define cublasSgemm hipblasSgemm
-#define CUBLAS_FILL_MODE_LOWER HIPSOLVER_FILL_MODE_LOWER
-#include <hipsolver/hipsolver.h>
-#define cusolverDnHandle_t hipsolverDnHandle_t
-#define cusolverStatus_t hipsolverStatus_t
-#define CUSOLVER_STATUS_SUCCESS HIPSOLVER_STATUS_SUCCESS
-#define cusolverDnCreate hipsolverDnCreate
-#define cusolverDnSpotrf_bufferSize hipsolverDnSpotrf_bufferSize
-#define cusolverDnSpotrf hipsolverDnSpotrf
-#define cusolverDnSpotri_bufferSize hipsolverDnSpotri_bufferSize
-#define cusolverDnSpotri hipsolverDnSpotri
 #define cudaGetDevice hipGetDevice
 #define cudaDeviceGetAttribute hipDeviceGetAttribute
 #define cudaDevAttrMaxSharedMemoryPerBlockOptin hipDeviceAttributeSharedMemPerBlockOptin
-#define cudaFuncSetAttribute(f, a, v) hipFuncSetAttribute((const void *)(f), a, v)
-#define cudaFuncAttributeMaxDynamicSharedMemorySize hipFuncAttributeMaxDynamicSharedMemorySize
-#define cudaMemset hipMemset
 #define cudaMemcpyDeviceToDevice hipMemcpyDeviceToDevice
 #else
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
-#include <cublas_v2.h>
-#include <cusolverDn.h>
 #include <mma.h> /* wmma: qgemm.cu's fused kernel, CUDA only */
 #endif
 
