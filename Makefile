@@ -22,6 +22,8 @@
 #                   CUDA is off or absent); same meaning as CUDA
 #   SANITIZE=1      ASan + UBSan build in build/san (make check SANITIZE=1)
 #   VALGRIND=1      run the CLI tests under valgrind memcheck
+#   BATS_JOBS=N     run the CLI tests N at a time (bats --jobs; GNU parallel, which make deps
+#                   installs): VALGRIND=1's serial run takes hours on 2 cores
 #   CUDA_ARCH       nvcc targets (default: sm_80 and sm_90 code + compute_90 PTX)
 #   CC NVCC HIPCC PREFIX CFLAGS
 
@@ -33,6 +35,7 @@ CUDA     ?= auto
 HIP      ?= auto
 SANITIZE ?= 0
 VALGRIND ?= 0
+BATS_JOBS ?= 1
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
 	     -gencode arch=compute_90,code=compute_90
 
@@ -210,7 +213,7 @@ unit: $(UNIT_BIN)
 bats: $(BINS) $(TESTGEN)
 	GQ_BINDIR=$(CURDIR)/$(BINDIR) GQ_TESTGEN=$(CURDIR)/$(TESTGEN) GQ_VALGRIND=$(VALGRIND) \
 		GQ_SANITIZE=$(SANITIZE) \
-		GQ_SHARED=$(CURDIR)/../shared bats tests/*.bats
+		GQ_SHARED=$(CURDIR)/../shared bats $(if $(filter-out 1,$(BATS_JOBS)),--jobs $(BATS_JOBS)) tests/*.bats
 
 include tests/fuzz/fuzz.mk
 

@@ -6,6 +6,9 @@
 
 load helpers
 
+# one small cluster: under BATS_JOBS its tests still queue one after another
+BATS_NO_PARALLELIZE_WITHIN_FILE=true
+
 setup() {
 	# job orchestration, not memory safety: the tools' own tests cover that
 	if [ "${GQ_SANITIZE:-0}" = 1 ] || [ "${GQ_VALGRIND:-0}" = 1 ]; then

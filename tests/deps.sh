@@ -3,9 +3,10 @@
 # missing (make deps). Needs root, or sudo.
 set -eu
 
-# clang and libclang-rt-dev (libFuzzer's runtime, only recommended by clang) for make fuzz
+# clang and libclang-rt-dev (libFuzzer's runtime, only recommended by clang) for make fuzz;
+# parallel for make check BATS_JOBS=N
 pkgs="build-essential pkg-config libzstd-dev libcjson-dev libopenblas-dev libpcre2-dev
-      bats jq zstd python3 valgrind clang libclang-rt-dev"
+      bats jq zstd python3 valgrind clang libclang-rt-dev parallel"
 missing=
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
