@@ -701,9 +701,10 @@ static int regular_group_chunks(const gq_qgemv_mat *m)
 	if (G % 32 || G / 32 > INT_MAX)
 		return 0;
 	for (int64_t g = 0; g < m->n_groups; g++)
-		if (m->gstart[g] != g * G || (g + 1 < m->n_groups && m->gstart[g + 1] != (g + 1) * G))
+		if (m->gstart[g] != g * G)
 			return 0;
-	return (int)(G / 32);
+	/* a last group longer than G would put chunks past the last group */
+	return m->gstart[m->n_groups] <= m->n_groups * G ? (int)(G / 32) : 0;
 }
 
 extern "C" int gq_gpu_qmat_upload(gq_gpu_qmat *d, const gq_qgemv_mat *m)
