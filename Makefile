@@ -194,7 +194,7 @@ check: all unit bats hip-compile
 # Where hipcc is installed but hipBLAS is not (Debian's ROCm), the HIP build is
 # off; the kernels that need no BLAS (those not including gpu/blas.h) still
 # compile with hipcc here, so the HIP half of vendor.h stays honest.
-HIP_CHECK_SRC := $(filter-out $(shell grep -l 'gpu/blas.h' $(GPU_SRC)),$(GPU_SRC))
+HIP_CHECK_SRC = $(filter-out $(shell grep -l 'gpu/blas.h' $(GPU_SRC)),$(GPU_SRC))
 hip-compile:
 ifneq ($(GPU),hip)
 ifneq ($(HIPCC),)

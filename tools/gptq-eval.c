@@ -167,7 +167,6 @@ static void score(const gq_runner *r, const gq_runner *ref, const workload *w, g
 static void put_json(cJSON *j)
 {
 	char *text = cJSON_PrintUnformatted(j);
-
 	int bad;
 
 	if (!text)

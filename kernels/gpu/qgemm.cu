@@ -550,11 +550,11 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 /*
  * Tensor-core GEMV for T <= GQ_GPU_GEMV_MAX_T (8) tokens: Y [T, out] = W Xᵀ
  * with one mma.m16n8k16 (fp16 in, fp32 accumulate) per 16 codes of 16 rows,
- * the 8 token columns of the instruction holding the T tokens. Decoding is
- * bound by instruction issue, not only by bandwidth, once the weights stream
- * at HBM speed: the lanes only unpack codes (oct_to_half, the rounding of
- * W16) and the multiply-adds go to the tensor cores, half the instructions
- * per weight of a CUDA-core GEMV.
+ * the 8 token columns of the instruction holding the T tokens: the lanes only
+ * unpack codes (oct_to_half, the rounding of W16) and the multiply-adds of
+ * all T tokens go to the tensor cores, so the cost hardly grows with T (the
+ * CUDA-core GEMV's multiply-adds grow with it). At T = 1 that GEMV is still
+ * faster: it keeps more loads in flight.
  *
  * A warp owns 16 rows (lane = 4 g + q: rows g and g + 8) and steps through
  * K 4 chunks (128 codes) at a time, lane q taking chunk 4 s + q of both its

@@ -10,8 +10,8 @@
 # per weight, so wide layers would take longer still while the memory
 # question is the same. Even so the solves take about 100 CPU seconds per GB
 # on a small machine: the 20 GB model is hours on 2 cores, half an hour with
-# GQ_BENCH_MEM_SEQUENTIAL=0 (GQ_BENCH_MEM_GB=1 for a quick run). Prints a table; exits 1 when a tool's peak RSS exceeds
-# the budget.
+# GQ_BENCH_MEM_SEQUENTIAL=0 (GQ_BENCH_MEM_GB=1 for a quick run). Prints a
+# table; exits 1 when a tool's peak RSS exceeds the budget.
 #
 #   GQ_BENCH_MEM_GB="2 20"   model sizes in GB (10^9 bytes of weights)
 #   GQ_BENCH_MEM_HIDDEN=512  hidden size (intermediate = 2 x hidden)

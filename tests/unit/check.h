@@ -133,7 +133,6 @@ static inline const char *check_testdata(const char *rel)
 	return b;
 }
 
-/* Deterministic pseudo-random numbers (xorshift64*) for test inputs. */
 /* ‖a - ref‖ / ‖ref‖ over n values (the absolute norm when ref is all zero). */
 static inline double check_rel_err(const float *a, const float *ref, int64_t n)
 {
@@ -146,6 +145,7 @@ static inline double check_rel_err(const float *a, const float *ref, int64_t n)
 	return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+/* Deterministic pseudo-random numbers (xorshift64*) for test inputs. */
 static inline uint64_t check_rand(uint64_t *state)
 {
 	*state ^= *state >> 12;

@@ -121,18 +121,6 @@ static void make_qmat(gq_qmat *q, int bits, int64_t in, int64_t out, int64_t gs,
 }
 #endif
 
-/*
- * Every width, group sizes 32/128/none/40 (groups that split 32-code
- * chunks)/irregular, act order, sizes that are not whole chunks, and the
- * token counts at each path's edges: GEMV 1, 3, 8; fused tensor-core kernel
- * 9, 24, 40, 64 (1 to 4 token tiles; K split or not by the matrix's size);
- * dequantize + cuBLAS 65, 128.
- * Tolerance, |gpu - ref| <= rtol (|ref| + rms(ref)): activations are fp16
- * on both sides, so the GEMV differs from the reference only by fp32
- * rounding (rtol 1e-4); the other paths round each weight to fp16 (relative
- * 2^-11 at most, about 3e-4 rms(ref) per output), so rtol 2e-3 is that
- * error's 7 sigma, and ‖gpu - ref‖ / ‖ref‖ must stay under 1e-3.
- */
 #if defined(GQ_CUDA) || defined(GQ_HIP)
 /* Whether gq_gpu_qgemm takes T tokens through the CUDA-core GEMV (see qgemm.cu). */
 static int gpu_exact_gemv(int64_t T)
@@ -145,6 +133,18 @@ static int gpu_exact_gemv(int64_t T)
 }
 #endif
 
+/*
+ * Every width, group sizes 32/128/none/40 (groups that split 32-code
+ * chunks)/irregular, act order, sizes that are not whole chunks, and the
+ * token counts at each path's edges: CUDA-core GEMV 1 (1, 3, 8 on HIP);
+ * tensor-core GEMV 3, 8; fused tensor-core kernel 9, 24, 40, 64 (1 to 4
+ * token tiles; K split or not by the matrix's size); dequantize + cuBLAS 65, 128.
+ * Tolerance, |gpu - ref| <= rtol (|ref| + rms(ref)): activations are fp16
+ * on both sides, so the CUDA-core GEMV differs from the reference only by fp32
+ * rounding (rtol 1e-4); the other paths round each weight to fp16 (relative
+ * 2^-11 at most, about 3e-4 rms(ref) per output), so rtol 2e-3 is that
+ * error's 7 sigma, and ‖gpu - ref‖ / ‖ref‖ must stay under 1e-3.
+ */
 static void test_qgemm(void)
 {
 #if defined(GQ_CUDA) || defined(GQ_HIP)
