@@ -29,6 +29,7 @@ typedef struct {
 	gq_gpu_qmat q; /* when quantized (q.codes set) */
 	void *w16;     /* [out, in] fp16 when dense */
 	float *b;      /* [out], or NULL */
+	int fused;     /* > 1: also holds the rows of the next fused - 1 of its group (fuse_group) */
 } glin;
 
 typedef struct {
@@ -43,6 +44,7 @@ typedef struct {
 /* Device state of one KV cache. */
 typedef struct {
 	float **k, **v; /* [n_layers] each [capacity, KV hd] on the layer's device */
+	void *att_ws[MAX_DEVS]; /* attention workspace on each device (fwd.h), for this capacity */
 	void *graph;    /* the captured one-token step, or NULL */
 	int warm;       /* a one-token step ran uncaptured already */
 } gcache;
@@ -128,18 +130,146 @@ static int dup_f16(const float *h, int64_t n, void **d)
 	return rc;
 }
 
-/* The host layer L into G. */
-static int upload_host_layer(gq_gpu_model *g, const gq_layer *L, glayer *G)
+static int find_module(const gq_model *m, gq_role role, int expert)
+{
+	for (int i = 0; i < m->n_modules; i++)
+		if (m->modules[i].role == role && m->modules[i].expert == expert)
+			return i;
+	return -1;
+}
+
+/*
+ * Fusion: q, k, v (and each gate, up pair) read the same input, so when
+ * their weights are alike (all dense, or quantized with the same width and
+ * the same groups and column order, biases all or none) their rows are
+ * uploaded as one matrix: one product instead of three (two), whose output
+ * rows [q | k | v] ([gate | up]) are the fused checkpoints' layout. The
+ * first module's glin holds it; the others stay empty.
+ */
+static int fusable(const gq_linear *a, const gq_linear *b)
+{
+	const gq_qgemv_mat *x, *y;
+
+	if (a->in != b->in || !a->b != !b->b || !a->q != !b->q)
+		return 0;
+	if (!a->q)
+		return 1;
+	x = &a->q->k;
+	y = &b->q->k;
+	return x->bits == y->bits && x->n_groups == y->n_groups &&
+	       x->words_per_row == y->words_per_row &&
+	       !memcmp(x->gstart, y->gstart, (size_t)(x->n_groups + 1) * sizeof *x->gstart) &&
+	       !x->perm == !y->perm &&
+	       (!x->perm || !memcmp(x->perm, y->perm, (size_t)x->in * sizeof *x->perm));
+}
+
+/* Modules fused with module i into idx (i first), counted; 1 when none (see fusable). */
+static int fuse_group(const gq_model *m, const gq_layer *L, int i, int idx[3])
+{
+	const gq_module *md = &m->modules[i];
+	int n = 1;
+
+	idx[0] = i;
+	if (md->role == GQ_ROLE_Q && md->expert < 0) {
+		idx[1] = find_module(m, GQ_ROLE_K, -1);
+		idx[2] = find_module(m, GQ_ROLE_V, -1);
+		n = 3;
+	} else if (md->role == GQ_ROLE_GATE) {
+		idx[1] = find_module(m, GQ_ROLE_UP, md->expert);
+		n = 2;
+	}
+	for (int k = 1; k < n; k++)
+		if (idx[k] < 0 || !fusable(&L->lin[i], &L->lin[idx[k]]))
+			return 1;
+	return n;
+}
+
+/* The rows of modules idx[0..n) of L as one matrix into d. */
+static int upload_fused(gq_gpu_model *g, const gq_layer *L, const int *idx, int n, glin *d)
+{
+	const gq_linear *s0 = &L->lin[idx[0]];
+	int64_t in = s0->in, out = 0, row = 0, G = s0->q ? s0->q->k.n_groups : 0;
+	int64_t wpr = s0->q ? s0->q->k.words_per_row : 0;
+	float *w = NULL, *b = NULL, *scales = NULL, *zeros = NULL;
+	uint32_t *codes = NULL;
+	int rc;
+
+	for (int k = 0; k < n; k++)
+		out += L->lin[idx[k]].out;
+	if (s0->q) {
+		codes = malloc((size_t)(out * wpr) * sizeof *codes);
+		scales = malloc((size_t)(out * G) * sizeof *scales);
+		zeros = malloc((size_t)(out * G) * sizeof *zeros);
+	} else {
+		w = malloc((size_t)(out * in) * sizeof *w);
+	}
+	if (s0->b)
+		b = malloc((size_t)out * sizeof *b);
+	rc = (s0->q ? codes && scales && zeros : w != NULL) && (!s0->b || b)
+		     ? GQ_OK
+		     : gq_err(GQ_ERR_NOMEM, "out of memory");
+	for (int k = 0; k < n && rc == GQ_OK; k++) {
+		const gq_linear *s = &L->lin[idx[k]];
+
+		if (s->q) {
+			memcpy(codes + row * wpr, s->q->k.codes, (size_t)(s->out * wpr) * sizeof *codes);
+			memcpy(scales + row * G, s->q->k.scales, (size_t)(s->out * G) * sizeof *scales);
+			memcpy(zeros + row * G, s->q->k.zeros, (size_t)(s->out * G) * sizeof *zeros);
+		} else {
+			memcpy(w + row * in, s->w, (size_t)(s->out * in) * sizeof *w);
+		}
+		if (b)
+			memcpy(b + row, s->b, (size_t)s->out * sizeof *b);
+		row += s->out;
+	}
+	d->in = in;
+	d->out = out;
+	d->fused = n;
+	if (rc == GQ_OK && s0->q) {
+		gq_qgemv_mat cat = s0->q->k;
+
+		cat.out = out;
+		cat.codes = codes;
+		cat.scales = scales;
+		cat.zeros = zeros;
+		rc = gq_gpu_qmat_upload(&d->q, &cat);
+		g->bytes_lin += (uint64_t)(d->q.out * d->q.words_per_row * 4 + d->q.out * d->q.n_groups * 4);
+	} else if (rc == GQ_OK) {
+		rc = dup_f16(w, in * out, &d->w16);
+		g->bytes_lin += (uint64_t)(in * out * 2);
+	}
+	if (rc == GQ_OK)
+		rc = dup_f32(b, out, &d->b);
+	free(w);
+	free(b);
+	free(codes);
+	free(scales);
+	free(zeros);
+	return rc;
+}
+
+/* The host layer L into G; with fuse, alike modules that share an input as one matrix. */
+static int upload_host_layer(gq_gpu_model *g, const gq_layer *L, glayer *G, int fuse)
 {
 	const gq_model *m = g->m;
+	char *done = calloc((size_t)m->n_modules, 1); /* uploaded, maybe as part of a fused matrix */
 	int rc;
 
 	G->lin = calloc((size_t)m->n_modules, sizeof *G->lin);
-	rc = G->lin ? GQ_OK : gq_err(GQ_ERR_NOMEM, "out of memory");
+	rc = G->lin && done ? GQ_OK : gq_err(GQ_ERR_NOMEM, "out of memory");
 	for (int i = 0; i < m->n_modules && rc == GQ_OK; i++) {
 		const gq_linear *s = &L->lin[i];
 		glin *d = &G->lin[i];
+		int idx[3], n;
 
+		if (done[i])
+			continue;
+		if (fuse && (n = fuse_group(m, L, i, idx)) > 1) {
+			rc = upload_fused(g, L, idx, n, d);
+			for (int k = 0; k < n; k++)
+				done[idx[k]] = 1;
+			continue;
+		}
 		d->in = s->in;
 		d->out = s->out;
 		if (s->q) {
@@ -152,6 +282,7 @@ static int upload_host_layer(gq_gpu_model *g, const gq_layer *L, glayer *G)
 		if (rc == GQ_OK)
 			rc = dup_f32(s->b, s->out, &d->b);
 	}
+	free(done);
 	int64_t d = m->cfg.hidden, hd = m->cfg.head_dim;
 	if (rc == GQ_OK && !(rc = dup_f32(L->norm_attn_w, d, &G->norm_attn_w)) &&
 	    !(rc = dup_f32(L->norm_attn_b, d, &G->norm_attn_b)) &&
@@ -172,7 +303,7 @@ static int upload_layer(gq_gpu_model *g, int l, glayer *G)
 
 	if ((rc = gq_layer_load(m, l, &L)))
 		return rc;
-	rc = upload_host_layer(g, &L, G);
+	rc = upload_host_layer(g, &L, G, 1);
 	gq_layer_free(m, &L);
 	gq_layer_release(m, l);
 	return rc;
@@ -257,14 +388,6 @@ static int linear(gdev *D, const glin *l, const void *x16, int64_t n, float *y)
 	return rc;
 }
 
-static int find_module(const gq_model *m, gq_role role, int expert)
-{
-	for (int i = 0; i < m->n_modules; i++)
-		if (m->modules[i].role == role && m->modules[i].expert == expert)
-			return i;
-	return -1;
-}
-
 /* The hook for the group starting at module i: GQ_STOPPED when it asks to stop. */
 static int observe(gq_gpu_model *g, gdev *D, int layer, int i, const void *x16, int64_t rows,
 		   const int32_t *idx)
@@ -303,9 +426,10 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 	}
 	if (c->sliding_window > 0 && c->layer_sliding && c->layer_sliding[l])
 		a.window = c->sliding_window;
-	if (m->arch.qkv == GQ_QKV_SEPARATE) {
-		int iq = find_module(m, GQ_ROLE_Q, -1), ik = find_module(m, GQ_ROLE_K, -1),
-		    iv = find_module(m, GQ_ROLE_V, -1);
+	int iq = find_module(m, GQ_ROLE_Q, -1);
+
+	if (m->arch.qkv == GQ_QKV_SEPARATE && L->lin[iq].fused != 3) {
+		int ik = find_module(m, GQ_ROLE_K, -1), iv = find_module(m, GQ_ROLE_V, -1);
 
 		k = q + CHUNK * H * hd;
 		v = k + CHUNK * KV * hd;
@@ -315,7 +439,7 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 		    (rc = linear(D, &L->lin[ik], D->h16, n, k)) || (rc = linear(D, &L->lin[iv], D->h16, n, v)))
 			return rc;
 	} else {
-		int i = find_module(m, GQ_ROLE_QKV, -1);
+		int i = m->arch.qkv == GQ_QKV_SEPARATE ? iq : find_module(m, GQ_ROLE_QKV, -1);
 
 		ldq = ldk = ldv = (H + 2 * KV) * hd;
 		k = q + H * hd;
@@ -323,12 +447,12 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 		if ((rc = observe(g, D, l, i, D->h16, n, NULL)) || (rc = linear(D, &L->lin[i], D->h16, n, q)))
 			return rc;
 	}
-	if ((rc = gq_gpu_qk_rope(q, ldq, n, H, hd, L->q_norm_w, c->norm_eps, D->inv_freq, half,
-				 m->arch.rope_interleaved, D->pos, D->stream)) ||
-	    (rc = gq_gpu_qk_rope(k, ldk, n, KV, hd, L->k_norm_w, c->norm_eps, D->inv_freq, half,
-				 m->arch.rope_interleaved, D->pos, D->stream)) ||
-	    (rc = gq_gpu_kv_store(k, ldk, v, ldv, n, KV * hd, gc->k[l], gc->v[l], D->pos, D->stream)) ||
-	    (rc = gq_gpu_attention(&a, q, ldq, gc->k[l], gc->v[l], n, D->pos, D->o16, D->stream)) ||
+	gq_gpu_rope r = {H, KV, hd, L->q_norm_w, L->k_norm_w, c->norm_eps, D->inv_freq, half,
+			 m->arch.rope_interleaved};
+
+	if ((rc = gq_gpu_rope_kv(q, ldq, k, ldk, v, ldv, n, &r, gc->k[l], gc->v[l], D->pos, D->stream)) ||
+	    (rc = gq_gpu_attention(&a, q, ldq, gc->k[l], gc->v[l], n, D->pos, gc->att_ws[L->dev],
+				   D->o16, D->stream)) ||
 	    (rc = observe(g, D, l, io, D->o16, n, NULL)))
 		return rc;
 	return linear(D, &L->lin[io], D->o16, n, D->att);
@@ -344,7 +468,14 @@ static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id,
 
 	if ((rc = observe(g, D, l, igu >= 0 ? igu : ig >= 0 ? ig : iu, x16, n, idx)))
 		return rc;
-	if (igu >= 0) {
+	if (ig >= 0 && L->lin[ig].fused == 2) /* uploaded as one [gate | up] matrix */
+		igu = ig;
+	if (igu >= 0 && n == 1 && L->lin[igu].q.codes && !L->lin[igu].b) {
+		/* decoding: the activation in the product's epilogue */
+		if ((rc = gq_gpu_qgemv_glu(&L->lin[igu].q, x16, act, D->a16, D->ws, D->ws_bytes,
+					   D->stream)))
+			return rc;
+	} else if (igu >= 0) {
 		if ((rc = linear(D, &L->lin[igu], x16, n, D->g)) ||
 		    (rc = gq_gpu_act(act, D->g, 2 * inter, D->g + inter, 2 * inter, n, inter, D->a16,
 				     D->stream)))
@@ -424,8 +555,14 @@ static int mlp(gq_gpu_model *g, gdev *D, int l, int64_t n)
 	return GQ_OK;
 }
 
-/* One pre-norm block on D->x [n, d], as gq_block_forward's sequential branch. */
-static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity)
+/*
+ * One pre-norm block on D->x [n, d], as gq_block_forward's sequential
+ * branch, except that its last step, x += the MLP output, is left to the
+ * caller: D->mo holds it. pending (the previous block's D->mo, or NULL) is
+ * added to x first, inside the first norm: one launch fewer per block.
+ */
+static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity,
+		 const float *pending)
 {
 	const gq_model *m = g->m;
 	const glayer *L = &g->layers[l];
@@ -435,7 +572,7 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 	double eps = m->cfg.norm_eps;
 	int rc;
 
-	if ((rc = gq_gpu_norm(kind, D->x, NULL, n, d, L->norm_attn_w, L->norm_attn_b, eps, NULL,
+	if ((rc = gq_gpu_norm(kind, D->x, pending, n, d, L->norm_attn_w, L->norm_attn_b, eps, NULL,
 			      D->h16, D->stream)) ||
 	    (rc = attention(g, D, gc, l, n, capacity)))
 		return rc;
@@ -447,10 +584,9 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 			      D->h16, D->stream)) ||
 	    (rc = mlp(g, D, l, n)))
 		return rc;
-	if (L->post_mlp_w &&
-	    (rc = gq_gpu_norm(kind, D->mo, NULL, n, d, L->post_mlp_w, NULL, eps, D->mo, NULL, D->stream)))
-		return rc;
-	return gq_gpu_add(D->x, D->mo, n * d, D->stream);
+	if (L->post_mlp_w)
+		rc = gq_gpu_norm(kind, D->mo, NULL, n, d, L->post_mlp_w, NULL, eps, D->mo, NULL, D->stream);
+	return rc;
 }
 
 /*
@@ -478,13 +614,17 @@ static int body(gq_gpu_model *g, gcache *gc, int64_t n, int64_t rows_out, int64_
 				break;
 		}
 		for (int l = D->l0; l < D->l1 && rc == GQ_OK; l++)
-			rc = block(g, gc, l, n, capacity);
+			rc = block(g, gc, l, n, capacity, l > D->l0 ? D->mo : NULL);
+		/* the next device starts from the whole residual stream */
+		if (rc == GQ_OK && k + 1 < g->n_devs)
+			rc = gq_gpu_add(D->x, D->mo, n * d, D->stream);
 	}
 	if (rc || rows_out == 0)
 		return rc;
+	/* the last block's residual add for the rows out only, fused with the final norm */
 	float *xr = D->x + (n - rows_out) * d;
-	if ((rc = gq_gpu_norm((int)m->arch.norm, xr, NULL, rows_out, d, g->final_w, g->final_b,
-			      m->cfg.norm_eps, NULL, D->h16, D->stream)) ||
+	if ((rc = gq_gpu_norm((int)m->arch.norm, xr, D->mo + (n - rows_out) * d, rows_out, d,
+			      g->final_w, g->final_b, m->cfg.norm_eps, NULL, D->h16, D->stream)) ||
 	    (rc = gq_gpu_gemm_f16(D->h16, d, g->head16, g->logits, rows_out, V, d, D->stream)))
 		return rc;
 	if (g->head_b && (rc = gq_gpu_bias(g->logits, V, g->head_b, rows_out, V, D->stream)))
@@ -501,7 +641,7 @@ static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t rows_out, fl
 	gcache *gc = c->dev;
 	gdev *D0 = &g->dev[0], *DL = &g->dev[g->n_devs - 1];
 	int64_t pos = c->len, d = m->cfg.hidden, V = m->cfg.vocab;
-	int graph = n == 1 && g->graphs && g->n_devs == 1 && !g->hooks && m->arch.mlp != GQ_MLP_MOE;
+	int graph = n == 1 && gq_gpu_model_graphs(g);
 	int rc = GQ_OK;
 
 	g->row0 = pos;
@@ -538,6 +678,32 @@ static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t rows_out, fl
 
 /* ---- the backend ---- */
 
+/* gc's attention workspace on every device, for caches of `capacity` positions. */
+static int alloc_att_ws(gq_gpu_model *g, gcache *gc, int64_t capacity)
+{
+	const gq_config *c = &g->m->cfg;
+	gq_gpu_attn a = {c->n_heads, c->n_kv_heads, c->head_dim, 1.0, 0, 0, capacity, NULL};
+	uint64_t bytes = gq_gpu_attention_workspace(&a);
+	int rc = GQ_OK;
+
+	for (int k = 0; k < g->n_devs && rc == GQ_OK && bytes > 0; k++)
+		if (!(rc = gq_gpu_set_device(g->dev[k].ordinal)) &&
+		    !(rc = gq_gpu_alloc(&gc->att_ws[k], bytes)) &&
+		    !(rc = gq_gpu_zero_async(gc->att_ws[k], bytes, g->dev[k].stream)))
+			rc = gq_gpu_stream_sync(g->dev[k].stream);
+	return rc;
+}
+
+static void free_att_ws(gq_gpu_model *g, gcache *gc)
+{
+	for (int k = 0; k < g->n_devs; k++) {
+		if (gc->att_ws[k])
+			gq_gpu_set_device(g->dev[k].ordinal);
+		gq_gpu_free(gc->att_ws[k]);
+		gc->att_ws[k] = NULL;
+	}
+}
+
 static void cache_free(void *ctx, gq_kv_cache *c)
 {
 	gq_gpu_model *g = ctx;
@@ -549,6 +715,7 @@ static void cache_free(void *ctx, gq_kv_cache *c)
 		gq_gpu_free(gc->k[l]);
 		gq_gpu_free(gc->v[l]);
 	}
+	free_att_ws(g, gc);
 	gq_gpu_graph_destroy(gc->graph);
 	free(gc->k);
 	free(gc->v);
@@ -572,6 +739,8 @@ static int cache_init(void *ctx, gq_kv_cache *c, int64_t capacity)
 		if (!(rc = gq_gpu_set_device(g->dev[g->layers[l].dev].ordinal)) &&
 		    !(rc = gq_gpu_alloc((void **)&gc->k[l], row * (uint64_t)capacity)))
 			rc = gq_gpu_alloc((void **)&gc->v[l], row * (uint64_t)capacity);
+	if (rc == GQ_OK)
+		rc = alloc_att_ws(g, gc, capacity);
 	if (rc) {
 		cache_free(ctx, c);
 		return gq_err_wrap(rc, "KV cache of %lld positions on the GPU", (long long)capacity);
@@ -690,7 +859,7 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	else
 		memset(inv, 0, (size_t)half * sizeof *inv);
 	(void)((rc = gq_gpu_set_device(D->ordinal)) || (rc = gq_gpu_stream_create(&D->stream)) ||
-	       (rc = gq_gpu_attention_init()) ||
+	       (rc = gq_gpu_fwd_init()) ||
 	       (rc = gq_gpu_alloc((void **)&D->pos, 8)) ||
 	       (rc = dup_f32(inv, half, &D->inv_freq)) ||
 	       (rc = gq_gpu_alloc((void **)&D->x, (uint64_t)(CHUNK * d) * 4)) ||
@@ -777,11 +946,6 @@ int gq_gpu_model_open(gq_gpu_model **out, gq_model *m, const gq_device *devs, in
 	if (n_devs < 1 || n_devs > MAX_DEVS || n_devs > L)
 		return gq_err(GQ_ERR_ARG, "%d devices for %lld layers (at most %d, one layer each)",
 			      n_devs, (long long)L, MAX_DEVS);
-	for (int k = 1; k < n_devs; k++)
-		if (devs[k].index != devs[0].index)
-			return gq_err(GQ_ERR_UNSUPPORTED, "a layer split over distinct GPUs (%d and %d) "
-				      "needs a cuBLAS handle per device, which kernels/gpu/qgemm.cu "
-				      "does not keep yet", devs[0].index, devs[k].index);
 	if (!(g = new_model(m, n_devs)))
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	rc = GQ_OK;
@@ -842,6 +1006,7 @@ void gq_gpu_model_close(gq_gpu_model *g)
 	gq_gpu_free(g->lw_k);
 	gq_gpu_free(g->lw_v);
 	if (g->lw) {
+		free_att_ws(g, g->lw);
 		free(g->lw->k);
 		free(g->lw->v);
 		free(g->lw);
@@ -863,6 +1028,11 @@ void gq_gpu_model_close(gq_gpu_model *g)
 void gq_gpu_model_use_graphs(gq_gpu_model *g, int on)
 {
 	g->graphs = on;
+}
+
+int gq_gpu_model_graphs(const gq_gpu_model *g)
+{
+	return g->graphs && g->n_devs == 1 && !g->hooks && g->m->arch.mlp != GQ_MLP_MOE;
 }
 
 /* ---- layer at a time ---- */
@@ -894,8 +1064,9 @@ int gq_gpu_model_open_layerwise(gq_gpu_model **out, gq_model *m, gq_device dev, 
 		     ? GQ_OK
 		     : gq_err(GQ_ERR_NOMEM, "out of memory");
 	if (rc == GQ_OK && !(rc = alloc_dev(g, &g->dev[0])) &&
-	    !(rc = gq_gpu_alloc((void **)&g->lw_k, row * (uint64_t)max_len)))
-		rc = gq_gpu_alloc((void **)&g->lw_v, row * (uint64_t)max_len);
+	    !(rc = gq_gpu_alloc((void **)&g->lw_k, row * (uint64_t)max_len)) &&
+	    !(rc = gq_gpu_alloc((void **)&g->lw_v, row * (uint64_t)max_len)))
+		rc = alloc_att_ws(g, g->lw, max_len);
 	if (rc) {
 		gq_gpu_model_close(g);
 		return gq_err_wrap(rc, "%s on %s", m->dir, gq_device_name(dev));
@@ -916,7 +1087,8 @@ int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L)
 		memset(&g->layers[g->resident], 0, sizeof g->layers[g->resident]);
 		g->resident = -1;
 	}
-	rc = upload_host_layer(g, L, &g->layers[L->index]);
+	/* unfused: gq_gpu_model_put_linear replaces single modules */
+	rc = upload_host_layer(g, L, &g->layers[L->index], 0);
 	g->resident = L->index; /* freed by the next put or close, even half uploaded */
 	for (int i = 0; i < g->m->n_modules && rc == GQ_OK; i++) {
 		const glin *li = &g->layers[L->index].lin[i];
@@ -967,10 +1139,11 @@ int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t
 		if ((rc = gq_gpu_upload_async(D->pos, &t0, 8, D->stream)) ||
 		    (rc = gq_gpu_copy_async(D->x, x + t0 * d, (uint64_t)(n * d) * 4, D->stream)))
 			break;
-		rc = block(g, g->lw, l, n, g->lw_cap);
+		rc = block(g, g->lw, l, n, g->lw_cap, NULL);
 		if (rc == GQ_STOPPED)
 			rc = GQ_OK;
-		else if (rc == GQ_OK && update)
+		else if (rc == GQ_OK && update &&
+			 !(rc = gq_gpu_add(D->x, D->mo, n * d, D->stream)))
 			rc = gq_gpu_copy_async(x + t0 * d, D->x, (uint64_t)(n * d) * 4, D->stream);
 	}
 	if (rc == GQ_OK)
@@ -1005,6 +1178,11 @@ void gq_gpu_model_close(gq_gpu_model *g)
 
 void gq_gpu_model_use_graphs(gq_gpu_model *g, int on)
 {
+}
+
+int gq_gpu_model_graphs(const gq_gpu_model *g)
+{
+	return 0;
 }
 
 void gq_gpu_model_set_hooks(gq_gpu_model *g, const gq_gpu_hooks *h)

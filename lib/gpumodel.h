@@ -49,6 +49,8 @@ void gq_gpu_model_close(gq_gpu_model *g);
 
 /* Whether single-token steps replay a captured graph (default on where possible). */
 void gq_gpu_model_use_graphs(gq_gpu_model *g, int on);
+/* Whether they do: asked for, one GPU, no hooks, no host-routed MoE. */
+int gq_gpu_model_graphs(const gq_gpu_model *g);
 /* Hooks for the next forwards (NULL: none); graphs are not used while set. */
 void gq_gpu_model_set_hooks(gq_gpu_model *g, const gq_gpu_hooks *h);
 /* Bytes a decoding step reads from the device: linears (packed or fp16) and the fp16 head. */

@@ -53,6 +53,12 @@ gpu_or_skip() {
 	p=$(jq '.models[0].ppl' <<<"$output")
 	run -0 gptq-eval -m m --text "$C" --ctx 64 --chunks 4 --json --device cuda:0,cuda:0
 	jq -e --argjson p "$p" '(.models[0].ppl / $p - 1) | fabs < 1e-3' <<<"$output"
+	if gptq-run --version | grep -q 'cuda ([2-9]'; then # a split over two GPUs
+		run -0 gptq-eval -m m --text "$C" --ctx 64 --chunks 4 --json --device cuda:0,cuda:1
+		jq -e --argjson p "$p" '(.models[0].ppl / $p - 1) | fabs < 1e-3' <<<"$output"
+		d=$(gptq-run -q -m m -p "The cat" -n 8 --print-ids --ignore-eos --device cuda:1,cuda:0)
+		[ "$a" = "$d" ]
+	fi
 }
 
 @test "GPU: GPTQ checkpoints of every bit width, act order included, match the CPU" {

@@ -36,6 +36,7 @@
 #define cusolverStatus_t hipsolverStatus_t
 #define CUSOLVER_STATUS_SUCCESS HIPSOLVER_STATUS_SUCCESS
 #define cusolverDnCreate hipsolverDnCreate
+#define cusolverDnSetStream hipsolverDnSetStream
 #define cusolverDnSpotrf_bufferSize hipsolverDnSpotrf_bufferSize
 #define cusolverDnSpotrf hipsolverDnSpotrf
 #define cusolverDnSpotri_bufferSize hipsolverDnSpotri_bufferSize
@@ -44,5 +45,14 @@
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 #endif
+
+/*
+ * The cuBLAS (cuSOLVER) handle of the current device, made there on first
+ * use, bound to stream s for the calls that follow (blas.cu). One handle
+ * per device, so a model split over GPUs runs each product on its own;
+ * one host thread at a time.
+ */
+int gq_gpu_blas(cudaStream_t s, cublasHandle_t *h);
+int gq_gpu_solver(cudaStream_t s, cusolverDnHandle_t *h);
 
 #endif

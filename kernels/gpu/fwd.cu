@@ -6,8 +6,11 @@
  * double, as there), so only the fp16 inputs of the products differ.
  *
  * Kernels read the first position from device memory (pos0): a decode step
- * captured once in a graph replays at every position.
+ * captured once in a graph replays at every position. Every kernel here is
+ * a dependent launch (vendor.h: pdl_wait before touching memory), so one
+ * kernel's launch overlaps the end of the one before.
  */
+#include "gpu/act.h"
 #include "gpu/fwd.h"
 #include "gpu/vendor.h"
 #include "util.h"
@@ -137,38 +140,50 @@ __device__ float block_reduce(float v, float *red, bool is_max)
 
 /* ---- norms, residuals, activations ---- */
 
+/*
+ * One block per row; the row (after the residual add) stays in shared
+ * memory, so x is read once and written once, and each thread reads back
+ * only what it stored itself (no barrier needed for v). The loads come
+ * before any store to x, so they can all be in flight at once.
+ */
 __global__ static void norm_kernel(int kind, float *x, const float *add, int64_t d,
 				   const float *w, const float *b, float eps, float *y32,
 				   __half *y16)
 {
 	__shared__ float red[32];
+	extern __shared__ float v[]; /* [d] */
 	float *r = x + blockIdx.x * d;
+	const float *a = add ? add + blockIdx.x * d : NULL;
 	float s = 0, inv, mean = 0;
 
-	if (add)
+	pdl_launch_next();
+	pdl_wait();
+#pragma unroll 4
+	for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+		float t = a ? r[i] + a[i] : r[i];
+
+		v[i] = t;
+		s += kind == GQ_GPU_NORM_LAYER ? t : t * t;
+	}
+	if (a)
 		for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-			r[i] += add[blockIdx.x * d + i];
+			r[i] = v[i];
 	if (kind == GQ_GPU_NORM_LAYER) {
-		for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-			s += r[i];
 		mean = block_reduce(s, red, false) / (float)d;
 		s = 0;
 		for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-			s += (r[i] - mean) * (r[i] - mean);
-	} else {
-		for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-			s += r[i] * r[i];
+			s += (v[i] - mean) * (v[i] - mean);
 	}
 	inv = rsqrtf(block_reduce(s, red, false) / (float)d + eps);
 	for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
 		float o;
 
 		if (kind == GQ_GPU_NORM_LAYER)
-			o = ((r[i] - mean) * inv) * w[i] + (b ? b[i] : 0.0f);
+			o = ((v[i] - mean) * inv) * w[i] + (b ? b[i] : 0.0f);
 		else if (kind == GQ_GPU_NORM_RMS_GEMMA)
-			o = (r[i] * inv) * (1.0f + w[i]);
+			o = (v[i] * inv) * (1.0f + w[i]);
 		else
-			o = w[i] * (r[i] * inv);
+			o = w[i] * (v[i] * inv);
 		if (y16)
 			y16[blockIdx.x * d + i] = __float2half(o);
 		if (y32)
@@ -176,18 +191,25 @@ __global__ static void norm_kernel(int kind, float *x, const float *add, int64_t
 	}
 }
 
+#define NORM_SMEM_MAX (200 << 10) /* the row in shared memory: d up to 51200 */
+
 extern "C" int gq_gpu_norm(int kind, float *x, const float *add, int64_t T, int64_t d,
 			   const float *w, const float *b, double eps, float *y32, void *y16,
 			   void *stream)
 {
-	norm_kernel<<<(unsigned)T, d >= 1024 ? 1024 : 256, 0, S(stream)>>>(
-		kind, x, add, d, w, b, (float)eps, y32, (__half *)y16);
-	LAUNCH_CHECK("norm_kernel");
+	if (d * (int64_t)sizeof(float) > NORM_SMEM_MAX)
+		return gq_err(GQ_ERR_UNSUPPORTED, "hidden size %lld: the GPU norm takes at most %d",
+			      (long long)d, NORM_SMEM_MAX / (int)sizeof(float));
+	PDL_LAUNCH("norm_kernel", norm_kernel, dim3((unsigned)T), dim3(d >= 1024 ? 1024 : 256),
+		   (size_t)d * sizeof(float), S(stream), kind, x, add, d, w, b, (float)eps, y32,
+		   (__half *)y16);
 	return GQ_OK;
 }
 
 __global__ static void add_kernel(float *x, const float *a, int64_t n)
 {
+	pdl_launch_next();
+	pdl_wait();
 	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
 	     i += (int64_t)gridDim.x * blockDim.x)
 		x[i] += a[i];
@@ -195,13 +217,14 @@ __global__ static void add_kernel(float *x, const float *a, int64_t n)
 
 extern "C" int gq_gpu_add(float *x, const float *a, int64_t n, void *stream)
 {
-	add_kernel<<<blocks_for(n), 256, 0, S(stream)>>>(x, a, n);
-	LAUNCH_CHECK("add_kernel");
+	PDL_LAUNCH("add_kernel", add_kernel, dim3(blocks_for(n)), dim3(256), 0, S(stream), x, a, n);
 	return GQ_OK;
 }
 
 __global__ static void bias_kernel(float *y, int64_t ld, const float *b, int64_t T, int64_t n)
 {
+	pdl_launch_next();
+	pdl_wait();
 	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < T * n;
 	     i += (int64_t)gridDim.x * blockDim.x)
 		y[i / n * ld + i % n] += b[i % n];
@@ -210,13 +233,15 @@ __global__ static void bias_kernel(float *y, int64_t ld, const float *b, int64_t
 extern "C" int gq_gpu_bias(float *y, int64_t ld, const float *b, int64_t T, int64_t n,
 			   void *stream)
 {
-	bias_kernel<<<blocks_for(T * n), 256, 0, S(stream)>>>(y, ld, b, T, n);
-	LAUNCH_CHECK("bias_kernel");
+	PDL_LAUNCH("bias_kernel", bias_kernel, dim3(blocks_for(T * n)), dim3(256), 0, S(stream), y, ld,
+		   b, T, n);
 	return GQ_OK;
 }
 
 __global__ static void softcap_kernel(float *x, int64_t n, double cap)
 {
+	pdl_launch_next();
+	pdl_wait();
 	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
 	     i += (int64_t)gridDim.x * blockDim.x)
 		x[i] = (float)(cap * tanh(x[i] / cap));
@@ -224,30 +249,20 @@ __global__ static void softcap_kernel(float *x, int64_t n, double cap)
 
 extern "C" int gq_gpu_softcap(float *x, int64_t n, double cap, void *stream)
 {
-	softcap_kernel<<<blocks_for(n), 256, 0, S(stream)>>>(x, n, cap);
-	LAUNCH_CHECK("softcap_kernel");
+	PDL_LAUNCH("softcap_kernel", softcap_kernel, dim3(blocks_for(n)), dim3(256), 0, S(stream), x,
+		   n, cap);
 	return GQ_OK;
-}
-
-/* The activations of model.c's activate(), numbered as gq_act_kind. */
-__device__ __forceinline__ float activate(int k, float x)
-{
-	switch (k) {
-	case 0: return x / (1.0f + expf(-x));
-	case 1: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-	case 2: return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
-	case 3: return x > 0 ? x : 0;
-	}
-	return x;
 }
 
 __global__ static void act_kernel(int act, const float *g, int64_t ldg, const float *u,
 				  int64_t ldu, int64_t T, int64_t n, __half *y)
 {
+	pdl_launch_next();
+	pdl_wait();
 	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < T * n;
 	     i += (int64_t)gridDim.x * blockDim.x) {
 		int64_t t = i / n, j = i % n;
-		float a = activate(act, g[t * ldg + j]);
+		float a = gq_activate(act, g[t * ldg + j]);
 
 		y[i] = __float2half(u ? a * u[t * ldu + j] : a);
 	}
@@ -256,180 +271,306 @@ __global__ static void act_kernel(int act, const float *g, int64_t ldg, const fl
 extern "C" int gq_gpu_act(int act, const float *g, int64_t ldg, const float *u, int64_t ldu,
 			  int64_t T, int64_t n, void *y16, void *stream)
 {
-	act_kernel<<<blocks_for(T * n), 256, 0, S(stream)>>>(act, g, ldg, u, ldu, T, n,
-							       (__half *)y16);
-	LAUNCH_CHECK("act_kernel");
+	PDL_LAUNCH("act_kernel", act_kernel, dim3(blocks_for(T * n)), dim3(256), 0, S(stream), act, g,
+		   ldg, u, ldu, T, n, (__half *)y16);
 	return GQ_OK;
 }
 
 /* ---- rotary embeddings and the KV cache ---- */
 
-/* One block per (row, head), one thread per dimension of the head (rounded up to a warp). */
-__global__ static void qk_rope_kernel(float *x, int64_t ld, int64_t heads, int64_t hd,
-				      const float *norm_w, float eps, const float *inv_freq,
-				      int64_t half, int interleaved, const int64_t *pos0)
+/*
+ * One block per (row, head) over the H query heads, then the KV key heads,
+ * then the KV value heads; one thread per dimension (rounded up to a warp).
+ * q and k heads: with norm_w an RMS norm first (qwen3), then the rotary
+ * embedding, in place; k and v heads also go into the cache row *pos0 + t.
+ */
+__global__ static void rope_kv_kernel(float *q, int64_t ldq, float *k, int64_t ldk,
+				      const float *vr, int64_t ldv, int64_t H, int64_t KV,
+				      int64_t hd, const float *q_norm_w, const float *k_norm_w,
+				      float eps, const float *inv_freq, int64_t half,
+				      int interleaved, float *ck, float *cv, const int64_t *pos0)
 {
 	__shared__ float red[32];
 	extern __shared__ float v[]; /* [hd] */
-	int64_t t = blockIdx.x / heads, h = blockIdx.x % heads;
-	float *row = x + t * ld + h * hd;
-	int i = threadIdx.x;
-	bool mine = i < hd;
+
+	pdl_launch_next();
+	pdl_wait();
+	const int64_t heads = H + 2 * KV, t = blockIdx.x / heads, h = blockIdx.x % heads;
+	const int i = threadIdx.x;
+	const bool mine = i < hd, is_q = h < H, is_v = h >= H + KV;
+	const float *norm_w = is_q ? q_norm_w : k_norm_w;
+	float *row = is_q ? q + t * ldq + h * hd
+		     : is_v ? (float *)vr + t * ldv + (h - H - KV) * hd
+			    : k + t * ldk + (h - H) * hd;
+	float *cache = is_q ? NULL
+		       : (is_v ? cv : ck) + (*pos0 + t) * KV * hd + (is_v ? h - H - KV : h - H) * hd;
 
 	if (mine)
 		v[i] = row[i];
-	if (norm_w) {
+	if (!is_v && norm_w) {
 		float inv = rsqrtf(block_reduce(mine ? v[i] * v[i] : 0.0f, red, false) / (float)hd + eps);
 
 		if (mine)
 			v[i] = norm_w[i] * (v[i] * inv);
 	}
 	__syncthreads();
-	if (i < half) {
-		int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+	const bool rotates = !is_v && i < half;
+	const int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+	float x1 = 0, x2 = 0;
+
+	if (rotates)
+		x1 = v[a], x2 = v[b];
+	__syncthreads(); /* every pair is read before any is rewritten */
+	if (rotates) {
 		float ang = (float)(*pos0 + t) * inv_freq[i]; /* float32, as torch */
 		float c = (float)cos((double)ang), s = (float)sin((double)ang);
-		float x1 = v[a], x2 = v[b];
 
-		row[a] = x1 * c - x2 * s;
-		row[b] = x2 * c + x1 * s;
+		v[a] = x1 * c - x2 * s;
+		v[b] = x2 * c + x1 * s;
 	}
-	if (norm_w && mine && i >= 2 * half)
-		row[i] = v[i]; /* past the rotary dims: the normed value as is */
+	__syncthreads();
+	if (mine && !is_v && (norm_w || half > 0))
+		row[i] = v[i];
+	if (mine && cache)
+		cache[i] = v[i];
 }
 
-extern "C" int gq_gpu_qk_rope(float *x, int64_t ld, int64_t T, int64_t heads, int64_t hd,
-			      const float *norm_w, double eps, const float *inv_freq, int64_t half,
-			      int interleaved, const int64_t *pos0, void *stream)
+extern "C" int gq_gpu_rope_kv(float *q, int64_t ldq, float *k, int64_t ldk, const float *v,
+			      int64_t ldv, int64_t T, const gq_gpu_rope *r, float *ck, float *cv,
+			      const int64_t *pos0, void *stream)
 {
-	if (!norm_w && half == 0)
-		return GQ_OK;
-	if (hd > 1024)
+	if (r->hd > 1024)
 		return gq_err(GQ_ERR_UNSUPPORTED, "head_dim %lld: the GPU rotary kernel takes at most 1024",
-			      (long long)hd);
-	qk_rope_kernel<<<(unsigned)(T * heads), (unsigned)CEIL_DIV(hd, (int64_t)32) * 32,
-			 (size_t)hd * sizeof(float), S(stream)>>>(x, ld, heads, hd, norm_w, (float)eps,
-								   inv_freq, half, interleaved, pos0);
-	LAUNCH_CHECK("qk_rope_kernel");
-	return GQ_OK;
-}
-
-__global__ static void kv_store_kernel(const float *k, int64_t ldk, const float *v, int64_t ldv,
-				       int64_t T, int64_t width, float *ck, float *cv,
-				       const int64_t *pos0)
-{
-	int64_t base = *pos0 * width;
-
-	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < T * width;
-	     i += (int64_t)gridDim.x * blockDim.x) {
-		int64_t t = i / width, j = i % width;
-
-		ck[base + i] = k[t * ldk + j];
-		cv[base + i] = v[t * ldv + j];
-	}
-}
-
-extern "C" int gq_gpu_kv_store(const float *k, int64_t ldk, const float *v, int64_t ldv,
-			       int64_t T, int64_t width, float *ck, float *cv, const int64_t *pos0,
-			       void *stream)
-{
-	kv_store_kernel<<<blocks_for(T * width), 256, 0, S(stream)>>>(k, ldk, v, ldv, T, width, ck,
-								       cv, pos0);
-	LAUNCH_CHECK("kv_store_kernel");
+			      (long long)r->hd);
+	PDL_LAUNCH("rope_kv_kernel", rope_kv_kernel, dim3((unsigned)(T * (r->H + 2 * r->KV))),
+		   dim3((unsigned)CEIL_DIV(r->hd, (int64_t)32) * 32), (size_t)r->hd * sizeof(float),
+		   S(stream), q, ldq, k, ldk, v, ldv, r->H, r->KV, r->hd, r->q_norm_w, r->k_norm_w,
+		   (float)r->eps, r->inv_freq, r->half, r->interleaved, ck, cv, pos0);
 	return GQ_OK;
 }
 
 /* ---- attention ---- */
 
 #define ATT_THREADS 256
-#define ATT_SMEM_MAX (200 << 10) /* below the 227 KB an sm_90 block may opt into */
+#define ATT_WARPS (ATT_THREADS / 32)
+#define ATT_UNROLL 4              /* keys per warp in flight */
+#define ATT_SPLITS_MAX 32         /* key splits per (row, head) when decoding */
+#define ATT_SPLIT_MIN_KEYS 64     /* a split's keys, at least */
+#define ATT_HD_MAX 256            /* head width: 8 accumulators per lane */
+#define ATT_SMEM_MAX (200 << 10)  /* below the 227 KB an sm_90 block may opt into */
 
-extern "C" int64_t gq_gpu_attention_max_capacity(int64_t hd)
+/* Keys one (row, head) may see at most: the whole cache, or the window. */
+static int64_t att_keys(const gq_gpu_attn *a)
 {
-	return ATT_SMEM_MAX / (int64_t)sizeof(float) - hd;
+	return a->window > 0 && a->window < a->capacity ? a->window : a->capacity;
 }
 
 /*
- * One block per (query row, head): the scores of all its keys in shared
- * memory (a warp per key, lanes across the head), softmax over the block,
- * then one thread per output dimension sums over the keys.
+ * Key splits per (row, head): up to ATT_SPLITS_MAX for a few rows (decoding:
+ * H blocks alone would leave most of the GPU idle), one for more rows
+ * (prefill: the rows fill the GPU). A function of the cache and T only, so
+ * a captured graph fits every position.
+ */
+static int att_splits(const gq_gpu_attn *a, int64_t T, int64_t *keys_per_split)
+{
+	int64_t keys = att_keys(a), S = 1;
+
+	if (T <= GQ_GPU_ATT_SPLIT_T)
+		S = CEIL_DIV(keys, (int64_t)ATT_SPLIT_MIN_KEYS) < ATT_SPLITS_MAX
+			    ? CEIL_DIV(keys, (int64_t)ATT_SPLIT_MIN_KEYS)
+			    : ATT_SPLITS_MAX;
+	*keys_per_split = CEIL_DIV(keys, S);
+	return (int)S;
+}
+
+static size_t att_smem(const gq_gpu_attn *a, int64_t kps)
+{
+	return (size_t)(a->hd + kps + ATT_WARPS * a->hd) * sizeof(float);
+}
+
+extern "C" int64_t gq_gpu_attention_max_capacity(int64_t hd)
+{
+	return ATT_SMEM_MAX / (int64_t)sizeof(float) - (1 + ATT_WARPS) * hd;
+}
+
+/* Workspace: counters [GQ_GPU_ATT_SPLIT_T][H] (rounded up to 256 bytes), then the partials. */
+#define ATT_COUNT_BYTES(a) CEIL_DIV((uint64_t)(GQ_GPU_ATT_SPLIT_T * (a)->H) * sizeof(unsigned), \
+				    (uint64_t)256) * 256
+
+extern "C" uint64_t gq_gpu_attention_workspace(const gq_gpu_attn *a)
+{
+	int64_t kps;
+	int S = att_splits(a, GQ_GPU_ATT_SPLIT_T, &kps);
+
+	return S > 1 ? ATT_COUNT_BYTES(a) +
+			       (uint64_t)(GQ_GPU_ATT_SPLIT_T * a->H * S * (a->hd + 2)) * sizeof(float)
+		     : 0;
+}
+
+/*
+ * Block (head h, row t, split s): the keys of split s that row t sees,
+ * scores in shared memory (a warp per key, lanes across the head, several
+ * keys per warp in flight), their softmax, and Σ p v with the warps over
+ * keys and lanes across the head. One split: the normalised row into out.
+ * Several: the split's max m, sum l and unnormalised Σ e^(s - m) v into
+ * part [T][H][S][hd + 2]; the last block of (t, h) to finish (a counter in
+ * count [T][H], back to zero after) combines them: out = Σ_s e^(m_s - M)
+ * acc_s / Σ_s e^(m_s - M) l_s, M the largest m_s. No second launch.
  */
 __global__ static void __launch_bounds__(ATT_THREADS)
 attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, int64_t H,
 		 int64_t KV, int64_t hd, float scale, float softcap, int64_t window,
-		 const uint8_t *key_mask, const int64_t *pos0, __half *out)
+		 const uint8_t *key_mask, const int64_t *pos0, int64_t kps, unsigned *count,
+		 float *part, __half *out)
 {
 	__shared__ float red[32];
-	extern __shared__ float sm[]; /* q [hd], then scores [keys] */
-	float *qs = sm, *S = sm + hd;
-	int64_t t = blockIdx.y, h = blockIdx.x, g = h / (H / KV), p = *pos0 + t;
-	int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0, n = p - lo + 1;
-	int64_t w = KV * hd;
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = ATT_THREADS / 32;
+	__shared__ bool last;
+	extern __shared__ float sm[]; /* q [hd], scores [kps], per-warp sums [ATT_WARPS][hd] */
+	float *qs = sm, *sc = sm + hd, *wsum = sc + kps;
+
+	pdl_launch_next();
+	pdl_wait();
+	const int64_t t = blockIdx.y, h = blockIdx.x, S = gridDim.z, s = blockIdx.z;
+	const int64_t g = h / (H / KV), p = *pos0 + t, w = KV * hd;
+	const int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+	const int64_t k0 = lo + s * kps, k1 = k0 + kps < p + 1 ? k0 + kps : p + 1; /* keys [k0, k1) */
+	const int64_t n = k1 > k0 ? k1 - k0 : 0;
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nc = (int)CEIL_DIV(hd, (int64_t)32);
 	float mx = -INFINITY, sum = 0;
 
 	for (int64_t i = threadIdx.x; i < hd; i += ATT_THREADS)
 		qs[i] = q[t * ldq + h * hd + i];
 	__syncthreads();
-	for (int64_t j = warp; j < n; j += nw) {
-		const float *kr = K + (lo + j) * w + g * hd;
-		float s = 0;
+	for (int64_t j0 = warp * ATT_UNROLL; j0 < n; j0 += ATT_WARPS * ATT_UNROLL) {
+		float d[ATT_UNROLL] = {};
 
-		for (int64_t i = lane; i < hd; i += 32)
-			s += qs[i] * kr[i];
-		s = warp_sum(s);
-		if (lane == 0) {
-			s *= scale;
-			if (softcap > 0)
-				s = (float)(softcap * tanh((double)s / softcap));
-			S[j] = key_mask && !key_mask[lo + j] ? -INFINITY : s;
+#pragma unroll
+		for (int u = 0; u < ATT_UNROLL; u++)
+			if (j0 + u < n) {
+				const float *kr = K + (k0 + j0 + u) * w + g * hd;
+
+#pragma unroll
+				for (int c = 0; c < ATT_HD_MAX / 32; c++)
+					if (c < nc && lane + 32 * c < hd)
+						d[u] += qs[lane + 32 * c] * kr[lane + 32 * c];
+			}
+#pragma unroll
+		for (int u = 0; u < ATT_UNROLL; u++) {
+			float v = warp_sum(d[u]) * scale;
+
+			if (j0 + u < n && lane == 0) {
+				if (softcap > 0)
+					v = (float)(softcap * tanh((double)v / softcap));
+				sc[j0 + u] = key_mask && !key_mask[k0 + j0 + u] ? -INFINITY : v;
+			}
 		}
 	}
 	__syncthreads();
 	for (int64_t j = threadIdx.x; j < n; j += ATT_THREADS)
-		mx = fmaxf(mx, S[j]);
+		mx = fmaxf(mx, sc[j]);
 	mx = block_reduce(mx, red, true);
 	for (int64_t j = threadIdx.x; j < n; j += ATT_THREADS) {
-		/* every key hidden (a padded row before any real token): zeros, as the CPU */
-		float e = mx == -INFINITY ? 0.0f : expf(S[j] - mx);
+		/* every key hidden: zeros (a padded row before any real token, as the CPU) */
+		float e = mx == -INFINITY ? 0.0f : expf(sc[j] - mx);
 
-		S[j] = e;
+		sc[j] = e;
 		sum += e;
 	}
-	sum = block_reduce(sum, red, false); /* its barriers also publish S */
-	for (int64_t i = threadIdx.x; i < hd; i += ATT_THREADS) {
-		const float *vc = V + lo * w + g * hd + i;
-		float acc = 0;
+	sum = block_reduce(sum, red, false); /* its barriers also publish sc */
 
-		for (int64_t j = 0; j < n; j++)
-			acc += S[j] * vc[j * w];
-		out[(t * H + h) * hd + i] = __float2half(sum > 0 ? acc / sum : 0.0f);
+	/* Σ_j e_j v_j: warp `warp` takes keys warp, warp + ATT_WARPS, ...; lane c dims lane + 32 c */
+	float acc[ATT_HD_MAX / 32] = {};
+
+	for (int64_t j0 = warp * ATT_UNROLL; j0 < n; j0 += ATT_WARPS * ATT_UNROLL)
+#pragma unroll
+		for (int u = 0; u < ATT_UNROLL; u++)
+			if (j0 + u < n) {
+				const float *vr = V + (k0 + j0 + u) * w + g * hd, e = sc[j0 + u];
+
+#pragma unroll
+				for (int c = 0; c < ATT_HD_MAX / 32; c++)
+					if (c < nc && lane + 32 * c < hd)
+						acc[c] += e * vr[lane + 32 * c];
+			}
+#pragma unroll
+	for (int c = 0; c < ATT_HD_MAX / 32; c++)
+		if (c < nc && lane + 32 * c < hd)
+			wsum[warp * hd + lane + 32 * c] = acc[c];
+	__syncthreads();
+	float *ps = part + (t * H + h) * S * (hd + 2); /* this (t, h)'s splits */
+
+	for (int64_t i = threadIdx.x; i < hd; i += ATT_THREADS) {
+		float v = 0;
+
+		for (int k = 0; k < ATT_WARPS; k++)
+			v += wsum[k * hd + i];
+		if (S == 1) {
+			out[(t * H + h) * hd + i] = __float2half(sum > 0 ? v / sum : 0.0f);
+		} else {
+			ps[s * (hd + 2) + 2 + i] = v;
+			if (i == 0)
+				ps[s * (hd + 2)] = mx, ps[s * (hd + 2) + 1] = sum;
+		}
 	}
+	if (S == 1)
+		return;
+	__threadfence(); /* this split's partial is visible before it is counted */
+	__syncthreads();
+	if (threadIdx.x == 0)
+		last = atomicAdd(&count[t * H + h], 1u) == (unsigned)S - 1;
+	__syncthreads();
+	if (!last)
+		return;
+	__threadfence();
+	float M = -INFINITY, L = 0;
+
+	for (int64_t k = 0; k < S; k++)
+		M = fmaxf(M, gq_load_l2(ps + k * (hd + 2)));
+	for (int64_t k = 0; k < S; k++) /* splits with no visible key have l = 0 */
+		if (gq_load_l2(ps + k * (hd + 2) + 1) > 0)
+			L += gq_load_l2(ps + k * (hd + 2) + 1) * expf(gq_load_l2(ps + k * (hd + 2)) - M);
+	for (int64_t i = threadIdx.x; i < hd; i += ATT_THREADS) {
+		float v = 0;
+
+		for (int64_t k = 0; k < S; k++)
+			if (gq_load_l2(ps + k * (hd + 2) + 1) > 0)
+				v += gq_load_l2(ps + k * (hd + 2) + 2 + i) * expf(gq_load_l2(ps + k * (hd + 2)) - M);
+		out[(t * H + h) * hd + i] = __float2half(L > 0 ? v / L : 0.0f);
+	}
+	if (threadIdx.x == 0)
+		count[t * H + h] = 0; /* ready for the next launch */
 }
 
-extern "C" int gq_gpu_attention_init(void)
+extern "C" int gq_gpu_fwd_init(void)
 {
 	GPU_CHECK(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
 				       ATT_SMEM_MAX));
+	GPU_CHECK(cudaFuncSetAttribute(norm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				       NORM_SMEM_MAX));
 	return GQ_OK;
 }
 
 extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ldq, const float *K,
-				const float *V, int64_t T, const int64_t *pos0, void *out16,
-				void *stream)
+				const float *V, int64_t T, const int64_t *pos0, void *ws,
+				void *out16, void *stream)
 {
-	/* scores for every position the cache can hold: the launch does not depend on *pos0 */
-	int64_t keys = a->window > 0 && a->window < a->capacity ? a->window : a->capacity;
-	size_t smem = (size_t)(a->hd + keys) * sizeof(float);
+	int64_t kps;
+	const int splits = att_splits(a, T, &kps);
 
-	if (keys > gq_gpu_attention_max_capacity(a->hd))
+	if (att_keys(a) > gq_gpu_attention_max_capacity(a->hd))
 		return gq_err(GQ_ERR_UNSUPPORTED, "a KV cache of %lld positions is more than GPU "
-			      "attention holds (%lld)", (long long)keys,
+			      "attention holds (%lld)", (long long)att_keys(a),
 			      (long long)gq_gpu_attention_max_capacity(a->hd));
-	attention_kernel<<<dim3((unsigned)a->H, (unsigned)T), ATT_THREADS, smem, S(stream)>>>(
-		q, ldq, K, V, a->H, a->KV, a->hd, (float)a->scale, (float)a->softcap, a->window, a->key_mask, pos0,
-		(__half *)out16);
-	LAUNCH_CHECK("attention_kernel");
+	if (a->hd > ATT_HD_MAX)
+		return gq_err(GQ_ERR_UNSUPPORTED, "head_dim %lld: GPU attention takes at most %d",
+			      (long long)a->hd, ATT_HD_MAX);
+	if (splits > 1 && !ws)
+		return gq_err(GQ_ERR_ARG, "GPU attention of %lld rows needs its workspace", (long long)T);
+	/* shared memory for every position the cache can hold: the launch does not depend on *pos0 */
+	PDL_LAUNCH("attention_kernel", attention_kernel, dim3((unsigned)a->H, (unsigned)T, (unsigned)splits),
+		   dim3(ATT_THREADS), att_smem(a, kps), S(stream), q, ldq, K, V, a->H, a->KV, a->hd,
+		   (float)a->scale, (float)a->softcap, a->window, a->key_mask, pos0, kps, (unsigned *)ws,
+		   (float *)((char *)ws + ATT_COUNT_BYTES(a)), (__half *)out16);
 	return GQ_OK;
 }
 
@@ -438,6 +579,8 @@ extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ld
 __global__ static void gather_rows_kernel(const __half *x, const int32_t *rows, int64_t n,
 					  int64_t d, __half *y)
 {
+	pdl_launch_next();
+	pdl_wait();
 	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n * d;
 	     i += (int64_t)gridDim.x * blockDim.x)
 		y[i] = x[rows[i / d] * d + i % d];
@@ -446,9 +589,8 @@ __global__ static void gather_rows_kernel(const __half *x, const int32_t *rows, 
 extern "C" int gq_gpu_gather_rows(const void *x16, const int32_t *rows, int64_t n, int64_t d,
 				  void *y16, void *stream)
 {
-	gather_rows_kernel<<<blocks_for(n * d), 256, 0, S(stream)>>>((const __half *)x16, rows, n,
-								      d, (__half *)y16);
-	LAUNCH_CHECK("gather_rows_kernel");
+	PDL_LAUNCH("gather_rows_kernel", gather_rows_kernel, dim3(blocks_for(n * d)), dim3(256), 0,
+		   S(stream), (const __half *)x16, rows, n, d, (__half *)y16);
 	return GQ_OK;
 }
 
@@ -456,6 +598,8 @@ extern "C" int gq_gpu_gather_rows(const void *x16, const int32_t *rows, int64_t 
 __global__ static void scatter_add_kernel(float *out, const float *ys, const int32_t *rows,
 					  const float *wt, int64_t n, int64_t d)
 {
+	pdl_launch_next();
+	pdl_wait();
 	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n * d;
 	     i += (int64_t)gridDim.x * blockDim.x)
 		out[rows[i / d] * d + i % d] += wt[i / d] * ys[i];
@@ -464,7 +608,7 @@ __global__ static void scatter_add_kernel(float *out, const float *ys, const int
 extern "C" int gq_gpu_scatter_add(float *out, const float *ys, const int32_t *rows,
 				  const float *wt, int64_t n, int64_t d, void *stream)
 {
-	scatter_add_kernel<<<blocks_for(n * d), 256, 0, S(stream)>>>(out, ys, rows, wt, n, d);
-	LAUNCH_CHECK("scatter_add_kernel");
+	PDL_LAUNCH("scatter_add_kernel", scatter_add_kernel, dim3(blocks_for(n * d)), dim3(256), 0,
+		   S(stream), out, ys, rows, wt, n, d);
 	return GQ_OK;
 }

@@ -2,7 +2,7 @@
  * fwd.h - the GPU pieces of a transformer block other than the matrix
  * products (those are gpu.h's): streams and CUDA graphs, norms (fused with
  * a residual add), activations, rotary embeddings (fused with qwen3's
- * per-head norm), the KV cache store and attention, MoE row gathering.
+ * per-head norm and the KV cache store), attention, MoE row gathering.
  *
  * Activations are fp32 [T, width] row-major unless named 16 (fp16, the
  * input of the products). Everything runs asynchronously on `stream`; pos0
@@ -57,19 +57,26 @@ int gq_gpu_softcap(float *x, int64_t n, double cap, void *stream);
 int gq_gpu_act(int act, const float *g, int64_t ldg, const float *u, int64_t ldu, int64_t T,
 	       int64_t n, void *y16, void *stream);
 
-/*
- * Per head of x [T, heads * hd] (row stride ld), in place: with norm_w [hd]
- * an RMS norm first (qwen3), then the rotary embedding of the leading
- * 2 * half dims at position *pos0 + t with inv_freq [half] (skipped when
- * half is 0); pairs (2i, 2i+1) when interleaved, else (i, i + half).
- */
-int gq_gpu_qk_rope(float *x, int64_t ld, int64_t T, int64_t heads, int64_t hd,
-		   const float *norm_w, double eps, const float *inv_freq, int64_t half,
-		   int interleaved, const int64_t *pos0, void *stream);
+/* The per-head pieces of attention's input (rotary embedding, qwen3's head norms). */
+typedef struct {
+	int64_t H, KV, hd;       /* query heads, key/value heads, head width */
+	const float *q_norm_w;   /* [hd] RMS norm of each q head first (qwen3), or NULL */
+	const float *k_norm_w;   /* [hd] the same for k heads, or NULL */
+	double eps;              /* of those norms */
+	const float *inv_freq;   /* [half] */
+	int64_t half;            /* rotary pairs; 0: no rotary embedding */
+	int interleaved;         /* pairs (2i, 2i+1), else (i, i + half) */
+} gq_gpu_rope;
 
-/* Rows k, v [T, width] (strides ldk, ldv) into cache rows *pos0.. of ck, cv [capacity, width]. */
-int gq_gpu_kv_store(const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t T,
-		    int64_t width, float *ck, float *cv, const int64_t *pos0, void *stream);
+/*
+ * Per head of q [T, H hd] and k [T, KV hd] (strides ldq, ldk), in place: the
+ * head norm, then the rotary embedding of the leading 2 * half dims at
+ * position *pos0 + t. Then k and v [T, KV hd] (stride ldv) rows go into
+ * cache rows *pos0 + t of ck, cv [capacity, KV hd]. One launch.
+ */
+int gq_gpu_rope_kv(float *q, int64_t ldq, float *k, int64_t ldk, const float *v, int64_t ldv,
+		   int64_t T, const gq_gpu_rope *r, float *ck, float *cv, const int64_t *pos0,
+		   void *stream);
 
 typedef struct {
 	int64_t H, KV, hd;  /* query heads, key/value heads, head width */
@@ -82,16 +89,22 @@ typedef struct {
 
 /* Largest cache (positions) gq_gpu_attention handles: its scores live in shared memory. */
 int64_t gq_gpu_attention_max_capacity(int64_t hd);
-/* Lets the attention kernel use that much shared memory on the current device; once per device. */
-int gq_gpu_attention_init(void);
+/* Up to this many rows, attention splits each row's keys over blocks (decoding). */
+#define GQ_GPU_ATT_SPLIT_T 8
+/* Bytes of device workspace gq_gpu_attention needs for any T (may be 0). */
+uint64_t gq_gpu_attention_workspace(const gq_gpu_attn *a);
+/* Lets the attention and norm kernels use their shared memory on the current device; once per device. */
+int gq_gpu_fwd_init(void);
 
 /*
  * out16 [T, H * hd] = causal softmax attention of the T queries q [T, H *
  * hd] (stride ldq) at positions *pos0 + t over cache rows 0 .. *pos0 + t of
- * K, V [capacity, KV * hd].
+ * K, V [capacity, KV * hd]. ws: gq_gpu_attention_workspace(a) bytes,
+ * zeroed before its first use (counters, which every call leaves at zero).
  */
 int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ldq, const float *K,
-		     const float *V, int64_t T, const int64_t *pos0, void *out16, void *stream);
+		     const float *V, int64_t T, const int64_t *pos0, void *ws, void *out16,
+		     void *stream);
 
 /* y16 [n, d] = x16 rows rows[i] of [*, d] (MoE: the tokens routed to one expert). */
 int gq_gpu_gather_rows(const void *x16, const int32_t *rows, int64_t n, int64_t d, void *y16,

@@ -284,10 +284,6 @@ __global__ static void __launch_bounds__(ROWS_PER_CTA * 32) gptq_block_kernel(bl
 
 /* ---- the host side ---- */
 
-/* Made on first use on the device current then; one host thread at a time. */
-static cublasHandle_t blas;
-static cusolverDnHandle_t solver;
-
 static int cu(cudaError_t e, const char *what)
 {
 	return e == cudaSuccess ? GQ_OK : gq_err(GQ_ERR_IO, "%s failed: %s", what, cudaGetErrorString(e));
@@ -313,8 +309,8 @@ static unsigned grid_for(int64_t n)
  * dHinv = upper factor of (dH + damp mean I)⁻¹ (dH [n, n] untouched), raising
  * damp x1.25 while a factorisation fails, as damped_hinv_f in lib/gptq.c.
  */
-static int damped_hinv(const float *dH, float *dHinv, int64_t n, double mean, double damp0,
-		       double *damp_used, int *retries)
+static int damped_hinv(cusolverDnHandle_t solver, const float *dH, float *dHinv, int64_t n,
+		       double mean, double damp0, double *damp_used, int *retries)
 {
 	float *work = NULL;
 	int *dinfo = NULL, lwork = 0, lw2 = 0, info = 0, rc = GQ_OK, ok = 0;
@@ -376,18 +372,17 @@ extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t
 	uint8_t *dcodes = NULL;
 	int32_t *dperm = NULL, *hperm = NULL;
 	int rc = GQ_OK, dev = 0, smax = 0;
+	cublasHandle_t blas;
+	cusolverDnHandle_t solver;
 	double t0, t1, t2, t3; /* phase times for -v */
 	size_t wbytes = (size_t)(rows * cols) * sizeof(float), hbytes = (size_t)(cols * cols) * sizeof(float);
 
 	if (rows > INT_MAX || cols > INT_MAX || B > INT_MAX)
 		return gq_err(GQ_ERR_UNSUPPORTED, "a %lld x %lld layer is too large for the GPU solver",
 			      (long long)rows, (long long)cols);
-	if (!blas && (rc = cublasCreate(&blas)) != CUBLAS_STATUS_SUCCESS)
-		return gq_err(GQ_ERR_IO, "cublasCreate failed: %s",
-			      cublasGetStatusString((cublasStatus_t)rc));
-	if (!solver && (rc = cusolverDnCreate(&solver)) != CUSOLVER_STATUS_SUCCESS)
-		return gq_err(GQ_ERR_IO, "cusolverDnCreate failed: status %d", rc);
-	rc = GQ_OK;
+	/* the solve runs on the default stream */
+	if ((rc = gq_gpu_blas(0, &blas)) || (rc = gq_gpu_solver(0, &solver)))
+		return rc;
 	CU(cudaGetDevice(&dev));
 	CU(cudaDeviceGetAttribute(&smax, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
 	CU(cudaMalloc(&dW, wbytes));
@@ -440,7 +435,7 @@ extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t
 		dW = dT;
 		dT = t;
 	}
-	if ((rc = damped_hinv(dH, dHinv, cols, mean, o->damp, damp_used, retries)))
+	if ((rc = damped_hinv(solver, dH, dHinv, cols, mean, o->damp, damp_used, retries)))
 		goto out;
 	t2 = gq_now();
 

@@ -75,6 +75,15 @@ int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, float *Y, void 
 		 uint64_t ws_bytes, void *stream);
 
 /*
+ * One token through a [gate | up] matrix w (out = 2 n rows: gate rows, then
+ * up rows): y16 [n] fp16 = act(gate) * up, act a gq_act_kind, with the
+ * activation in the product's epilogue (no fp32 round trip, no second
+ * launch). x [in] fp16 as gq_gpu_qgemm's X; ws likewise for T = 1.
+ */
+int gq_gpu_qgemv_glu(const gq_gpu_qmat *w, const void *x, int act, void *y16, void *ws,
+		     uint64_t ws_bytes, void *stream);
+
+/*
  * Y [T, n] fp32 = X [T, k] fp16 (row stride ldx) times Wᵀ, W [n, k] fp16,
  * through cuBLAS GemmEx with fp32 accumulation. The cuBLAS handle is made on
  * first use, for the device current then; one host thread at a time.

@@ -22,8 +22,6 @@
 /* Host rows are uploaded and rounded this many at a time. */
 #define STAGE_ROWS 1024
 
-static cublasHandle_t blas;
-
 /* gq_f32_to_bf16's rounding (nearest even, NaN kept quiet), by bits: ROCm 5's
  * hipcc has no bf16 conversion intrinsics. */
 __device__ static unsigned short f32_to_bf16_bits(float f)
@@ -82,17 +80,17 @@ extern "C" int gq_gpu_hessian_add(gq_gpu_hessian *h, const void *X, int64_t ldx,
 {
 	const float one = 1.0f;
 	const cudaDataType_t t = h->dtype == GQ_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+	cublasHandle_t blas;
 	cublasStatus_t st;
+	int rc;
 
 	if (rows == 0)
 		return GQ_OK;
 	if (rows < 0 || rows > INT_MAX || ldx < h->n || ldx > INT_MAX)
 		return gq_err(GQ_ERR_ARG, "bad Hessian input: %lld rows, row stride %lld for %lld columns",
 			      (long long)rows, (long long)ldx, (long long)h->n);
-	if (!blas && (st = cublasCreate(&blas)) != CUBLAS_STATUS_SUCCESS)
-		return gq_err(GQ_ERR_IO, "cublasCreate failed: %s", cublasGetStatusString(st));
-	if ((st = cublasSetStream(blas, (cudaStream_t)stream)) != CUBLAS_STATUS_SUCCESS)
-		return gq_err(GQ_ERR_IO, "cublasSetStream failed: %s", cublasGetStatusString(st));
+	if ((rc = gq_gpu_blas((cudaStream_t)stream, &blas)))
+		return rc;
 	/* column-major, X is [n, rows] with leading dimension ldx: sum += X Xᵀ */
 	st = cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)h->n, (int)h->n, (int)rows, &one, X, t,
 			  (int)ldx, X, t, (int)ldx, &one, h->sum, CUDA_R_32F, (int)h->n,

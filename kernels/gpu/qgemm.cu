@@ -16,11 +16,14 @@
  * to in_pad (skipped when there is no permutation and in is a multiple of 32).
  *
  * Variants:
- *   T = 1 (T <= GQ_GPU_GEMV_MAX_T on HIP): qgemv_kernel<BITS, T>, a block of 4 warps per 4 rows,
- *     each thread whole chunks of all 4 rows (x read once for 4 rows); 2/4/8 bits
- *     turn two codes into a half2 1024 + c with one mask (exact), 3 bits go code
- *     by code; a chunk that spans groups (group sizes not a multiple of 32,
- *     irregular g_idx) falls back to a per-code group lookup.
+ *   T = 1 (T <= GQ_GPU_GEMV_MAX_T on HIP): qgemv_kernel<BITS, T, REGULAR, GLU>,
+ *     a block of 4 warps per QG_ROWS rows, each thread whole chunks of all of
+ *     them (x read once for all); raw codes times x, the scale and zero applied
+ *     once per chunk; 2/4/8 bits turn two codes into a half2 1024 + c with one
+ *     mask (exact), 3 bits go code by code; groups on chunk boundaries need no
+ *     lookup (REGULAR), a chunk that spans groups (group sizes not a multiple
+ *     of 32, irregular g_idx) falls back to a per-code group lookup. GLU: the
+ *     rows of a [gate | up] pair, act(gate) * up written as fp16.
  *   2 <= T <= GQ_GPU_GEMV_MAX_T (CUDA): qgemv_mma_kernel<BITS>, one mma.m16n8k16
  *     per 16 codes of 16 rows, the tokens in the instruction's 8 columns (its
  *     cost hardly grows with T: 2.1x the CUDA-core GEMV's speed at T = 8, but
@@ -32,11 +35,14 @@
  *     GemmEx (fp16 in, fp32 accumulate and out).
  * The tensor-core kernels and dequant_kernel round each weight to fp16 the
  * same way (oct_to_half), so they multiply the same W16; the T = 1 GEMV
- * dequantizes in fp32.
+ * computes in fp32 from exact codes.
+ * Every kernel here is a dependent launch (vendor.h): the T = 1 GEMV loads
+ * its first weights before it waits for the kernel before it.
  * Instances: BITS in {2, 3, 4, 8} x T = 1 (1..8 on HIP) for the CUDA-core
  * GEMV, x NT in 1..4 token tiles of 16 for the fused kernel; BITS for the
  * tensor-core GEMV and dequant.
  */
+#include "gpu/act.h"
 #include "gpu/gpu.h"
 #include "gpu/vendor.h"
 #include "tensor.h"
@@ -48,10 +54,13 @@
 
 /* GEMV shape (and QM_BLOCKS, QM_MAX_T below): the -D overrides are for tuning sweeps */
 #ifndef QG_ROWS
-#define QG_ROWS 4 /* output rows per GEMV block */
+#define QG_ROWS 8 /* output rows per GEMV block */
 #endif
 #ifndef QG_THREADS
 #define QG_THREADS 128 /* threads per GEMV block */
+#endif
+#ifndef QG_MIN_BLOCKS
+#define QG_MIN_BLOCKS 4 /* resident GEMV blocks per SM the registers must allow */
 #endif
 
 /* The chunk's `BITS` words, with the widest aligned loads the width allows. */
@@ -106,18 +115,25 @@ __device__ __forceinline__ void load_x(const __half *p, float (&x)[N])
 
 /*
  * acc[r][t] += Σ_j w_r[j] x_t[j] over N codes, x_t from xc + t ldx: the x
- * values are read once for all rows, and dq(r, wf) dequantizes one row's N
- * weights at a time, so only one row's weights are live (registers).
+ * values are read once for all rows, and dq(r, wf) gives one row's N
+ * weights at a time, so only one row's weights are live (registers). With
+ * XSUM, xsum[t] += Σ_j x_t[j] too.
  */
-template <int T, int N, typename DQ>
-__device__ __forceinline__ void fma_rows(float (&acc)[QG_ROWS][T], const __half *xc, int64_t ldx,
-					 DQ dq)
+template <int T, int N, bool XSUM, typename DQ>
+__device__ __forceinline__ void fma_rows(float (&acc)[QG_ROWS][T], float (&xsum)[T],
+					 const __half *xc, int64_t ldx, DQ dq)
 {
 	float x[T][N];
 
 #pragma unroll
-	for (int t = 0; t < T; t++)
+	for (int t = 0; t < T; t++) {
 		load_x<N>(xc + t * ldx, x[t]);
+		if constexpr (XSUM) {
+#pragma unroll
+			for (int j = 0; j < N; j++)
+				xsum[t] += x[t][j];
+		}
+	}
 #pragma unroll
 	for (int r = 0; r < QG_ROWS; r++) {
 		float wf[N];
@@ -134,86 +150,117 @@ __device__ __forceinline__ void fma_rows(float (&acc)[QG_ROWS][T], const __half 
 /*
  * y [T, out] (row stride out) from xs [T, ldx] sorted and padded (ldx a
  * multiple of 8, 16-byte aligned rows). One block: rows [4 b, 4 b + 4).
+ * REGULAR: groups on 32-column boundaries, gc (group_chunks) chunks each;
+ * otherwise groups are looked up in gsorted. The regular kernel is held to
+ * QG_MIN_BLOCKS resident blocks per SM (registers), which decoding needs.
+ *
+ * Within one group, Σ_j s (c_j - z) x_j = s Σ_j c_j x_j - s z Σ_j x_j: the
+ * loop multiplies raw codes (exact floats) and x, and the scale and zero
+ * are applied once per chunk, with Σ x shared by the rows. A chunk that
+ * spans groups dequantizes code by code instead.
+ *
+ * Launched as a dependent launch: the first chunk's codes and scales are
+ * loaded before pdl_wait, so they arrive while the kernel before finishes.
  */
-template <int BITS, int T>
-__global__ static void __launch_bounds__(QG_THREADS)
+template <int BITS, int T, bool REGULAR, bool GLU>
+__global__ static void __launch_bounds__(QG_THREADS, REGULAR ? QG_MIN_BLOCKS : 4)
 qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
-	     const int32_t *__restrict__ gsorted, const __half *__restrict__ xs, int64_t ldx,
-	     float *__restrict__ y, int64_t out, int64_t n_chunks, int64_t n_groups)
+	     const int32_t *__restrict__ gsorted, int gc, const __half *__restrict__ xs,
+	     int64_t ldx, float *__restrict__ y, int64_t out, int64_t n_chunks, int64_t n_groups,
+	     int act, __half *__restrict__ y16)
 {
-	/* 2/4/8 bits: codes come out as 1024 + c, so the zero point absorbs the 1024 */
-	constexpr float OFF = BITS == 3 ? 0.0f : 1024.0f;
-	const int64_t o0 = (int64_t)blockIdx.x * QG_ROWS, wpr = n_chunks * BITS;
+	/* GLU: rows [gate | up], half the block's rows from each, out16 = act(gate) * up */
+	constexpr int ROWS_OUT = GLU ? QG_ROWS / 2 : QG_ROWS;
+	const int64_t o0 = (int64_t)blockIdx.x * ROWS_OUT, wpr = n_chunks * BITS;
+	const int64_t n_out = GLU ? out / 2 : out;
 	float acc[QG_ROWS][T] = {};
 	int64_t row[QG_ROWS];
+	bool waited = false;
 
+	static_assert(!GLU || (T == 1 && QG_ROWS % 2 == 0), "GLU: one token, rows in pairs");
+	pdl_launch_next();
 #pragma unroll
-	for (int r = 0; r < QG_ROWS; r++) /* rows past the end repeat the last; never stored */
-		row[r] = o0 + r < out ? o0 + r : out - 1;
+	for (int r = 0; r < QG_ROWS; r++) { /* rows past the end repeat the last; never stored */
+		const int64_t o = o0 + r % ROWS_OUT < n_out ? o0 + r % ROWS_OUT : n_out - 1;
+
+		row[r] = r < ROWS_OUT ? o : n_out + o;
+	}
 	for (int64_t c = threadIdx.x; c < n_chunks; c += QG_THREADS) {
 		const __half *xc = xs + 32 * c;
-		const int g0 = gsorted[32 * c], g1 = gsorted[32 * c + 31];
+		const int g0 = REGULAR ? (int)(c / gc) : gsorted[32 * c];
+		const int g1 = REGULAR ? g0 : gsorted[32 * c + 31];
 		uint32_t w[QG_ROWS][BITS];
+		float2 f[QG_ROWS];
 
 #pragma unroll
-		for (int r = 0; r < QG_ROWS; r++)
+		for (int r = 0; r < QG_ROWS; r++) {
 			load_chunk<BITS>(codes + row[r] * wpr + c * BITS, w[r]);
-		if (g0 != g1) {
+			f[r] = __half22float2(sz[row[r] * n_groups + g0]);
+		}
+		if (!waited) {
+			pdl_wait();
+			waited = true;
+		}
+		float xsum[T] = {};
+		if (!REGULAR && g0 != g1) {
 			/* the chunk spans groups: look the group up code by code */
 #pragma unroll
 			for (int j0 = 0; j0 < 32; j0 += 8)
-				fma_rows<T, 8>(acc, xc + j0, ldx, [&](int r, float(&wf)[8]) {
+				fma_rows<T, 8, false>(acc, xsum, xc + j0, ldx, [&](int r, float(&wf)[8]) {
 #pragma unroll
 					for (int j = 0; j < 8; j++) {
-						float2 f = __half22float2(sz[row[r] * n_groups + gsorted[32 * c + j0 + j]]);
+						float2 z = __half22float2(sz[row[r] * n_groups + gsorted[32 * c + j0 + j]]);
 
-						wf[j] = (code_at<BITS>(w[r], j0 + j) - f.y) * f.x;
+						wf[j] = (code_at<BITS>(w[r], j0 + j) - z.y) * z.x;
 					}
 				});
 			continue;
 		}
-		float s[QG_ROWS], m[QG_ROWS];
+		float p[QG_ROWS][T] = {}; /* Σ_j c_j x_j over the chunk */
 
-#pragma unroll
-		for (int r = 0; r < QG_ROWS; r++) {
-			float2 f = __half22float2(sz[row[r] * n_groups + g0]);
-
-			s[r] = f.x, m[r] = -(OFF + f.y) * f.x; /* w = (OFF + c) s + m */
-		}
 		if constexpr (BITS == 3) {
 #pragma unroll
 			for (int j0 = 0; j0 < 32; j0 += 8)
-				fma_rows<T, 8>(acc, xc + j0, ldx, [&](int r, float(&wf)[8]) {
+				fma_rows<T, 8, true>(p, xsum, xc + j0, ldx, [&](int r, float(&wf)[8]) {
 #pragma unroll
 					for (int j = 0; j < 8; j++)
-						wf[j] = fmaf(code_at<BITS>(w[r], j0 + j), s[r], m[r]);
+						wf[j] = code_at<BITS>(w[r], j0 + j);
 				});
 		} else {
 			/*
 			 * One word holds CPW codes; masking the word shifted by BITS q
 			 * with 0x000f000f (4 bits) leaves codes q and q + CPW/2 in the
-			 * two halves, and or-ing 0x6400 makes each the half 1024 + c.
-			 * 8 bits: whole words are 4 codes, so two words make a block of 8.
+			 * two halves, or-ing 0x6400 makes each the half 1024 + c, and
+			 * subtracting 1024 (exact) leaves c. 8 bits: whole words are 4
+			 * codes, so two words make a block of 8.
 			 */
 			constexpr int CPW = 32 / BITS, N = CPW < 8 ? 8 : CPW;
 			constexpr uint32_t PAIR_MASK = ((1u << BITS) - 1) * 0x00010001u;
+			const __half2 k1024 = __floats2half2_rn(1024.0f, 1024.0f);
 
 #pragma unroll
 			for (int i = 0; i < BITS; i += N / CPW)
-				fma_rows<T, N>(acc, xc + i * CPW, ldx, [&](int r, float(&wf)[N]) {
+				fma_rows<T, N, true>(p, xsum, xc + i * CPW, ldx, [&](int r, float(&wf)[N]) {
 #pragma unroll
 					for (int u = 0; u < N / CPW; u++)
 #pragma unroll
 						for (int q = 0; q < CPW / 2; q++) {
 							uint32_t h = ((w[r][i + u] >> (BITS * q)) & PAIR_MASK) | 0x64006400u;
-							float2 f = __half22float2(*(const __half2 *)&h);
+							float2 cf = __half22float2(__hsub2(*(const __half2 *)&h, k1024));
 
-							wf[u * CPW + q] = fmaf(f.x, s[r], m[r]);
-							wf[u * CPW + q + CPW / 2] = fmaf(f.y, s[r], m[r]);
+							wf[u * CPW + q] = cf.x;
+							wf[u * CPW + q + CPW / 2] = cf.y;
 						}
 				});
 		}
+#pragma unroll
+		for (int r = 0; r < QG_ROWS; r++)
+#pragma unroll
+			for (int t = 0; t < T; t++) /* s (p - z Σx) */
+				acc[r][t] = fmaf(f[r].x, fmaf(-f[r].y, xsum[t], p[r][t]), acc[r][t]);
 	}
+	if (!waited) /* no chunk here: still wait before y is written */
+		pdl_wait();
 
 	/* sum over the block: warp shuffles, then one value per warp in shared memory */
 	__shared__ float part[QG_THREADS / 32][QG_ROWS * T];
@@ -232,7 +279,16 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 				part[warp][r * T + t] = v;
 		}
 	__syncthreads();
-	if (threadIdx.x < QG_ROWS * T) {
+	if (GLU && threadIdx.x < ROWS_OUT) {
+		const int r = threadIdx.x;
+		float gate = 0, up = 0;
+
+#pragma unroll
+		for (int k = 0; k < QG_THREADS / 32; k++)
+			gate += part[k][r], up += part[k][r + ROWS_OUT];
+		if (o0 + r < n_out)
+			y16[o0 + r] = __float2half(gq_activate(act, gate) * up);
+	} else if (!GLU && threadIdx.x < QG_ROWS * T) {
 		const int r = threadIdx.x / T, t = threadIdx.x % T;
 		float v = 0;
 
@@ -252,6 +308,8 @@ __global__ static void gather_kernel(const __half *__restrict__ x, int64_t ldx,
 				     const int32_t *__restrict__ perm, int64_t in, int64_t in_pad,
 				     int64_t T, __half *__restrict__ xs)
 {
+	pdl_launch_next();
+	pdl_wait();
 	const int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
 
 	if (k >= in_pad)
@@ -375,6 +433,8 @@ dequant_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ s
 	       const int32_t *__restrict__ gsorted, __half *__restrict__ W16, int n_chunks,
 	       int n_groups)
 {
+	pdl_launch_next();
+	pdl_wait();
 	const int64_t o = blockIdx.x;
 	const int c = blockIdx.y * (DQ_THREADS / 4) + (threadIdx.x >> 2), q = threadIdx.x & 3;
 
@@ -434,6 +494,8 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	    int T, float *__restrict__ dst, int64_t out, int n_chunks, int n_groups,
 	    int steps_per_slice)
 {
+	pdl_launch_next();
+	pdl_wait();
 	__shared__ __align__(32) __half Ws[QM_ROWS * QM_LD];     /* [QM_ROWS][QM_LD] */
 	__shared__ __align__(32) __half Xs[16 * NT * QM_LD];     /* [16 NT][QM_LD] */
 	__shared__ __align__(32) float Cs[QM_THREADS / 32][256]; /* per warp [16 tokens][16 rows] */
@@ -596,6 +658,8 @@ qgemv_mma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__
 		 const int32_t *__restrict__ gsorted, int group_chunks, const __half *__restrict__ xs,
 		 int64_t ldx, int T, float *__restrict__ y, int64_t out, int n_chunks, int n_groups)
 {
+	pdl_launch_next();
+	pdl_wait();
 	__shared__ float part[QV_WARPS][32][4]; /* [warp][lane][accumulator] */
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
 	const int64_t o0 = (int64_t)blockIdx.x * 16;
@@ -678,6 +742,8 @@ qgemv_mma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__
 __global__ static void reduce_kernel(const float *__restrict__ part, int S, int64_t n,
 				     float *__restrict__ y)
 {
+	pdl_launch_next();
+	pdl_wait();
 	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
 	     i += (int64_t)gridDim.x * blockDim.x) {
 		float v = part[i];
@@ -823,25 +889,29 @@ extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
 
 /* T = 1 (and every T on HIP): the CUDA-core GEMV; 2..8 tokens: the tensor-core one */
 template <int BITS>
-static void launch_gemv(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float *Y, int64_t T,
-			cudaStream_t s)
+static int launch_gemv(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float *Y, int64_t T,
+		       cudaStream_t s)
 {
 	const int64_t blocks = CEIL_DIV(w->out, (int64_t)QG_ROWS), n_chunks = w->in_pad / 32;
 	const __half2 *sz = (const __half2 *)w->sz;
 
 #ifndef GQ_HIP
 	if (T > 1) {
-		qgemv_mma_kernel<BITS><<<(unsigned)CEIL_DIV(w->out, (int64_t)16), 32 * QV_WARPS, 0, s>>>(
-			w->codes, sz, w->gsorted, w->group_chunks, xs, ldx, (int)T, Y, w->out,
-			(int)n_chunks, (int)w->n_groups);
-		return;
+		PDL_LAUNCH("qgemv_mma_kernel", qgemv_mma_kernel<BITS>,
+			   dim3((unsigned)CEIL_DIV(w->out, (int64_t)16)), dim3(32 * QV_WARPS), 0, s,
+			   w->codes, sz, w->gsorted, w->group_chunks, xs, ldx, (int)T, Y, w->out,
+			   (int)n_chunks, (int)w->n_groups);
+		return GQ_OK;
 	}
 #endif
 	switch (T) {
 #define GEMV_T(N)                                                                                  \
 	case N:                                                                                    \
-		qgemv_kernel<BITS, N><<<blocks, QG_THREADS, 0, s>>>(w->codes, sz, w->gsorted, xs, ldx,   \
-								   Y, w->out, n_chunks, w->n_groups); \
+		PDL_LAUNCH("qgemv_kernel", w->group_chunks ? qgemv_kernel<BITS, N, true, false>         \
+							   : qgemv_kernel<BITS, N, false, false>,       \
+			   dim3((unsigned)blocks), dim3(QG_THREADS), 0, s, w->codes, sz, w->gsorted,     \
+			   w->group_chunks, xs, ldx, Y, w->out, n_chunks, w->n_groups, 0,             \
+			   (__half *)NULL);                                                         \
 		break;
 		GEMV_T(1)
 #ifdef GQ_HIP
@@ -849,16 +919,18 @@ static void launch_gemv(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, flo
 #endif
 #undef GEMV_T
 	}
+	return GQ_OK;
 }
 
 template <int BITS>
-static void launch_dequant(const gq_gpu_qmat *w, __half *W16, cudaStream_t s)
+static int launch_dequant(const gq_gpu_qmat *w, __half *W16, cudaStream_t s)
 {
 	const int n_chunks = (int)(w->in_pad / 32);
 	const dim3 grid((unsigned)w->out, (unsigned)CEIL_DIV(n_chunks, DQ_THREADS / 4));
 
-	dequant_kernel<BITS><<<grid, DQ_THREADS, 0, s>>>(w->codes, (const __half2 *)w->sz, w->gsorted,
-							 W16, n_chunks, (int)w->n_groups);
+	PDL_LAUNCH("dequant_kernel", dequant_kernel<BITS>, grid, dim3(DQ_THREADS), 0, s, w->codes,
+		   (const __half2 *)w->sz, w->gsorted, W16, n_chunks, (int)w->n_groups);
+	return GQ_OK;
 }
 
 #ifndef GQ_HIP
@@ -875,19 +947,18 @@ static int launch_mma(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float
 	switch ((T + 15) / 16) {
 #define MMA_NT(NT)                                                                                 \
 	case NT:                                                                                   \
-		qmma_kernel<BITS, NT><<<grid, QM_THREADS, 0, s>>>(w->codes, (const __half2 *)w->sz,     \
-								  w->gsorted, xs, ldx, T, dst, w->out,  \
-								  n_chunks, (int)w->n_groups, per);     \
+		PDL_LAUNCH("qmma_kernel", qmma_kernel<BITS, NT>, grid, dim3(QM_THREADS), 0, s,          \
+			   w->codes, (const __half2 *)w->sz, w->gsorted, xs, ldx, T, dst, w->out,       \
+			   n_chunks, (int)w->n_groups, per);                                       \
 		break;
 		MMA_NT(1) MMA_NT(2) MMA_NT(3) MMA_NT(4)
 #undef MMA_NT
 	}
-	LAUNCH_CHECK("qmma_kernel");
 	if (S > 1) {
 		const int64_t n = (int64_t)T * w->out;
 
-		reduce_kernel<<<(unsigned)CEIL_DIV(n, (int64_t)256), 256, 0, s>>>(part, S, n, Y);
-		LAUNCH_CHECK("reduce_kernel");
+		PDL_LAUNCH("reduce_kernel", reduce_kernel, dim3((unsigned)CEIL_DIV(n, (int64_t)256)),
+			   dim3(256), 0, s, (const float *)part, S, n, Y);
 	}
 	return GQ_OK;
 }
@@ -912,21 +983,18 @@ extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, floa
 	if (needs_gather(w)) {
 		const dim3 grid((unsigned)CEIL_DIV(w->in_pad, (int64_t)256), (unsigned)(T < 65535 ? T : 65535));
 
-		gather_kernel<<<grid, 256, 0, s>>>((const __half *)X, w->in, w->perm, w->in, w->in_pad, T,
-						   (__half *)ws);
-		LAUNCH_CHECK("gather_kernel");
+		PDL_LAUNCH("gather_kernel", gather_kernel, grid, dim3(256), 0, s, (const __half *)X,
+			   w->in, (const int32_t *)w->perm, w->in, w->in_pad, T, (__half *)ws);
 		xs = (const __half *)ws;
 		ldx = w->in_pad;
 	}
 	if (T <= GQ_GPU_GEMV_MAX_T) {
 		switch (w->bits) {
-		case 2: launch_gemv<2>(w, xs, ldx, Y, T, s); break;
-		case 3: launch_gemv<3>(w, xs, ldx, Y, T, s); break;
-		case 4: launch_gemv<4>(w, xs, ldx, Y, T, s); break;
-		case 8: launch_gemv<8>(w, xs, ldx, Y, T, s); break;
+		case 2: return launch_gemv<2>(w, xs, ldx, Y, T, s);
+		case 3: return launch_gemv<3>(w, xs, ldx, Y, T, s);
+		case 4: return launch_gemv<4>(w, xs, ldx, Y, T, s);
+		default: return launch_gemv<8>(w, xs, ldx, Y, T, s);
 		}
-		LAUNCH_CHECK("qgemv_kernel");
-		return GQ_OK;
 	}
 #ifndef GQ_HIP
 	if (T <= QM_MAX_T) {
@@ -938,12 +1006,56 @@ extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, floa
 		}
 	}
 #endif
+	int rc;
+
 	switch (w->bits) {
-	case 2: launch_dequant<2>(w, (__half *)rest, s); break;
-	case 3: launch_dequant<3>(w, (__half *)rest, s); break;
-	case 4: launch_dequant<4>(w, (__half *)rest, s); break;
-	case 8: launch_dequant<8>(w, (__half *)rest, s); break;
+	case 2: rc = launch_dequant<2>(w, (__half *)rest, s); break;
+	case 3: rc = launch_dequant<3>(w, (__half *)rest, s); break;
+	case 4: rc = launch_dequant<4>(w, (__half *)rest, s); break;
+	default: rc = launch_dequant<8>(w, (__half *)rest, s); break;
 	}
-	LAUNCH_CHECK("dequant_kernel");
-	return gq_gpu_gemm_f16(xs, ldx, rest, Y, T, w->out, w->in_pad, stream);
+	return rc ? rc : gq_gpu_gemm_f16(xs, ldx, rest, Y, T, w->out, w->in_pad, stream);
+}
+
+template <int BITS>
+static int launch_glu(const gq_gpu_qmat *w, const __half *xs, int act, __half *y16,
+		      cudaStream_t s)
+{
+	const int64_t n_chunks = w->in_pad / 32;
+	const dim3 grid((unsigned)CEIL_DIV(w->out / 2, (int64_t)(QG_ROWS / 2)));
+
+	PDL_LAUNCH("qgemv_kernel", w->group_chunks ? qgemv_kernel<BITS, 1, true, true>
+						   : qgemv_kernel<BITS, 1, false, true>,
+		   grid, dim3(QG_THREADS), 0, s, w->codes, (const __half2 *)w->sz, w->gsorted,
+		   w->group_chunks, xs, w->in_pad, (float *)NULL, w->out, n_chunks, w->n_groups, act,
+		   y16);
+	return GQ_OK;
+}
+
+extern "C" int gq_gpu_qgemv_glu(const gq_gpu_qmat *w, const void *x, int act, void *y16, void *ws,
+				uint64_t ws_bytes, void *stream)
+{
+	cudaStream_t s = (cudaStream_t)stream;
+	const __half *xs = (const __half *)x;
+
+	if (w->out % 2)
+		return gq_err(GQ_ERR_ARG, "a [gate | up] matrix of %lld rows", (long long)w->out);
+	if (ws_bytes < gq_gpu_qgemm_workspace(w, 1))
+		return gq_err(GQ_ERR_ARG, "GPU workspace of %llu bytes, %llu needed",
+			      (unsigned long long)ws_bytes,
+			      (unsigned long long)gq_gpu_qgemm_workspace(w, 1));
+	if (!needs_gather(w) && ((uintptr_t)x & 15))
+		return gq_err(GQ_ERR_ARG, "x must be 16-byte aligned");
+	if (needs_gather(w)) {
+		PDL_LAUNCH("gather_kernel", gather_kernel, dim3((unsigned)CEIL_DIV(w->in_pad, (int64_t)256)),
+			   dim3(256), 0, s, (const __half *)x, w->in, (const int32_t *)w->perm, w->in,
+			   w->in_pad, (int64_t)1, (__half *)ws);
+		xs = (const __half *)ws;
+	}
+	switch (w->bits) {
+	case 2: return launch_glu<2>(w, xs, act, (__half *)y16, s);
+	case 3: return launch_glu<3>(w, xs, act, (__half *)y16, s);
+	case 4: return launch_glu<4>(w, xs, act, (__half *)y16, s);
+	default: return launch_glu<8>(w, xs, act, (__half *)y16, s);
+	}
 }

@@ -67,3 +67,27 @@ extern "C" int gq_gpu_sync(void)
 	GPU_CHECK(cudaDeviceSynchronize());
 	return GQ_OK;
 }
+
+/* Compute capability 9.0 or later, asked once per device (a benign race: every writer agrees). */
+int gq_gpu_pdl_supported(void)
+{
+#ifdef GQ_HIP
+	return 0;
+#else
+	static int known[64]; /* 0 not asked, 1 yes, 2 no */
+	int dev = 0, major = 0;
+
+	if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+		(void)cudaGetLastError(); /* plain launches then; not sticky for the next check */
+		return 0;
+	}
+	if (!known[dev]) {
+		if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+			(void)cudaGetLastError();
+			major = 0;
+		}
+		known[dev] = major >= 9 ? 1 : 2;
+	}
+	return known[dev] == 1;
+#endif
+}

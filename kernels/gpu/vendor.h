@@ -60,6 +60,70 @@
 
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
 
+/*
+ * Programmatic dependent launch (sm_90 and later): a kernel launched through
+ * gq_launch may start while the kernel before it on the stream finishes, so
+ * launch gaps and a kernel's first loads of its weights overlap the previous
+ * kernel's tail. The rule that keeps this correct: every kernel launched so
+ * calls pdl_wait() before it reads anything earlier work wrote, and before
+ * it writes anything (pdl_wait returns once the previous kernel, and by the
+ * same rule everything before it, has finished and its writes are visible).
+ * Only data nothing writes during the forward pass (quantized weights) may be
+ * read before. pdl_launch_next() lets the next kernel start launching.
+ * Elsewhere (HIP, older GPUs) both are no-ops and launches are plain.
+ */
+__device__ __forceinline__ void pdl_wait(void)
+{
+#if !defined(GQ_HIP) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_next(void)
+{
+#if !defined(GQ_HIP) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* A load that skips the SM's own cache: data other blocks wrote (behind a fence) this launch. */
+__device__ __forceinline__ float gq_load_l2(const float *p)
+{
+#ifdef GQ_HIP
+	return *(const volatile float *)p; /* ROCm 5 has no __ldcg for float */
+#else
+	return __ldcg(p);
+#endif
+}
+
+/* Whether the current device takes programmatic dependent launches (runtime.cu). */
+int gq_gpu_pdl_supported(void);
+
+/* kernel<<<grid, block, smem, s>>>(args), as a programmatic dependent launch where supported. */
+template <typename... Params, typename... Args>
+static cudaError_t gq_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+			     cudaStream_t s, Args... args)
+{
+#ifndef GQ_HIP
+	if (gq_gpu_pdl_supported()) {
+		cudaLaunchAttribute attr;
+		cudaLaunchConfig_t cfg = {};
+
+		attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+		attr.val.programmaticStreamSerializationAllowed = 1;
+		cfg.gridDim = grid;
+		cfg.blockDim = block;
+		cfg.dynamicSmemBytes = smem;
+		cfg.stream = s;
+		cfg.attrs = &attr;
+		cfg.numAttrs = 1;
+		return cudaLaunchKernelEx(&cfg, kernel, args...);
+	}
+#endif
+	kernel<<<grid, block, smem, s>>>(args...);
+	return cudaGetLastError();
+}
+
 /* Every runtime call and launch checked; the failure names the call (needs util.h). */
 #define GPU_CHECK(call)                                                              \
 	do {                                                                         \
@@ -67,6 +131,15 @@
 		if (e_ != cudaSuccess)                                               \
 			return gq_err(GQ_ERR_IO, "%s failed: %s", #call,             \
 				      cudaGetErrorString(e_));                       \
+	} while (0)
+
+/* gq_launch(...) checked like LAUNCH_CHECK; name is the kernel's, for the message. */
+#define PDL_LAUNCH(name, ...)                                                            \
+	do {                                                                             \
+		cudaError_t e_ = gq_launch(__VA_ARGS__);                                 \
+		if (e_ != cudaSuccess)                                                   \
+			return gq_err(GQ_ERR_IO, "%s launch failed: %s", name,           \
+				      cudaGetErrorString(e_));                           \
 	} while (0)
 
 #define LAUNCH_CHECK(name)                                                               \

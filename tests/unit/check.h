@@ -133,6 +133,24 @@ static inline const char *check_testdata(const char *rel)
 	return b;
 }
 
+/*
+ * A copy of the fixture rel (under the test data) in tmpdir/name whose
+ * config.json is rewritten by sed, a sed expression; returns its path.
+ */
+static inline const char *check_variant(const char *tmpdir, const char *rel, const char *name,
+					const char *sed)
+{
+	static char dir[1024];
+	char cmd[4096];
+
+	snprintf(dir, sizeof dir, "%s/%s", tmpdir, name);
+	snprintf(cmd, sizeof cmd,
+		 "mkdir -p '%s' && cp '%s'/* '%s'/ && chmod u+w '%s'/* && sed -i -e '%s' '%s/config.json'",
+		 dir, check_testdata(rel), dir, dir, sed, dir);
+	CHECK(system(cmd) == 0);
+	return dir;
+}
+
 /* ‖a - ref‖ / ‖ref‖ over n values (the absolute norm when ref is all zero). */
 static inline double check_rel_err(const float *a, const float *ref, int64_t n)
 {

@@ -131,6 +131,53 @@ static int gpu_exact_gemv(int64_t T)
 	return T == 1;
 #endif
 }
+
+/*
+ * d (from q) as a [gate | up] matrix: gq_gpu_qgemv_glu's fp16 act(gate) *
+ * up against the CPU GEMV's rows through act (0 SiLU, 1 erf GELU) in
+ * double; dx, dy, ws: device buffers at least [in] fp16, [out] fp32 and ws.
+ */
+static void check_glu(const gq_gpu_qmat *d, const gq_qmat *q, int act, void *dx, void *dy,
+		      void *ws, uint64_t ws_bytes, uint64_t *seed)
+{
+	int64_t in = q->k.in, n = q->k.out / 2;
+	float *x = malloc((size_t)in * 4), *y = malloc((size_t)(2 * n) * 4), *ref = malloc((size_t)n * 4);
+	uint16_t *xh = malloc((size_t)in * 2), *got = malloc((size_t)n * 2);
+	double ss = 0, worst = 0;
+
+	for (int64_t i = 0; i < in; i++) {
+		xh[i] = gq_f32_to_f16(check_randf(seed));
+		x[i] = gq_f16_to_f32(xh[i]);
+	}
+	gq_qgemv_ref(&q->k, x, y, 0, 2 * n);
+	for (int64_t i = 0; i < n; i++) {
+		double g = y[i], a = act ? 0.5 * g * (1 + erf(g / sqrt(2.0))) : g / (1 + exp(-g));
+
+		ref[i] = (float)(a * y[n + i]);
+		ss += (double)ref[i] * ref[i];
+	}
+	memset(got, 0xff, (size_t)n * 2); /* NaN poison */
+	CHECK_OK(gq_gpu_upload(dy, got, (uint64_t)n * 2));
+	CHECK_OK(gq_gpu_upload(dx, xh, (uint64_t)in * 2));
+	CHECK_OK(gq_gpu_qgemv_glu(d, dx, act, dy, ws, ws_bytes, NULL));
+	CHECK_OK(gq_gpu_sync());
+	CHECK_OK(gq_gpu_download(got, dy, (uint64_t)n * 2));
+	for (int64_t i = 0; i < n; i++) {
+		float v = gq_f16_to_f32(got[i]);
+		double e = fabs((double)v - ref[i]) / (fabs(ref[i]) + sqrt(ss / (double)n));
+
+		if (isnan(v) || e > worst)
+			worst = isnan(v) ? INFINITY : e;
+	}
+	fprintf(stderr, "  %d-bit [%lld, %lld] as gate/up, act %d: err %.2e (rtol 2e-3: fp16 out)\n",
+		q->k.bits, (long long)(2 * n), (long long)in, act, worst);
+	CHECK(worst <= 2e-3);
+	free(x);
+	free(y);
+	free(ref);
+	free(xh);
+	free(got);
+}
 #endif
 
 /*
@@ -138,7 +185,8 @@ static int gpu_exact_gemv(int64_t T)
  * chunks)/irregular, act order, sizes that are not whole chunks, and the
  * token counts at each path's edges: CUDA-core GEMV 1 (1, 3, 8 on HIP);
  * tensor-core GEMV 3, 8; fused tensor-core kernel 9, 24, 40, 64 (1 to 4
- * token tiles; K split or not by the matrix's size); dequantize + cuBLAS 65, 128.
+ * token tiles; K split or not by the matrix's size); dequantize + cuBLAS 65, 128;
+ * and each matrix as a [gate | up] pair through the fused activation (check_glu).
  * Tolerance, |gpu - ref| <= rtol (|ref| + rms(ref)): activations are fp16
  * on both sides, so the CUDA-core GEMV differs from the reference only by fp32
  * rounding (rtol 1e-4); the other paths round each weight to fp16 (relative
@@ -227,6 +275,7 @@ static void test_qgemm(void)
 				cases[c].act ? " act" : "", (long long)T, worst, rtol, sqrt(num / ss));
 			CHECK(worst <= rtol && sqrt(num / ss) <= 1e-3);
 		}
+		check_glu(&d, &q, c % 2, dx, dy, ws, ws_max, &seed);
 		CHECK_ERR(gq_gpu_qgemm(&d, dx, tmax, dy, ws, 0, NULL), GQ_ERR_ARG, "workspace");
 		gq_gpu_free(dx);
 		gq_gpu_free(dy);

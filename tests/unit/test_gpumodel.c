@@ -3,8 +3,10 @@
  * one (lib/model.c, itself held to transformers by test_models): logits of
  * every own fixture the GPU covers within a tolerance fit to fp16 product
  * inputs, the rest refused by name; decoding with and without CUDA graphs
- * bit-identical; greedy and beam ids equal to the CPU's; a layer split over
- * one GPU named twice; the group-input hooks. Quantized checkpoints are
+ * bit-identical, also deep into a cache whose attention splits keys over
+ * blocks; greedy and beam ids equal to the CPU's; a layer split over
+ * one GPU named twice, and over two GPUs where two are visible; the
+ * group-input hooks. Quantized checkpoints are
  * covered by tests/42-gpu.bats. Skips without a GPU.
  */
 #include "check.h"
@@ -144,18 +146,58 @@ static void test_fixtures(void)
 	}
 }
 
-/* prefill 5 then 8 single steps; logits [13, V] of every step into out. */
-static void decode_run(const gq_runner *r, const int32_t *ids, float *out)
+/* A decoding run: a prefill of `prefill` ids, then `steps` single steps, in a cache of `capacity`. */
+typedef struct {
+	int64_t capacity, prefill, steps;
+	int last_only; /* logits of the prefill's last row only, not of all its rows */
+} decoding;
+
+static int64_t decoding_rows(const decoding *d)
+{
+	return (d->last_only ? 1 : d->prefill) + d->steps;
+}
+
+/* The logits of every row d asks for, [decoding_rows(d), V], into out. */
+static void decode_run(const gq_runner *r, const decoding *d, const int32_t *ids, float *out)
 {
 	gq_kv_cache c;
-	int64_t V = r->model->cfg.vocab;
+	int64_t V = r->model->cfg.vocab, row = d->last_only ? 1 : d->prefill;
 
-	CHECK_OK(gq_kv_cache_init(r->model, &c, 16));
-	CHECK_OK(gq_model_decode(r->model, r->layers, &c, ids, 5, 0, out));
-	for (int t = 5; t < 13; t++)
-		CHECK_OK(gq_model_decode(r->model, r->layers, &c, ids + t, 1, 1, out + t * V));
-	CHECK(c.len == 13);
+	CHECK_OK(gq_kv_cache_init(r->model, &c, d->capacity));
+	CHECK_OK(gq_model_decode(r->model, r->layers, &c, ids, d->prefill, d->last_only, out));
+	for (int64_t t = 0; t < d->steps; t++)
+		CHECK_OK(gq_model_decode(r->model, r->layers, &c, ids + d->prefill + t, 1, 1,
+					 out + (row + t) * V));
+	CHECK(c.len == d->prefill + d->steps);
 	gq_kv_cache_free(&c);
+}
+
+/*
+ * d on the CPU and on the GPU with and without graphs: a replayed graph
+ * runs the very kernels the direct launches do (bit-identical logits), and
+ * both are within TOL of the CPU. Leaves graphs on; returns the relative
+ * error.
+ */
+static double decode_both_ways(const gq_runner *cpu, const gq_runner *gpu, const decoding *d,
+			       const int32_t *ids)
+{
+	int64_t n = decoding_rows(d) * cpu->model->cfg.vocab;
+	float *ref = malloc((size_t)n * sizeof *ref), *with = malloc((size_t)n * sizeof *with);
+	float *without = malloc((size_t)n * sizeof *without);
+	double e;
+
+	decode_run(cpu, d, ids, ref);
+	gq_gpu_model_use_graphs(gpu->gpu, 0);
+	decode_run(gpu, d, ids, without);
+	gq_gpu_model_use_graphs(gpu->gpu, 1);
+	decode_run(gpu, d, ids, with);
+	CHECK(memcmp(with, without, (size_t)n * sizeof *with) == 0);
+	e = check_rel_err(with, ref, n);
+	CHECK(e < TOL);
+	free(ref);
+	free(with);
+	free(without);
+	return e;
 }
 
 static void test_decode(void)
@@ -169,23 +211,11 @@ static void test_decode(void)
 		return;
 	CHECK_OK(gq_runner_open(&cpu, dir, 2, NULL));
 	CHECK_OK(gq_runner_open(&gpu, dir, 2, "cuda"));
-	int64_t V = cpu.model->cfg.vocab;
-	float *ref = malloc((size_t)(13 * V) * sizeof *ref), *with = malloc((size_t)(13 * V) * sizeof *with);
-	float *without = malloc((size_t)(13 * V) * sizeof *without);
-
-	make_ids(V, 13, ids);
-	decode_run(&cpu, ids, ref);
-	gq_gpu_model_use_graphs(gpu.gpu, 1);
-	decode_run(&gpu, ids, with);
-	gq_gpu_model_use_graphs(gpu.gpu, 0);
-	decode_run(&gpu, ids, without);
-	/* a replayed graph runs the very kernels the direct launches do */
-	CHECK(memcmp(with, without, (size_t)(13 * V) * sizeof *with) == 0);
-	printf("#   decode with graphs: relative error %.2e against the CPU\n", check_rel_err(with, ref, 13 * V));
-	CHECK(check_rel_err(with, ref, 13 * V) < TOL);
+	make_ids(cpu.model->cfg.vocab, 13, ids);
+	printf("#   decode with graphs: relative error %.2e against the CPU\n",
+	       decode_both_ways(&cpu, &gpu, &(decoding){16, 5, 8, 0}, ids));
 
 	/* greedy and beam ids: the CPU's, for a few tokens */
-	gq_gpu_model_use_graphs(gpu.gpu, 1);
 	for (int beams = 1; beams <= 3; beams += 2) {
 		gq_gen_opts o = {.max_new = 6, .top_p = 1, .repeat_penalty = 1, .beams = beams};
 
@@ -195,11 +225,42 @@ static void test_decode(void)
 		free(ga);
 		free(gb);
 	}
-	free(ref);
-	free(with);
-	free(without);
 	gq_runner_close(&gpu);
 	gq_runner_close(&cpu);
+}
+
+/*
+ * Deep into a larger cache (a prefill of 190, then 20 steps, 256 positions),
+ * decoding attention splits every row's keys over blocks (4 splits of 64
+ * here; 2 of 50 for a window of 100, with softcaps): against the CPU, and
+ * replayed graphs against direct launches.
+ */
+static void test_decode_long(void)
+{
+	char tmp[] = "/tmp/gq-test-gpumodel-XXXXXX", cmd[256];
+	const char *dirs[2];
+	int32_t ids[210];
+
+	if (!check_have_gpu())
+		return;
+	CHECK(mkdtemp(tmp) != NULL);
+	dirs[0] = check_testdata("models/llama3_rope");
+	dirs[1] = check_variant(tmp, "models/gemma2_window", "gemma2_window_100",
+				"s/\"sliding_window\": 8/\"sliding_window\": 100/");
+	for (int k = 0; k < 2; k++) {
+		gq_runner cpu, gpu;
+
+		CHECK_OK(gq_runner_open(&cpu, dirs[k], 2, NULL));
+		CHECK_OK(gq_runner_open(&gpu, dirs[k], 2, "cuda"));
+		make_ids(cpu.model->cfg.vocab, 210, ids);
+		printf("#   %-24s positions 190..209: relative error %.2e against the CPU\n",
+		       k ? "gemma2, window 100" : "llama3_rope",
+		       decode_both_ways(&cpu, &gpu, &(decoding){256, 190, 20, 1}, ids));
+		gq_runner_close(&gpu);
+		gq_runner_close(&cpu);
+	}
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+	CHECK(system(cmd) == 0);
 }
 
 static void test_split(void)
@@ -220,10 +281,20 @@ static void test_split(void)
 	CHECK_OK(logits_of(&one, ids, T, a));
 	CHECK_OK(logits_of(&two, ids, T, b));
 	CHECK(memcmp(a, b, (size_t)(T * V) * sizeof *a) == 0);
+	gq_runner_close(&two);
+	if (gq_gpu_count() > 1) {
+		/* over two GPUs: their own cuBLAS handles, the residual stream copied between them */
+		CHECK_OK(gq_runner_open(&two, dir, 2, "cuda:0,cuda:1"));
+		CHECK_OK(logits_of(&two, ids, T, b));
+		printf("#   cuda:0,cuda:1 against cuda:0: relative difference %.2e\n", check_rel_err(b, a, T * V));
+		CHECK(check_rel_err(b, a, T * V) < 1e-6);
+		gq_runner_close(&two);
+	} else {
+		printf("#   one GPU visible: the split over two GPUs is not tested\n");
+	}
 	free(a);
 	free(b);
 	gq_runner_close(&one);
-	gq_runner_close(&two);
 }
 
 typedef struct {
@@ -270,6 +341,7 @@ int main(void)
 	RUN(test_device_lists);
 	RUN(test_fixtures);
 	RUN(test_decode);
+	RUN(test_decode_long);
 	RUN(test_split);
 	RUN(test_hooks);
 	return check_done();

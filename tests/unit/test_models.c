@@ -202,18 +202,10 @@ static void test_module_find(void)
 
 static char tmpdir[] = "/tmp/gq-test-models-XXXXXX";
 
-/* A copy of a fixture whose config.json is rewritten by edit (sed expression). */
+/* A copy of a fixture whose config.json is rewritten by sed, in tmpdir. */
 static const char *variant(const char *fixture, const char *name, const char *sed)
 {
-	static char dir[1024];
-	char cmd[4096];
-
-	snprintf(dir, sizeof dir, "%s/%s", tmpdir, name);
-	snprintf(cmd, sizeof cmd,
-		 "mkdir -p '%s' && cp '%s'/* '%s'/ && chmod u+w '%s'/* && sed -i -e '%s' '%s/config.json'",
-		 dir, check_testdata(fixture), dir, dir, sed, dir);
-	CHECK(system(cmd) == 0);
-	return dir;
+	return check_variant(tmpdir, fixture, name, sed);
 }
 
 /* MOSS is CodeGen's layout under its own model_type: same weights, same outputs. */
