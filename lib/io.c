@@ -30,7 +30,7 @@ static volatile sig_atomic_t reg_is_dir[REG_MAX];
 static int reg_owner[REG_MAX]; /* slot of the directory a file lives in, or -1 */
 static int reg_used;            /* slots ever handed out (high-water mark) */
 static int handlers_installed;
-static volatile sig_atomic_t holding;  /* gq_put_line is writing: signals wait */
+static volatile sig_atomic_t holding;  /* writing a line, or creating a temporary: signals wait */
 static volatile sig_atomic_t held_sig; /* the signal that came meanwhile, or 0 */
 
 static void reg_cleanup_all(void)
@@ -114,6 +114,27 @@ static int reg_add(const char *path, int is_dir, int owner)
 	return slot;
 }
 
+/*
+ * Between creating a temporary and registering it, a signal would leave it
+ * behind: blocking signals covers only this thread, and the kernel may hand
+ * a kill to another (OpenBLAS's, the pool's). So hold signals as gq_put_line
+ * does; release_signals acts on one that came meanwhile.
+ */
+static int hold_signals(void)
+{
+	int was = holding;
+
+	holding = 1;
+	return was;
+}
+
+static void release_signals(int was)
+{
+	holding = was;
+	if (!was && held_sig)
+		on_signal(held_sig);
+}
+
 static void reg_drop(int slot)
 {
 	char *p = reg_path[slot];
@@ -145,10 +166,9 @@ int gq_atomic_open(gq_atomic *a, const char *path)
 		gq_atomic_abort(a);
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	}
-	/* block signals while the file exists but is not yet registered */
-	sigset_t all, old;
-	sigfillset(&all);
-	sigprocmask(SIG_BLOCK, &all, &old);
+	/* no signal acts while the file exists but is not yet registered */
+	int was = hold_signals();
+
 	fd = mkstemp(a->tmp_path);
 	if (fd >= 0) {
 		a->slot = reg_add(a->tmp_path, 0, -1);
@@ -158,7 +178,7 @@ int gq_atomic_open(gq_atomic *a, const char *path)
 			fd = -2;
 		}
 	}
-	sigprocmask(SIG_SETMASK, &old, NULL);
+	release_signals(was);
 	if (fd == -2) {
 		gq_atomic_abort(a);
 		return GQ_ERR_IO;
@@ -182,8 +202,8 @@ int gq_atomic_open(gq_atomic *a, const char *path)
 
 int gq_atomic_mkdir(gq_atomic *a, const char *path)
 {
-	sigset_t all, old;
 	char *made;
+	int was;
 
 	memset(a, 0, sizeof *a);
 	a->slot = -1;
@@ -194,15 +214,14 @@ int gq_atomic_mkdir(gq_atomic *a, const char *path)
 		gq_atomic_abort(a);
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	}
-	sigfillset(&all);
-	sigprocmask(SIG_BLOCK, &all, &old);
+	was = hold_signals(); /* as in gq_atomic_open */
 	made = mkdtemp(a->tmp_path);
 	if (made) {
 		a->slot = reg_add(a->tmp_path, 1, -1);
 		if (a->slot < 0)
 			rmdir(a->tmp_path);
 	}
-	sigprocmask(SIG_SETMASK, &old, NULL);
+	release_signals(was);
 	if (!made) {
 		int e = errno;
 		gq_atomic_abort(a);

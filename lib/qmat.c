@@ -3,7 +3,8 @@
  *
  * Columns are sorted by group with a stable counting sort, so without act
  * order the permutation is the identity and is dropped; each row's codes are
- * re-packed along the sorted order. Decoding splits the output rows over the
+ * re-packed along the sorted order (without act order that is a transpose of
+ * the checkpoint's words). Decoding splits the output rows over the
  * pool in chunks of 64 rows (a few KiB of codes each).
  */
 #include "qmat.h"
@@ -29,13 +30,30 @@ void gq_qmat_free(gq_qmat *q)
 	memset(q, 0, sizeof *q);
 }
 
+/*
+ * dst [cols][rows] = src [rows][cols] (32-bit words), in 32 x 32 tiles so
+ * both sides stay in cache. Column o of qweight is row o's code stream in
+ * this file's layout (code k at bits k * bits up), so without act order the
+ * repacking is this transpose.
+ */
+static void transpose_words(const uint32_t *src, int64_t rows, int64_t cols, uint32_t *dst)
+{
+	enum { TILE = 32 };
+
+	for (int64_t r0 = 0; r0 < rows; r0 += TILE)
+		for (int64_t c0 = 0; c0 < cols; c0 += TILE)
+			for (int64_t c = c0; c < c0 + TILE && c < cols; c++)
+				for (int64_t r = r0; r < r0 + TILE && r < rows; r++)
+					dst[c * rows + r] = src[r * cols + c];
+}
+
 int gq_qmat_from_gptq(gq_qmat *q, const char *name, int bits, int64_t in, int64_t out,
 		      int64_t n_groups, int64_t group_size, const int32_t *qweight,
 		      const int32_t *qzeros, gq_ckpt_format fmt, const uint16_t *scales,
 		      const int32_t *g_idx)
 {
 	int64_t wpr = (in * bits + 31) / 32, *count = NULL;
-	uint8_t *codes = malloc((size_t)(out * in)), *zeros = malloc((size_t)(n_groups * out) + 1);
+	uint8_t *codes = NULL, *zeros = malloc((size_t)(n_groups * out) + 1); /* codes: [out, in], act order only */
 	int32_t *perm = malloc((size_t)in * sizeof *perm);
 	int identity = 1, rc = GQ_OK;
 
@@ -45,7 +63,7 @@ int gq_qmat_from_gptq(gq_qmat *q, const char *name, int bits, int64_t in, int64_
 	q->scales = malloc((size_t)(out * n_groups) * sizeof *q->scales);
 	q->zeros = malloc((size_t)(out * n_groups) * sizeof *q->zeros);
 	count = calloc((size_t)n_groups + 1, sizeof *count);
-	if (!codes || !zeros || !perm || !q->gstart || !q->codes || !q->scales || !q->zeros || !count) {
+	if (!zeros || !perm || !q->gstart || !q->codes || !q->scales || !q->zeros || !count) {
 		rc = gq_err(GQ_ERR_NOMEM, "out of memory for %s", name);
 		goto out;
 	}
@@ -70,18 +88,28 @@ int gq_qmat_from_gptq(gq_qmat *q, const char *name, int bits, int64_t in, int64_
 	}
 	for (int64_t k = 0; k < in; k++)
 		identity &= perm[k] == k;
-	gq_unpack_qweight(qweight, out, in, bits, codes);
+	if (identity && in * bits % 32 == 0) {
+		transpose_words((const uint32_t *)qweight, wpr, out, q->codes);
+	} else {
+		if (!(codes = malloc((size_t)(out * in)))) {
+			rc = gq_err(GQ_ERR_NOMEM, "out of memory for %s", name);
+			goto out;
+		}
+		gq_unpack_qweight(qweight, out, in, bits, codes);
+		for (int64_t o = 0; o < out; o++) {
+			uint32_t *row = q->codes + o * wpr;
+
+			for (int64_t k = 0; k < in; k++) {
+				uint64_t c = codes[o * in + perm[k]], bit = (uint64_t)(k * bits);
+
+				row[bit >> 5] |= (uint32_t)(c << (bit & 31));
+				if ((bit & 31) + (uint64_t)bits > 32)
+					row[(bit >> 5) + 1] |= (uint32_t)(c >> (32 - (bit & 31)));
+			}
+		}
+	}
 	gq_unpack_qzeros(qzeros, n_groups, out, bits, fmt, zeros);
 	for (int64_t o = 0; o < out; o++) {
-		uint32_t *row = q->codes + o * wpr;
-
-		for (int64_t k = 0; k < in; k++) {
-			uint64_t c = codes[o * in + perm[k]], bit = (uint64_t)(k * bits);
-
-			row[bit >> 5] |= (uint32_t)(c << (bit & 31));
-			if ((bit & 31) + (uint64_t)bits > 32)
-				row[(bit >> 5) + 1] |= (uint32_t)(c >> (32 - (bit & 31)));
-		}
 		for (int64_t g = 0; g < n_groups; g++) {
 			q->scales[o * n_groups + g] = gq_f16_to_f32(scales[g * out + o]);
 			q->zeros[o * n_groups + g] = (float)zeros[g * out + o];

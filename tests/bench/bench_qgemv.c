@@ -4,7 +4,8 @@
  * (plain C, AVX2, AVX-512) single-threaded, and the whole gq_qmat_matmul
  * path with every thread. Matrix-vector products are memory-bound, so the
  * speed-up over float32 should approach the ratio of bytes read (about 7x
- * for 4-bit g128: 4.25 bits a weight against 32).
+ * for 4-bit g128: 4.25 bits a weight against 32). Last, the time to build
+ * such a matrix from checkpoint tensors, with and without act order.
  *
  *   bench_qgemv [REPS]
  */
@@ -58,6 +59,58 @@ static void make(gq_qmat *q, int bits, int64_t in, int64_t out, int64_t gs)
 	free(scales);
 	free(qweight);
 	free(qzeros);
+}
+
+/*
+ * Building a [out, in] int4 g128 matrix from checkpoint tensors (what every
+ * model load does per linear): without act order the rows are a transpose
+ * of qweight's words; with it each code is gathered through the
+ * permutation, one at a time (the baseline). Seconds per build, median of 5.
+ */
+static void bench_build(int64_t in, int64_t out)
+{
+	const int bits = 4, gs = 128, reps = 5;
+	int64_t groups = in / gs;
+	int32_t *qweight = malloc((size_t)(in * bits / 32 * out) * 4);
+	int32_t *qzeros = malloc((size_t)(groups * out * bits / 32) * 4);
+	uint16_t *scales = malloc((size_t)(groups * out) * 2);
+	int32_t *g_idx = malloc((size_t)in * 4);
+	double t[2][5];
+
+	for (int64_t i = 0; i < in * bits / 32 * out; i++)
+		qweight[i] = (int32_t)next();
+	for (int64_t i = 0; i < groups * out * bits / 32; i++)
+		qzeros[i] = (int32_t)next();
+	for (int64_t i = 0; i < groups * out; i++)
+		scales[i] = gq_f32_to_f16(0.01f * (1.0f + randf()));
+	for (int64_t i = 0; i < in; i++) /* act order: column i in group (7 i mod in) / gs */
+		g_idx[i] = (int32_t)(7 * i % in / gs);
+	for (int a = 0; a < 2; a++)
+		for (int r = 0; r < reps; r++) {
+			gq_qmat q;
+			double t0 = gq_now();
+
+			if (gq_qmat_from_gptq(&q, "bench", bits, in, out, groups, gs, qweight, qzeros,
+					      GQ_FORMAT_GPTQ, scales, a ? g_idx : NULL))
+				die("%s", gq_errmsg());
+			t[a][r] = gq_now() - t0;
+			gq_qmat_free(&q);
+		}
+	for (int a = 0; a < 2; a++) /* insertion sort: the median of 5 */
+		for (int i = 1; i < reps; i++)
+			for (int j = i; j > 0 && t[a][j] < t[a][j - 1]; j--) {
+				double x = t[a][j];
+
+				t[a][j] = t[a][j - 1];
+				t[a][j - 1] = x;
+			}
+	printf("building a %lldx%lld int4 g128 matrix from checkpoint tensors (median of %d):\n"
+	       "  without act order (transpose) %.1f ms, with act order (per-code gather) %.1f ms: %.1fx\n",
+	       (long long)out, (long long)in, reps, 1e3 * t[0][2], 1e3 * t[1][2], t[1][2] / t[0][2]);
+	free(qweight);
+	free(qzeros);
+	free(scales);
+	free(g_idx);
 }
 
 int main(int argc, char **argv)
@@ -144,6 +197,7 @@ int main(int argc, char **argv)
 		free(x);
 		free(y);
 	}
+	bench_build(4096, 11008);
 	gq_pool_free(pool);
 	return 0;
 }
