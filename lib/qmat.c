@@ -3,8 +3,9 @@
  *
  * Columns are sorted by group with a stable counting sort, so without act
  * order the permutation is the identity and is dropped; each row's codes are
- * re-packed along the sorted order (without act order that is a transpose of
- * the checkpoint's words). Decoding splits the output rows over the
+ * re-packed along the sorted order: a transpose of the checkpoint's words,
+ * then (act order only) each row unpacked and re-packed through the
+ * permutation while it is in cache. Decoding splits the output rows over the
  * pool in chunks of 64 rows (a few KiB of codes each).
  */
 #include "qmat.h"
@@ -47,17 +48,35 @@ static void transpose_words(const uint32_t *src, int64_t rows, int64_t cols, uin
 					dst[c * rows + r] = src[r * cols + c];
 }
 
+/* row (zeroed) |= codes[perm[k]] at bits k * bits up, for k < in. */
+static void pack_sorted(const uint8_t *codes, const int32_t *perm, int64_t in, int bits,
+			uint32_t *row)
+{
+	for (int64_t k = 0; k < in; k++) {
+		uint64_t c = codes[perm[k]], bit = (uint64_t)(k * bits);
+
+		row[bit >> 5] |= (uint32_t)(c << (bit & 31));
+		if ((bit & 31) + (uint64_t)bits > 32)
+			row[(bit >> 5) + 1] |= (uint32_t)(c >> (32 - (bit & 31)));
+	}
+}
+
 int gq_qmat_from_gptq(gq_qmat *q, const char *name, int bits, int64_t in, int64_t out,
 		      int64_t n_groups, int64_t group_size, const int32_t *qweight,
 		      const int32_t *qzeros, gq_ckpt_format fmt, const uint16_t *scales,
 		      const int32_t *g_idx)
 {
-	int64_t wpr = (in * bits + 31) / 32, *count = NULL;
-	uint8_t *codes = NULL, *zeros = malloc((size_t)(n_groups * out) + 1); /* codes: [out, in], act order only */
+	int64_t wpr = in * bits / 32, *count = NULL;
+	uint8_t *codes = NULL, *zeros = malloc((size_t)(n_groups * out) + 1); /* codes: act order only */
 	int32_t *perm = malloc((size_t)in * sizeof *perm);
 	int identity = 1, rc = GQ_OK;
 
 	memset(q, 0, sizeof *q);
+	if (in * bits % 32) { /* qweight [in * bits / 32, out] has whole words */
+		rc = gq_err(GQ_ERR_FORMAT, "%s: %lld columns of %d bits are not whole 32-bit words",
+			    name, (long long)in, bits);
+		goto out;
+	}
 	q->gstart = calloc((size_t)n_groups + 1, sizeof *q->gstart);
 	q->codes = calloc((size_t)(out * wpr) + 1, sizeof *q->codes);
 	q->scales = malloc((size_t)(out * n_groups) * sizeof *q->scales);
@@ -88,24 +107,19 @@ int gq_qmat_from_gptq(gq_qmat *q, const char *name, int bits, int64_t in, int64_
 	}
 	for (int64_t k = 0; k < in; k++)
 		identity &= perm[k] == k;
-	if (identity && in * bits % 32 == 0) {
-		transpose_words((const uint32_t *)qweight, wpr, out, q->codes);
-	} else {
-		if (!(codes = malloc((size_t)(out * in)))) {
+	/* the rows' streams, in the checkpoint's column order */
+	transpose_words((const uint32_t *)qweight, wpr, out, q->codes);
+	if (!identity) { /* act order: each row re-packed along the sorted order */
+		if (!(codes = malloc((size_t)in))) {
 			rc = gq_err(GQ_ERR_NOMEM, "out of memory for %s", name);
 			goto out;
 		}
-		gq_unpack_qweight(qweight, out, in, bits, codes);
 		for (int64_t o = 0; o < out; o++) {
 			uint32_t *row = q->codes + o * wpr;
 
-			for (int64_t k = 0; k < in; k++) {
-				uint64_t c = codes[o * in + perm[k]], bit = (uint64_t)(k * bits);
-
-				row[bit >> 5] |= (uint32_t)(c << (bit & 31));
-				if ((bit & 31) + (uint64_t)bits > 32)
-					row[(bit >> 5) + 1] |= (uint32_t)(c >> (32 - (bit & 31)));
-			}
+			gq_unpack_qweight((const int32_t *)row, 1, in, bits, codes);
+			memset(row, 0, (size_t)wpr * sizeof *row);
+			pack_sorted(codes, perm, in, bits, row);
 		}
 	}
 	gq_unpack_qzeros(qzeros, n_groups, out, bits, fmt, zeros);

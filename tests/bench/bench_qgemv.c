@@ -64,8 +64,9 @@ static void make(gq_qmat *q, int bits, int64_t in, int64_t out, int64_t gs)
 /*
  * Building a [out, in] int4 g128 matrix from checkpoint tensors (what every
  * model load does per linear): without act order the rows are a transpose
- * of qweight's words; with it each code is gathered through the
- * permutation, one at a time (the baseline). Seconds per build, median of 5.
+ * of qweight's words; with it (the baseline) each row is then unpacked and
+ * its codes gathered through the permutation, one at a time. Seconds per
+ * build, median of 5.
  */
 static void bench_build(int64_t in, int64_t out)
 {
@@ -105,7 +106,7 @@ static void bench_build(int64_t in, int64_t out)
 				t[a][j - 1] = x;
 			}
 	printf("building a %lldx%lld int4 g128 matrix from checkpoint tensors (median of %d):\n"
-	       "  without act order (transpose) %.1f ms, with act order (per-code gather) %.1f ms: %.1fx\n",
+	       "  without act order (transpose) %.1f ms, with act order (+ per-code gather) %.1f ms: %.1fx\n",
 	       (long long)out, (long long)in, reps, 1e3 * t[0][2], 1e3 * t[1][2], t[1][2] / t[0][2]);
 	free(qweight);
 	free(qzeros);

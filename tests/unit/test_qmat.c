@@ -168,6 +168,10 @@ static void test_bad_g_idx(void)
 	CHECK_ERR(gq_qmat_from_gptq(&q, "m.q_proj", 4, 64, 32, p.groups, 32, p.qweight, p.qzeros,
 				    p.fmt, p.scales, p.g_idx),
 		  GQ_ERR_FORMAT, "m.q_proj: g_idx[5] = 7 outside [0, 2)");
+	/* 60 columns of 4 bits: no whole words, so no [in * bits / 32, out] qweight */
+	CHECK_ERR(gq_qmat_from_gptq(&q, "m.q_proj", 4, 60, 32, p.groups, 32, p.qweight, p.qzeros,
+				    p.fmt, p.scales, NULL),
+		  GQ_ERR_FORMAT, "m.q_proj: 60 columns of 4 bits are not whole 32-bit words");
 	free_packed(&p);
 }
 
