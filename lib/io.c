@@ -115,10 +115,11 @@ static int reg_add(const char *path, int is_dir, int owner)
 }
 
 /*
- * Between creating a temporary and registering it, a signal would leave it
- * behind: blocking signals covers only this thread, and the kernel may hand
- * a kill to another (OpenBLAS's, the pool's). So hold signals as gq_put_line
- * does; release_signals acts on one that came meanwhile.
+ * Signals wait while a line is written (gq_put_line) and between creating a
+ * temporary and registering it, where one would leave it behind: blocking
+ * signals covers only this thread, and the kernel may hand a kill to
+ * another (OpenBLAS's, the pool's). release_signals acts on one that came
+ * meanwhile.
  */
 static int hold_signals(void)
 {
@@ -481,15 +482,13 @@ int gq_close_stdout(void)
 
 int gq_put_line(const char *line)
 {
-	int bad, e;
+	int bad, e, was;
 
 	gq_atomic_install_handlers();
-	holding = 1;
+	was = hold_signals();
 	bad = fputs(line, stdout) == EOF || putchar('\n') == EOF || fflush(stdout) != 0;
 	e = errno;
-	holding = 0;
-	if (held_sig)
-		on_signal(held_sig);
+	release_signals(was);
 	if (bad)
 		return gq_err(GQ_ERR_IO, "cannot write '<stdout>': %s", strerror(e));
 	return GQ_OK;

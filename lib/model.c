@@ -9,6 +9,7 @@
  */
 #include "model.h"
 #include "cpu/sgemv.h"
+#include "tensor.h"
 #include "util.h"
 
 #include <cblas.h>
@@ -438,13 +439,6 @@ static int load_norm(const gq_model *m, int layer, const char *name, float **w, 
 	return rc;
 }
 
-static void transpose(const float *src, int64_t rows, int64_t cols, float *dst)
-{
-	for (int64_t i = 0; i < rows; i++)
-		for (int64_t j = 0; j < cols; j++)
-			dst[j * rows + i] = src[i * cols + j];
-}
-
 int gq_layer_load(const gq_model *m, int layer, gq_layer *L)
 {
 	int rc = GQ_OK;
@@ -549,7 +543,7 @@ int gq_module_weight(const gq_model *m, int layer, int module, float **W)
 			free(w);
 			return gq_err(GQ_ERR_NOMEM, "out of memory");
 		}
-		transpose(w, md->in, md->out, t);
+		gq_transpose4(w, md->in, md->out, t);
 		free(w);
 		w = t;
 	}

@@ -31,43 +31,13 @@ void gq_qmat_free(gq_qmat *q)
 	memset(q, 0, sizeof *q);
 }
 
-/*
- * dst [cols][rows] = src [rows][cols] (32-bit words), in 32 x 32 tiles so
- * both sides stay in cache. Column o of qweight is row o's code stream in
- * this file's layout (code k at bits k * bits up), so without act order the
- * repacking is this transpose.
- */
-static void transpose_words(const uint32_t *src, int64_t rows, int64_t cols, uint32_t *dst)
-{
-	enum { TILE = 32 };
-
-	for (int64_t r0 = 0; r0 < rows; r0 += TILE)
-		for (int64_t c0 = 0; c0 < cols; c0 += TILE)
-			for (int64_t c = c0; c < c0 + TILE && c < cols; c++)
-				for (int64_t r = r0; r < r0 + TILE && r < rows; r++)
-					dst[c * rows + r] = src[r * cols + c];
-}
-
-/* row (zeroed) |= codes[perm[k]] at bits k * bits up, for k < in. */
-static void pack_sorted(const uint8_t *codes, const int32_t *perm, int64_t in, int bits,
-			uint32_t *row)
-{
-	for (int64_t k = 0; k < in; k++) {
-		uint64_t c = codes[perm[k]], bit = (uint64_t)(k * bits);
-
-		row[bit >> 5] |= (uint32_t)(c << (bit & 31));
-		if ((bit & 31) + (uint64_t)bits > 32)
-			row[(bit >> 5) + 1] |= (uint32_t)(c >> (32 - (bit & 31)));
-	}
-}
-
 int gq_qmat_from_gptq(gq_qmat *q, const char *name, int bits, int64_t in, int64_t out,
 		      int64_t n_groups, int64_t group_size, const int32_t *qweight,
 		      const int32_t *qzeros, gq_ckpt_format fmt, const uint16_t *scales,
 		      const int32_t *g_idx)
 {
 	int64_t wpr = in * bits / 32, *count = NULL;
-	uint8_t *codes = NULL, *zeros = malloc((size_t)(n_groups * out) + 1); /* codes: act order only */
+	uint8_t *codes = NULL, *zeros = malloc((size_t)(n_groups * out) + 1); /* codes: [2, in], act order only */
 	int32_t *perm = malloc((size_t)in * sizeof *perm);
 	int identity = 1, rc = GQ_OK;
 
@@ -107,19 +77,25 @@ int gq_qmat_from_gptq(gq_qmat *q, const char *name, int bits, int64_t in, int64_
 	}
 	for (int64_t k = 0; k < in; k++)
 		identity &= perm[k] == k;
-	/* the rows' streams, in the checkpoint's column order */
-	transpose_words((const uint32_t *)qweight, wpr, out, q->codes);
+	/*
+	 * Column o of qweight is row o's code stream in this file's layout (code
+	 * k at bits k * bits up), in the checkpoint's column order: a transpose.
+	 */
+	gq_transpose4(qweight, wpr, out, q->codes);
 	if (!identity) { /* act order: each row re-packed along the sorted order */
-		if (!(codes = malloc((size_t)in))) {
+		if (!(codes = malloc((size_t)(2 * in)))) {
 			rc = gq_err(GQ_ERR_NOMEM, "out of memory for %s", name);
 			goto out;
 		}
 		for (int64_t o = 0; o < out; o++) {
-			uint32_t *row = q->codes + o * wpr;
+			int32_t *row = (int32_t *)(q->codes + o * wpr);
+			uint8_t *sorted = codes + in;
 
-			gq_unpack_qweight((const int32_t *)row, 1, in, bits, codes);
-			memset(row, 0, (size_t)wpr * sizeof *row);
-			pack_sorted(codes, perm, in, bits, row);
+			/* a one-row qweight is a plain code stream */
+			gq_unpack_qweight(row, 1, in, bits, codes);
+			for (int64_t k = 0; k < in; k++)
+				sorted[k] = codes[perm[k]];
+			gq_pack_qweight(sorted, 1, in, bits, row);
 		}
 	}
 	gq_unpack_qzeros(qzeros, n_groups, out, bits, fmt, zeros);

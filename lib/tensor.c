@@ -178,3 +178,16 @@ void gq_convert_to_f32(gq_dtype t, const void *src, uint64_t first, uint64_t n, 
 		}
 	}
 }
+
+void gq_transpose4(const void *src, int64_t rows, int64_t cols, void *dst)
+{
+	enum { TILE = 32 }; /* 32 x 32 x 4 bytes a side: both tiles stay in L1 */
+	const char *s = src;
+	char *d = dst;
+
+	for (int64_t r0 = 0; r0 < rows; r0 += TILE)
+		for (int64_t c0 = 0; c0 < cols; c0 += TILE)
+			for (int64_t c = c0; c < c0 + TILE && c < cols; c++)
+				for (int64_t r = r0; r < r0 + TILE && r < rows; r++)
+					memcpy(d + (c * rows + r) * 4, s + (r * cols + c) * 4, 4);
+}

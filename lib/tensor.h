@@ -64,6 +64,9 @@ float gq_f8e5m2_to_f32(uint8_t v);
 /* Converts n elements of type t starting at element `first` of src to float32. */
 void gq_convert_to_f32(gq_dtype t, const void *src, uint64_t first, uint64_t n, float *dst);
 
+/* dst [cols, rows] = src [rows, cols] of 4-byte elements (float, int32), a cache-sized tile at a time. */
+void gq_transpose4(const void *src, int64_t rows, int64_t cols, void *dst);
+
 #ifdef __cplusplus
 }
 #endif

@@ -115,6 +115,29 @@ static void test_convert_all_dtypes(void)
 	CHECK(gq_dtype_size(GQ_DTYPE_U64) == 8 && !gq_dtype_writable(GQ_DTYPE_F8_E5M2));
 }
 
+/* Shapes that are not whole tiles, one row, one column: every element lands once, in place. */
+static void test_transpose4(void)
+{
+	static const int64_t shapes[][2] = {{37, 70}, {1, 45}, {45, 1}, {64, 32}};
+
+	for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+		int64_t rows = shapes[k][0], cols = shapes[k][1];
+		uint32_t *src = malloc((size_t)(rows * cols) * 4), *dst = malloc((size_t)(rows * cols) * 4);
+		int bad = 0;
+
+		for (int64_t i = 0; i < rows * cols; i++)
+			src[i] = (uint32_t)i * 2654435761u;
+		memset(dst, 0xff, (size_t)(rows * cols) * 4);
+		gq_transpose4(src, rows, cols, dst);
+		for (int64_t r = 0; r < rows; r++)
+			for (int64_t c = 0; c < cols; c++)
+				bad += dst[c * rows + r] != src[r * cols + c];
+		CHECK(bad == 0);
+		free(src);
+		free(dst);
+	}
+}
+
 int main(void)
 {
 	RUN(test_f16_exhaustive);
@@ -122,5 +145,6 @@ int main(void)
 	RUN(test_bf16);
 	RUN(test_fp8);
 	RUN(test_convert_all_dtypes);
+	RUN(test_transpose4);
 	return check_done();
 }
