@@ -184,6 +184,24 @@ static int fuse_group(const gq_model *m, const gq_layer *L, int i, int idx[3])
 	return n;
 }
 
+/* d = a linear [out, in]: q (quantized) or else w [out, in] (to fp16), bias b [out] or NULL. */
+static int upload_linear(gq_gpu_model *g, const gq_qgemv_mat *q, const float *w, const float *b,
+			 int64_t in, int64_t out, glin *d)
+{
+	int rc;
+
+	d->in = in;
+	d->out = out;
+	if (q) {
+		rc = gq_gpu_qmat_upload(&d->q, q);
+		g->bytes_lin += (uint64_t)(d->q.out * d->q.words_per_row * 4 + d->q.out * d->q.n_groups * 4);
+	} else {
+		rc = dup_f16(w, in * out, &d->w16);
+		g->bytes_lin += (uint64_t)(in * out * 2);
+	}
+	return rc ? rc : dup_f32(b, out, &d->b);
+}
+
 /* The rows of modules idx[0..n) of L as one matrix into d. */
 static int upload_fused(gq_gpu_model *g, const gq_layer *L, const int *idx, int n, glin *d)
 {
@@ -222,24 +240,16 @@ static int upload_fused(gq_gpu_model *g, const gq_layer *L, const int *idx, int 
 			memcpy(b + row, s->b, (size_t)s->out * sizeof *b);
 		row += s->out;
 	}
-	d->in = in;
-	d->out = out;
 	d->fused = n;
-	if (rc == GQ_OK && s0->q) {
-		gq_qgemv_mat cat = s0->q->k;
+	if (rc == GQ_OK) {
+		gq_qgemv_mat cat = s0->q ? s0->q->k : (gq_qgemv_mat){0};
 
 		cat.out = out;
 		cat.codes = codes;
 		cat.scales = scales;
 		cat.zeros = zeros;
-		rc = gq_gpu_qmat_upload(&d->q, &cat);
-		g->bytes_lin += (uint64_t)(d->q.out * d->q.words_per_row * 4 + d->q.out * d->q.n_groups * 4);
-	} else if (rc == GQ_OK) {
-		rc = dup_f16(w, in * out, &d->w16);
-		g->bytes_lin += (uint64_t)(in * out * 2);
+		rc = upload_linear(g, s0->q ? &cat : NULL, w, b, in, out, d);
 	}
-	if (rc == GQ_OK)
-		rc = dup_f32(b, out, &d->b);
 	free(w);
 	free(b);
 	free(codes);
@@ -270,17 +280,7 @@ static int upload_host_layer(gq_gpu_model *g, const gq_layer *L, glayer *G, int 
 				done[idx[k]] = 1;
 			continue;
 		}
-		d->in = s->in;
-		d->out = s->out;
-		if (s->q) {
-			rc = gq_gpu_qmat_upload(&d->q, &s->q->k);
-			g->bytes_lin += (uint64_t)(d->q.out * d->q.words_per_row * 4 + d->q.out * d->q.n_groups * 4);
-		} else {
-			rc = dup_f16(s->w, s->in * s->out, &d->w16);
-			g->bytes_lin += (uint64_t)(s->in * s->out * 2);
-		}
-		if (rc == GQ_OK)
-			rc = dup_f32(s->b, s->out, &d->b);
+		rc = upload_linear(g, s->q ? &s->q->k : NULL, s->w, s->b, s->in, s->out, d);
 	}
 	free(done);
 	int64_t d = m->cfg.hidden, hd = m->cfg.head_dim;

@@ -9,16 +9,14 @@
 
 #include <limits.h>
 
-#define MAX_GPUS 64
-
-static cublasHandle_t blas[MAX_GPUS];         /* by device ordinal */
-static cusolverDnHandle_t solver[MAX_GPUS];
+static cublasHandle_t blas[GQ_MAX_GPUS];         /* by device ordinal */
+static cusolverDnHandle_t solver[GQ_MAX_GPUS];
 
 static int current_device(int *dev)
 {
 	GPU_CHECK(cudaGetDevice(dev));
-	if (*dev < 0 || *dev >= MAX_GPUS)
-		return gq_err(GQ_ERR_UNSUPPORTED, "GPU %d: this build handles %d GPUs", *dev, MAX_GPUS);
+	if (*dev < 0 || *dev >= GQ_MAX_GPUS)
+		return gq_err(GQ_ERR_UNSUPPORTED, "GPU %d: this build handles %d GPUs", *dev, GQ_MAX_GPUS);
 	return GQ_OK;
 }
 

@@ -526,15 +526,23 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 
 	for (int64_t k = 0; k < S; k++)
 		M = fmaxf(M, gq_load_l2(ps + k * (hd + 2)));
-	for (int64_t k = 0; k < S; k++) /* splits with no visible key have l = 0 */
-		if (gq_load_l2(ps + k * (hd + 2) + 1) > 0)
-			L += gq_load_l2(ps + k * (hd + 2) + 1) * expf(gq_load_l2(ps + k * (hd + 2)) - M);
+	/*
+	 * Each split's weight e^(m_s - M), once, into sc (free now; S <= kps, as
+	 * a split has at least ATT_SPLIT_MIN_KEYS / 2 keys): 0 for splits with
+	 * no visible key (l = 0).
+	 */
+	for (int64_t k = threadIdx.x; k < S; k += ATT_THREADS)
+		sc[k] = gq_load_l2(ps + k * (hd + 2) + 1) > 0 ? expf(gq_load_l2(ps + k * (hd + 2)) - M) : 0.0f;
+	__syncthreads();
+	for (int64_t k = 0; k < S; k++)
+		if (sc[k] > 0)
+			L += gq_load_l2(ps + k * (hd + 2) + 1) * sc[k];
 	for (int64_t i = threadIdx.x; i < hd; i += ATT_THREADS) {
 		float v = 0;
 
 		for (int64_t k = 0; k < S; k++)
-			if (gq_load_l2(ps + k * (hd + 2) + 1) > 0)
-				v += gq_load_l2(ps + k * (hd + 2) + 2 + i) * expf(gq_load_l2(ps + k * (hd + 2)) - M);
+			if (sc[k] > 0)
+				v += gq_load_l2(ps + k * (hd + 2) + 2 + i) * sc[k];
 		out[(t * H + h) * hd + i] = __float2half(L > 0 ? v / L : 0.0f);
 	}
 	if (threadIdx.x == 0)

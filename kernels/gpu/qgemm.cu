@@ -149,7 +149,9 @@ __device__ __forceinline__ void fma_rows(float (&acc)[QG_ROWS][T], float (&xsum)
 
 /*
  * y [T, out] (row stride out) from xs [T, ldx] sorted and padded (ldx a
- * multiple of 8, 16-byte aligned rows). One block: rows [4 b, 4 b + 4).
+ * multiple of 8, 16-byte aligned rows). One block: QG_ROWS rows from
+ * QG_ROWS b (GLU: QG_ROWS / 2 gate rows from QG_ROWS / 2 b and the up rows
+ * that pair with them).
  * REGULAR: groups on 32-column boundaries, gc (group_chunks) chunks each;
  * otherwise groups are looked up in gsorted. The regular kernel is held to
  * QG_MIN_BLOCKS resident blocks per SM (registers), which decoding needs.
@@ -964,30 +966,44 @@ static int launch_mma(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float
 }
 #endif
 
-extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, float *Y, void *ws,
-			    uint64_t ws_bytes, void *stream)
+/*
+ * The checks every product makes, then X [T, in] as the kernels read it:
+ * *xs, row stride *ldx: X itself, or gathered into the sorted order at the
+ * start of ws (needs_gather).
+ */
+static int stage_x(const gq_gpu_qmat *w, const void *X, int64_t T, void *ws, uint64_t ws_bytes,
+		   cudaStream_t s, const __half **xs, int64_t *ldx)
 {
-	cudaStream_t s = (cudaStream_t)stream;
-	const __half *xs = (const __half *)X;
-	void *rest = (char *)ws + xs_bytes(w, T); /* the workspace after xs */
-	int64_t ldx = w->in;
-
-	if (T < 1 || T > INT_MAX)
-		return gq_err(GQ_ERR_ARG, "bad token count %lld", (long long)T);
 	if (ws_bytes < gq_gpu_qgemm_workspace(w, T))
 		return gq_err(GQ_ERR_ARG, "GPU workspace of %llu bytes, %llu needed",
 			      (unsigned long long)ws_bytes,
 			      (unsigned long long)gq_gpu_qgemm_workspace(w, T));
-	if (!needs_gather(w) && ((uintptr_t)X & 15))
-		return gq_err(GQ_ERR_ARG, "X must be 16-byte aligned");
-	if (needs_gather(w)) {
-		const dim3 grid((unsigned)CEIL_DIV(w->in_pad, (int64_t)256), (unsigned)(T < 65535 ? T : 65535));
+	*xs = (const __half *)X;
+	*ldx = w->in;
+	if (!needs_gather(w))
+		return (uintptr_t)X & 15 ? gq_err(GQ_ERR_ARG, "X must be 16-byte aligned") : GQ_OK;
+	const dim3 grid((unsigned)CEIL_DIV(w->in_pad, (int64_t)256), (unsigned)(T < 65535 ? T : 65535));
 
-		PDL_LAUNCH("gather_kernel", gather_kernel, grid, dim3(256), 0, s, (const __half *)X,
-			   w->in, (const int32_t *)w->perm, w->in, w->in_pad, T, (__half *)ws);
-		xs = (const __half *)ws;
-		ldx = w->in_pad;
-	}
+	PDL_LAUNCH("gather_kernel", gather_kernel, grid, dim3(256), 0, s, (const __half *)X, w->in,
+		   (const int32_t *)w->perm, w->in, w->in_pad, T, (__half *)ws);
+	*xs = (const __half *)ws;
+	*ldx = w->in_pad;
+	return GQ_OK;
+}
+
+extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, float *Y, void *ws,
+			    uint64_t ws_bytes, void *stream)
+{
+	cudaStream_t s = (cudaStream_t)stream;
+	const __half *xs;
+	void *rest = (char *)ws + xs_bytes(w, T); /* the workspace after xs */
+	int64_t ldx;
+	int rc;
+
+	if (T < 1 || T > INT_MAX)
+		return gq_err(GQ_ERR_ARG, "bad token count %lld", (long long)T);
+	if ((rc = stage_x(w, X, T, ws, ws_bytes, s, &xs, &ldx)))
+		return rc;
 	if (T <= GQ_GPU_GEMV_MAX_T) {
 		switch (w->bits) {
 		case 2: return launch_gemv<2>(w, xs, ldx, Y, T, s);
@@ -1006,8 +1022,6 @@ extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, floa
 		}
 	}
 #endif
-	int rc;
-
 	switch (w->bits) {
 	case 2: rc = launch_dequant<2>(w, (__half *)rest, s); break;
 	case 3: rc = launch_dequant<3>(w, (__half *)rest, s); break;
@@ -1018,7 +1032,7 @@ extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, floa
 }
 
 template <int BITS>
-static int launch_glu(const gq_gpu_qmat *w, const __half *xs, int act, __half *y16,
+static int launch_glu(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, int act, __half *y16,
 		      cudaStream_t s)
 {
 	const int64_t n_chunks = w->in_pad / 32;
@@ -1027,8 +1041,7 @@ static int launch_glu(const gq_gpu_qmat *w, const __half *xs, int act, __half *y
 	PDL_LAUNCH("qgemv_kernel", w->group_chunks ? qgemv_kernel<BITS, 1, true, true>
 						   : qgemv_kernel<BITS, 1, false, true>,
 		   grid, dim3(QG_THREADS), 0, s, w->codes, (const __half2 *)w->sz, w->gsorted,
-		   w->group_chunks, xs, w->in_pad, (float *)NULL, w->out, n_chunks, w->n_groups, act,
-		   y16);
+		   w->group_chunks, xs, ldx, (float *)NULL, w->out, n_chunks, w->n_groups, act, y16);
 	return GQ_OK;
 }
 
@@ -1036,26 +1049,18 @@ extern "C" int gq_gpu_qgemv_glu(const gq_gpu_qmat *w, const void *x, int act, vo
 				uint64_t ws_bytes, void *stream)
 {
 	cudaStream_t s = (cudaStream_t)stream;
-	const __half *xs = (const __half *)x;
+	const __half *xs;
+	int64_t ldx;
+	int rc;
 
 	if (w->out % 2)
 		return gq_err(GQ_ERR_ARG, "a [gate | up] matrix of %lld rows", (long long)w->out);
-	if (ws_bytes < gq_gpu_qgemm_workspace(w, 1))
-		return gq_err(GQ_ERR_ARG, "GPU workspace of %llu bytes, %llu needed",
-			      (unsigned long long)ws_bytes,
-			      (unsigned long long)gq_gpu_qgemm_workspace(w, 1));
-	if (!needs_gather(w) && ((uintptr_t)x & 15))
-		return gq_err(GQ_ERR_ARG, "x must be 16-byte aligned");
-	if (needs_gather(w)) {
-		PDL_LAUNCH("gather_kernel", gather_kernel, dim3((unsigned)CEIL_DIV(w->in_pad, (int64_t)256)),
-			   dim3(256), 0, s, (const __half *)x, w->in, (const int32_t *)w->perm, w->in,
-			   w->in_pad, (int64_t)1, (__half *)ws);
-		xs = (const __half *)ws;
-	}
+	if ((rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
+		return rc;
 	switch (w->bits) {
-	case 2: return launch_glu<2>(w, xs, act, (__half *)y16, s);
-	case 3: return launch_glu<3>(w, xs, act, (__half *)y16, s);
-	case 4: return launch_glu<4>(w, xs, act, (__half *)y16, s);
-	default: return launch_glu<8>(w, xs, act, (__half *)y16, s);
+	case 2: return launch_glu<2>(w, xs, ldx, act, (__half *)y16, s);
+	case 3: return launch_glu<3>(w, xs, ldx, act, (__half *)y16, s);
+	case 4: return launch_glu<4>(w, xs, ldx, act, (__half *)y16, s);
+	default: return launch_glu<8>(w, xs, ldx, act, (__half *)y16, s);
 	}
 }

@@ -74,10 +74,10 @@ int gq_gpu_pdl_supported(void)
 #ifdef GQ_HIP
 	return 0;
 #else
-	static int known[64]; /* 0 not asked, 1 yes, 2 no */
+	static int known[GQ_MAX_GPUS]; /* 0 not asked, 1 yes, 2 no */
 	int dev = 0, major = 0;
 
-	if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+	if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= GQ_MAX_GPUS) {
 		(void)cudaGetLastError(); /* plain launches then; not sticky for the next check */
 		return 0;
 	}

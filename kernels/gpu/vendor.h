@@ -60,6 +60,9 @@
 
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
 
+/* Device ordinals the per-device tables (BLAS handles, launch capabilities) cover. */
+#define GQ_MAX_GPUS 64
+
 /*
  * Programmatic dependent launch (sm_90 and later): a kernel launched through
  * gq_launch may start while the kernel before it on the stream finishes, so
