@@ -22,6 +22,9 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 
+# transparent huge pages for the stages' large buffers (see quantize.sh)
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
+
 ifndef MODEL
 $(error MODEL=dir is required)
 endif

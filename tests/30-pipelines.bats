@@ -141,6 +141,22 @@ setup() {
 	[ "$(ls out.work 2>/dev/null | grep -c '^q-')" -eq 0 ]
 }
 
+@test "the pipelines ask glibc for huge pages, and keep a caller's GLIBC_TUNABLES" {
+	# stand-in tools that report the environment the stages see
+	mkdir stub
+	printf '#!/bin/sh\necho "$GLIBC_TUNABLES" >stub/seen\n' >stub/gptq-solve
+	printf '#!/bin/sh\ncat >/dev/null\n' >stub/gptq-pack
+	chmod +x stub/gptq-solve stub/gptq-pack
+	PATH=$PWD/stub:$PATH env -u GLIBC_TUNABLES "$P/quantize.sh" "$M" out --rtn
+	[ "$(cat stub/seen)" = glibc.malloc.hugetlb=1 ]
+	PATH=$PWD/stub:$PATH GLIBC_TUNABLES=glibc.malloc.check=0 "$P/quantize.sh" "$M" out --rtn
+	[ "$(cat stub/seen)" = glibc.malloc.check=0 ]
+	env -u GLIBC_TUNABLES make -s -f "$P/quantize.mk" MODEL="$M" OUT=out CALIB=t.gqs --eval 'seen: ; @echo "$$GLIBC_TUNABLES"' seen >mk
+	[ "$(cat mk)" = glibc.malloc.hugetlb=1 ]
+	GLIBC_TUNABLES=glibc.malloc.check=0 make -s -f "$P/quantize.mk" MODEL="$M" OUT=out CALIB=t.gqs --eval 'seen: ; @echo "$$GLIBC_TUNABLES"' seen >mk
+	[ "$(cat mk)" = glibc.malloc.check=0 ]
+}
+
 @test "quantize.sh rejects unknown options" {
 	run -2 "$P/quantize.sh" "$M" out --bitz 4
 	[ "${lines[0]}" = "quantize.sh: unknown option '--bitz'" ]

@@ -12,6 +12,7 @@
  */
 #include "gpu/act.h"
 #include "gpu/fwd.h"
+#include "gpu/mma.h"
 #include "gpu/vendor.h"
 #include "util.h"
 
@@ -549,12 +550,188 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 		count[t * H + h] = 0; /* ready for the next launch */
 }
 
+#ifndef GQ_HIP
+/*
+ * Prefill attention on the tensor cores (flash attention): a block per (64
+ * query rows, head), a warp per 16 of the rows. For each tile of 64 keys the
+ * block stages K and V (fp32 cache -> fp16 shared memory), each warp forms
+ * its scores S = q kᵀ with mma.m16n8k16 (fp32 sums), masks them (causal,
+ * window, padding), folds them into a running softmax (max m, sum l per row)
+ * and adds P V, P in fp16 straight from the score fragments. Rows hold their
+ * accumulators in registers: no score matrix anywhere. Numerics: q, k, v and
+ * p rounded to fp16 (the products' inputs, as in every GEMM here), the rest
+ * in fp32. A row whose keys are all hidden gets zeros, as the CPU.
+ */
+#define FA_ROWS 64
+#define FA_KEYS 64
+#define FA_THREADS 128 /* 4 warps x 16 rows */
+#define FA_LD(hd) ((hd) + 8) /* halves per shared row: +16 bytes keeps ldmatrix conflict-free */
+
+static size_t fa_smem(int64_t hd)
+{
+	return (size_t)(FA_ROWS + 2 * FA_KEYS) * FA_LD(hd) * sizeof(__half) + FA_KEYS;
+}
+
+/* rows [n][HD] of fp32 (row stride ld, rows past `valid` as zeros) into fp16 dst [n][FA_LD] */
+template <int HD>
+__device__ __forceinline__ void fa_stage(__half *dst, const float *src, int64_t ld, int n, int valid)
+{
+	for (int i = threadIdx.x; i < n * HD / 4; i += FA_THREADS) {
+		const int r = i / (HD / 4), c = i % (HD / 4) * 4;
+		float4 v = r < valid ? *(const float4 *)(src + r * ld + c) : make_float4(0, 0, 0, 0);
+		uint2 h = make_uint2(pack_half2(v.x, v.y), pack_half2(v.z, v.w));
+
+		*(uint2 *)(dst + r * FA_LD(HD) + c) = h;
+	}
+}
+
+template <int HD>
+__global__ static void __launch_bounds__(FA_THREADS)
+flash_attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, int64_t H,
+		       int64_t KV, int64_t T, float scale, float softcap, int64_t window,
+		       const uint8_t *key_mask, const int64_t *pos0, __half *out)
+{
+	extern __shared__ __align__(16) __half fsm[];
+	__half *Qs = fsm, *Ks = Qs + FA_ROWS * FA_LD(HD), *Vs = Ks + FA_KEYS * FA_LD(HD); /* [64][LD] each */
+	uint8_t *shown = (uint8_t *)(Vs + FA_KEYS * FA_LD(HD)); /* [FA_KEYS]: key not padding, in cache */
+
+	pdl_launch_next();
+	pdl_wait();
+	const int64_t t0 = (gridDim.x - 1 - blockIdx.x) * (int64_t)FA_ROWS; /* most keys first */
+	const int64_t h = blockIdx.y, g = h / (H / KV), w = KV * HD, p0 = *pos0 + t0;
+	const int rows = (int)(T - t0 < FA_ROWS ? T - t0 : FA_ROWS);
+	const int64_t last = p0 + rows - 1; /* the block's last position: keys past it are not cached yet */
+	const int64_t first = window > 0 && p0 - window + 1 > 0 ? p0 - window + 1 : 0;
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, qd = lane & 3;
+	const int mr = warp * 16 + gr; /* this lane's rows: mr and mr + 8 */
+	float o[HD / 8][4] = {};       /* O [16 rows][HD] of the warp, C fragments */
+	float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
+
+	fa_stage<HD>(Qs, q + t0 * ldq + h * HD, ldq, FA_ROWS, rows);
+	for (int64_t k0 = first; k0 <= last; k0 += FA_KEYS) {
+		const int nk = (int)(last + 1 - k0 < FA_KEYS ? last + 1 - k0 : FA_KEYS);
+
+		__syncthreads(); /* the previous tile is used up (and Qs is staged) */
+		fa_stage<HD>(Ks, K + k0 * w + g * HD, w, FA_KEYS, nk);
+		fa_stage<HD>(Vs, V + k0 * w + g * HD, w, FA_KEYS, nk);
+		for (int j = threadIdx.x; j < FA_KEYS; j += FA_THREADS)
+			shown[j] = j < nk && (!key_mask || key_mask[k0 + j]);
+		__syncthreads();
+
+		float s[FA_KEYS / 8][4] = {}; /* S [16 rows][64 keys] of the warp */
+#pragma unroll
+		for (int kk = 0; kk < HD; kk += 16) {
+			uint32_t a[4];
+
+			ldmatrix_x4(a, Qs + (warp * 16 + (lane & 7) + (lane >> 3 & 1) * 8) * FA_LD(HD) + kk + (lane >> 4) * 8);
+#pragma unroll
+			for (int n = 0; n < FA_KEYS; n += 16) {
+				uint32_t b[4];
+
+				ldmatrix_x4(b, Ks + (n + (lane & 7) + (lane >> 4) * 8) * FA_LD(HD) + kk + (lane >> 3 & 1) * 8);
+				mma_16816(s[n / 8], a[0], a[1], a[2], a[3], b[0], b[1]);
+				mma_16816(s[n / 8 + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
+			}
+		}
+		/* mask, then the running softmax of rows mr (e = 0, 1) and mr + 8 (e = 2, 3) */
+#pragma unroll
+		for (int r = 0; r < 2; r++) {
+			const int64_t p = p0 + mr + 8 * r;
+			float mx = -INFINITY;
+
+#pragma unroll
+			for (int n = 0; n < FA_KEYS / 8; n++)
+#pragma unroll
+				for (int e = 2 * r; e < 2 * r + 2; e++) {
+					const int j = n * 8 + 2 * qd + (e & 1);
+					float x = s[n][e] * scale;
+
+					if (softcap > 0)
+						x = softcap * tanhf(x / softcap);
+					s[n][e] = shown[j] && k0 + j <= p && (window <= 0 || k0 + j > p - window) ? x : -INFINITY;
+					mx = fmaxf(mx, s[n][e]);
+				}
+			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+			const float mn = fmaxf(m[r], mx);
+			/* nothing shown yet: the row stays empty (and no -inf - -inf) */
+			const float fix = mn == -INFINITY ? 1.0f : __expf(m[r] - mn);
+
+			m[r] = mn;
+			l[r] *= fix;
+#pragma unroll
+			for (int n = 0; n < HD / 8; n++)
+				o[n][2 * r] *= fix, o[n][2 * r + 1] *= fix;
+#pragma unroll
+			for (int n = 0; n < FA_KEYS / 8; n++)
+#pragma unroll
+				for (int e = 2 * r; e < 2 * r + 2; e++) {
+					s[n][e] = mn == -INFINITY ? 0.0f : __expf(s[n][e] - mn);
+					l[r] += s[n][e];
+				}
+		}
+		/* O += P V: P's C fragments are the A fragments of keys [16 kk, 16 kk + 16) */
+#pragma unroll
+		for (int kk = 0; kk < FA_KEYS / 16; kk++) {
+			const uint32_t a0 = pack_half2(s[2 * kk][0], s[2 * kk][1]), a1 = pack_half2(s[2 * kk][2], s[2 * kk][3]);
+			const uint32_t a2 = pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+			const uint32_t a3 = pack_half2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+
+#pragma unroll
+			for (int n = 0; n < HD; n += 16) {
+				uint32_t b[4];
+
+				ldmatrix_x4_trans(b, Vs + (16 * kk + (lane & 7) + (lane >> 3 & 1) * 8) * FA_LD(HD) + n + (lane >> 4) * 8);
+				mma_16816(o[n / 8], a0, a1, a2, a3, b[0], b[1]);
+				mma_16816(o[n / 8 + 1], a0, a1, a2, a3, b[2], b[3]);
+			}
+		}
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		float sum = l[r];
+
+		sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+		sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+		const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+		const int row = mr + 8 * r;
+
+		if (row < rows)
+#pragma unroll
+			for (int n = 0; n < HD / 8; n++)
+				*(__half2 *)(out + ((t0 + row) * H + h) * HD + n * 8 + 2 * qd) =
+					__floats2half2_rn(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+	}
+}
+
+/* The head widths with an instance; others take attention_kernel. */
+#define FA_WIDTHS(X) X(16) X(64) X(80) X(96) X(128) X(256)
+
+static bool fa_fits(const gq_gpu_attn *a, const float *q, int64_t ldq, const float *K, const float *V)
+{
+	bool width = false;
+#define FA_IS(w) width |= a->hd == w;
+	FA_WIDTHS(FA_IS)
+#undef FA_IS
+	/* float4 loads: 16-byte aligned rows */
+	return width && ((uintptr_t)q | (uintptr_t)K | (uintptr_t)V | (uintptr_t)(ldq * 4) |
+			 (uintptr_t)(a->KV * a->hd * 4)) % 16 == 0;
+}
+#endif
+
 extern "C" int gq_gpu_fwd_init(void)
 {
 	GPU_CHECK(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
 				       ATT_SMEM_MAX));
 	GPU_CHECK(cudaFuncSetAttribute(norm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
 				       NORM_SMEM_MAX));
+#ifndef GQ_HIP
+#define FA_INIT(hd)                                                                              \
+	GPU_CHECK(cudaFuncSetAttribute(flash_attention_kernel<hd>,                               \
+				       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fa_smem(hd)));
+	FA_WIDTHS(FA_INIT)
+#undef FA_INIT
+#endif
 	return GQ_OK;
 }
 
@@ -574,6 +751,22 @@ extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ld
 			      (long long)a->hd, ATT_HD_MAX);
 	if (splits > 1 && !ws)
 		return gq_err(GQ_ERR_ARG, "GPU attention of %lld rows needs its workspace", (long long)T);
+#ifndef GQ_HIP
+	if (T > GQ_GPU_ATT_SPLIT_T && fa_fits(a, q, ldq, K, V)) {
+		const dim3 grid((unsigned)CEIL_DIV(T, (int64_t)FA_ROWS), (unsigned)a->H);
+
+		switch (a->hd) {
+#define FA_CASE(w)                                                                                 \
+	case w:                                                                                    \
+		PDL_LAUNCH("flash_attention_kernel", flash_attention_kernel<w>, grid, dim3(FA_THREADS),  \
+			   fa_smem(w),  S(stream), q, ldq, K, V, a->H, a->KV, T, (float)a->scale,     \
+			   (float)a->softcap, a->window, a->key_mask, pos0, (__half *)out16);          \
+		return GQ_OK;
+			FA_WIDTHS(FA_CASE)
+#undef FA_CASE
+		}
+	}
+#endif
 	/* shared memory for every position the cache can hold: the launch does not depend on *pos0 */
 	PDL_LAUNCH("attention_kernel", attention_kernel, dim3((unsigned)a->H, (unsigned)T, (unsigned)splits),
 		   dim3(ATT_THREADS), att_smem(a, kps), S(stream), q, ldq, K, V, a->H, a->KV, a->hd,

@@ -101,6 +101,8 @@ int gq_gpu_fwd_init(void);
  * hd] (stride ldq) at positions *pos0 + t over cache rows 0 .. *pos0 + t of
  * K, V [capacity, KV * hd]. ws: gq_gpu_attention_workspace(a) bytes,
  * zeroed before its first use (counters, which every call leaves at zero).
+ * More than GQ_GPU_ATT_SPLIT_T rows (CUDA, head widths with an instance):
+ * flash attention on the tensor cores, fp16 inputs; else float32 kernels.
  */
 int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ldq, const float *K,
 		     const float *V, int64_t T, const int64_t *pos0, void *ws, void *out16,

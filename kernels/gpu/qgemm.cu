@@ -44,6 +44,7 @@
  */
 #include "gpu/act.h"
 #include "gpu/gpu.h"
+#include "gpu/mma.h"
 #include "gpu/vendor.h"
 #include "tensor.h"
 #include "util.h"
@@ -636,16 +637,6 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 #ifndef QV_UNROLL
 #define QV_UNROLL 4
 #endif
-
-/* c [4] += A (16 x 16, fp16) B (16 x 8, fp16) in the m16n8k16 fragment layouts. */
-__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-					  uint32_t a3, uint32_t b0, uint32_t b1)
-{
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-		     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-		     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 /* one K step of a lane: its chunk of both rows and their groups */
 template <int BITS>

@@ -108,6 +108,8 @@ GQ_PIPELINES=$(cd "$(dirname "$0")/.." && pwd)
 export GQ_PIPELINES GQ_MODEL=$model GQ_OUT=$out GQ_WORK=$work GQ_SEQUENTIAL=$seq GQ_CHAIN=$chain
 export GQ_SOLVE_OPTS=$solve GQ_PACK_OPTS="--format $format" GQ_MAKE_OPTS=$make_opts
 export GQ_NSOLVE=$((layers * groups)) GQ_EVAL_TEXT=$eval_text GQ_EVAL_PROTOCOL=$eval_protocol
+# huge pages for the large buffers, as quantize.sh (the caller's own value kept)
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
 
 # stage DEP TASKS SCRIPT [ARG]: runs SCRIPT after job DEP (or none) as an
 # array of TASKS tasks (0: a single job) and prints the job id; with --wait,

@@ -10,6 +10,7 @@
 #include "qmat.h"
 #include "tensor.h"
 #if defined(GQ_CUDA) || defined(GQ_HIP)
+#include "gpu/fwd.h"
 #include "gpu/gpu.h"
 #endif
 
@@ -293,10 +294,157 @@ static void test_qgemm(void)
 #endif
 }
 
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+/*
+ * out [T][H][hd] in double: causal softmax attention of q [T][H][hd] at
+ * positions pos0 + t over cache rows K, V [*][KV][hd], as lib/model.c
+ * (scale, then softcap, window, hidden keys; a row with none shown: zeros).
+ */
+static void attention_ref(const gq_gpu_attn *a, const float *q, const float *K, const float *V,
+			  int64_t T, int64_t pos0, const uint8_t *mask, float *out)
+{
+	int64_t H = a->H, hd = a->hd, w = a->KV * hd;
+	double *s = malloc((size_t)(pos0 + T) * sizeof *s);
+
+	for (int64_t t = 0; t < T; t++)
+		for (int64_t h = 0; h < H; h++) {
+			int64_t p = pos0 + t, g = h / (H / a->KV), lo = a->window > 0 ? p - a->window + 1 : 0;
+			double mx = -INFINITY, sum = 0;
+
+			for (int64_t j = lo < 0 ? 0 : lo; j <= p; j++) {
+				double d = 0;
+
+				for (int64_t i = 0; i < hd; i++)
+					d += (double)q[(t * H + h) * hd + i] * K[j * w + g * hd + i];
+				d *= a->scale;
+				if (a->softcap > 0)
+					d = a->softcap * tanh(d / a->softcap);
+				s[j] = mask && !mask[j] ? -INFINITY : d;
+				mx = s[j] > mx ? s[j] : mx;
+			}
+			for (int64_t i = 0; i < hd; i++)
+				out[(t * H + h) * hd + i] = 0;
+			if (mx == -INFINITY)
+				continue;
+			for (int64_t j = lo < 0 ? 0 : lo; j <= p; j++)
+				sum += (s[j] = exp(s[j] - mx));
+			for (int64_t i = 0; i < hd; i++) {
+				double v = 0;
+
+				for (int64_t j = lo < 0 ? 0 : lo; j <= p; j++)
+					v += s[j] * V[j * w + g * hd + i];
+				out[(t * H + h) * hd + i] = (float)(v / sum);
+			}
+		}
+	free(s);
+}
+#endif
+
+/*
+ * gq_gpu_attention against attention_ref: prefill (T > 8: the tensor-core
+ * kernel where the head width has an instance) and decoding (key splits),
+ * with GQA, a window, softcap, padding (rows with every key hidden) and a
+ * start deep into the cache. Cache rows past the last position hold NaN, as
+ * memory no step has written may: no kernel may let them through.
+ */
+static void test_attention(void)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	static const struct {
+		int64_t H, KV, hd, T, pos0, window;
+		double softcap, qmag;
+		int masked;
+	} cases[] = {
+		{8, 2, 128, 100, 37, 0, 0, 4, 0}, {4, 4, 64, 130, 0, 50, 30, 1, 1},
+		{2, 1, 256, 70, 5, 0, 0, 1, 0},   {3, 1, 80, 9, 0, 0, 0, 2, 1},
+		{4, 2, 96, 200, 64, 0, 0, 1, 0},  {4, 2, 16, 65, 0, 8, 0, 3, 1},
+		{4, 2, 128, 1, 150, 0, 0, 4, 0},  {2, 2, 40, 20, 3, 0, 0, 1, 1},
+		{4, 1, 64, 8, 300, 40, 20, 2, 1},
+	};
+	uint64_t seed = 41;
+
+	if (!check_have_gpu())
+		return;
+	CHECK_OK(gq_gpu_set_device(0));
+	CHECK_OK(gq_gpu_fwd_init());
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		int64_t H = cases[c].H, KV = cases[c].KV, hd = cases[c].hd, T = cases[c].T;
+		int64_t pos0 = cases[c].pos0, cap = pos0 + T + 16, nq = T * H * hd, nk = cap * KV * hd;
+		gq_gpu_attn a = {H, KV, hd, 1.0 / sqrt((double)hd), cases[c].softcap, cases[c].window, cap, NULL};
+		float *q = malloc((size_t)nq * 4), *K = malloc((size_t)nk * 4), *V = malloc((size_t)nk * 4);
+		float *got = malloc((size_t)nq * 4), *ref = malloc((size_t)nq * 4);
+		uint16_t *o16 = malloc((size_t)nq * 2);
+		uint8_t *mask = malloc((size_t)cap), *dmask = NULL;
+		void *dq, *dK, *dV, *dpos, *dout, *ws = NULL;
+		uint64_t ws_bytes;
+		int zeros_ok = 1;
+
+		for (int64_t i = 0; i < nq; i++)
+			q[i] = check_randf(&seed) * (float)cases[c].qmag;
+		for (int64_t i = 0; i < nk; i++) { /* rows past pos0 + T: never written */
+			K[i] = i < (pos0 + T) * KV * hd ? check_randf(&seed) : NAN;
+			V[i] = i < (pos0 + T) * KV * hd ? check_randf(&seed) : NAN;
+		}
+		for (int64_t j = 0; j < cap; j++) /* padding: the first 10 keys and every 7th */
+			mask[j] = !(j < 10 || j % 7 == 3);
+		CHECK_OK(gq_gpu_alloc(&dq, (uint64_t)nq * 4));
+		CHECK_OK(gq_gpu_alloc(&dK, (uint64_t)nk * 4));
+		CHECK_OK(gq_gpu_alloc(&dV, (uint64_t)nk * 4));
+		CHECK_OK(gq_gpu_alloc(&dpos, 8));
+		CHECK_OK(gq_gpu_alloc(&dout, (uint64_t)nq * 2));
+		CHECK_OK(gq_gpu_upload(dq, q, (uint64_t)nq * 4));
+		CHECK_OK(gq_gpu_upload(dK, K, (uint64_t)nk * 4));
+		CHECK_OK(gq_gpu_upload(dV, V, (uint64_t)nk * 4));
+		CHECK_OK(gq_gpu_upload(dpos, &pos0, 8));
+		if (cases[c].masked) {
+			CHECK_OK(gq_gpu_alloc((void **)&dmask, (uint64_t)cap));
+			CHECK_OK(gq_gpu_upload(dmask, mask, (uint64_t)cap));
+			a.key_mask = dmask;
+		}
+		if ((ws_bytes = gq_gpu_attention_workspace(&a))) {
+			CHECK_OK(gq_gpu_alloc(&ws, ws_bytes));
+			CHECK_OK(gq_gpu_zero_async(ws, ws_bytes, NULL));
+		}
+		CHECK_OK(gq_gpu_attention(&a, dq, H * hd, dK, dV, T, dpos, ws, dout, NULL));
+		CHECK_OK(gq_gpu_sync());
+		CHECK_OK(gq_gpu_download(o16, dout, (uint64_t)nq * 2));
+		for (int64_t i = 0; i < nq; i++)
+			got[i] = gq_f16_to_f32(o16[i]);
+		attention_ref(&a, q, K, V, T, pos0, cases[c].masked ? mask : NULL, ref);
+		for (int64_t i = 0; i < nq; i++)
+			zeros_ok &= ref[i] != 0 || got[i] == 0;
+		double err = check_rel_err(got, ref, nq);
+
+		printf("#   H %lld/%lld hd %3lld T %3lld at %3lld window %2lld softcap %2.0f: relative error %.2e\n",
+		       (long long)H, (long long)KV, (long long)hd, (long long)T, (long long)pos0,
+		       (long long)cases[c].window, cases[c].softcap, err);
+		CHECK(err < 2e-3);
+		CHECK(zeros_ok);
+		gq_gpu_free(dq);
+		gq_gpu_free(dK);
+		gq_gpu_free(dV);
+		gq_gpu_free(dpos);
+		gq_gpu_free(dout);
+		gq_gpu_free(dmask);
+		gq_gpu_free(ws);
+		free(q);
+		free(K);
+		free(V);
+		free(got);
+		free(ref);
+		free(o16);
+		free(mask);
+	}
+#else
+	check_skip("built without a GPU backend");
+#endif
+}
+
 int main(void)
 {
 	RUN(test_device_parse);
 	RUN(test_convert_kernel);
 	RUN(test_qgemm);
+	RUN(test_attention);
 	return check_done();
 }
