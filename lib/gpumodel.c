@@ -121,8 +121,7 @@ static int dup_f16(const float *h, int64_t n, void **d)
 
 	if (!t)
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
-	for (int64_t i = 0; i < n; i++)
-		t[i] = gq_f32_to_f16(h[i]);
+	gq_f32_to_f16_mt(h, t, (uint64_t)n, gq_threads_default());
 	rc = gq_gpu_alloc(d, (uint64_t)n * 2);
 	if (rc == GQ_OK)
 		rc = gq_gpu_upload(*d, t, (uint64_t)n * 2);
@@ -315,6 +314,7 @@ static int upload_head(gq_gpu_model *g)
 	const gq_model *m = g->m;
 	const char *head = m->arch.lm_head ? m->arch.lm_head : m->arch.embed;
 	int64_t V = m->cfg.vocab, d = gq_model_out_dim(m), rows = 4096;
+	int threads = gq_threads_default();
 	float *f = malloc((size_t)(rows * d) * sizeof *f);
 	uint16_t *h = malloc((size_t)(rows * d) * sizeof *h);
 	char name[256];
@@ -327,9 +327,8 @@ static int upload_head(gq_gpu_model *g)
 	for (int64_t v0 = 0; v0 < V && rc == GQ_OK; v0 += rows) {
 		int64_t n = V - v0 < rows ? V - v0 : rows;
 
-		gq_convert_to_f32(t.dtype, t.data, (uint64_t)(v0 * d), (uint64_t)(n * d), f);
-		for (int64_t i = 0; i < n * d; i++)
-			h[i] = gq_f32_to_f16(f[i]);
+		gq_convert_to_f32_mt(t.dtype, t.data, (uint64_t)(v0 * d), (uint64_t)(n * d), f, threads);
+		gq_f32_to_f16_mt(f, h, (uint64_t)(n * d), threads);
 		rc = gq_gpu_upload((uint16_t *)g->head16 + v0 * d, h, (uint64_t)(n * d) * 2);
 	}
 	g->bytes_head = (uint64_t)(V * d) * 2;

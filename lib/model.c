@@ -412,7 +412,7 @@ static int load_f32(const gq_model *m, const char *name, float **out)
 	*out = malloc(gq_tensor_numel(&t) * sizeof(float) + 1);
 	if (!*out)
 		return gq_err(GQ_ERR_NOMEM, "out of memory loading '%s'", name);
-	gq_convert_to_f32(t.dtype, t.data, 0, gq_tensor_numel(&t), *out);
+	gq_convert_to_f32_mt(t.dtype, t.data, 0, gq_tensor_numel(&t), *out, gq_threads_default());
 	return GQ_OK;
 }
 

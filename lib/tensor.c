@@ -5,6 +5,7 @@
 #include "tensor.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 static const struct {
@@ -177,6 +178,85 @@ void gq_convert_to_f32(gq_dtype t, const void *src, uint64_t first, uint64_t n, 
 		default: dst[i] = NAN; break;
 		}
 	}
+}
+
+/* One thread's span of a conversion: elements [first, first + n) of src. */
+typedef struct {
+	gq_dtype t;
+	const void *src;
+	uint64_t first, n;
+	float *dst;     /* convert: [n] float32 out; round: [n] float32 in */
+	uint16_t *f16;  /* round: [n] fp16 out */
+} span_job;
+
+static void *convert_span(void *p)
+{
+	span_job *j = p;
+
+	gq_convert_to_f32(j->t, j->src, j->first, j->n, j->dst);
+	return NULL;
+}
+
+static void *round_span(void *p)
+{
+	span_job *j = p;
+
+	for (uint64_t i = 0; i < j->n; i++)
+		j->f16[i] = gq_f32_to_f16(j->dst[i]);
+	return NULL;
+}
+
+/*
+ * fn over consecutive spans of job's n elements, one per thread (the caller
+ * runs the first, and any span whose thread did not start): threads only
+ * for spans of at least a million elements, where they pay.
+ */
+static void run_spans(const span_job *job, int threads, void *(*fn)(void *))
+{
+	enum { SPAN_MIN = 1 << 20, SPANS_MAX = 64 };
+	span_job jobs[SPANS_MAX];
+	pthread_t th[SPANS_MAX];
+	int started[SPANS_MAX] = {0};
+	uint64_t spans = job->n / SPAN_MIN;
+
+	spans = spans < (uint64_t)threads ? spans : (uint64_t)threads;
+	spans = spans < SPANS_MAX ? spans : SPANS_MAX;
+	spans = spans > 1 ? spans : 1;
+	const uint64_t step = (job->n + spans - 1) / spans;
+
+	for (uint64_t s = 0; s < spans; s++) {
+		const uint64_t lo = s * step, hi = lo + step < job->n ? lo + step : job->n;
+
+		jobs[s] = *job;
+		jobs[s].first = job->first + lo;
+		jobs[s].n = hi > lo ? hi - lo : 0;
+		jobs[s].dst = job->dst + lo;
+		jobs[s].f16 = job->f16 ? job->f16 + lo : NULL;
+		if (s > 0)
+			started[s] = pthread_create(&th[s], NULL, fn, &jobs[s]) == 0;
+	}
+	fn(&jobs[0]);
+	for (uint64_t s = 1; s < spans; s++) {
+		if (started[s])
+			pthread_join(th[s], NULL);
+		else
+			fn(&jobs[s]);
+	}
+}
+
+void gq_convert_to_f32_mt(gq_dtype t, const void *src, uint64_t first, uint64_t n, float *dst,
+			  int threads)
+{
+	span_job j = {t, src, first, n, dst, NULL};
+
+	run_spans(&j, threads, convert_span);
+}
+
+void gq_f32_to_f16_mt(const float *src, uint16_t *dst, uint64_t n, int threads)
+{
+	span_job j = {GQ_DTYPE_F32, NULL, 0, n, (float *)src, dst};
+
+	run_spans(&j, threads, round_span);
 }
 
 void gq_transpose4(const void *src, int64_t rows, int64_t cols, void *dst)

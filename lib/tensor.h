@@ -63,6 +63,11 @@ float gq_f8e5m2_to_f32(uint8_t v);
 
 /* Converts n elements of type t starting at element `first` of src to float32. */
 void gq_convert_to_f32(gq_dtype t, const void *src, uint64_t first, uint64_t n, float *dst);
+/* The same over up to `threads` threads (a layer's weights: hundreds of MB). */
+void gq_convert_to_f32_mt(gq_dtype t, const void *src, uint64_t first, uint64_t n, float *dst,
+			  int threads);
+/* dst [n] = src [n] rounded to fp16 (gq_f32_to_f16), over up to `threads` threads. */
+void gq_f32_to_f16_mt(const float *src, uint16_t *dst, uint64_t n, int threads);
 
 /* dst [cols, rows] = src [rows, cols] of 4-byte elements (float, int32), a cache-sized tile at a time. */
 void gq_transpose4(const void *src, int64_t rows, int64_t cols, void *dst);

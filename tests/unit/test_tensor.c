@@ -138,6 +138,40 @@ static void test_transpose4(void)
 	}
 }
 
+/*
+ * The threaded conversions give the serial ones' values, element for
+ * element, with spans that do not divide n evenly, an offset start, and
+ * thread counts from 1 to more spans than n has millions.
+ */
+static void test_threaded_conversions(void)
+{
+	const uint64_t n = (5u << 20) + 13, first = 7;
+	uint16_t *h = malloc((n + first) * 2), *r1 = malloc(n * 2), *r2 = malloc(n * 2);
+	float *a = malloc(n * 4), *b = malloc(n * 4);
+	static const int threads[] = {1, 3, 64};
+
+	for (uint64_t i = 0; i < n + first; i++)
+		h[i] = (uint16_t)(i * 2654435761u >> 13);
+	gq_convert_to_f32(GQ_DTYPE_F16, h, first, n, a);
+	for (uint64_t i = 0; i < n; i++)
+		r1[i] = gq_f32_to_f16(a[i] * 1.37f);
+	for (size_t k = 0; k < sizeof threads / sizeof *threads; k++) {
+		memset(b, 0, n * 4);
+		gq_convert_to_f32_mt(GQ_DTYPE_F16, h, first, n, b, threads[k]);
+		CHECK(memcmp(a, b, n * 4) == 0);
+		for (uint64_t i = 0; i < n; i++)
+			b[i] *= 1.37f;
+		memset(r2, 0, n * 2);
+		gq_f32_to_f16_mt(b, r2, n, threads[k]);
+		CHECK(memcmp(r1, r2, n * 2) == 0);
+	}
+	free(h);
+	free(r1);
+	free(r2);
+	free(a);
+	free(b);
+}
+
 int main(void)
 {
 	RUN(test_f16_exhaustive);
@@ -146,5 +180,6 @@ int main(void)
 	RUN(test_fp8);
 	RUN(test_convert_all_dtypes);
 	RUN(test_transpose4);
+	RUN(test_threaded_conversions);
 	return check_done();
 }
