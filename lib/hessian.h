@@ -25,6 +25,8 @@ int gq_hessian_add(gq_hessian *h, const float *x, int64_t rows, const uint8_t *m
 void gq_hessian_add_ref(double *sum, int64_t n, const float *x, int64_t rows, const uint8_t *mask);
 /* H = 2/nsamples Σ x xᵀ, full symmetric, into out [n, n] (zeros when nsamples == 0). */
 void gq_hessian_get(const gq_hessian *h, float *out);
+/* out [n, n] = scale * the symmetric matrix whose lower triangle is lower's (out may be lower). */
+void gq_sym_from_lower(const float *lower, int64_t n, float scale, float *out);
 /*
  * Merges a partial H (normalised, nsamples tokens) into acc (normalised,
  * *acc_n tokens): the nsamples-weighted average. *acc_n is updated.

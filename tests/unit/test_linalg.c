@@ -1,9 +1,10 @@
 /*
  * test_linalg.c - the LAPACK Cholesky against the plain reference, failure
- * detection on indefinite matrices, and the condition estimate on matrices
- * whose condition number is known.
+ * detection on indefinite matrices, the condition estimate on matrices
+ * whose condition number is known, and the tiled symmetric mirror.
  */
 #include "check.h"
+#include "hessian.h"
 #include "linalg.h"
 
 /* A = B Bᵀ + n I for a random B: symmetric positive definite. */
@@ -76,10 +77,36 @@ static void test_condition_estimate(void)
 	CHECK_CLOSE(rcond, 1, 0, 1e-12);
 }
 
+/* gq_sym_from_lower against the element-wise definition, out of place and in place, edges of its tiles. */
+static void test_sym_from_lower(void)
+{
+	static const int64_t sizes[] = {1, 31, 32, 70};
+	uint64_t seed = 5;
+
+	for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+		int64_t n = sizes[k];
+		float *L = malloc((size_t)(n * n) * sizeof *L), *out = malloc((size_t)(n * n) * sizeof *out);
+		int bad = 0;
+
+		for (int64_t i = 0; i < n * n; i++)
+			L[i] = check_randf(&seed);
+		gq_sym_from_lower(L, n, 0.5f, out);
+		for (int64_t i = 0; i < n; i++)
+			for (int64_t j = 0; j < n; j++)
+				bad += out[i * n + j] != 0.5f * L[(i > j ? i : j) * n + (i > j ? j : i)];
+		gq_sym_from_lower(L, n, 0.5f, L);
+		bad += memcmp(L, out, (size_t)(n * n) * sizeof *L) != 0;
+		CHECK(bad == 0);
+		free(L);
+		free(out);
+	}
+}
+
 int main(void)
 {
 	RUN(test_cholesky_matches_reference);
 	RUN(test_cholesky_detects_indefinite);
 	RUN(test_condition_estimate);
+	RUN(test_sym_from_lower);
 	return check_done();
 }
