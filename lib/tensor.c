@@ -1,11 +1,11 @@
 /*
  * tensor.c - dtype table and scalar conversions (the reference for any
- * vectorised or GPU conversion).
+ * vectorised or GPU conversion), spread over a thread pool for large arrays.
  */
 #include "tensor.h"
+#include "pool.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <string.h>
 
 static const struct {
@@ -180,81 +180,70 @@ void gq_convert_to_f32(gq_dtype t, const void *src, uint64_t first, uint64_t n, 
 	}
 }
 
-/* One thread's span of a conversion: elements [first, first + n) of src. */
+/* A conversion split into spans of `step` elements, one pool task each. */
 typedef struct {
 	gq_dtype t;
 	const void *src;
-	uint64_t first, n;
-	float *dst;     /* convert: [n] float32 out; round: [n] float32 in */
-	uint16_t *f16;  /* round: [n] fp16 out */
+	uint64_t first, n, step;
+	float *f32;    /* convert: [n] float32 out; round: [n] float32 in */
+	uint16_t *f16; /* round: [n] fp16 out */
 } span_job;
 
-static void *convert_span(void *p)
+/* Span i's first element and length. */
+static uint64_t span(const span_job *j, int i, uint64_t *lo)
 {
-	span_job *j = p;
-
-	gq_convert_to_f32(j->t, j->src, j->first, j->n, j->dst);
-	return NULL;
+	*lo = (uint64_t)i * j->step;
+	return *lo >= j->n ? 0 : j->n - *lo < j->step ? j->n - *lo : j->step;
 }
 
-static void *round_span(void *p)
+static void convert_span(void *p, int i)
 {
-	span_job *j = p;
+	const span_job *j = p;
+	uint64_t lo, len = span(j, i, &lo);
 
-	for (uint64_t i = 0; i < j->n; i++)
-		j->f16[i] = gq_f32_to_f16(j->dst[i]);
-	return NULL;
+	gq_convert_to_f32(j->t, j->src, j->first + lo, len, j->f32 + lo);
+}
+
+static void round_span(void *p, int i)
+{
+	const span_job *j = p;
+	uint64_t lo, len = span(j, i, &lo);
+
+	for (uint64_t k = lo; k < lo + len; k++)
+		j->f16[k] = gq_f32_to_f16(j->f32[k]);
 }
 
 /*
- * fn over consecutive spans of job's n elements, one per thread (the caller
- * runs the first, and any span whose thread did not start): threads only
- * for spans of at least a million elements, where they pay.
+ * fn over j's n elements in spans, one per thread of a pool made for the
+ * call: threads only for spans of at least a million elements, where they
+ * pay. Without a pool (out of memory) the caller's thread runs every span.
  */
-static void run_spans(const span_job *job, int threads, void *(*fn)(void *))
+static void run_spans(span_job *j, int threads, void (*fn)(void *, int))
 {
-	enum { SPAN_MIN = 1 << 20, SPANS_MAX = 64 };
-	span_job jobs[SPANS_MAX];
-	pthread_t th[SPANS_MAX];
-	int started[SPANS_MAX] = {0};
-	uint64_t spans = job->n / SPAN_MIN;
+	enum { SPAN_MIN = 1 << 20 };
+	uint64_t spans = j->n / SPAN_MIN;
+	gq_pool *pool = NULL;
 
 	spans = spans < (uint64_t)threads ? spans : (uint64_t)threads;
-	spans = spans < SPANS_MAX ? spans : SPANS_MAX;
 	spans = spans > 1 ? spans : 1;
-	const uint64_t step = (job->n + spans - 1) / spans;
-
-	for (uint64_t s = 0; s < spans; s++) {
-		const uint64_t lo = s * step, hi = lo + step < job->n ? lo + step : job->n;
-
-		jobs[s] = *job;
-		jobs[s].first = job->first + lo;
-		jobs[s].n = hi > lo ? hi - lo : 0;
-		jobs[s].dst = job->dst + lo;
-		jobs[s].f16 = job->f16 ? job->f16 + lo : NULL;
-		if (s > 0)
-			started[s] = pthread_create(&th[s], NULL, fn, &jobs[s]) == 0;
-	}
-	fn(&jobs[0]);
-	for (uint64_t s = 1; s < spans; s++) {
-		if (started[s])
-			pthread_join(th[s], NULL);
-		else
-			fn(&jobs[s]);
-	}
+	j->step = (j->n + spans - 1) / spans;
+	if (spans > 1 && gq_pool_create(&pool, (int)spans))
+		pool = NULL;
+	gq_pool_run(pool, (int)spans, fn, j);
+	gq_pool_free(pool);
 }
 
 void gq_convert_to_f32_mt(gq_dtype t, const void *src, uint64_t first, uint64_t n, float *dst,
 			  int threads)
 {
-	span_job j = {t, src, first, n, dst, NULL};
+	span_job j = {t, src, first, n, 0, dst, NULL};
 
 	run_spans(&j, threads, convert_span);
 }
 
 void gq_f32_to_f16_mt(const float *src, uint16_t *dst, uint64_t n, int threads)
 {
-	span_job j = {GQ_DTYPE_F32, NULL, 0, n, (float *)src, dst};
+	span_job j = {GQ_DTYPE_F32, NULL, 0, n, 0, (float *)src, dst};
 
 	run_spans(&j, threads, round_span);
 }

@@ -16,15 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv)
 {
@@ -45,19 +36,19 @@ int main(int argc, char **argv)
 	/* best of 3, the variants alternating, so neither gets a warmer machine */
 	serial_in = mt_in = serial_out = mt_out = 1e30;
 	for (int rep = 0; rep < 3; rep++) {
-		t0 = now();
+		t0 = gq_now();
 		gq_convert_to_f32(GQ_DTYPE_F16, h, 0, n, f);
-		serial_in = fmin(serial_in, now() - t0);
-		t0 = now();
+		serial_in = fmin(serial_in, gq_now() - t0);
+		t0 = gq_now();
 		gq_convert_to_f32_mt(GQ_DTYPE_F16, h, 0, n, f, threads);
-		mt_in = fmin(mt_in, now() - t0);
-		t0 = now();
+		mt_in = fmin(mt_in, gq_now() - t0);
+		t0 = gq_now();
 		for (uint64_t i = 0; i < n; i++)
 			back[i] = gq_f32_to_f16(f[i]);
-		serial_out = fmin(serial_out, now() - t0);
-		t0 = now();
+		serial_out = fmin(serial_out, gq_now() - t0);
+		t0 = gq_now();
 		gq_f32_to_f16_mt(f, back, n, threads);
-		mt_out = fmin(mt_out, now() - t0);
+		mt_out = fmin(mt_out, gq_now() - t0);
 	}
 	printf("%llu M elements, %d threads\n", (unsigned long long)(n / 1000000u), threads);
 	printf("| conversion   | serial s | threaded s | speedup |\n");
