@@ -1,9 +1,11 @@
 /*
  * pool.c - the thread pool: a job is (fn, ctx, n); tasks are handed out by an
  * atomic counter. A generation number tells sleeping workers that a job has
- * arrived; `active` counts workers inside a job, and the caller returns only
- * when every task is done and every worker has left, so no straggler can take
- * an index of the next job from a reset counter.
+ * arrived; `active` counts workers inside a job. The caller returns when
+ * every task is done and no worker is inside, and starts the next job only
+ * once a worker that woke late for the last one (after the caller ran it
+ * alone) has left too, so no straggler can take an index of the next job
+ * from a counter being reset.
  */
 #include "pool.h"
 #include "util.h"
@@ -119,6 +121,13 @@ void gq_pool_run(gq_pool *p, int n, void (*fn)(void *ctx, int i), void *ctx)
 		return;
 	}
 	pthread_mutex_lock(&p->mu);
+	/*
+	 * A worker that woke for the last job after this thread had finished it
+	 * alone may still be leaving it: it would take an index of this job from
+	 * the counter being reset and lose its count (a hang). Wait it out.
+	 */
+	while (p->active > 0)
+		pthread_cond_wait(&p->done, &p->mu);
 	p->fn = fn;
 	p->ctx = ctx;
 	p->n_tasks = n;

@@ -10,6 +10,8 @@
 #include "tensor.h"
 
 #include <cblas.h>
+#include <string.h>
+#include <unistd.h>
 
 typedef struct {
 	int bits;
@@ -196,6 +198,32 @@ static void test_pool(void)
 	gq_pool_free(pool);
 }
 
+/*
+ * Many tiny jobs back to back on more threads than tasks, where workers
+ * often wake after the caller has run a whole job alone: each task still
+ * runs exactly once, and no job waits for a task nobody will run (a hang
+ * fails the test through the alarm). A worker that joined a finished job
+ * late used to take a task of the next one and lose its count: an eval on
+ * 16 cores hung that way.
+ */
+static void test_pool_tiny_jobs(void)
+{
+	enum { JOBS = 200000, THREADS = 16 };
+	gq_pool *pool;
+	int hits[4] = {0}, want[4] = {0};
+
+	CHECK_OK(gq_pool_create(&pool, THREADS));
+	alarm(120);
+	for (int rep = 0; rep < JOBS; rep++) {
+		gq_pool_run(pool, 2 + rep % 3, count_task, hits);
+		for (int i = 0; i < 2 + rep % 3; i++)
+			want[i]++;
+	}
+	alarm(0);
+	CHECK(memcmp(hits, want, sizeof hits) == 0);
+	gq_pool_free(pool);
+}
+
 /* The decoding GEMV for dense weights against its double-precision reference. */
 static void test_sgemv_rows(void)
 {
@@ -219,6 +247,7 @@ int main(void)
 	RUN(test_all_widths_formats_orders);
 	RUN(test_bad_g_idx);
 	RUN(test_pool);
+	RUN(test_pool_tiny_jobs);
 	RUN(test_sgemv_rows);
 	return check_done();
 }
