@@ -41,6 +41,39 @@ static int on_group(void *p, int layer, int group, const float *x, int64_t rows,
 	return group == c->stop_group;
 }
 
+/*
+ * Where a layer's time goes, shown at -v: the feedback wait is gptq-solve's
+ * time plus the pipe, the rest is this process's.
+ */
+enum { PH_LOAD, PH_UPLOAD, PH_FORWARD, PH_EMIT, PH_FEEDBACK, N_PHASES };
+
+typedef struct {
+	double t[N_PHASES]; /* seconds spent in each phase this layer */
+	double mark;        /* gq_now() at the end of the last lap */
+} phase_clock;
+
+static void clock_start(phase_clock *c)
+{
+	memset(c->t, 0, sizeof c->t);
+	c->mark = gq_now();
+}
+
+/* Charges the time since the last lap to phase p. */
+static void clock_lap(phase_clock *c, int p)
+{
+	double now = gq_now();
+
+	c->t[p] += now - c->mark;
+	c->mark = now;
+}
+
+static void clock_report(const phase_clock *c, int layer)
+{
+	gq_debug("layer %d: load %.2f s, upload %.2f s, forward and H %.2f s, hessians out %.2f s, "
+		 "feedback wait %.2f s", layer, c->t[PH_LOAD], c->t[PH_UPLOAD], c->t[PH_FORWARD],
+		 c->t[PH_EMIT], c->t[PH_FEEDBACK]);
+}
+
 typedef struct {
 	const char *path;
 	int fd;
@@ -334,6 +367,7 @@ static int collect_cpu(const gq_model *m, const gq_sample *samples, int64_t n,
 	hook_ctx hc = {calloc((size_t)m->n_groups + 1, sizeof(gq_hessian)), -1, GQ_OK};
 	gq_hooks hooks = {on_group, &hc};
 	gq_progress prog;
+	phase_clock clk;
 	int rc = GQ_OK;
 
 	if (!x || !hc.h) {
@@ -360,18 +394,22 @@ static int collect_cpu(const gq_model *m, const gq_sample *samples, int64_t n,
 	for (int l = o->start_layer; l <= o->last_layer && rc == GQ_OK; l++) {
 		gq_layer L;
 
+		clock_start(&clk);
 		if ((rc = gq_layer_load(m, l, &L)))
 			break;
 		rc = apply_given(m, l, &L, given, n_given);
+		clock_lap(&clk, PH_LOAD);
 		if (rc == GQ_OK && l < o->first_layer) {
 			rc = forward_all(m, &L, x, samples, n, NULL);
 		} else if (rc == GQ_OK && !o->sequential) {
 			if ((rc = start_hessians(m, -1, &hc, on, width)) == GQ_OK)
 				rc = forward_all(m, &L, x, samples, n, &hooks);
 			rc = rc ? rc : hc.rc;
+			clock_lap(&clk, PH_FORWARD);
 			if (rc == GQ_OK)
 				rc = emit(m, l, &hc, w);
 			free_hessians(m, &hc);
+			clock_lap(&clk, PH_EMIT);
 		} else if (rc == GQ_OK) {
 			for (int s = 0; s < m->n_steps && rc == GQ_OK; s++) {
 				/* the very last step's weights matter only if the state is saved */
@@ -385,17 +423,23 @@ static int collect_cpu(const gq_model *m, const gq_sample *samples, int64_t n,
 							      NULL, &hooks);
 					rc = rc < 0 ? rc : hc.rc;
 				}
+				clock_lap(&clk, PH_FORWARD);
 				if (rc == GQ_OK)
 					rc = emit(m, l, &hc, w);
 				free_hessians(m, &hc);
+				clock_lap(&clk, PH_EMIT);
 				for (int i = 0; i < m->n_modules; i++)
 					want[i] = m->modules[i].step == s;
 				if (rc == GQ_OK && !last)
 					rc = read_feedback(fb, m, l, &L, want);
+				clock_lap(&clk, PH_FEEDBACK);
 			}
 			if (rc == GQ_OK && (l < o->last_layer || o->state))
 				rc = forward_all(m, &L, x, samples, n, NULL);
 		}
+		clock_lap(&clk, PH_FORWARD);
+		if (rc == GQ_OK && l >= o->first_layer)
+			clock_report(&clk, l);
 		gq_layer_free(m, &L);
 		gq_layer_release(m, l);
 		if (l >= o->first_layer)
@@ -419,6 +463,69 @@ out:
 #if defined(GQ_CUDA) || defined(GQ_HIP)
 #include "gpu/fwd.h"
 #include "gpu/gpu.h"
+
+#include <pthread.h>
+
+/*
+ * The next layer read from the checkpoint (and its given weights applied)
+ * on a thread of its own while the device works on this one: everything
+ * gq_layer_load touches of the model is read-only.
+ */
+typedef struct {
+	const gq_model *m;
+	const gq_qlinear *given;
+	int n_given;
+	int layer;         /* the layer loading */
+	gq_layer L;        /* its weights, once taken */
+	int rc;
+	char err[1024];    /* the thread's error message (messages are per thread) */
+	int pending;       /* a load started and not taken */
+	int threaded;      /* it runs on `thread` */
+	pthread_t thread;
+} prefetch;
+
+static void *prefetch_main(void *p)
+{
+	prefetch *pf = p;
+
+	if ((pf->rc = gq_layer_load(pf->m, pf->layer, &pf->L)) == GQ_OK &&
+	    (pf->rc = apply_given(pf->m, pf->layer, &pf->L, pf->given, pf->n_given)))
+		gq_layer_free(pf->m, &pf->L);
+	if (pf->rc)
+		snprintf(pf->err, sizeof pf->err, "%s", gq_errmsg());
+	return NULL;
+}
+
+/* Starts loading `layer`; without a thread (none to be had) it is loaded here and now. */
+static void prefetch_start(prefetch *pf, int layer)
+{
+	pf->layer = layer;
+	pf->pending = 1;
+	pf->threaded = pthread_create(&pf->thread, NULL, prefetch_main, pf) == 0;
+	if (!pf->threaded)
+		prefetch_main(pf);
+}
+
+/* Waits for the layer started last into *L; a failure keeps the thread's message. */
+static int prefetch_take(prefetch *pf, gq_layer *L)
+{
+	if (pf->threaded)
+		pthread_join(pf->thread, NULL);
+	pf->pending = pf->threaded = 0;
+	if (pf->rc)
+		return gq_err(pf->rc, "%s", pf->err);
+	*L = pf->L;
+	return GQ_OK;
+}
+
+/* On the way out: no thread left behind, no layer leaked. */
+static void prefetch_cancel(prefetch *pf)
+{
+	gq_layer L;
+
+	if (pf->pending && prefetch_take(pf, &L) == GQ_OK)
+		gq_layer_free(pf->m, &L);
+}
 
 typedef struct {
 	gq_gpu_hessian *h;    /* [n_groups]; h[g].sum == NULL: not collecting g */
@@ -500,42 +607,83 @@ static void free_gpu_hessians(const gq_model *m, ghook_ctx *hc)
 		gq_gpu_hessian_free(&hc->h[g]);
 }
 
-/* One hessian frame per group collecting, from the device sums: the CPU's H = 2/n Σ, lower triangle mirrored. */
-static int emit_gpu(const gq_model *m, int layer, ghook_ctx *hc, gq_writer *w)
+/*
+ * One hessian frame per group collecting, from the device sums: the CPU's
+ * H = 2/n Σ, lower triangle mirrored (on the device), through H [n, n]
+ * pinned host memory that fits the widest group.
+ */
+static int emit_gpu(const gq_model *m, int layer, ghook_ctx *hc, float *H, gq_writer *w)
 {
 	for (int g = 0; g < m->n_groups; g++) {
 		gq_gpu_hessian *h = &hc->h[g];
-		int64_t n = h->n;
-		float *H, scale = h->nsamples ? 2.0f / (float)h->nsamples : 0.0f;
+		float scale = h->nsamples ? 2.0f / (float)h->nsamples : 0.0f;
 		int rc;
 
-		if (!h->sum)
-			continue;
-		if (!(H = malloc((size_t)(n * n) * sizeof *H)))
-			return gq_err(GQ_ERR_NOMEM, "out of memory");
-		if ((rc = gq_gpu_hessian_download(h, H)) == GQ_OK) {
-			gq_sym_from_lower(H, n, scale, H);
-			rc = emit_group(m, layer, g, n, h->nsamples, H, w);
-		}
-		free(H);
-		if (rc)
+		if (h->sum && ((rc = gq_gpu_hessian_download_sym(h, scale, H)) ||
+			       (rc = emit_group(m, layer, g, h->n, h->nsamples, H, w))))
 			return rc;
 	}
 	return GQ_OK;
 }
 
-/* Every sample through the resident layer (activations replaced when update is set). */
+/*
+ * Every sample through the resident layer (activations replaced when update
+ * is set), from `from` with kept [n] (or from the input, kept NULL).
+ */
 static int run_all(gq_gpu_model *g, float **x, uint8_t **mask, const gq_sample *s, int64_t n,
-		   int update, ghook_ctx *hc)
+		   int update, ghook_ctx *hc, gq_gpu_kept *kept, gq_gpu_from from)
 {
 	int rc = GQ_OK;
 
 	for (int64_t i = 0; i < n && rc == GQ_OK; i++) {
 		hc->mask = s[i].mask;
-		rc = gq_gpu_model_run_layer(g, x[i], s[i].len, mask[i], update);
+		rc = gq_gpu_model_run_layer(g, x[i], s[i].len, mask[i], update, kept ? &kept[i] : NULL,
+					    kept ? from : GQ_GPU_FROM_INPUT);
 		rc = rc ? rc : hc->rc;
 	}
 	return rc;
+}
+
+/* Where module i's input is kept: a step that changed it restarts the layer there. */
+static gq_gpu_from module_from(const gq_model *m, int i)
+{
+	switch (m->modules[i].role) {
+	case GQ_ROLE_O:
+		return GQ_GPU_FROM_ATTN_OUT;
+	case GQ_ROLE_GATE:
+	case GQ_ROLE_UP:
+	case GQ_ROLE_GATE_UP:
+	case GQ_ROLE_ROUTER:
+		return GQ_GPU_FROM_MLP_IN;
+	case GQ_ROLE_DOWN: /* an expert's input is not kept: its rows depend on the routing */
+		return m->arch.mlp == GQ_MLP_MOE ? GQ_GPU_FROM_MLP_IN : GQ_GPU_FROM_DOWN_IN;
+	default:
+		return GQ_GPU_FROM_INPUT;
+	}
+}
+
+/*
+ * kept [n] for sequential collection, or NULL: asked not to, or the device
+ * has no room (then every step runs from the layer's input, as slowly as
+ * that is, rather than failing).
+ */
+static gq_gpu_kept *alloc_kept(gq_gpu_model *g, const gq_sample *s, int64_t n, const gq_collect_opts *o)
+{
+	gq_gpu_kept *kept;
+	int rc = GQ_OK;
+
+	if (!o->sequential || o->recompute || !(kept = calloc((size_t)n, sizeof *kept)))
+		return NULL;
+	for (int64_t i = 0; i < n && rc == GQ_OK; i++)
+		rc = gq_gpu_kept_alloc(g, s[i].len, &kept[i]);
+	if (rc == GQ_OK)
+		return kept;
+	gq_info("no room on %s to keep activations between sequential steps (%s): recomputing "
+		"each step from the layer's input", gq_device_name(o->device), gq_errmsg());
+	for (int64_t i = 0; i < n; i++)
+		gq_gpu_kept_free(&kept[i]);
+	free(kept);
+	return NULL;
 }
 
 /*
@@ -547,14 +695,18 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 		       const gq_collect_opts *o, const gq_qlinear *given, int n_given, gq_writer *w,
 		       feedback *fb, uint8_t *want, uint8_t *on, int64_t *width)
 {
-	int64_t d = m->cfg.hidden, maxlen = 1;
+	int64_t d = m->cfg.hidden, maxlen = 1, widest = 1;
 	float **x = calloc((size_t)n + 1, sizeof *x), *host = NULL;
+	float *H = NULL; /* pinned [widest, widest]: the Hessians on their way out */
 	uint8_t **mask = calloc((size_t)n + 1, sizeof *mask);
 	uint8_t *upd = calloc((size_t)m->n_modules + 1, 1);
 	ghook_ctx hc = {.h = calloc((size_t)m->n_groups + 1, sizeof(gq_gpu_hessian)), .stop_group = -1};
 	gq_gpu_hooks hooks = {on_group_gpu, &hc};
 	gq_gpu_model *g = NULL;
 	gq_progress prog;
+	phase_clock clk;
+	prefetch pf = {.m = m, .given = given, .n_given = n_given};
+	gq_gpu_kept *kept = NULL; /* [n], or NULL: every run from the layer's input */
 	int rc = GQ_OK;
 
 	for (int64_t i = 0; i < n; i++)
@@ -565,6 +717,10 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 	}
 	/* g keeps m but never changes it (no backend is set in this mode) */
 	if ((rc = gq_gpu_model_open_layerwise(&g, (gq_model *)m, o->device, maxlen)))
+		goto out;
+	for (int i = 0; i < m->n_modules; i++)
+		widest = m->modules[i].in > widest ? m->modules[i].in : widest;
+	if ((rc = gq_gpu_host_alloc((void **)&H, (uint64_t)(widest * widest) * sizeof *H)))
 		goto out;
 	for (int64_t i = 0; i < n && rc == GQ_OK; i++) {
 		uint64_t bytes = (uint64_t)(samples[i].len * d) * 4;
@@ -582,28 +738,40 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 		if (rc == GQ_OK && samples[i].mask && !(rc = gq_gpu_alloc((void **)&mask[i], (uint64_t)samples[i].len)))
 			rc = gq_gpu_upload(mask[i], samples[i].mask, (uint64_t)samples[i].len);
 	}
+	if (rc == GQ_OK)
+		kept = alloc_kept(g, samples, n, o);
 	gq_progress_init(&prog, "hessian", o->last_layer - o->first_layer + 1);
+	if (rc == GQ_OK)
+		prefetch_start(&pf, o->start_layer);
 	for (int l = o->start_layer; l <= o->last_layer && rc == GQ_OK; l++) {
 		gq_layer L;
 
-		if ((rc = gq_layer_load(m, l, &L)))
+		clock_start(&clk);
+		if ((rc = prefetch_take(&pf, &L)))
 			break;
-		if ((rc = apply_given(m, l, &L, given, n_given)) == GQ_OK)
-			rc = gq_gpu_model_put_layer(g, &L);
+		if (l < o->last_layer)
+			prefetch_start(&pf, l + 1);
+		clock_lap(&clk, PH_LOAD);
+		rc = gq_gpu_model_put_layer(g, &L);
+		clock_lap(&clk, PH_UPLOAD);
 		if (rc == GQ_OK && l < o->first_layer) {
-			rc = run_all(g, x, mask, samples, n, 1, &hc);
+			rc = run_all(g, x, mask, samples, n, 1, &hc, NULL, GQ_GPU_FROM_INPUT);
 		} else if (rc == GQ_OK && !o->sequential) {
 			hc.stop_group = plan_step(m, -1, on, width);
 			for (int k = 0; k < m->n_groups && rc == GQ_OK; k++)
 				if (on[k])
 					rc = gq_gpu_hessian_init(&hc.h[k], width[k], GQ_DTYPE_F16);
 			gq_gpu_model_set_hooks(g, &hooks);
-			rc = rc ? rc : run_all(g, x, mask, samples, n, 1, &hc);
+			rc = rc ? rc : run_all(g, x, mask, samples, n, 1, &hc, NULL, GQ_GPU_FROM_INPUT);
 			gq_gpu_model_set_hooks(g, NULL);
+			clock_lap(&clk, PH_FORWARD);
 			if (rc == GQ_OK)
-				rc = emit_gpu(m, l, &hc, w);
+				rc = emit_gpu(m, l, &hc, H, w);
 			free_gpu_hessians(m, &hc);
+			clock_lap(&clk, PH_EMIT);
 		} else if (rc == GQ_OK) {
+			gq_gpu_from from = GQ_GPU_FROM_INPUT;
+
 			for (int s = 0; s < m->n_steps && rc == GQ_OK; s++) {
 				int last = l == o->last_layer && s == m->n_steps - 1 && !o->state;
 
@@ -612,23 +780,34 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 					if (on[k])
 						rc = gq_gpu_hessian_init(&hc.h[k], width[k], GQ_DTYPE_F16);
 				gq_gpu_model_set_hooks(g, &hooks);
-				rc = rc ? rc : run_all(g, x, mask, samples, n, 0, &hc);
+				rc = rc ? rc : run_all(g, x, mask, samples, n, 0, &hc, kept, from);
 				gq_gpu_model_set_hooks(g, NULL);
+				clock_lap(&clk, PH_FORWARD);
 				if (rc == GQ_OK)
-					rc = emit_gpu(m, l, &hc, w);
+					rc = emit_gpu(m, l, &hc, H, w);
 				free_gpu_hessians(m, &hc);
+				clock_lap(&clk, PH_EMIT);
 				for (int i = 0; i < m->n_modules; i++)
 					want[i] = upd[i] = m->modules[i].step == s;
 				if (rc == GQ_OK && !last)
 					rc = read_feedback(fb, m, l, &L, want);
-				/* the quantized weights, dequantized on the host, replace the device's */
+				clock_lap(&clk, PH_FEEDBACK);
+				/* the quantized weights, dequantized on the host, replace the device's;
+				 * the next run starts at their input, kept by this one */
+				from = GQ_GPU_FROM_DOWN_IN;
 				for (int i = 0; i < m->n_modules && rc == GQ_OK && !last; i++)
-					if (upd[i])
+					if (upd[i]) {
 						rc = gq_gpu_model_put_linear(g, i, L.lin[i].w);
+						from = module_from(m, i) < from ? module_from(m, i) : from;
+					}
+				clock_lap(&clk, PH_UPLOAD);
 			}
 			if (rc == GQ_OK && (l < o->last_layer || o->state))
-				rc = run_all(g, x, mask, samples, n, 1, &hc);
+				rc = run_all(g, x, mask, samples, n, 1, &hc, kept, from);
 		}
+		clock_lap(&clk, PH_FORWARD);
+		if (rc == GQ_OK && l >= o->first_layer)
+			clock_report(&clk, l);
 		gq_layer_free(m, &L);
 		gq_layer_release(m, l);
 		if (l >= o->first_layer)
@@ -639,6 +818,10 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 		if (!(rc = gq_gpu_download(host, x[i], (uint64_t)(samples[i].len * d) * 4)))
 			rc = save_sample(o->last_layer + 1, i, &samples[i], host, d, o->state);
 out:
+	prefetch_cancel(&pf);
+	for (int64_t i = 0; kept && i < n; i++)
+		gq_gpu_kept_free(&kept[i]);
+	free(kept);
 	if (hc.h)
 		free_gpu_hessians(m, &hc);
 	free(hc.h);
@@ -650,6 +833,7 @@ out:
 		gq_gpu_free(mask[i]);
 	}
 	gq_gpu_model_close(g);
+	gq_gpu_host_free(H);
 	free(x);
 	free(mask);
 	free(upd);

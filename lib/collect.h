@@ -34,6 +34,8 @@ typedef struct {
 	const char *feedback;        /* name of the qlinear feedback stream (sequential) */
 	int feedback_fd;             /* its descriptor, opened early without blocking (taken over), or -1 */
 	gq_device device;            /* where the layers run and H is summed (cpu: the reference) */
+	int recompute;               /* GPU, sequential: run each step from the layer's input
+				      * instead of from activations kept on the device */
 } gq_collect_opts;
 
 /*

@@ -97,6 +97,8 @@ struct gq_gpu_model {
 	float *lw_k, *lw_v; /* [lw_cap, KV hd] */
 	int64_t lw_cap;
 	const uint8_t *key_mask; /* device [lw_cap] of the sequence running, or NULL */
+	gq_gpu_kept *kept;  /* the sequence running's kept activations, or NULL */
+	gq_gpu_from from;   /* where its run starts */
 };
 
 /* ---- uploads ---- */
@@ -387,6 +389,26 @@ static int linear(gdev *D, const glin *l, const void *x16, int64_t n, float *y)
 	return rc;
 }
 
+/*
+ * Rows [row0, row0 + n) of a kept buffer (row_bytes a row) from the chunk
+ * buffer src, as the run passes; nothing without one.
+ */
+static int keep(gq_gpu_model *g, gdev *D, void *kept, const void *src, int64_t row_bytes, int64_t n)
+{
+	if (!kept)
+		return GQ_OK;
+	return gq_gpu_copy_async((char *)kept + g->row0 * row_bytes, src, (uint64_t)(n * row_bytes),
+				 D->stream);
+}
+
+/* The chunk buffer dst from rows [row0, row0 + n) of a kept buffer: where a run starts. */
+static int restore(gq_gpu_model *g, gdev *D, void *dst, const void *kept, int64_t row_bytes,
+		   int64_t n)
+{
+	return gq_gpu_copy_async(dst, (const char *)kept + g->row0 * row_bytes,
+				 (uint64_t)(n * row_bytes), D->stream);
+}
+
 /* The hook for the group starting at module i: GQ_STOPPED when it asks to stop. */
 static int observe(gq_gpu_model *g, gdev *D, int layer, int i, const void *x16, int64_t rows,
 		   const int32_t *idx)
@@ -416,7 +438,7 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 	int64_t ldq, ldk, ldv;
 	gq_gpu_attn a = {H, KV, hd, c->query_scale > 0 ? c->query_scale : 1.0 / sqrt((double)hd),
 			 c->attn_softcap, 0, capacity, g->key_mask};
-	int rc, io = find_module(m, GQ_ROLE_O, -1);
+	int rc;
 
 	if (!strcmp(c->model_type, "gpt2")) {
 		a.scale = c->scale_attn_weights ? 1.0 / sqrt((double)hd) : 1.0;
@@ -451,10 +473,19 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 
 	if ((rc = gq_gpu_rope_kv(q, ldq, k, ldk, v, ldv, n, &r, gc->k[l], gc->v[l], D->pos, D->stream)) ||
 	    (rc = gq_gpu_attention(&a, q, ldq, gc->k[l], gc->v[l], n, D->pos, gc->att_ws[L->dev],
-				   D->o16, D->stream)) ||
-	    (rc = observe(g, D, l, io, D->o16, n, NULL)))
+				   D->o16, D->stream)))
 		return rc;
-	return linear(D, &L->lin[io], D->o16, n, D->att);
+	return keep(g, D, g->kept ? g->kept->o16 : NULL, D->o16, H * hd * 2, n);
+}
+
+/* o_proj on D->o16 into D->att. */
+static int attention_out(gq_gpu_model *g, gdev *D, int l, int64_t n)
+{
+	int io = find_module(g->m, GQ_ROLE_O, -1), rc;
+
+	if ((rc = observe(g, D, l, io, D->o16, n, NULL)))
+		return rc;
+	return linear(D, &g->layers[l].lin[io], D->o16, n, D->att);
 }
 
 /* Gated or plain MLP of modules ig/iu (or fused igu) and id on x16 [n, d] (rows idx, see observe), into y. */
@@ -464,7 +495,14 @@ static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id,
 	const glayer *L = &g->layers[l];
 	int64_t inter = g->m->modules[id].in;
 	int act = (int)g->m->cfg.act, rc;
+	void *kept_a16 = g->kept && !idx ? g->kept->a16 : NULL; /* not per MoE expert */
 
+	if (kept_a16 && g->from == GQ_GPU_FROM_DOWN_IN) {
+		if ((rc = restore(g, D, D->a16, kept_a16, inter * 2, n)) ||
+		    (rc = observe(g, D, l, id, D->a16, n, idx)))
+			return rc;
+		return linear(D, &L->lin[id], D->a16, n, y);
+	}
 	if ((rc = observe(g, D, l, igu >= 0 ? igu : ig >= 0 ? ig : iu, x16, n, idx)))
 		return rc;
 	if (ig >= 0 && L->lin[ig].fused == 2) /* uploaded as one [gate | up] matrix */
@@ -487,7 +525,8 @@ static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id,
 		   (rc = gq_gpu_act(act, D->g, inter, NULL, 0, n, inter, D->a16, D->stream))) {
 		return rc;
 	}
-	if ((rc = observe(g, D, l, id, D->a16, n, idx)))
+	if ((rc = keep(g, D, kept_a16, D->a16, inter * 2, n)) ||
+	    (rc = observe(g, D, l, id, D->a16, n, idx)))
 		return rc;
 	return linear(D, &L->lin[id], D->a16, n, y);
 }
@@ -567,21 +606,37 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 	const glayer *L = &g->layers[l];
 	gdev *D = &g->dev[L->dev];
 	int kind = (int)m->arch.norm;
-	int64_t d = m->cfg.hidden;
+	int64_t d = m->cfg.hidden, ohd = m->cfg.n_heads * m->cfg.head_dim;
 	double eps = m->cfg.norm_eps;
+	gq_gpu_kept *k = g->kept;
+	gq_gpu_from from = k ? g->from : GQ_GPU_FROM_INPUT;
 	int rc;
 
-	if ((rc = gq_gpu_norm(kind, D->x, pending, n, d, L->norm_attn_w, L->norm_attn_b, eps, NULL,
-			      D->h16, D->stream)) ||
-	    (rc = attention(g, D, gc, l, n, capacity)))
+	if (from == GQ_GPU_FROM_INPUT &&
+	    ((rc = gq_gpu_norm(kind, D->x, pending, n, d, L->norm_attn_w, L->norm_attn_b, eps, NULL,
+			       D->h16, D->stream)) ||
+	     (rc = attention(g, D, gc, l, n, capacity))))
 		return rc;
-	if (L->post_attn_w &&
-	    (rc = gq_gpu_norm(kind, D->att, NULL, n, d, L->post_attn_w, NULL, eps, D->att, NULL, D->stream)))
+	if (from == GQ_GPU_FROM_ATTN_OUT && (rc = restore(g, D, D->o16, k->o16, ohd * 2, n)))
 		return rc;
-	/* x += attn; h = norm_mlp(x) */
-	if ((rc = gq_gpu_norm(kind, D->x, D->att, n, d, L->norm_mlp_w, L->norm_mlp_b, eps, NULL,
-			      D->h16, D->stream)) ||
-	    (rc = mlp(g, D, l, n)))
+	if (from <= GQ_GPU_FROM_ATTN_OUT) {
+		if ((rc = attention_out(g, D, l, n)))
+			return rc;
+		if (L->post_attn_w &&
+		    (rc = gq_gpu_norm(kind, D->att, NULL, n, d, L->post_attn_w, NULL, eps, D->att, NULL,
+				      D->stream)))
+			return rc;
+		/* x += attn; h = norm_mlp(x) */
+		if ((rc = gq_gpu_norm(kind, D->x, D->att, n, d, L->norm_mlp_w, L->norm_mlp_b, eps, NULL,
+				      D->h16, D->stream)) ||
+		    (k && ((rc = keep(g, D, k->xa, D->x, d * 4, n)) ||
+			   (rc = keep(g, D, k->h16, D->h16, d * 2, n)))))
+			return rc;
+	} else if ((rc = restore(g, D, D->x, k->xa, d * 4, n)) ||
+		   (rc = restore(g, D, D->h16, k->h16, d * 2, n))) {
+		return rc;
+	}
+	if ((rc = mlp(g, D, l, n)))
 		return rc;
 	if (L->post_mlp_w)
 		rc = gq_gpu_norm(kind, D->mo, NULL, n, d, L->post_mlp_w, NULL, eps, D->mo, NULL, D->stream);
@@ -1116,7 +1171,35 @@ int gq_gpu_model_put_linear(gq_gpu_model *g, int mod, const float *w)
 	return dup_f16(w, d->in * d->out, &d->w16);
 }
 
-int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t *mask, int update)
+int gq_gpu_kept_alloc(const gq_gpu_model *g, int64_t len, gq_gpu_kept *k)
+{
+	const gq_config *c = &g->m->cfg;
+	int rc;
+
+	memset(k, 0, sizeof *k);
+	if ((rc = gq_gpu_set_device(g->dev[0].ordinal)) ||
+	    (rc = gq_gpu_alloc(&k->o16, (uint64_t)(len * c->n_heads * c->head_dim) * 2)) ||
+	    (rc = gq_gpu_alloc((void **)&k->xa, (uint64_t)(len * c->hidden) * 4)) ||
+	    (rc = gq_gpu_alloc(&k->h16, (uint64_t)(len * c->hidden) * 2)) ||
+	    (g->m->arch.mlp != GQ_MLP_MOE &&
+	     (rc = gq_gpu_alloc(&k->a16, (uint64_t)(len * c->intermediate) * 2)))) {
+		gq_gpu_kept_free(k);
+		return rc;
+	}
+	return GQ_OK;
+}
+
+void gq_gpu_kept_free(gq_gpu_kept *k)
+{
+	gq_gpu_free(k->o16);
+	gq_gpu_free(k->xa);
+	gq_gpu_free(k->h16);
+	gq_gpu_free(k->a16);
+	memset(k, 0, sizeof *k);
+}
+
+int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t *mask, int update,
+			   gq_gpu_kept *kept, gq_gpu_from from)
 {
 	gdev *D = &g->dev[0];
 	int l = g->resident, rc;
@@ -1125,11 +1208,16 @@ int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t
 	if (l < 0 || len > g->lw_cap)
 		return gq_err(GQ_ERR_ARG, "no layer on the device, or a sequence of %lld tokens "
 			      "(room for %lld)", (long long)len, (long long)g->lw_cap);
+	if (from != GQ_GPU_FROM_INPUT && (!kept || (from == GQ_GPU_FROM_DOWN_IN && !kept->a16)))
+		return gq_err(GQ_ERR_ARG, "a layer run cannot start past its input without what an "
+			      "earlier run kept there");
 	if ((rc = gq_gpu_set_device(D->ordinal)))
 		return rc;
 	g->lw->k[l] = g->lw_k;
 	g->lw->v[l] = g->lw_v;
 	g->key_mask = mask;
+	g->kept = kept;
+	g->from = from;
 	for (int64_t t0 = 0; t0 < len && rc == GQ_OK; t0 += CHUNK) {
 		int64_t n = len - t0 < CHUNK ? len - t0 : CHUNK;
 
@@ -1149,6 +1237,7 @@ int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t
 		rc = gq_gpu_stream_sync(D->stream);
 	g->lw->k[l] = g->lw->v[l] = NULL;
 	g->key_mask = NULL;
+	g->kept = NULL;
 	return rc;
 }
 
@@ -1209,7 +1298,17 @@ int gq_gpu_model_put_linear(gq_gpu_model *g, int mod, const float *w)
 	return gq_err(GQ_ERR_UNSUPPORTED, "built without a GPU backend");
 }
 
-int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t *mask, int update)
+int gq_gpu_kept_alloc(const gq_gpu_model *g, int64_t len, gq_gpu_kept *k)
+{
+	return gq_err(GQ_ERR_UNSUPPORTED, "built without a GPU backend");
+}
+
+void gq_gpu_kept_free(gq_gpu_kept *k)
+{
+}
+
+int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t *mask, int update,
+			   gq_gpu_kept *kept, gq_gpu_from from)
 {
 	return gq_err(GQ_ERR_UNSUPPORTED, "built without a GPU backend");
 }

@@ -68,13 +68,41 @@ int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L);
 /* Replaces the resident layer's dense module mod by the host weights w [out, in]. */
 int gq_gpu_model_put_linear(gq_gpu_model *g, int mod, const float *w);
 /*
+ * Where a run of the resident layer starts: at its input, or from what an
+ * earlier run of the same sequence kept (gq_gpu_kept) at the input of
+ * o_proj, of the MLP, or of down_proj (not for MoE). Sequential collection
+ * starts each step at the input of the modules the last step quantized:
+ * everything before it is unchanged.
+ */
+typedef enum {
+	GQ_GPU_FROM_INPUT,
+	GQ_GPU_FROM_ATTN_OUT,
+	GQ_GPU_FROM_MLP_IN,
+	GQ_GPU_FROM_DOWN_IN,
+} gq_gpu_from;
+
+/* Device buffers of one sequence of len tokens that a run fills as it passes. */
+typedef struct {
+	void *o16; /* [len, heads hd] fp16: o_proj's input */
+	float *xa; /* [len, d] the residual stream after attention */
+	void *h16; /* [len, d] fp16: the MLP's normed input */
+	void *a16; /* [len, intermediate] fp16: down_proj's input; NULL for MoE */
+} gq_gpu_kept;
+
+int gq_gpu_kept_alloc(const gq_gpu_model *g, int64_t len, gq_gpu_kept *k);
+void gq_gpu_kept_free(gq_gpu_kept *k);
+
+/*
  * The resident layer on one sequence x [len, d] (device float32), whose
  * mask (device [len], or NULL) hides padded tokens from attention; the
  * result replaces x when update is set. With hooks set, a hook that stops
  * ends the block for the rows in flight only: later rows still run to that
  * point (their attention needs only earlier rows' keys, stored before).
+ * With kept set the run fills it from `from` on, and starts at `from`
+ * (kept filled there by an earlier run); kept NULL: from the input.
  * The layer's stream is synchronized on return.
  */
-int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t *mask, int update);
+int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t *mask, int update,
+			   gq_gpu_kept *kept, gq_gpu_from from);
 
 #endif

@@ -2,6 +2,7 @@
  * qlinear.c - qlinear frames: building, strict parsing, dequantization.
  */
 #include "qlinear.h"
+#include "pool.h"
 #include "util.h"
 
 #include <math.h>
@@ -211,13 +212,43 @@ int gq_qlinear_parse(gq_qlinear *ql, const gq_frame *f)
 	return rc;
 }
 
-void gq_qlinear_dequant(const gq_qlinear *ql, float *W)
+typedef struct {
+	const gq_qlinear *ql;
+	float *W;
+	int64_t rows_per_span;
+} dequant_job;
+
+/* Rows [i rows_per_span, (i + 1) rows_per_span) of the job. */
+static void dequant_span(void *p, int i)
 {
-	for (int64_t r = 0; r < ql->rows; r++)
+	const dequant_job *j = p;
+	const gq_qlinear *ql = j->ql;
+	const int64_t r0 = i * j->rows_per_span;
+	const int64_t r1 = r0 + j->rows_per_span < ql->rows ? r0 + j->rows_per_span : ql->rows;
+
+	for (int64_t r = r0; r < r1; r++)
 		for (int64_t c = 0; c < ql->cols; c++) {
 			int64_t g = ql->g_idx[c];
 
-			W[r * ql->cols + c] = gq_f16_to_f32(ql->scales[g * ql->rows + r]) *
-					      ((float)ql->codes[r * ql->cols + c] - (float)ql->zeros[g * ql->rows + r]);
+			j->W[r * ql->cols + c] = gq_f16_to_f32(ql->scales[g * ql->rows + r]) *
+						 ((float)ql->codes[r * ql->cols + c] -
+						  (float)ql->zeros[g * ql->rows + r]);
 		}
+}
+
+/* Rows in spans of at least a million weights, one thread each (a 7B layer: 202 M). */
+void gq_qlinear_dequant(const gq_qlinear *ql, float *W)
+{
+	enum { SPAN_MIN = 1 << 20 };
+	int64_t spans = ql->rows * ql->cols / SPAN_MIN, threads = gq_threads_default();
+	gq_pool *pool = NULL;
+
+	spans = spans < threads ? spans : threads;
+	spans = spans > 1 ? spans : 1;
+	dequant_job j = {ql, W, (ql->rows + spans - 1) / spans};
+
+	if (spans > 1 && gq_pool_create(&pool, (int)spans))
+		pool = NULL; /* out of memory: the spans run here */
+	gq_pool_run(pool, (int)spans, dequant_span, &j);
+	gq_pool_free(pool);
 }

@@ -44,6 +44,23 @@ struct gq_reader {
 	int64_t index;      /* frames returned so far */
 };
 
+/*
+ * A pipe carries 64 KB at a time by default: Hessians of hundreds of MB
+ * then cross in thousands of context switches. Either end asks for 1 MB
+ * (the unprivileged maximum by default); refused, the pipe stays as it was.
+ */
+static void grow_pipe(int fd)
+{
+#ifdef F_SETPIPE_SZ
+	struct stat st;
+
+	if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) && fcntl(fd, F_GETPIPE_SZ) < GQ_PIPE_BYTES)
+		(void)fcntl(fd, F_SETPIPE_SZ, GQ_PIPE_BYTES);
+#else
+	(void)fd;
+#endif
+}
+
 int gq_reader_open(gq_reader **out, const char *path)
 {
 	int use_stdin = !path || strcmp(path, "-") == 0, fd;
@@ -66,6 +83,7 @@ int gq_reader_open_fd(gq_reader **out, int fd, const char *name)
 	}
 	r->fd = fd;
 	r->name = strdup(name);
+	grow_pipe(fd);
 	r->raw = malloc(RAW_CAP);
 	r->zout_cap = ZSTD_DStreamOutSize();
 	r->zout = malloc(r->zout_cap);
@@ -511,6 +529,7 @@ static int writer_setup(gq_writer *w, const gq_writer_opts *o, gq_writer **out)
 		gq_writer_close(w, 0);
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	}
+	grow_pipe(fileno(w->fp));
 	if (o->zstd_level > 0) {
 		w->zc = ZSTD_createCCtx();
 		w->zcap = ZSTD_CStreamOutSize();

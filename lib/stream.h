@@ -33,6 +33,9 @@ typedef struct {
 
 typedef struct gq_reader gq_reader;
 
+/* Both ends of a pipe ask for this much buffer when a reader or writer opens it. */
+#define GQ_PIPE_BYTES (1 << 20)
+
 /* path NULL or "-" reads stdin. */
 int gq_reader_open(gq_reader **r, const char *path);
 /* Reads an open descriptor (taking ownership); name is for messages. */

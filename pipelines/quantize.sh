@@ -21,8 +21,9 @@ usage: quantize.sh MODEL OUT [--text FILE]... [--calib TOKENS.gqs] [--field NAME
                    [--bits B] [--group-size G] [--desc-act] [--static-groups] [--asym]
                    [--damp F] [--mse] [--rtn] [--no-sequential] [--format gptq|gptq_v2]
                    [--shard-size SIZE] [--fake-quant] [--keep-dtype] [--save DIR] [--threads N]
-                   [--device DEV]
+                   [--device DEV] [-v]
   --device DEV   where gptq-hessian and gptq-solve compute: cpu (default) or cuda[:N]
+  -v             pass -v to every tool (gptq-hessian then times each layer's phases)
 USAGE
 	exit "${1:-2}"
 }
@@ -34,6 +35,7 @@ out=$2
 shift 2
 
 texts= calib_opts= solve_opts= pack_opts= hess_opts= dev_opts= save= seq=1 rtn= format= asym= calib_file=
+verbose=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--text) texts="$texts $(printf '%s' "$2" | sed "s/'/'\\\\''/g; s/^/'/; s/\$/'/")"; shift ;;
@@ -51,6 +53,7 @@ while [ $# -gt 0 ]; do
 	--threads) solve_opts="$solve_opts --threads $2"; hess_opts="$hess_opts --threads $2"; shift ;;
 	--save) save=$2; shift ;;
 	--device) dev_opts="--device $2"; shift ;;
+	-v|--verbose) verbose="$verbose -v" ;;
 	-h|--help) usage 0 ;;
 	*) echo "quantize.sh: unknown option '$1'" >&2; usage 2 ;;
 	esac
@@ -72,14 +75,25 @@ export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/quantize.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
+calib_opts="$calib_opts$verbose" hess_opts="$hess_opts$verbose" solve_opts="$solve_opts$verbose"
+pack_opts="$pack_opts$verbose"
+
+save_q=/dev/null
 if [ -n "$save" ]; then
 	mkdir -p "$save"
-	save_h="$save/hessians.gqs"
 	save_q="$save/qlinear.gqs"
-else
-	save_h=/dev/null
-	save_q=/dev/null
 fi
+
+# Without --save no tee sits between gptq-hessian and gptq-solve, which
+# would copy every Hessian (485 MB for a 7B down_proj) through one more pipe.
+# shellcheck disable=SC2086
+solve_hessians() {
+	if [ -n "$save" ]; then
+		tee "$save/hessians.gqs" | gptq-solve -m "$model" $solve_opts $dev_opts
+	else
+		gptq-solve -m "$model" $solve_opts $dev_opts
+	fi
+}
 
 calib() {
 	if [ -n "$calib_file" ]; then
@@ -97,10 +111,10 @@ if [ -n "$rtn" ]; then
 elif [ -n "$seq" ]; then
 	mkfifo "$tmp/feedback"
 	calib | gptq-hessian -m "$model" --feedback "$tmp/feedback" $hess_opts $dev_opts |
-		tee "$save_h" | gptq-solve -m "$model" $solve_opts $dev_opts |
+		solve_hessians |
 		tee "$tmp/feedback" "$save_q" | gptq-pack -m "$model" -o "$out" $pack_opts
 else
 	calib | gptq-hessian -m "$model" --no-sequential $hess_opts $dev_opts |
-		tee "$save_h" | gptq-solve -m "$model" $solve_opts $dev_opts |
+		solve_hessians |
 		tee "$save_q" | gptq-pack -m "$model" -o "$out" $pack_opts
 fi

@@ -73,6 +73,15 @@ report() {
 	[ "$(gptq-dump q.gqs | jq -r 'select(.kind=="qlinear") | .metadata.method' | sort -u)" = rtn ]
 }
 
+@test "a Hessian stored as F16 solves as its float32 copy does" {
+	testgen hframe 64 model.layers.0.self_attn.q_proj 0 spd >h32.gqs
+	testgen hframe 64 model.layers.0.self_attn.q_proj 0 spd16 >h16.gqs
+	[ "$(gptq-dump h16.gqs | jq -r '.tensors[0].dtype')" = F16 ]
+	gptq-solve -q -m "$M" h32.gqs | gptq-dump --checksum - | grep -v report >q32.txt
+	gptq-solve -q -m "$M" h16.gqs | gptq-dump --checksum - | grep -v report >q16.txt
+	cmp q32.txt q16.txt
+}
+
 @test "bad Hessians are named precisely and leave no output" {
 	testgen hframe 64 model.layers.0.self_attn.q_proj 0 nan >n.gqs
 	run -1 gptq-solve -m "$M" -o q.gqs n.gqs

@@ -89,6 +89,10 @@ setup() {
 	[ "${stderr_lines[0]}" = "gptq-hessian: sequential mode needs --feedback FILE (or use --no-sequential)" ]
 	run -2 --separate-stderr gptq-hessian -m "$M" --no-sequential --layers 3 t.gqs
 	[[ "${stderr_lines[0]}" == "gptq-hessian: --layers: '3': "*"(the model has 2 layers)" ]]
+	run -2 --separate-stderr gptq-hessian -m "$M" --feedback fb --recompute t.gqs
+	[ "${stderr_lines[0]}" = "gptq-hessian: --recompute is for sequential mode on a GPU (--device)" ]
+	run -2 --separate-stderr gptq-hessian -m "$M" --no-sequential --device cpu --recompute t.gqs
+	[ "${stderr_lines[0]}" = "gptq-hessian: --recompute is for sequential mode on a GPU (--device)" ]
 }
 
 @test "--device cuda without a CUDA GPU fails naming the device and leaves no output" {

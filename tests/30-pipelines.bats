@@ -123,6 +123,16 @@ setup() {
 	[ "$(gptq-dump keep/qlinear.gqs | jq -r .kind | grep -c qlinear)" -eq 14 ]
 }
 
+@test "quantize.sh -v times every layer's phases, in either mode, with the same checkpoint" {
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$M" quiet --calib t.gqs --group-size 32
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$M" loud --calib t.gqs --group-size 32 -v
+	cmp quiet/model.safetensors loud/model.safetensors
+	layers=$(jq .num_hidden_layers "$M/config.json")
+	[ "$(grep -c '^gptq-hessian: layer [0-9]*: load .* feedback wait' <<<"$output")" -eq "$layers" ]
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$M" loud-ns --calib t.gqs --group-size 32 -v --no-sequential
+	[ "$(grep -c '^gptq-hessian: layer [0-9]*: load .* hessians out' <<<"$output")" -eq "$layers" ]
+}
+
 @test "quantize.sh --rtn needs no calibration" {
 	run -0 timeout $(limit 60) "$P/quantize.sh" "$M" out --rtn --bits 8 --group-size -1
 	[ "$(jq -c '[.bits, .group_size]' out/quantize_config.json)" = "[8,-1]" ]

@@ -80,6 +80,23 @@ gpu_or_skip() {
 	done
 }
 
+@test "GPU: sequential Hessians from kept activations are the bytes --recompute gives" {
+	gpu_or_skip
+	testgen tokens 6 48 1 128 >calib.gqs
+	for arch in qwen3 mixtral_top2of4 gemma2_window gpt2_layer_scaled; do
+		M=$BATS_TEST_DIRNAME/data/models/$arch
+		for mode in keep recompute; do
+			opt=$([ $mode = keep ] || echo --recompute)
+			rm -f fb
+			mkfifo fb
+			gptq-hessian -m "$M" --feedback fb --device cuda $opt calib.gqs | tee "h-$mode.gqs" |
+				gptq-solve -q -m "$M" --group-size 32 | tee fb >/dev/null
+		done
+		[ "$(gptq-dump h-keep.gqs | jq -s length)" -gt 4 ]
+		cmp h-keep.gqs h-recompute.gqs
+	done
+}
+
 @test "GPU: an architecture not on the GPU yet is refused by name" {
 	gpu_or_skip
 	run -1 gptq-run -m "$BATS_TEST_DIRNAME/data/models/falcon_alibi" --prompt-ids 1,2 --device cuda

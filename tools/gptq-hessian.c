@@ -18,7 +18,7 @@
 static const gq_tool tool = {
 	"gptq-hessian",
 	"usage: gptq-hessian -m MODEL --feedback FILE [--layers A-B] [--save-state FILE]\n"
-	"                    [--device DEV] [-o FILE] [-z] [FILE|-]...\n"
+	"                    [--device DEV [--recompute]] [-o FILE] [-z] [FILE|-]...\n"
 	"       gptq-hessian -m MODEL --no-sequential [--layers A-B] [--save-state FILE]\n"
 	"                    [--device DEV] [-o FILE] [-z] [FILE|-]...\n"
 	"       gptq-hessian --merge [-o FILE] [-z] FILE...\n",
@@ -37,12 +37,16 @@ static const gq_tool tool = {
 	"      --device DEV      where the layers run: cpu (default) or cuda[:N]/hip[:N]\n"
 	"                        (activations resident on the GPU, one layer uploaded at a\n"
 	"                        time, H summed in float32 from the fp16 inputs)\n"
+	"      --recompute       GPU, sequential: run every step from the layer's input\n"
+	"                        (the default keeps the inputs of o_proj, the MLP and\n"
+	"                        down_proj on the device: faster, more device memory)\n"
 	"      --merge           sum partial Hessian streams frame by frame (weighted by\n"
 	"                        nsamples): data-parallel collection\n"
 	GQ_STREAM_OUT_HELP,
 };
 
-enum { OPT_FEEDBACK = GQ_OPT_TOOL_BASE, OPT_NOSEQ, OPT_LAYERS, OPT_MERGE, OPT_STATE, OPT_DEVICE };
+enum { OPT_FEEDBACK = GQ_OPT_TOOL_BASE, OPT_NOSEQ, OPT_LAYERS, OPT_MERGE, OPT_STATE, OPT_DEVICE,
+       OPT_RECOMPUTE };
 
 typedef struct {
 	gq_writer *w;
@@ -209,6 +213,7 @@ int main(int argc, char **argv)
 		{"merge", no_argument, 0, OPT_MERGE},
 		{"save-state", required_argument, 0, OPT_STATE},
 		{"device", required_argument, 0, OPT_DEVICE},
+		{"recompute", no_argument, 0, OPT_RECOMPUTE},
 		{0, 0, 0, 0},
 	};
 	gq_common common;
@@ -241,6 +246,7 @@ int main(int argc, char **argv)
 				die("%s", gq_errmsg());
 			device = 1;
 			break;
+		case OPT_RECOMPUTE: co.recompute = 1; break;
 		default: gq_usage(&tool, 2);
 		}
 	}
@@ -251,7 +257,7 @@ int main(int argc, char **argv)
 	if (merge) {
 		gq_reader **rd = ecalloc((size_t)n_inputs, sizeof *rd);
 
-		if (model_dir || co.feedback || noseq || layers || state || device)
+		if (model_dir || co.feedback || noseq || layers || state || device || co.recompute)
 			gq_usage_error(&tool, "--merge takes only input files and output options");
 		for (int i = 0; i < n_inputs; i++)
 			if (gq_reader_open(&rd[i], inputs[i]))
@@ -272,6 +278,8 @@ int main(int argc, char **argv)
 		gq_usage_error(&tool, "cannot use --feedback with --no-sequential");
 	if (!noseq && !co.feedback)
 		gq_usage_error(&tool, "sequential mode needs --feedback FILE (or use --no-sequential)");
+	if (co.recompute && (noseq || co.device.kind == GQ_DEV_CPU))
+		gq_usage_error(&tool, "--recompute is for sequential mode on a GPU (--device)");
 	co.sequential = !noseq;
 	if (gq_model_open(&m, model_dir))
 		die("%s", gq_errmsg());

@@ -81,7 +81,8 @@ static void solve_frame(run *r, const gq_frame *f)
 	const char *mods = gq_frame_attr(f, "modules"), *ns = gq_frame_attr(f, "nsamples");
 	int64_t nsamples, n;
 	gq_tensor t;
-	float *H;
+	const float *H;
+	float *owned = NULL; /* [n, n] H converted from another dtype, or NULL */
 
 	if (!mods || !ns || gq_parse_i64(ns, 0, INT64_MAX, &nsamples))
 		gq_die_frame(f, "hessian frame needs 'modules' and 'nsamples'");
@@ -90,10 +91,17 @@ static void solve_frame(run *r, const gq_frame *f)
 	n = t.ndim == 2 ? t.shape[0] : -1;
 	if (t.ndim != 2 || t.shape[1] != n)
 		gq_die_frame(f, "H is not a square matrix");
-	H = malloc((size_t)(n * n) * sizeof *H + 1);
-	if (!H)
-		die("out of memory for a %lld x %lld Hessian", (long long)n, (long long)n);
-	gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)(n * n), H);
+	/* float32, as gptq-hessian writes it, is used where it lies: no 485 MB copy at 7B */
+	if (t.dtype == GQ_DTYPE_F32 && (uintptr_t)t.data % sizeof(float) == 0) {
+		H = (const float *)t.data;
+	} else {
+		float *h = malloc((size_t)(n * n) * sizeof *h + 1);
+
+		if (!h)
+			die("out of memory for a %lld x %lld Hessian", (long long)n, (long long)n);
+		gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)(n * n), h);
+		H = owned = h;
+	}
 	for (int64_t i = 0; i < n * n; i++)
 		if (!isfinite(H[i]))
 			gq_die_frame(f, "H has a non-finite entry at [%lld, %lld]", (long long)(i / n),
@@ -116,7 +124,7 @@ static void solve_frame(run *r, const gq_frame *f)
 		emit(r, layer, module, H, nsamples);
 		p = comma ? comma + 1 : p + len;
 	}
-	free(H);
+	free(owned);
 }
 
 static void write_report(run *r)

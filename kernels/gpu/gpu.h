@@ -27,6 +27,9 @@ int gq_gpu_device_info(int index, char *name, int len, uint64_t *mem_bytes);
 int gq_gpu_set_device(int index);
 int gq_gpu_alloc(void **ptr, uint64_t bytes);
 void gq_gpu_free(void *ptr);
+/* Page-locked host memory: copies from and to it run at the bus's speed. */
+int gq_gpu_host_alloc(void **ptr, uint64_t bytes);
+void gq_gpu_host_free(void *ptr);
 int gq_gpu_upload(void *dst, const void *src, uint64_t bytes);
 int gq_gpu_download(void *dst, const void *src, uint64_t bytes);
 int gq_gpu_sync(void);
@@ -109,8 +112,12 @@ void gq_gpu_hessian_free(gq_gpu_hessian *h);
 int gq_gpu_hessian_add(gq_gpu_hessian *h, const void *X, int64_t ldx, int64_t rows, void *stream);
 /* The same for host float32 rows x [rows, n] whose mask is nonzero (NULL: all), rounded to dtype. */
 int gq_gpu_hessian_add_host(gq_gpu_hessian *h, const float *x, int64_t rows, const uint8_t *mask);
-/* The unnormalised sum [n, n] to the host (after the work queued on it). */
-int gq_gpu_hessian_download(const gq_gpu_hessian *h, float *sum);
+/*
+ * H [n, n] = scale × the sum's lower triangle, mirrored, to the host (after
+ * the work queued on it): gq_sym_from_lower on the device, bit for bit. The
+ * device sum is overwritten; H is best pinned (gq_gpu_host_alloc).
+ */
+int gq_gpu_hessian_download_sym(gq_gpu_hessian *h, float scale, float *H);
 
 /*
  * The GPTQ solve of W [rows, cols] with H [cols, cols] (host memory) on the

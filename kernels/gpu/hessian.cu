@@ -145,9 +145,62 @@ extern "C" int gq_gpu_hessian_add_host(gq_gpu_hessian *h, const float *x, int64_
 	return rc;
 }
 
-extern "C" int gq_gpu_hessian_download(const gq_gpu_hessian *h, float *sum)
-{
-	int rc = gq_gpu_sync();
+#define SYM_TILE 32
 
-	return rc ? rc : gq_gpu_download(sum, h->sum, (uint64_t)(h->n * h->n) * sizeof(float));
+/*
+ * In place, a [n, n] = scale × its lower triangle mirrored. Block (bx, by)
+ * with bx <= by owns tile (by, bx) of the lower triangle and its mirror
+ * (bx, by), so every pair is read before either copy is written; the tile
+ * passes through shared memory so that both writes are coalesced.
+ */
+__global__ static void sym_from_lower_kernel(float *a, int64_t n, float scale)
+{
+	__shared__ float tile[SYM_TILE][SYM_TILE + 1]; /* [row in tile][col in tile] of the lower tile */
+	const int64_t bx = blockIdx.x, by = blockIdx.y;
+
+	if (bx > by)
+		return;
+	const int64_t r0 = by * SYM_TILE, c0 = bx * SYM_TILE;
+
+	for (int i = threadIdx.y; i < SYM_TILE; i += blockDim.y) {
+		const int64_t r = r0 + i, c = c0 + threadIdx.x;
+
+		if (r < n && c < n)
+			tile[i][threadIdx.x] = a[r * n + c];
+	}
+	__syncthreads();
+	/* the lower tile, scaled; on a diagonal tile an upper element takes its mirror */
+	for (int i = threadIdx.y; i < SYM_TILE; i += blockDim.y) {
+		const int64_t r = r0 + i, c = c0 + threadIdx.x;
+		const int j = threadIdx.x;
+
+		if (r < n && c < n)
+			a[r * n + c] = scale * (bx == by && j > i ? tile[j][i] : tile[i][j]);
+	}
+	if (bx == by)
+		return;
+	/* the mirror tile (bx, by): row c0 + i, column r0 + j holds lower (r0 + j, c0 + i) */
+	for (int i = threadIdx.y; i < SYM_TILE; i += blockDim.y) {
+		const int64_t r = c0 + i, c = r0 + threadIdx.x;
+
+		if (r < n && c < n)
+			a[r * n + c] = scale * tile[threadIdx.x][i];
+	}
+}
+
+extern "C" int gq_gpu_hessian_download_sym(gq_gpu_hessian *h, float scale, float *H)
+{
+	const unsigned tiles = (unsigned)CEIL_DIV(h->n, (int64_t)SYM_TILE); /* n <= INT_MAX / 32 in practice */
+	int rc;
+
+	/* the sums may come from any stream, some not synchronising with the default one */
+	if ((rc = gq_gpu_sync()))
+		return rc;
+	sym_from_lower_kernel<<<dim3(tiles, tiles), dim3(SYM_TILE, 8)>>>(h->sum, h->n, scale);
+	cudaError_t e = cudaGetLastError();
+	if (e != cudaSuccess)
+		return gq_err(GQ_ERR_IO, "sym_from_lower_kernel launch failed: %s", cudaGetErrorString(e));
+	if ((rc = gq_gpu_sync()))
+		return rc;
+	return gq_gpu_download(H, h->sum, (uint64_t)(h->n * h->n) * sizeof(float));
 }

@@ -50,6 +50,22 @@ extern "C" void gq_gpu_free(void *ptr)
 		(void)cudaFree(ptr);
 }
 
+extern "C" int gq_gpu_host_alloc(void **ptr, uint64_t bytes)
+{
+	cudaError_t e = cudaHostAlloc(ptr, bytes ? bytes : 1, cudaHostAllocDefault);
+
+	if (e != cudaSuccess)
+		return gq_err(GQ_ERR_NOMEM, "cudaHostAlloc of %llu bytes of pinned memory failed: %s",
+			      (unsigned long long)bytes, cudaGetErrorString(e));
+	return GQ_OK;
+}
+
+extern "C" void gq_gpu_host_free(void *ptr)
+{
+	if (ptr)
+		(void)cudaFreeHost(ptr);
+}
+
 extern "C" int gq_gpu_upload(void *dst, const void *src, uint64_t bytes)
 {
 	GPU_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));

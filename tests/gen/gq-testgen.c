@@ -6,7 +6,8 @@
  *   gq-testgen hessian N [SEED] [DEAD] > h.gqs   SPD Hessian frame, DEAD zero columns
  *   gq-testgen tokens ROWS SEQLEN [SEED [VOCAB]] > t.gqs
  *   gq-testgen hframe N MODULES LAYER KIND > h.gqs  one Hessian frame for MODULES (comma
- *                                                list) of KIND spd, indefinite, nan or empty
+ *                                                list) of KIND spd, spd16 (stored as F16),
+ *                                                indefinite, nan or empty
  *   gq-testgen report > r.gqs
  *   gq-testgen dtypes > d.safetensors            one tensor per dtype, F8 included
  *   gq-testgen checkpoint DIR [SHARDS [VOCAB HIDDEN]]  two-layer llama, config.json +
@@ -119,7 +120,8 @@ static void tokens(int64_t rows, int64_t seqlen, int64_t vocab)
 /* Hand-made Hessians for the solver's edge cases. */
 static void hframe(int64_t n, const char *modules, const char *layer, const char *kind)
 {
-	float *H = ecalloc((size_t)(n * n), sizeof *H); // [n, n]
+	float *H = ecalloc((size_t)(n * n), sizeof *H);        // [n, n]
+	uint16_t *H16 = ecalloc((size_t)(n * n), sizeof *H16); // [n, n] H as F16 bits
 	int64_t shape[2] = {n, n};
 	gq_st_builder b;
 	char first[256];
@@ -129,22 +131,26 @@ static void hframe(int64_t n, const char *modules, const char *layer, const char
 		 modules);
 	for (int64_t i = 0; i < n; i++)
 		for (int64_t j = 0; j < n; j++) {
-			if (!strcmp(kind, "spd"))
+			if (!strcmp(kind, "spd") || !strcmp(kind, "spd16"))
 				H[i * n + j] = (i == j ? 2.0f : 0.0f) + 0.5f;
 			else if (!strcmp(kind, "indefinite"))
 				H[i * n + j] = 1.0f - (i == j ? 0.5f : 0.0f); /* J - I/2: eigenvalues -1/2 */
 		}
 	if (!strcmp(kind, "nan"))
 		H[n + 1] = NAN;
+	for (int64_t i = 0; i < n * n; i++) /* spd16: the same values, exact in F16 */
+		H16[i] = gq_f32_to_f16(H[i]);
 	gq_stb_init(&b);
 	if (gq_stb_meta(&b, GQ_KIND_KEY, "hessian") || gq_stb_meta(&b, "layer", layer) ||
 	    gq_stb_meta(&b, "name", first) || gq_stb_meta(&b, "modules", modules) ||
 	    gq_stb_meta(&b, "nsamples", !strcmp(kind, "empty") ? "0" : "100") ||
-	    gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H))
+	    (!strcmp(kind, "spd16") ? gq_stb_tensor(&b, "H", GQ_DTYPE_F16, 2, shape, H16)
+				    : gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H)))
 		die("%s", gq_errmsg());
 	put(&b);
 	gq_stb_free(&b);
 	free(H);
+	free(H16);
 }
 
 static void report(void)

@@ -11,6 +11,7 @@
 #include "gpu/gpu.h"
 
 #include <math.h>
+#include <string.h>
 
 /* The issue's bar: the float32 sum within 1e-5 of the float64 one, each entry
  * measured against its natural scale sqrt(H_ii H_jj) (a bound on |H_ij|). */
@@ -72,7 +73,7 @@ static void test_hessian_matches_ref(void)
 		CHECK_OK(gq_gpu_hessian_init(&h, n, types[t]));
 		CHECK_OK(gq_gpu_hessian_add_host(&h, x, rows, mask));
 		CHECK(h.nsamples == kept);
-		CHECK_OK(gq_gpu_hessian_download(&h, got));
+		CHECK_OK(gq_gpu_hessian_download_sym(&h, 1.0f, got));
 		double e = scaled_error(got, want, n);
 		printf("#   %s host rows: scaled error %.2e\n", gq_dtype_name(types[t]), e);
 		CHECK(e < HESSIAN_RTOL);
@@ -88,7 +89,7 @@ static void test_hessian_matches_ref(void)
 		CHECK_OK(gq_gpu_hessian_add(&h, (uint16_t *)dx + 1000 * (n + 4), n + 4, rows - 1000,
 					    NULL));
 		CHECK(h.nsamples == rows);
-		CHECK_OK(gq_gpu_hessian_download(&h, got));
+		CHECK_OK(gq_gpu_hessian_download_sym(&h, 1.0f, got));
 		e = scaled_error(got, want, n);
 		printf("#   %s device rows: scaled error %.2e\n", gq_dtype_name(types[t]), e);
 		CHECK(e < HESSIAN_RTOL);
@@ -101,6 +102,37 @@ static void test_hessian_matches_ref(void)
 	free(mask);
 	free(want);
 	free(got);
+}
+
+/*
+ * The device mirror is gq_sym_from_lower bit for bit: an asymmetric matrix
+ * put straight into the sum, n = 1, 31, 32, 70 (partial and whole tiles).
+ */
+static void test_hessian_mirror_matches_host(void)
+{
+	const int64_t sizes[] = {1, 31, 32, 70};
+	uint64_t seed = 7;
+
+	for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+		const int64_t n = sizes[k];
+		float *a = malloc((size_t)(n * n) * sizeof *a);    /* [n, n] asymmetric */
+		float *want = malloc((size_t)(n * n) * sizeof *want); /* [n, n] */
+		float *got = NULL;                                  /* pinned [n, n] */
+		gq_gpu_hessian h;
+
+		for (int64_t i = 0; i < n * n; i++)
+			a[i] = check_randf(&seed);
+		gq_sym_from_lower(a, n, 0.3f, want);
+		CHECK_OK(gq_gpu_host_alloc((void **)&got, (uint64_t)(n * n) * sizeof *got));
+		CHECK_OK(gq_gpu_hessian_init(&h, n, GQ_DTYPE_F16));
+		CHECK_OK(gq_gpu_upload(h.sum, a, (uint64_t)(n * n) * sizeof *a));
+		CHECK_OK(gq_gpu_hessian_download_sym(&h, 0.3f, got));
+		CHECK(memcmp(got, want, (size_t)(n * n) * sizeof *got) == 0);
+		gq_gpu_hessian_free(&h);
+		gq_gpu_host_free(got);
+		free(a);
+		free(want);
+	}
 }
 
 static void test_hessian_bad_arguments(void)
@@ -123,6 +155,7 @@ static void test_gpu_hessian(void)
 		return;
 	}
 	test_hessian_matches_ref();
+	test_hessian_mirror_matches_host();
 	test_hessian_bad_arguments();
 #else
 	check_skip("built without a GPU backend");

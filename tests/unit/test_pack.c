@@ -1,10 +1,15 @@
 /*
  * test_pack.c - AutoGPTQ packing: fast packers against the bit-cursor
  * references for every width, unpack(pack(x)) == x for codes and zeros in
- * both checkpoint formats, the documented 3-bit word layout, and refusals.
+ * both checkpoint formats, the documented 3-bit word layout, refusals, and
+ * the threaded dequantization of qlinear frames.
  */
 #include "check.h"
 #include "pack.h"
+#include "qlinear.h"
+#include "tensor.h"
+
+#include <stdlib.h>
 
 static void test_roundtrip_all_widths(void)
 {
@@ -84,10 +89,51 @@ static void test_refusals(void)
 	CHECK_ERR(gq_pack_qzeros(z, 1, 8, 4, GQ_FORMAT_GPTQ, qz), GQ_ERR_UNSUPPORTED, "use gptq_v2");
 }
 
+/*
+ * gq_qlinear_dequant in 5 spans of 1000 rows (GPTQ_THREADS=5, 5.5 M
+ * weights), with act-order groups, against the formula element by element.
+ */
+static void test_qlinear_dequant_threaded(void)
+{
+	gq_qlinear ql = {.rows = 5000, .cols = 1100, .n_groups = 9};
+	const int64_t n = ql.rows * ql.cols;
+	float *W = malloc((size_t)n * sizeof *W); /* [rows, cols] */
+	uint64_t seed = 3;
+
+	ql.codes = malloc((size_t)n);
+	ql.scales = malloc((size_t)(ql.n_groups * ql.rows) * sizeof *ql.scales);
+	ql.zeros = malloc((size_t)(ql.n_groups * ql.rows));
+	ql.g_idx = malloc((size_t)ql.cols * sizeof *ql.g_idx);
+	for (int64_t i = 0; i < n; i++)
+		ql.codes[i] = (uint8_t)(check_randf(&seed) * 8 + 8);
+	for (int64_t i = 0; i < ql.n_groups * ql.rows; i++) {
+		ql.scales[i] = gq_f32_to_f16(check_randf(&seed) * 0.1f + 0.11f);
+		ql.zeros[i] = (uint8_t)(i % 16);
+	}
+	for (int64_t c = 0; c < ql.cols; c++)
+		ql.g_idx[c] = (int32_t)((c * 7) % ql.n_groups);
+	setenv("GPTQ_THREADS", "5", 1);
+	gq_qlinear_dequant(&ql, W);
+	unsetenv("GPTQ_THREADS");
+	int64_t bad = 0;
+	for (int64_t r = 0; r < ql.rows; r++)
+		for (int64_t c = 0; c < ql.cols; c++) {
+			int32_t g = ql.g_idx[c];
+			float want = gq_f16_to_f32(ql.scales[g * ql.rows + r]) *
+				     ((float)ql.codes[r * ql.cols + c] - (float)ql.zeros[g * ql.rows + r]);
+
+			bad += W[r * ql.cols + c] != want;
+		}
+	CHECK(bad == 0);
+	gq_qlinear_free(&ql);
+	free(W);
+}
+
 int main(void)
 {
 	RUN(test_roundtrip_all_widths);
 	RUN(test_known_layouts);
 	RUN(test_refusals);
+	RUN(test_qlinear_dequant_threaded);
 	return check_done();
 }

@@ -295,6 +295,57 @@ static int frame_bounds(const char *path, uint64_t *bounds, int max)
 	return n;
 }
 
+/* The limit an unprivileged process may set a pipe's size to. */
+static long pipe_max_bytes(void)
+{
+	long max = 0;
+	FILE *fp = fopen("/proc/sys/fs/pipe-max-size", "r");
+
+	if (fp) {
+		if (fscanf(fp, "%ld", &max) != 1)
+			max = 0;
+		fclose(fp);
+	}
+	return max;
+}
+
+/* Opening either end of a pipe as a stream grows the pipe to GQ_PIPE_BYTES. */
+static void test_pipes_grow(void)
+{
+#ifdef F_SETPIPE_SZ
+	gq_writer_opts o = {0, 1, 1};
+	gq_writer *w;
+	gq_reader *r;
+	int p[2];
+	char path[64];
+
+	if (pipe_max_bytes() < GQ_PIPE_BYTES) {
+		check_skip("/proc/sys/fs/pipe-max-size is below GQ_PIPE_BYTES");
+		return;
+	}
+	CHECK(pipe(p) == 0);
+	CHECK(fcntl(p[0], F_GETPIPE_SZ) < GQ_PIPE_BYTES);
+	snprintf(path, sizeof path, "/dev/fd/%d", p[0]);
+	CHECK_OK(gq_reader_open(&r, path));
+	CHECK(fcntl(p[0], F_GETPIPE_SZ) >= GQ_PIPE_BYTES);
+	gq_reader_close(r);
+	close(p[0]);
+	close(p[1]);
+
+	FILE *fp;
+
+	CHECK(pipe(p) == 0);
+	CHECK((fp = fdopen(p[1], "w")) != NULL);
+	CHECK_OK(gq_writer_open_fp(&w, fp, "pipe", &o));
+	CHECK(fcntl(p[0], F_GETPIPE_SZ) >= GQ_PIPE_BYTES);
+	CHECK_OK(gq_writer_close(w, 1));
+	fclose(fp);
+	close(p[0]);
+#else
+	check_skip("no F_SETPIPE_SZ here");
+#endif
+}
+
 static void test_truncated_plain(void)
 {
 	gq_reader *r;
@@ -427,6 +478,7 @@ int main(void)
 	RUN(test_pass_through_identity);
 	RUN(test_pipe_lockstep_plain);
 	RUN(test_pipe_lockstep_zstd);
+	RUN(test_pipes_grow);
 	RUN(test_truncated_plain);
 	RUN(test_truncated_zstd);
 	RUN(test_corrupt_inputs);
