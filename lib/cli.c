@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <zstd.h>
 
 void gq_cli_init(const gq_tool *t, gq_common *c, int argc, char **argv)
@@ -134,4 +135,22 @@ double gq_opt_float(const gq_tool *t, const char *opt, const char *arg, double l
 	if (gq_parse_f64(arg, lo, hi, &v))
 		gq_usage_error(t, "%s: %s", opt, gq_errmsg());
 	return v;
+}
+
+const char *gq_cli_early_arg(int argc, char **argv, const char *name)
+{
+	const char *value = NULL;
+	size_t n = strlen(name);
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--") == 0)
+			break;
+		if (strncmp(argv[i], "--", 2) != 0 || strncmp(argv[i] + 2, name, n) != 0)
+			continue;
+		if (argv[i][2 + n] == '\0' && i + 1 < argc)
+			value = argv[++i];
+		else if (argv[i][2 + n] == '=')
+			value = argv[i] + 3 + n;
+	}
+	return value;
 }

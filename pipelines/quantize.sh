@@ -1,7 +1,7 @@
 #!/bin/bash
 # quantize.sh - quantize a Hugging Face checkpoint with GPTQ in one pipeline:
 #
-#   gptq-calib | gptq-hessian --feedback FIFO | gptq-solve | tee FIFO | gptq-pack
+#   gptq-calib | gptq-hessian --feedback FIFO | gptq-solve --feedback FIFO | gptq-pack
 #
 # The FIFO carries each quantized module back to gptq-hessian, which computes
 # the inputs of later modules and layers from the quantized weights
@@ -78,20 +78,27 @@ trap 'rm -rf "$tmp"' EXIT
 calib_opts="$calib_opts$verbose" hess_opts="$hess_opts$verbose" solve_opts="$solve_opts$verbose"
 pack_opts="$pack_opts$verbose"
 
-save_q=/dev/null
-if [ -n "$save" ]; then
-	mkdir -p "$save"
-	save_q="$save/qlinear.gqs"
-fi
+[ -z "$save" ] || mkdir -p "$save"
 
-# Without --save no tee sits between gptq-hessian and gptq-solve, which
-# would copy every Hessian (485 MB for a 7B down_proj) through one more pipe.
+# Without --save no tee copies the stream between the stages: every Hessian
+# (485 MB for a 7B down_proj) and module would cross one more pipe, and
+# gptq-pack would hold up the feedback (tee writes each chunk to all its
+# outputs in turn). gptq-solve writes the feedback FIFO itself, first.
 # shellcheck disable=SC2086
 solve_hessians() {
 	if [ -n "$save" ]; then
-		tee "$save/hessians.gqs" | gptq-solve -m "$model" $solve_opts $dev_opts
+		tee "$save/hessians.gqs" | gptq-solve -m "$model" $solve_opts $dev_opts "$@"
 	else
-		gptq-solve -m "$model" $solve_opts $dev_opts
+		gptq-solve -m "$model" $solve_opts $dev_opts "$@"
+	fi
+}
+
+# shellcheck disable=SC2086
+pack_modules() {
+	if [ -n "$save" ]; then
+		tee "$save/qlinear.gqs" | gptq-pack -m "$model" -o "$out" $pack_opts
+	else
+		gptq-pack -m "$model" -o "$out" $pack_opts
 	fi
 }
 
@@ -106,15 +113,12 @@ calib() {
 # shellcheck disable=SC2086
 if [ -n "$rtn" ]; then
 	# round to nearest: no calibration, no Hessians
-	gptq-solve -m "$model" --rtn --all $solve_opts | tee "$save_q" |
-		gptq-pack -m "$model" -o "$out" $pack_opts
+	gptq-solve -m "$model" --rtn --all $solve_opts | pack_modules
 elif [ -n "$seq" ]; then
 	mkfifo "$tmp/feedback"
 	calib | gptq-hessian -m "$model" --feedback "$tmp/feedback" $hess_opts $dev_opts |
-		solve_hessians |
-		tee "$tmp/feedback" "$save_q" | gptq-pack -m "$model" -o "$out" $pack_opts
+		solve_hessians --feedback "$tmp/feedback" | pack_modules
 else
 	calib | gptq-hessian -m "$model" --no-sequential $hess_opts $dev_opts |
-		solve_hessians |
-		tee "$save_q" | gptq-pack -m "$model" -o "$out" $pack_opts
+		solve_hessians | pack_modules
 fi

@@ -27,6 +27,21 @@ report() {
 	[ "$(report q.gqs | jq 'length')" -eq 14 ]
 }
 
+@test "--feedback writes each qlinear frame there too, to a FIFO as it goes or a file when complete" {
+	gptq-solve -m "$M" -g 32 --feedback fb.gqs h.gqs >q.gqs
+	gptq-dump --checksum q.gqs | jq -c 'select(.kind == "qlinear") | [.metadata.name, .tensors]' >want
+	[ "$(wc -l <want)" -eq 14 ]
+	gptq-dump --checksum fb.gqs | jq -c '[.metadata.name, .tensors]' >got
+	cmp want got
+	mkfifo fifo
+	gptq-dump --checksum fifo >fifo.json &
+	gptq-solve -m "$M" -g 32 --feedback fifo h.gqs >/dev/null
+	wait $!
+	jq -c '[.metadata.name, .tensors]' fifo.json | cmp want -
+	run -1 gptq-solve -m "$M" --feedback /nonexistent/fb h.gqs
+	[[ "$output" == "gptq-solve: cannot "*"/nonexistent/fb"* ]]
+}
+
 @test "GPTQ's objective is below round-to-nearest's on every module" {
 	gptq-solve -m "$M" -g 32 --objective h.gqs | tee q.gqs >/dev/null
 	gptq-solve -m "$M" -g 32 --rtn --objective h.gqs >r.gqs

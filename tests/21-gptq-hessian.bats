@@ -76,6 +76,16 @@ setup() {
 	[ "$status" -ne 124 ]
 	run timeout $(limit 30) bash -c "set -o pipefail; gptq-hessian -m '$M' --feedback fb t.gqs | gptq-solve -m /nonexistent | tee fb >/dev/null"
 	[ "$status" -ne 0 ] && [ "$status" -ne 124 ]
+	# the same with gptq-solve writing the FIFO itself; the group holds the pipe
+	# open after gptq-solve's death (as quantize.sh's function does), so that
+	# gptq-hessian gets its Hessian out and waits on the FIFO
+	rm fb && mkfifo fb
+	run timeout $(limit 30) sh -c "gptq-hessian -m /nonexistent --feedback fb t.gqs | gptq-solve -m '$M' --feedback fb >/dev/null"
+	[ "$status" -ne 124 ] && [ -p fb ]
+	run timeout $(limit 30) bash -c "set -o pipefail; gptq-hessian -m '$M' --feedback fb t.gqs | { gptq-solve -m '$M' --bits 5 --feedback fb; sleep 2; } >/dev/null"
+	[ "$status" -ne 0 ] && [ "$status" -ne 124 ] && [ -p fb ]
+	run timeout $(limit 30) bash -c "set -o pipefail; gptq-hessian -m '$M' --feedback fb t.gqs | gptq-solve -m /nonexistent --feedback fb >/dev/null"
+	[ "$status" -ne 0 ] && [ "$status" -ne 124 ] && [ -p fb ]
 }
 
 @test "bad input is named" {

@@ -343,8 +343,9 @@ tokens_frame() {
 		[ "$status" -eq $((128 + $(kill -l $sig))) ]
 	done
 	# --forward's frames downstream: the reader names the cut
-	# one frame larger than the pipe (logits: 143 kB): the tool blocks inside it, and dies there
-	testgen tokens 2 40 1 448 >big.gqs
+	# one frame larger than the pipe (logits: 1.4 MB; the tools grow pipes to 1 MB): the tool
+	# blocks inside it, and dies there
+	testgen tokens 8 100 1 448 >big.gqs
 	run --separate-stderr bash -c "set -o pipefail
 		sh -c 'echo \$\$ >pid; exec gptq-run -m m --forward --logits big.gqs' |
 		{ head -c 100 >head.gqs; kill -KILL \$(cat pid); cat head.gqs - | gptq-dump >/dev/null; }"

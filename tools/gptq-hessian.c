@@ -183,17 +183,9 @@ static void grace_on_failure(void)
 
 static int open_feedback_early(int argc, char **argv)
 {
-	const char *path = NULL;
+	const char *path = gq_cli_early_arg(argc, argv, "feedback");
 	int fd;
 
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--feedback") == 0 && i + 1 < argc)
-			path = argv[i + 1];
-		else if (strncmp(argv[i], "--feedback=", 11) == 0)
-			path = argv[i] + 11;
-		else if (strcmp(argv[i], "--") == 0)
-			break;
-	}
 	if (!path || (fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) < 0)
 		return -1;
 	early_fd = fd;

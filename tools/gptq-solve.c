@@ -12,12 +12,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const gq_tool tool = {
 	"gptq-solve",
 	"usage: gptq-solve -m MODEL [--bits B] [--group-size N] [--desc-act] [--static-groups]\n"
 	"                  [--sym | --asym] [--damp F] [--block N] [--mse] [--reference]\n"
-	"                  [--objective] [--device DEV] [-o FILE] [-z] [FILE|-]...\n"
+	"                  [--objective] [--device DEV] [--feedback FILE] [-o FILE] [-z]\n"
+	"                  [FILE|-]...\n"
 	"       gptq-solve -m MODEL --rtn [--all] [--bits B] [--group-size N] ... [FILE|-]...\n",
 	"Quantize the modules named by each hessian frame with GPTQ.\n"
 	"  -m, --model DIR       the model the Hessians were collected on\n"
@@ -37,16 +41,21 @@ static const gq_tool tool = {
 	"      --reference       the float64 unblocked solver (slow; for checking)\n"
 	"      --objective       report sum (W-Q) H (W-Q)^T per module\n"
 	"      --device DEV      where GPTQ solves: cpu (default), cuda[:N] or hip[:N]\n"
+	"      --feedback FILE   also write every qlinear frame to FILE as soon as it is\n"
+	"                        made, before the output: gptq-hessian's --feedback FIFO,\n"
+	"                        with no tee in between\n"
 	GQ_STREAM_OUT_HELP,
 };
 
 enum { OPT_DESC = GQ_OPT_TOOL_BASE, OPT_STATIC, OPT_SYM, OPT_ASYM, OPT_DAMP, OPT_BLOCK, OPT_MSE,
-       OPT_RTN, OPT_ALL, OPT_REF, OPT_OBJ, OPT_DEVICE };
+       OPT_RTN, OPT_ALL, OPT_REF, OPT_OBJ, OPT_DEVICE, OPT_FEEDBACK };
 
 typedef struct {
 	const gq_model *m;
 	gq_solve_opts so;
 	gq_writer *w;
+	gq_writer *feedback; /* --feedback, or NULL */
+	FILE *feedback_fifo; /* its FIFO, closed after it, or NULL */
 	gq_buf report; /* JSON object members, one per module */
 	int64_t done;
 	gq_progress progress;
@@ -65,7 +74,9 @@ static void emit(run *r, int layer, int module, const float *H, int64_t nsamples
 	if (nsamples == 0 && H && !r->so.rtn)
 		warn("%s: no calibration token reached it, rounded to nearest", ql.name);
 	gq_debug("%s: %s loss %.6g in %.2fs", ql.name, st.method, st.loss, st.seconds);
-	if (gq_qlinear_frame(&ql, &b) || gq_writer_put(r->w, &b))
+	/* the feedback first: gptq-hessian waits for it, gptq-pack does not */
+	if (gq_qlinear_frame(&ql, &b) || (r->feedback && gq_writer_put(r->feedback, &b)) ||
+	    gq_writer_put(r->w, &b))
 		die("%s", gq_errmsg());
 	gq_stb_free(&b);
 	if (r->report.len)
@@ -147,6 +158,40 @@ static void write_report(run *r)
 	gq_buf_free(&json);
 }
 
+/*
+ * A feedback FIFO is opened for writing before anything can fail, as tee
+ * would: gptq-hessian waits for a writer to connect before it takes the
+ * FIFO's end as the end of the feedback, so a gptq-solve that died on a bad
+ * option without opening it would leave gptq-hessian waiting for good.
+ * Opening waits for the reader, which gptq-hessian opens first thing (and
+ * holds for a while even when it fails).
+ */
+static FILE *open_fifo_early(int argc, char **argv)
+{
+	const char *path = gq_cli_early_arg(argc, argv, "feedback");
+	struct stat st;
+	FILE *fp;
+	int fd;
+
+	if (!path || stat(path, &st) != 0 || !S_ISFIFO(st.st_mode))
+		return NULL;
+	if ((fd = open(path, O_WRONLY | O_CLOEXEC)) < 0 || !(fp = fdopen(fd, "w")))
+		die("cannot open '%s':", path);
+	return fp;
+}
+
+/* The feedback writer: on the FIFO opened early, or a file that appears only when complete. */
+static gq_writer *open_feedback(const char *path, FILE *fifo, const gq_writer_opts *wo)
+{
+	gq_writer_opts o = *wo;
+	gq_writer *w;
+
+	o.zstd_level = 0; /* the loop reads each frame as soon as it is flushed */
+	if (fifo ? gq_writer_open_fp(&w, fifo, path, &o) : gq_writer_open(&w, path, &o))
+		die("%s", gq_errmsg());
+	return w;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -167,17 +212,20 @@ int main(int argc, char **argv)
 		{"reference", no_argument, 0, OPT_REF},
 		{"objective", no_argument, 0, OPT_OBJ},
 		{"device", required_argument, 0, OPT_DEVICE},
+		{"feedback", required_argument, 0, OPT_FEEDBACK},
 		{0, 0, 0, 0},
 	};
 	gq_common common;
 	gq_stream_out out = {0};
 	gq_solve_opts so = {{4, 128, 0, 0, 1, 0.01, 128, 0, 1}, 0, 0, 0, {GQ_DEV_CPU, 0}};
-	const char *model_dir = NULL;
+	const char *model_dir = NULL, *feedback = NULL;
+	FILE *fifo; /* the feedback FIFO opened early, or NULL */
 	gq_model *m;
 	int all = 0, c;
 	int64_t bits;
 
 	gq_cli_init(&tool, &common, argc, argv);
+	fifo = open_fifo_early(argc, argv);
 	while ((c = getopt_long(argc, argv, GQ_COMMON_SHORT GQ_STREAM_OUT_SHORT "m:b:g:", longopts,
 				NULL)) != -1) {
 		if (gq_cli_common(&tool, &common, c, optarg) || gq_cli_stream_out(&tool, &out, c, optarg))
@@ -210,6 +258,7 @@ int main(int argc, char **argv)
 			if (gq_device_parse(optarg, &so.device))
 				die("%s", gq_errmsg());
 			break;
+		case OPT_FEEDBACK: feedback = optarg; break;
 		default: gq_usage(&tool, 2);
 		}
 	}
@@ -231,9 +280,11 @@ int main(int argc, char **argv)
 		die("%s", gq_errmsg());
 
 	gq_writer_opts wo = {out.zstd_level, common.threads, out.force};
-	run r = {m, so, NULL, {0}, 0, {0}};
+	run r = {m, so, NULL, NULL, fifo, {0}, 0, {0}};
 	if (gq_writer_open(&r.w, out.path, &wo))
 		die("%s", gq_errmsg());
+	if (feedback)
+		r.feedback = open_feedback(feedback, r.feedback_fifo, &wo);
 	gq_progress_init(&r.progress, "solve", all ? m->cfg.n_layers * m->n_modules : 0);
 	if (all) {
 		for (int l = 0; l < m->cfg.n_layers; l++)
@@ -264,6 +315,11 @@ int main(int argc, char **argv)
 		gq_frame_free(&f);
 	}
 	gq_progress_finish(&r.progress);
+	/* the end of the feedback ends gptq-hessian's drain */
+	if (r.feedback && gq_writer_close(r.feedback, 1))
+		die("%s", gq_errmsg());
+	if (r.feedback_fifo && fclose(r.feedback_fifo) != 0)
+		die("cannot write '%s':", feedback);
 	write_report(&r);
 	if (gq_writer_close(r.w, 1))
 		die("%s", gq_errmsg());

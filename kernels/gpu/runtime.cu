@@ -38,9 +38,12 @@ extern "C" int gq_gpu_alloc(void **ptr, uint64_t bytes)
 {
 	cudaError_t e = cudaMalloc(ptr, bytes ? bytes : 1);
 
-	if (e != cudaSuccess)
+	if (e != cudaSuccess) {
+		/* reported here: a later launch check must not find it (callers may go on without) */
+		(void)cudaGetLastError();
 		return gq_err(GQ_ERR_NOMEM, "cudaMalloc of %llu bytes failed: %s",
 			      (unsigned long long)bytes, cudaGetErrorString(e));
+	}
 	return GQ_OK;
 }
 
@@ -54,9 +57,11 @@ extern "C" int gq_gpu_host_alloc(void **ptr, uint64_t bytes)
 {
 	cudaError_t e = cudaHostAlloc(ptr, bytes ? bytes : 1, cudaHostAllocDefault);
 
-	if (e != cudaSuccess)
+	if (e != cudaSuccess) {
+		(void)cudaGetLastError(); /* as in gq_gpu_alloc */
 		return gq_err(GQ_ERR_NOMEM, "cudaHostAlloc of %llu bytes of pinned memory failed: %s",
 			      (unsigned long long)bytes, cudaGetErrorString(e));
+	}
 	return GQ_OK;
 }
 
