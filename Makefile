@@ -6,8 +6,10 @@
 #                     but no HIP build, also compiles the BLAS-free kernels with it
 #   make deps         install the Debian build/test packages when missing (needs root)
 #   make bench-gpu    GPU benchmarks (CUDA): int4 products against cuBLAS fp16, the GPTQ
-#                     solve against the CPU solver, and decoding a llama-7B shape, int4
-#                     against our fp16 path, graphs on and off, same run
+#                     solve against the CPU solver, decoding a llama-7B shape, int4
+#                     against our fp16 path, graphs on and off, and quantizing that shape
+#                     end to end (128 x 2048 tokens) against recomputed sequential steps,
+#                     each in the same run
 #   make bench        CPU benchmarks (ratios against a baseline measured in the same run;
 #                     bench_memory.sh quantizes 2 and 20 GB models: GQ_BENCH_MEM_GB=1 is quicker)
 #   make demo         build the bundled tiny checkpoint under tests/data/generated and run
@@ -239,6 +241,7 @@ $(OBJDIR)/tests/bench/bench_gpu_qgemm.o: tests/bench/bench_gpu_qgemm.cu $(wildca
 bench-gpu: $(if $(filter cuda,$(GPU)),all $(GPU_BENCH) $(TESTGEN))
 	$(if $(filter cuda,$(GPU)),set -e; for b in $(GPU_BENCH); do echo "== $${b##*/}"; $$b; done,@echo "bench-gpu: built without CUDA" >&2; exit 1)
 	PATH=$(CURDIR)/$(BINDIR):$$PATH GQ_TESTGEN=$(CURDIR)/$(TESTGEN) tests/bench/bench_gpu_decode.sh
+	PATH=$(CURDIR)/$(BINDIR):$$PATH GQ_TESTGEN=$(CURDIR)/$(TESTGEN) tests/bench/bench_gpu_quantize.sh
 
 deps:
 	@sh tests/deps.sh
