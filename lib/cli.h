@@ -71,13 +71,14 @@ _Noreturn void gq_usage_error(const gq_tool *t, const char *fmt, ...)
 _Noreturn void gq_die_frame(const void *frame, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
-/* Option values: a bad one is a usage error naming the option. */
 /*
  * The value of long option --name (as "--name V" or "--name=V", the last
  * one before "--") from argv, before getopt runs, or NULL: for what a tool
  * must do before anything can fail (opening the feedback FIFO).
  */
 const char *gq_cli_early_arg(int argc, char **argv, const char *name);
+
+/* Option values: a bad one is a usage error naming the option. */
 int64_t gq_opt_int(const gq_tool *t, const char *opt, const char *arg, int64_t lo, int64_t hi);
 double gq_opt_float(const gq_tool *t, const char *opt, const char *arg, double lo, double hi);
 

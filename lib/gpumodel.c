@@ -609,7 +609,7 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 	int64_t d = m->cfg.hidden, ohd = m->cfg.n_heads * m->cfg.head_dim;
 	double eps = m->cfg.norm_eps;
 	gq_gpu_kept *k = g->kept;
-	gq_gpu_from from = k ? g->from : GQ_GPU_FROM_INPUT;
+	gq_gpu_from from = g->from; /* past the input only with k (run_layer checks) */
 	int rc;
 
 	if (from == GQ_GPU_FROM_INPUT &&
@@ -1238,6 +1238,7 @@ int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t
 	g->lw->k[l] = g->lw->v[l] = NULL;
 	g->key_mask = NULL;
 	g->kept = NULL;
+	g->from = GQ_GPU_FROM_INPUT; /* whole-model forwards keep nothing */
 	return rc;
 }
 

@@ -142,3 +142,34 @@ void gq_pool_run(gq_pool *p, int n, void (*fn)(void *ctx, int i), void *ctx)
 		pthread_cond_wait(&p->done, &p->mu);
 	pthread_mutex_unlock(&p->mu);
 }
+
+typedef struct {
+	int64_t n, step;
+	void (*fn)(void *ctx, int64_t lo, int64_t hi);
+	void *ctx;
+} spans_job;
+
+static void span_task(void *p, int i)
+{
+	const spans_job *j = p;
+	int64_t lo = i * j->step, hi = lo + j->step < j->n ? lo + j->step : j->n;
+
+	if (lo < hi)
+		j->fn(j->ctx, lo, hi);
+}
+
+void gq_pool_spans(int64_t n, int64_t min_span, int threads,
+		   void (*fn)(void *ctx, int64_t lo, int64_t hi), void *ctx)
+{
+	int64_t spans = n / (min_span > 0 ? min_span : 1);
+	gq_pool *pool = NULL;
+
+	spans = spans < threads ? spans : threads;
+	spans = spans > 1 ? spans : 1;
+	spans_job j = {n, (n + spans - 1) / spans, fn, ctx};
+
+	if (spans > 1 && gq_pool_create(&pool, (int)spans))
+		pool = NULL;
+	gq_pool_run(pool, (int)spans, span_task, &j);
+	gq_pool_free(pool);
+}

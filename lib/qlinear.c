@@ -215,40 +215,30 @@ int gq_qlinear_parse(gq_qlinear *ql, const gq_frame *f)
 typedef struct {
 	const gq_qlinear *ql;
 	float *W;
-	int64_t rows_per_span;
 } dequant_job;
 
-/* Rows [i rows_per_span, (i + 1) rows_per_span) of the job. */
-static void dequant_span(void *p, int i)
+/* Rows [r0, r1) of W. */
+static void dequant_rows(void *p, int64_t r0, int64_t r1)
 {
-	const dequant_job *j = p;
-	const gq_qlinear *ql = j->ql;
-	const int64_t r0 = i * j->rows_per_span;
-	const int64_t r1 = r0 + j->rows_per_span < ql->rows ? r0 + j->rows_per_span : ql->rows;
+	const gq_qlinear *ql = ((const dequant_job *)p)->ql;
+	float *W = ((const dequant_job *)p)->W;
 
 	for (int64_t r = r0; r < r1; r++)
 		for (int64_t c = 0; c < ql->cols; c++) {
 			int64_t g = ql->g_idx[c];
 
-			j->W[r * ql->cols + c] = gq_f16_to_f32(ql->scales[g * ql->rows + r]) *
-						 ((float)ql->codes[r * ql->cols + c] -
-						  (float)ql->zeros[g * ql->rows + r]);
+			W[r * ql->cols + c] = gq_f16_to_f32(ql->scales[g * ql->rows + r]) *
+					      ((float)ql->codes[r * ql->cols + c] -
+					       (float)ql->zeros[g * ql->rows + r]);
 		}
 }
 
-/* Rows in spans of at least a million weights, one thread each (a 7B layer: 202 M). */
+/* Over threads in spans of at least a million weights (a 7B layer: 202 M). */
 void gq_qlinear_dequant(const gq_qlinear *ql, float *W)
 {
-	enum { SPAN_MIN = 1 << 20 };
-	int64_t spans = ql->rows * ql->cols / SPAN_MIN, threads = gq_threads_default();
-	gq_pool *pool = NULL;
+	enum { SPAN_WEIGHTS = 1 << 20 };
+	dequant_job j = {ql, W};
 
-	spans = spans < threads ? spans : threads;
-	spans = spans > 1 ? spans : 1;
-	dequant_job j = {ql, W, (ql->rows + spans - 1) / spans};
-
-	if (spans > 1 && gq_pool_create(&pool, (int)spans))
-		pool = NULL; /* out of memory: the spans run here */
-	gq_pool_run(pool, (int)spans, dequant_span, &j);
-	gq_pool_free(pool);
+	gq_pool_spans(ql->rows, ql->cols > 0 ? (SPAN_WEIGHTS + ql->cols - 1) / ql->cols : 1,
+		      gq_threads_default(), dequant_rows, &j);
 }

@@ -180,72 +180,45 @@ void gq_convert_to_f32(gq_dtype t, const void *src, uint64_t first, uint64_t n, 
 	}
 }
 
-/* A conversion split into spans of `step` elements, one pool task each. */
+/* A conversion over a pool's spans (gq_pool_spans): threads pay from about a million elements. */
+enum { SPAN_MIN = 1 << 20 };
+
 typedef struct {
 	gq_dtype t;
 	const void *src;
-	uint64_t first, n, step;
+	uint64_t first;
 	float *f32;    /* convert: [n] float32 out; round: [n] float32 in */
 	uint16_t *f16; /* round: [n] fp16 out */
 } span_job;
 
-/* Span i's first element and length. */
-static uint64_t span(const span_job *j, int i, uint64_t *lo)
-{
-	*lo = (uint64_t)i * j->step;
-	return *lo >= j->n ? 0 : j->n - *lo < j->step ? j->n - *lo : j->step;
-}
-
-static void convert_span(void *p, int i)
+static void convert_span(void *p, int64_t lo, int64_t hi)
 {
 	const span_job *j = p;
-	uint64_t lo, len = span(j, i, &lo);
 
-	gq_convert_to_f32(j->t, j->src, j->first + lo, len, j->f32 + lo);
+	gq_convert_to_f32(j->t, j->src, j->first + (uint64_t)lo, (uint64_t)(hi - lo), j->f32 + lo);
 }
 
-static void round_span(void *p, int i)
+static void round_span(void *p, int64_t lo, int64_t hi)
 {
 	const span_job *j = p;
-	uint64_t lo, len = span(j, i, &lo);
 
-	for (uint64_t k = lo; k < lo + len; k++)
+	for (int64_t k = lo; k < hi; k++)
 		j->f16[k] = gq_f32_to_f16(j->f32[k]);
-}
-
-/*
- * fn over j's n elements in spans, one per thread of a pool made for the
- * call: threads only for spans of at least a million elements, where they
- * pay. Without a pool (out of memory) the caller's thread runs every span.
- */
-static void run_spans(span_job *j, int threads, void (*fn)(void *, int))
-{
-	enum { SPAN_MIN = 1 << 20 };
-	uint64_t spans = j->n / SPAN_MIN;
-	gq_pool *pool = NULL;
-
-	spans = spans < (uint64_t)threads ? spans : (uint64_t)threads;
-	spans = spans > 1 ? spans : 1;
-	j->step = (j->n + spans - 1) / spans;
-	if (spans > 1 && gq_pool_create(&pool, (int)spans))
-		pool = NULL;
-	gq_pool_run(pool, (int)spans, fn, j);
-	gq_pool_free(pool);
 }
 
 void gq_convert_to_f32_mt(gq_dtype t, const void *src, uint64_t first, uint64_t n, float *dst,
 			  int threads)
 {
-	span_job j = {t, src, first, n, 0, dst, NULL};
+	span_job j = {t, src, first, dst, NULL};
 
-	run_spans(&j, threads, convert_span);
+	gq_pool_spans((int64_t)n, SPAN_MIN, threads, convert_span, &j);
 }
 
 void gq_f32_to_f16_mt(const float *src, uint16_t *dst, uint64_t n, int threads)
 {
-	span_job j = {GQ_DTYPE_F32, NULL, 0, n, 0, (float *)src, dst};
+	span_job j = {GQ_DTYPE_F32, NULL, 0, (float *)src, dst};
 
-	run_spans(&j, threads, round_span);
+	gq_pool_spans((int64_t)n, SPAN_MIN, threads, round_span, &j);
 }
 
 void gq_transpose4(const void *src, int64_t rows, int64_t cols, void *dst)

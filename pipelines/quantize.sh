@@ -80,25 +80,18 @@ pack_opts="$pack_opts$verbose"
 
 [ -z "$save" ] || mkdir -p "$save"
 
+# saved FILE CMD...: CMD on stdin, which tee keeps in $save/FILE with --save.
 # Without --save no tee copies the stream between the stages: every Hessian
 # (485 MB for a 7B down_proj) and module would cross one more pipe, and
 # gptq-pack would hold up the feedback (tee writes each chunk to all its
 # outputs in turn). gptq-solve writes the feedback FIFO itself, first.
-# shellcheck disable=SC2086
-solve_hessians() {
+saved() {
+	local file=$1
+	shift
 	if [ -n "$save" ]; then
-		tee "$save/hessians.gqs" | gptq-solve -m "$model" $solve_opts $dev_opts "$@"
+		tee "$save/$file" | "$@"
 	else
-		gptq-solve -m "$model" $solve_opts $dev_opts "$@"
-	fi
-}
-
-# shellcheck disable=SC2086
-pack_modules() {
-	if [ -n "$save" ]; then
-		tee "$save/qlinear.gqs" | gptq-pack -m "$model" -o "$out" $pack_opts
-	else
-		gptq-pack -m "$model" -o "$out" $pack_opts
+		"$@"
 	fi
 }
 
@@ -113,12 +106,15 @@ calib() {
 # shellcheck disable=SC2086
 if [ -n "$rtn" ]; then
 	# round to nearest: no calibration, no Hessians
-	gptq-solve -m "$model" --rtn --all $solve_opts | pack_modules
+	gptq-solve -m "$model" --rtn --all $solve_opts |
+		saved qlinear.gqs gptq-pack -m "$model" -o "$out" $pack_opts
 elif [ -n "$seq" ]; then
 	mkfifo "$tmp/feedback"
 	calib | gptq-hessian -m "$model" --feedback "$tmp/feedback" $hess_opts $dev_opts |
-		solve_hessians --feedback "$tmp/feedback" | pack_modules
+		saved hessians.gqs gptq-solve -m "$model" $solve_opts $dev_opts --feedback "$tmp/feedback" |
+		saved qlinear.gqs gptq-pack -m "$model" -o "$out" $pack_opts
 else
 	calib | gptq-hessian -m "$model" --no-sequential $hess_opts $dev_opts |
-		solve_hessians | pack_modules
+		saved hessians.gqs gptq-solve -m "$model" $solve_opts $dev_opts |
+		saved qlinear.gqs gptq-pack -m "$model" -o "$out" $pack_opts
 fi
