@@ -103,7 +103,8 @@ static int open_feedback(feedback *fb)
 }
 
 /* Reads qlinear frames until every module of `layer` in `want` [n_modules] has arrived. */
-static int read_feedback(feedback *fb, const gq_model *m, int layer, gq_layer *L, uint8_t *want)
+static int read_feedback(feedback *fb, const gq_model *m, int layer, gq_layer *L, uint8_t *want,
+			 gq_gpu_model *g)
 {
 	int missing = 0, rc;
 
@@ -128,64 +129,82 @@ static int read_feedback(feedback *fb, const gq_model *m, int layer, gq_layer *L
 		}
 		if (!fb->f.kind || strcmp(fb->f.kind, "qlinear") != 0)
 			continue; /* reports and passed-through frames */
-		if ((rc = gq_qlinear_parse(&ql, &fb->f)))
+		/* read where it lies in the frame: a 7B MLP's codes are 45 MB */
+		if ((rc = gq_qlinear_view(&ql, &fb->f)))
 			return rc;
-		if (gq_module_find(m, ql.name, &l, &mod) || l != layer || !want[mod]) {
-			rc = gq_frame_err(&fb->f, GQ_ERR_FORMAT,
-					  "feedback out of order: got %s while waiting for layer %d",
-					  ql.name, layer);
-			gq_qlinear_free(&ql);
+		if (gq_module_find(m, ql.name, &l, &mod) || l != layer || !want[mod])
+			return gq_frame_err(&fb->f, GQ_ERR_FORMAT,
+					    "feedback out of order: got %s while waiting for layer %d",
+					    ql.name, layer);
+		if (ql.rows != L->lin[mod].out || ql.cols != L->lin[mod].in)
+			return gq_frame_err(&fb->f, GQ_ERR_FORMAT, "%s is [%lld, %lld], the model's [%lld, %lld]",
+					    ql.name, (long long)ql.rows, (long long)ql.cols,
+					    (long long)L->lin[mod].out, (long long)L->lin[mod].in);
+		if (g && (rc = gq_gpu_model_put_qlinear(g, mod, &ql)))
 			return rc;
-		}
-		if (ql.rows != L->lin[mod].out || ql.cols != L->lin[mod].in) {
-			rc = gq_frame_err(&fb->f, GQ_ERR_FORMAT, "%s is [%lld, %lld], the model's [%lld, %lld]",
-					  ql.name, (long long)ql.rows, (long long)ql.cols,
-					  (long long)L->lin[mod].out, (long long)L->lin[mod].in);
-			gq_qlinear_free(&ql);
-			return rc;
-		}
-		gq_qlinear_dequant(&ql, L->lin[mod].w);
-		gq_qlinear_free(&ql);
+		if (!g)
+			gq_qlinear_dequant(&ql, L->lin[mod].w);
 		want[mod] = 0;
 		missing--;
 	}
 	return GQ_OK;
 }
 
-/* The hessian frame of group g of `layer`: H [n, n] = 2/nsamples Σ x xᵀ. */
+/* Row i and column j of entry k of a packed lower triangle. */
+static void tri_pos(uint64_t k, int64_t *i, int64_t *j)
+{
+	int64_t r = (int64_t)((sqrt(8.0 * (double)k + 1) - 1) / 2);
+
+	while (gq_tri_len(r + 1) <= k)
+		r++;
+	while (r > 0 && gq_tri_len(r) > k)
+		r--;
+	*i = r;
+	*j = (int64_t)(k - gq_tri_len(r));
+}
+
+/*
+ * The hessian frame of group g of `layer`: H = 2/nsamples Σ x xᵀ [n, n], or
+ * its packed lower triangle [n (n + 1) / 2] when tri is set ("H_lower").
+ */
 static int emit_group(const gq_model *m, int layer, int g, int64_t n, int64_t nsamples,
-		      const float *H, gq_writer *w)
+		      const float *H, int tri, gq_writer *w)
 {
 	gq_buf mods = {0};
 	char first[GQ_NAME_MAX] = "", name[GQ_NAME_MAX], num[4][32];
-	int64_t shape[2] = {n, n};
+	int64_t shape[2] = {n, n}, len = tri ? (int64_t)gq_tri_len(n) : n * n, bad, i, j;
 	gq_st_builder b;
 	int rc, step = -1;
 
-	for (int i = 0; i < m->n_modules; i++)
-		if (m->modules[i].group == g) {
-			gq_module_name(m, layer, i, name, sizeof name);
+	for (int k = 0; k < m->n_modules; k++)
+		if (m->modules[k].group == g) {
+			gq_module_name(m, layer, k, name, sizeof name);
 			if (!first[0])
 				memcpy(first, name, sizeof first);
 			if (mods.len)
 				gq_buf_append(&mods, ",", 1);
 			gq_buf_append(&mods, name, strlen(name));
-			step = m->modules[i].step;
+			step = m->modules[k].step;
 		}
 	if (mods.failed) {
 		gq_buf_free(&mods);
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	}
 	/* one NaN or Inf activation (a bad weight upstream, an overflow) poisons H: stop here, not at solve */
-	for (int64_t i = 0; i < n * n; i++)
-		if (!isfinite(H[i])) {
-			rc = gq_err(GQ_ERR_NUMERIC,
-				    "%s: Hessian entry [%lld, %lld] is %g: the activations reaching layer "
-				    "%d are not finite (NaN or Inf in the weights before it?)",
-				    first, (long long)(i / n), (long long)(i % n), H[i], layer);
-			gq_buf_free(&mods);
-			return rc;
+	if ((bad = gq_first_nonfinite_mt(H, len, gq_threads_default())) >= 0) {
+		if (tri) {
+			tri_pos((uint64_t)bad, &i, &j);
+		} else {
+			i = bad / n;
+			j = bad % n;
 		}
+		rc = gq_err(GQ_ERR_NUMERIC,
+			    "%s: Hessian entry [%lld, %lld] is %g: the activations reaching layer "
+			    "%d are not finite (NaN or Inf in the weights before it?)",
+			    first, (long long)i, (long long)j, H[bad], layer);
+		gq_buf_free(&mods);
+		return rc;
+	}
 	snprintf(num[0], 32, "%d", layer);
 	snprintf(num[1], 32, "%lld", (long long)nsamples);
 	snprintf(num[2], 32, "%d", g);
@@ -195,7 +214,8 @@ static int emit_group(const gq_model *m, int layer, int g, int64_t n, int64_t ns
 	     gq_stb_meta(&b, "name", first) || gq_stb_meta(&b, "modules", mods.data) ||
 	     gq_stb_meta(&b, "nsamples", num[1]) || gq_stb_meta(&b, "group", num[2]) ||
 	     gq_stb_meta(&b, "step", num[3]) ||
-	     gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H)
+	     (tri ? gq_stb_tensor(&b, "H_lower", GQ_DTYPE_F32, 1, &len, H)
+		  : gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H))
 		     ? GQ_ERR_NOMEM
 		     : gq_writer_put(w, &b);
 	gq_stb_free(&b);
@@ -203,8 +223,8 @@ static int emit_group(const gq_model *m, int layer, int g, int64_t n, int64_t ns
 	return rc;
 }
 
-/* One hessian frame per group g with h[g] collecting, in group order. */
-static int emit(const gq_model *m, int layer, hook_ctx *hc, gq_writer *w)
+/* One hessian frame per group g with h[g] collecting, in group order (packed with tri). */
+static int emit(const gq_model *m, int layer, hook_ctx *hc, int tri, gq_writer *w)
 {
 	for (int g = 0; g < m->n_groups; g++) {
 		gq_hessian *h = &hc->h[g];
@@ -216,7 +236,9 @@ static int emit(const gq_model *m, int layer, hook_ctx *hc, gq_writer *w)
 		if (!(H = malloc((size_t)(h->n * h->n) * sizeof *H)))
 			return gq_err(GQ_ERR_NOMEM, "out of memory");
 		gq_hessian_get(h, H);
-		rc = emit_group(m, layer, g, h->n, h->nsamples, H, w);
+		if (tri)
+			gq_tri_from_sym(H, h->n, H);
+		rc = emit_group(m, layer, g, h->n, h->nsamples, H, tri, w);
 		free(H);
 		if (rc)
 			return rc;
@@ -407,7 +429,7 @@ static int collect_cpu(const gq_model *m, const gq_sample *samples, int64_t n,
 			rc = rc ? rc : hc.rc;
 			clock_lap(&clk, PH_FORWARD);
 			if (rc == GQ_OK)
-				rc = emit(m, l, &hc, w);
+				rc = emit(m, l, &hc, o->triangle, w);
 			free_hessians(m, &hc);
 			clock_lap(&clk, PH_EMIT);
 		} else if (rc == GQ_OK) {
@@ -425,13 +447,13 @@ static int collect_cpu(const gq_model *m, const gq_sample *samples, int64_t n,
 				}
 				clock_lap(&clk, PH_FORWARD);
 				if (rc == GQ_OK)
-					rc = emit(m, l, &hc, w);
+					rc = emit(m, l, &hc, o->triangle, w);
 				free_hessians(m, &hc);
 				clock_lap(&clk, PH_EMIT);
 				for (int i = 0; i < m->n_modules; i++)
 					want[i] = m->modules[i].step == s;
 				if (rc == GQ_OK && !last)
-					rc = read_feedback(fb, m, l, &L, want);
+					rc = read_feedback(fb, m, l, &L, want, NULL);
 				clock_lap(&clk, PH_FEEDBACK);
 			}
 			if (rc == GQ_OK && (l < o->last_layer || o->state))
@@ -612,15 +634,17 @@ static void free_gpu_hessians(const gq_model *m, ghook_ctx *hc)
  * H = 2/n Σ, lower triangle mirrored (on the device), through H [n, n]
  * pinned host memory that fits the widest group.
  */
-static int emit_gpu(const gq_model *m, int layer, ghook_ctx *hc, float *H, gq_writer *w)
+static int emit_gpu(const gq_model *m, int layer, ghook_ctx *hc, float *H, int tri, gq_writer *w)
 {
 	for (int g = 0; g < m->n_groups; g++) {
 		gq_gpu_hessian *h = &hc->h[g];
 		float scale = h->nsamples ? 2.0f / (float)h->nsamples : 0.0f;
 		int rc;
 
-		if (h->sum && ((rc = gq_gpu_hessian_download_sym(h, scale, H)) ||
-			       (rc = emit_group(m, layer, g, h->n, h->nsamples, H, w))))
+		if (!h->sum)
+			continue;
+		rc = tri ? gq_gpu_hessian_download_tri(h, scale, H) : gq_gpu_hessian_download_sym(h, scale, H);
+		if (rc || (rc = emit_group(m, layer, g, h->n, h->nsamples, H, tri, w)))
 			return rc;
 	}
 	return GQ_OK;
@@ -766,7 +790,7 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 			gq_gpu_model_set_hooks(g, NULL);
 			clock_lap(&clk, PH_FORWARD);
 			if (rc == GQ_OK)
-				rc = emit_gpu(m, l, &hc, H, w);
+				rc = emit_gpu(m, l, &hc, H, o->triangle, w);
 			free_gpu_hessians(m, &hc);
 			clock_lap(&clk, PH_EMIT);
 		} else if (rc == GQ_OK) {
@@ -784,23 +808,20 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 				gq_gpu_model_set_hooks(g, NULL);
 				clock_lap(&clk, PH_FORWARD);
 				if (rc == GQ_OK)
-					rc = emit_gpu(m, l, &hc, H, w);
+					rc = emit_gpu(m, l, &hc, H, o->triangle, w);
 				free_gpu_hessians(m, &hc);
 				clock_lap(&clk, PH_EMIT);
 				for (int i = 0; i < m->n_modules; i++)
 					want[i] = upd[i] = m->modules[i].step == s;
 				if (rc == GQ_OK && !last)
-					rc = read_feedback(fb, m, l, &L, want);
+					rc = read_feedback(fb, m, l, &L, want, g);
 				clock_lap(&clk, PH_FEEDBACK);
-				/* the quantized weights, dequantized on the host, replace the device's;
+				/* the quantized weights, dequantized there, replaced the device's:
 				 * the next run starts at their input, kept by this one */
 				from = GQ_GPU_FROM_DOWN_IN;
-				for (int i = 0; i < m->n_modules && rc == GQ_OK && !last; i++)
-					if (upd[i]) {
-						rc = gq_gpu_model_put_linear(g, i, L.lin[i].w);
+				for (int i = 0; i < m->n_modules; i++)
+					if (upd[i])
 						from = module_from(m, i) < from ? module_from(m, i) : from;
-					}
-				clock_lap(&clk, PH_UPLOAD);
 			}
 			if (rc == GQ_OK && (l < o->last_layer || o->state))
 				rc = run_all(g, x, mask, samples, n, 1, &hc, kept, from);
@@ -889,9 +910,11 @@ int gq_collect(const gq_model *m, const gq_sample *samples, int64_t n, const gq_
 	return rc;
 }
 
-int gq_merge_hessians(gq_reader **in, int n, gq_writer *w)
+int gq_merge_hessians(gq_reader **in, int n, int triangle, gq_writer *w)
 {
 	gq_frame *f = calloc((size_t)n, sizeof *f);
+	float *buf = NULL; /* [buf_cap bytes] an input's H converted or unfolded */
+	uint64_t buf_cap = 0;
 	int rc = GQ_OK;
 
 	if (!f)
@@ -916,9 +939,8 @@ int gq_merge_hessians(gq_reader **in, int n, gq_writer *w)
 		for (int i = 0; i < n && rc == GQ_OK; i++) {
 			const char *mods = gq_frame_attr(&f[i], "modules"), *ns = gq_frame_attr(&f[i], "nsamples");
 			const char *mods0 = gq_frame_attr(&f[0], "modules");
-			int64_t cnt;
-			gq_tensor H;
-			float *h;
+			int64_t cnt, dim_i;
+			const float *h;
 
 			if (!f[i].kind || strcmp(f[i].kind, "hessian") != 0 || !mods || !ns ||
 			    gq_parse_i64(ns, 0, INT64_MAX, &cnt)) {
@@ -930,29 +952,24 @@ int gq_merge_hessians(gq_reader **in, int n, gq_writer *w)
 						  mods, f[0].source, mods0);
 				break;
 			}
-			if ((rc = gq_frame_tensor(&f[i], "H", &H)))
+			if ((rc = gq_hessian_frame_matrix(&f[i], gq_threads_default(), &dim_i, &h, &buf,
+							  &buf_cap)))
 				break;
-			if (H.ndim != 2 || H.shape[0] != H.shape[1] || (i && H.shape[0] != dim)) {
+			if (i && dim_i != dim) {
 				rc = gq_frame_err(&f[i], GQ_ERR_FORMAT, "merge: H shapes differ");
 				break;
 			}
-			dim = H.shape[0];
-			h = malloc((size_t)(dim * dim) * sizeof *h + 1);
-			if (!acc)
-				acc = calloc((size_t)(dim * dim) + 1, sizeof *acc);
-			if (!h || !acc) {
-				free(h);
+			dim = dim_i;
+			if (!acc && !(acc = calloc((size_t)(dim * dim) + 1, sizeof *acc))) {
 				rc = gq_err(GQ_ERR_NOMEM, "out of memory");
 				break;
 			}
-			gq_convert_to_f32(H.dtype, H.data, 0, (uint64_t)(dim * dim), h);
 			gq_hessian_merge(acc, &acc_n, h, cnt, dim);
-			free(h);
 		}
 		if (rc == GQ_OK) {
 			gq_st_builder b;
 			char num[32];
-			int64_t shape[2] = {dim, dim};
+			int64_t shape[2] = {dim, dim}, len = (int64_t)gq_tri_len(dim);
 
 			snprintf(num, sizeof num, "%lld", (long long)acc_n);
 			gq_stb_init(&b);
@@ -960,8 +977,11 @@ int gq_merge_hessians(gq_reader **in, int n, gq_writer *w)
 				rc = gq_stb_meta(&b, f[0].hdr.meta_keys[i], f[0].hdr.meta_vals[i]);
 			if (rc == GQ_OK)
 				rc = gq_stb_meta(&b, "nsamples", num);
+			if (triangle)
+				gq_tri_from_sym(acc, dim, acc);
 			if (rc == GQ_OK)
-				rc = gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, acc);
+				rc = triangle ? gq_stb_tensor(&b, "H_lower", GQ_DTYPE_F32, 1, &len, acc)
+					      : gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, acc);
 			if (rc == GQ_OK)
 				rc = gq_writer_put(w, &b);
 			gq_stb_free(&b);
@@ -973,5 +993,6 @@ int gq_merge_hessians(gq_reader **in, int n, gq_writer *w)
 	for (int i = 0; i < n; i++)
 		gq_frame_free(&f[i]);
 	free(f);
+	free(buf);
 	return rc;
 }

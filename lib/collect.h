@@ -36,6 +36,7 @@ typedef struct {
 	gq_device device;            /* where the layers run and H is summed (cpu: the reference) */
 	int recompute;               /* GPU, sequential: run each step from the layer's input
 				      * instead of from activations kept on the device */
+	int triangle;                /* write H's lower triangle, packed ("H_lower") */
 } gq_collect_opts;
 
 /*
@@ -59,8 +60,9 @@ int gq_sample_from_activations(const gq_frame *f, int64_t hidden, gq_sample *s, 
 
 /*
  * Merges hessian streams frame by frame in lock step: frame k of every
- * input must name the same modules; H is the nsamples-weighted average.
+ * input must name the same modules (H whole or packed); H is the
+ * nsamples-weighted average, written packed when triangle is set.
  */
-int gq_merge_hessians(gq_reader **inputs, int n, gq_writer *w);
+int gq_merge_hessians(gq_reader **inputs, int n, int triangle, gq_writer *w);
 
 #endif

@@ -4,6 +4,7 @@
  * the Hessian record's cond_note says why a condition estimate is missing.
  */
 #include "describe.h"
+#include "hessian.h"
 #include "model.h"
 #include "stats.h"
 #include "util.h"
@@ -106,15 +107,23 @@ int gq_describe_frame(const gq_frame *f, const char *file, const gq_describe_opt
 	}
 	cJSON_AddItemToObject(root, "tensors", tensors);
 	if (rc == GQ_OK && o->stats && f->data && f->kind && strcmp(f->kind, "hessian") == 0) {
-		gq_tensor H;
+		gq_tensor H = {"H", GQ_DTYPE_F32, 2, {0, 0}, NULL, 0};
 		gq_hessian_stats hs;
+		float *buf = NULL; /* H converted or unfolded (H_lower) */
+		uint64_t cap = 0;
+		const float *h;
+		int64_t n;
 
-		rc = gq_frame_tensor(f, "H", &H);
+		rc = gq_hessian_frame_matrix(f, gq_threads_default(), &n, &h, &buf, &cap);
 		if (rc == GQ_OK) {
+			H.shape[0] = H.shape[1] = n;
+			H.data = h;
+			H.nbytes = (uint64_t)(n * n) * sizeof *h;
 			rc = gq_hessian_stats_compute(&H, o->damp, &hs);
 			if (rc)
 				rc = gq_frame_err(f, rc, "%s", gq_errmsg());
 		}
+		free(buf);
 		if (rc == GQ_OK)
 			cJSON_AddItemToObject(root, "hessian", hessian_json(&hs));
 	}

@@ -226,11 +226,23 @@ static void act_order(const float *d, int64_t stride, int64_t n, int64_t *perm)
 	free(tmp);
 }
 
+struct gq_hinv {
+	gq_gptq_opts o;  /* the options it was prepared with */
+	int64_t cols;
+	int device;      /* GPU ordinal, or -1: the CPU */
+	uint8_t *dead;   /* [cols] 1 where H[c][c] is 0 */
+	int64_t *perm;   /* [cols] act order, or NULL */
+	float *Hinv;     /* [cols, cols] on the CPU: upper factor of the damped inverse, permuted */
+	struct gq_gpu_hinv *gpu; /* on a GPU: the same there */
+	double damp_used;
+	int damp_retries;
+};
+
 /*
  * Hinv (upper Cholesky factor of (H + λI)⁻¹) in place over Hd, raising the damp
  * fraction ×1.25 until H is positive definite. Hd holds H on entry.
  */
-static int damped_hinv_f(float *Hd, int64_t n, const gq_gptq_opts *o, gq_quant *out)
+static int damped_hinv_f(float *Hd, int64_t n, const gq_gptq_opts *o, gq_hinv *out)
 {
 	float *H0 = malloc((size_t)(n * n) * sizeof *H0);
 	double mean = 0, damp = o->damp;
@@ -276,77 +288,122 @@ static void permute_cols(float *A, int64_t rows, int64_t cols, const int64_t *pe
 	}
 }
 
-/* Unpermutes codes and builds g_idx once the column loop is done. */
-static void finish(gq_quant *out, const gq_gptq_opts *o, const uint8_t *pcodes, const int64_t *perm)
+/*
+ * g_idx, and the codes back in the original column order, once the column
+ * loop is done: pcodes [rows, cols] is in the order solved (perm [cols], or
+ * NULL), or is out->codes itself when that order is the original one.
+ */
+static int finish(gq_quant *out, const gq_gptq_opts *o, const uint8_t *pcodes, const int64_t *perm)
 {
 	int64_t rows = out->rows, cols = out->cols, gs = o->group_size;
-	int64_t *pos = malloc((size_t)cols * sizeof *pos);
+	int64_t *pos = malloc((size_t)cols * sizeof *pos); /* [cols] column c was solved pos[c]-th */
 
+	if (!pos)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	for (int64_t p = 0; p < cols; p++)
 		pos[perm ? perm[p] : p] = p;
 	for (int64_t c = 0; c < cols; c++)
 		out->g_idx[c] = gs < 0 ? 0 : (int32_t)((o->static_groups ? c : pos[c]) / gs);
-	for (int64_t r = 0; r < rows; r++)
-		for (int64_t c = 0; c < cols; c++)
-			out->codes[r * cols + c] = pcodes[r * cols + pos[c]];
+	if (pcodes != out->codes)
+		for (int64_t r = 0; r < rows; r++)
+			for (int64_t c = 0; c < cols; c++)
+				out->codes[r * cols + c] = pcodes[r * cols + pos[c]];
 	free(pos);
+	return GQ_OK;
 }
 
-int gq_gptq_solve(const float *W, const float *H, int64_t rows, int64_t cols,
-		  const gq_gptq_opts *o, gq_quant *out)
+void gq_hinv_free(gq_hinv *h)
 {
-	int64_t B = o->block > 0 ? o->block : 128, gs = o->group_size, ng = n_groups_of(o, cols);
-	int nthreads = o->threads > 0 ? o->threads : 1;
-	float *Wc = NULL, *Hd = NULL, *W1 = NULL, *Err1 = NULL, *tmp = NULL, *rs = NULL, *rz = NULL;
-	float *cur = NULL;
-	double *loss = NULL;
-	int64_t *perm = NULL;
-	uint8_t *pcodes = NULL;
+	if (!h)
+		return;
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	gq_gpu_hinv_free(h->gpu);
+#endif
+	free(h->dead);
+	free(h->perm);
+	free(h->Hinv);
+	free(h);
+}
+
+double gq_hinv_damp(const gq_hinv *h)
+{
+	return h->damp_used;
+}
+
+int gq_hinv_damp_retries(const gq_hinv *h)
+{
+	return h->damp_retries;
+}
+
+/* The device's share of gq_hinv_prepare: what is O(cols) here, the rest there. */
+static int prepare_gpu(gq_hinv *h, const float *H)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	int64_t cols = h->cols;
+	float *diag = calloc((size_t)cols, sizeof *diag); /* [cols] as the solve sees it */
+	double mean = 0;
 	int rc;
 
-	if ((rc = check_opts(o, rows, cols)) || (rc = alloc_quant(out, o, rows, cols)))
+	if (!diag)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	/* dead columns have 1 on the diagonal */
+	for (int64_t c = 0; c < cols; c++)
+		diag[c] = h->dead[c] ? 1 : H[c * cols + c];
+	if (h->perm)
+		act_order(diag, 1, cols, h->perm);
+	/* summed in the permuted order, as damped_hinv_f does */
+	for (int64_t i = 0; i < cols; i++)
+		mean += diag[h->perm ? h->perm[i] : i];
+	mean /= (double)cols;
+	free(diag);
+	if ((rc = gq_gpu_set_device(h->device)))
 		return rc;
-	Wc = malloc((size_t)(rows * cols) * sizeof *Wc);
-	Hd = malloc((size_t)(cols * cols) * sizeof *Hd);
-	W1 = malloc((size_t)(rows * B) * sizeof *W1);
-	Err1 = malloc((size_t)(rows * B) * sizeof *Err1);
-	tmp = malloc((size_t)(cols > rows ? cols : rows) * sizeof *tmp);
-	rs = malloc((size_t)rows * sizeof *rs);
-	rz = malloc((size_t)rows * sizeof *rz);
-	cur = malloc((size_t)(2 * rows) * sizeof *cur);
-	loss = calloc((size_t)rows, sizeof *loss);
-	pcodes = malloc((size_t)(rows * cols));
-	if (o->desc_act)
-		perm = malloc((size_t)cols * sizeof *perm);
-	if (!Wc || !Hd || !W1 || !Err1 || !tmp || !rs || !rz || !cur || !loss || !pcodes ||
-	    (o->desc_act && !perm)) {
-		rc = gq_err(GQ_ERR_NOMEM, "out of memory for a %lld x %lld layer", (long long)rows,
+	return gq_gpu_hinv_prepare(&h->gpu, H, cols, h->dead, h->perm, mean, h->o.damp, &h->damp_used,
+				   &h->damp_retries);
+#else
+	(void)h, (void)H;
+	return gq_err(GQ_ERR_UNSUPPORTED, "GPTQ on a GPU: built without CUDA");
+#endif
+}
+
+int gq_hinv_prepare(gq_hinv **out, const float *H, int64_t cols, const gq_gptq_opts *o, int device)
+{
+	gq_hinv *h;
+	float *Hd; /* [cols, cols] H with dead diagonals 1, then permuted, then Hinv */
+	int rc;
+
+	*out = NULL;
+	if ((rc = check_opts(o, 1, cols)))
+		return rc;
+	if (!(h = calloc(1, sizeof *h)))
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	h->o = *o;
+	h->cols = cols;
+	h->device = device;
+	h->dead = malloc((size_t)cols);
+	h->perm = o->desc_act ? malloc((size_t)cols * sizeof *h->perm) : NULL;
+	if (!h->dead || (o->desc_act && !h->perm)) {
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory for a %lld x %lld Hessian", (long long)cols,
 			    (long long)cols);
 		goto out;
 	}
-	memcpy(Wc, W, (size_t)(rows * cols) * sizeof *Wc);
-	memcpy(Hd, H, (size_t)(cols * cols) * sizeof *Hd);
-	/* per-row parameters come from W before dead columns are zeroed, as AutoGPTQ */
-	if (gs < 0)
-		for (int64_t r = 0; r < rows; r++)
-			find_params_f(Wc + r * cols, cols, 1, o, &rs[r], &rz[r]);
 	for (int64_t c = 0; c < cols; c++)
-		if (Hd[c * cols + c] == 0) {
+		h->dead[c] = H[c * cols + c] == 0;
+	if (device >= 0) {
+		rc = prepare_gpu(h, H);
+		goto out;
+	}
+	if (!(h->Hinv = Hd = malloc((size_t)(cols * cols) * sizeof *Hd))) {
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory for a %lld x %lld Hessian", (long long)cols,
+			    (long long)cols);
+		goto out;
+	}
+	memcpy(Hd, H, (size_t)(cols * cols) * sizeof *Hd);
+	for (int64_t c = 0; c < cols; c++)
+		if (h->dead[c])
 			Hd[c * cols + c] = 1;
-			for (int64_t r = 0; r < rows; r++)
-				Wc[r * cols + c] = 0;
-		}
-	if (o->static_groups)
-		for (int64_t g = 0; g < ng; g++)
-			for (int64_t r = 0; r < rows; r++) {
-				int64_t c0 = g * gs, n = cols - c0 < gs ? cols - c0 : gs;
-
-				find_params_f(Wc + r * cols + c0, n, 1, o, &out->scale[g * rows + r],
-					      &out->zero[g * rows + r]);
-			}
-	if (perm) {
-		act_order(Hd, cols + 1, cols, perm);
-		permute_cols(Wc, rows, cols, perm, tmp);
+	if (h->perm) {
+		act_order(Hd, cols + 1, cols, h->perm);
 		/* H[perm][:, perm]: rows, then columns */
 		float *Hp = malloc((size_t)(cols * cols) * sizeof *Hp);
 		if (!Hp) {
@@ -355,12 +412,92 @@ int gq_gptq_solve(const float *W, const float *H, int64_t rows, int64_t cols,
 		}
 		for (int64_t i = 0; i < cols; i++)
 			for (int64_t k = 0; k < cols; k++)
-				Hp[i * cols + k] = Hd[perm[i] * cols + perm[k]];
+				Hp[i * cols + k] = Hd[h->perm[i] * cols + h->perm[k]];
 		free(Hd);
-		Hd = Hp;
+		h->Hinv = Hd = Hp;
 	}
-	if ((rc = damped_hinv_f(Hd, cols, o, out)))
+	rc = damped_hinv_f(Hd, cols, o, h);
+out:
+	if (rc)
+		gq_hinv_free(h);
+	else
+		*out = h;
+	return rc;
+}
+
+/* W's part of the solve on the prepared GPU Hessian: codes come back in their columns' order. */
+static int solve_gpu(const gq_hinv *h, const float *W, int64_t rows, gq_quant *out)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	int rc;
+
+	if ((rc = gq_gpu_set_device(h->device)) ||
+	    (rc = gq_gpu_gptq(h->gpu, W, rows, &h->o, out->codes, out->scale, out->zero, &out->loss)))
+		return rc;
+	return finish(out, &h->o, out->codes, h->perm);
+#else
+	(void)h, (void)W, (void)rows, (void)out;
+	return gq_err(GQ_ERR_UNSUPPORTED, "GPTQ on a GPU: built without CUDA");
+#endif
+}
+
+int gq_gptq_solve_prepared(const gq_hinv *h, const float *W, int64_t rows, gq_quant *out)
+{
+	const gq_gptq_opts *o = &h->o;
+	int64_t cols = h->cols, B = o->block > 0 ? o->block : 128, gs = o->group_size;
+	int64_t ng = n_groups_of(o, cols);
+	int nthreads = o->threads > 0 ? o->threads : 1;
+	const float *Hd = h->Hinv;
+	const int64_t *perm = h->perm;
+	float *Wc = NULL, *W1 = NULL, *Err1 = NULL, *tmp = NULL, *rs = NULL, *rz = NULL;
+	float *cur = NULL;
+	double *loss = NULL;
+	uint8_t *pcodes = NULL;
+	int rc;
+
+	if ((rc = check_opts(o, rows, cols)) || (rc = alloc_quant(out, o, rows, cols)))
+		return rc;
+	out->damp_used = h->damp_used;
+	out->damp_retries = h->damp_retries;
+	if (h->device >= 0) {
+		if ((rc = solve_gpu(h, W, rows, out)))
+			gq_quant_free(out);
+		return rc;
+	}
+	Wc = malloc((size_t)(rows * cols) * sizeof *Wc);
+	W1 = malloc((size_t)(rows * B) * sizeof *W1);
+	Err1 = malloc((size_t)(rows * B) * sizeof *Err1);
+	tmp = malloc((size_t)(cols > rows ? cols : rows) * sizeof *tmp);
+	rs = malloc((size_t)rows * sizeof *rs);
+	rz = malloc((size_t)rows * sizeof *rz);
+	cur = malloc((size_t)(2 * rows) * sizeof *cur);
+	loss = calloc((size_t)rows, sizeof *loss);
+	/* the codes go to their place at once unless act order permutes them */
+	pcodes = perm ? malloc((size_t)(rows * cols)) : out->codes;
+	if (!Wc || !W1 || !Err1 || !tmp || !rs || !rz || !cur || !loss || !pcodes) {
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory for a %lld x %lld layer", (long long)rows,
+			    (long long)cols);
 		goto out;
+	}
+	memcpy(Wc, W, (size_t)(rows * cols) * sizeof *Wc);
+	/* per-row parameters come from W before dead columns are zeroed, as AutoGPTQ */
+	if (gs < 0)
+		for (int64_t r = 0; r < rows; r++)
+			find_params_f(Wc + r * cols, cols, 1, o, &rs[r], &rz[r]);
+	for (int64_t c = 0; c < cols; c++)
+		if (h->dead[c])
+			for (int64_t r = 0; r < rows; r++)
+				Wc[r * cols + c] = 0;
+	if (o->static_groups)
+		for (int64_t g = 0; g < ng; g++)
+			for (int64_t r = 0; r < rows; r++) {
+				int64_t c0 = g * gs, n = cols - c0 < gs ? cols - c0 : gs;
+
+				find_params_f(Wc + r * cols + c0, n, 1, o, &out->scale[g * rows + r],
+					      &out->zero[g * rows + r]);
+			}
+	if (perm)
+		permute_cols(Wc, rows, cols, perm, tmp);
 	for (int64_t i1 = 0; i1 < cols; i1 += B) {
 		int64_t i2 = i1 + B < cols ? i1 + B : cols, cnt = i2 - i1;
 		pthread_t th[64];
@@ -401,10 +538,11 @@ int gq_gptq_solve(const float *W, const float *H, int64_t rows, int64_t cols,
 	out->loss = 0;
 	for (int64_t r = 0; r < rows; r++)
 		out->loss += loss[r] / 2;
-	finish(out, o, pcodes, perm);
+	rc = finish(out, o, pcodes, perm);
 out:
+	if (pcodes != out->codes)
+		free(pcodes);
 	free(Wc);
-	free(Hd);
 	free(W1);
 	free(Err1);
 	free(tmp);
@@ -412,56 +550,36 @@ out:
 	free(rz);
 	free(cur);
 	free(loss);
-	free(perm);
-	free(pcodes);
 	if (rc)
 		gq_quant_free(out);
 	return rc;
 }
 
-int gq_gptq_solve_gpu(const float *W, const float *H, int64_t rows, int64_t cols,
-		      const gq_gptq_opts *o, int device, gq_quant *out)
+/* One module on its own: prepare its Hessian, solve, drop the preparation. */
+static int solve_alone(const float *W, const float *H, int64_t rows, int64_t cols,
+		       const gq_gptq_opts *o, int device, gq_quant *out)
 {
-#if defined(GQ_CUDA) || defined(GQ_HIP)
-	float *diag = calloc((size_t)cols, sizeof *diag);
-	int64_t *perm = o->desc_act ? malloc((size_t)cols * sizeof *perm) : NULL;
-	uint8_t *pcodes = malloc((size_t)(rows * cols));
-	double mean = 0;
+	gq_hinv *h;
 	int rc;
 
 	memset(out, 0, sizeof *out); /* freeing it after a failure is then safe */
-	if ((rc = check_opts(o, rows, cols)) || (rc = alloc_quant(out, o, rows, cols)))
-		goto out;
-	if (!diag || !pcodes || (o->desc_act && !perm)) {
-		rc = gq_err(GQ_ERR_NOMEM, "out of memory for a %lld x %lld layer", (long long)rows,
-			    (long long)cols);
-		goto out;
-	}
-	/* the diagonal as the solve sees it: dead columns have 1 */
-	for (int64_t c = 0; c < cols; c++)
-		diag[c] = H[c * cols + c] == 0 ? 1 : H[c * cols + c];
-	if (perm)
-		act_order(diag, 1, cols, perm);
-	/* summed in the permuted order, as damped_hinv_f does */
-	for (int64_t i = 0; i < cols; i++)
-		mean += diag[perm ? perm[i] : i];
-	mean /= (double)cols;
-	if ((rc = gq_gpu_set_device(device)) ||
-	    (rc = gq_gpu_gptq(W, H, rows, cols, o, perm, mean, pcodes, out->scale, out->zero,
-			      &out->loss, &out->damp_used, &out->damp_retries)))
-		goto out;
-	finish(out, o, pcodes, perm);
-out:
-	free(diag);
-	free(perm);
-	free(pcodes);
-	if (rc)
-		gq_quant_free(out);
+	if ((rc = check_opts(o, rows, cols)) || (rc = gq_hinv_prepare(&h, H, cols, o, device)))
+		return rc;
+	rc = gq_gptq_solve_prepared(h, W, rows, out);
+	gq_hinv_free(h);
 	return rc;
-#else
-	(void)W, (void)H, (void)rows, (void)cols, (void)o, (void)device, (void)out;
-	return gq_err(GQ_ERR_UNSUPPORTED, "GPTQ on a GPU: built without CUDA");
-#endif
+}
+
+int gq_gptq_solve(const float *W, const float *H, int64_t rows, int64_t cols,
+		  const gq_gptq_opts *o, gq_quant *out)
+{
+	return solve_alone(W, H, rows, cols, o, -1, out);
+}
+
+int gq_gptq_solve_gpu(const float *W, const float *H, int64_t rows, int64_t cols,
+		      const gq_gptq_opts *o, int device, gq_quant *out)
+{
+	return solve_alone(W, H, rows, cols, o, device < 0 ? 0 : device, out);
 }
 
 /* ---- the reference: float64, unblocked ---- */
@@ -623,7 +741,7 @@ int gq_gptq_solve_ref(const float *W, const float *H, int64_t rows, int64_t cols
 		out->scale[i] = (float)gsc[i];
 		out->zero[i] = (float)gz[i];
 	}
-	finish(out, o, pcodes, o->desc_act ? perm : NULL);
+	rc = finish(out, o, pcodes, o->desc_act ? perm : NULL);
 out:
 	free(Wd);
 	free(snap);

@@ -39,12 +39,29 @@ typedef struct {
 
 void gq_quant_free(gq_quant *q);
 
+/*
+ * A Hessian prepared once for every module that shares it (q, k and v; gate
+ * and up): dead columns, act order and Hinv, the upper Cholesky factor of
+ * (H + damp mean(diag H) I)⁻¹ with damp raised x1.25 until it exists, depend
+ * on H and the options alone. H [cols, cols] is not modified nor kept. On the
+ * CPU (device -1) or on GPU `device` (kernels/gpu/gptq.cu; GQ_ERR_UNSUPPORTED
+ * in a CPU-only build). The damp that succeeded comes back in every gq_quant
+ * solved with it.
+ */
+typedef struct gq_hinv gq_hinv;
+int gq_hinv_prepare(gq_hinv **out, const float *H, int64_t cols, const gq_gptq_opts *o, int device);
+void gq_hinv_free(gq_hinv *h);
+double gq_hinv_damp(const gq_hinv *h); /* the damp fraction that succeeded */
+int gq_hinv_damp_retries(const gq_hinv *h); /* and the x1.25 raises it took */
+/* GPTQ of W [rows, h's cols] with the options h was prepared with, where h lives. */
+int gq_gptq_solve_prepared(const gq_hinv *h, const float *W, int64_t rows, gq_quant *out);
+
 /* GPTQ, float32, blocked with OpenBLAS and threads over rows. W and H are not modified. */
 int gq_gptq_solve(const float *W, const float *H, int64_t rows, int64_t cols,
 		  const gq_gptq_opts *o, gq_quant *out);
 /*
- * The same on GPU `device` (a CUDA or HIP ordinal; kernels/gpu/gptq.cu),
- * float32 throughout. Fails with GQ_ERR_UNSUPPORTED in a CPU-only build.
+ * The same on GPU `device` (a CUDA or HIP ordinal), float32 throughout.
+ * Fails with GQ_ERR_UNSUPPORTED in a CPU-only build.
  */
 int gq_gptq_solve_gpu(const float *W, const float *H, int64_t rows, int64_t cols,
 		      const gq_gptq_opts *o, int device, gq_quant *out);

@@ -88,6 +88,8 @@ struct gq_gpu_model {
 	int32_t *host_rows; /* [CHUNK] */
 	float *host_wt;     /* [CHUNK] */
 	uint64_t bytes_lin, bytes_head;
+	uint16_t *stage16;  /* pinned [stage_bytes / 2]: dup_f16's staging, or NULL */
+	uint64_t stage_bytes;
 	int graphs;
 	const gq_gpu_hooks *hooks;
 	int64_t row0;       /* sequence position of the first row in flight, for the hooks */
@@ -116,19 +118,28 @@ static int dup_f32(const float *h, int64_t n, float **d)
 }
 
 /* d = fp16 copy of float32 h [n], through a host buffer. */
-static int dup_f16(const float *h, int64_t n, void **d)
+/*
+ * d [n] fp16 on the current device from h [n]: rounded into a pinned staging
+ * buffer kept for the next upload, so that the copy runs at the bus's speed
+ * and no page is faulted in twice (gptq-hessian uploads every layer).
+ */
+static int dup_f16(gq_gpu_model *g, const float *h, int64_t n, void **d)
 {
-	uint16_t *t = malloc((size_t)n * 2 + 2);
+	uint64_t bytes = (uint64_t)n * 2;
 	int rc;
 
-	if (!t)
-		return gq_err(GQ_ERR_NOMEM, "out of memory");
-	gq_f32_to_f16_mt(h, t, (uint64_t)n, gq_threads_default());
-	rc = gq_gpu_alloc(d, (uint64_t)n * 2);
-	if (rc == GQ_OK)
-		rc = gq_gpu_upload(*d, t, (uint64_t)n * 2);
-	free(t);
-	return rc;
+	if (bytes > g->stage_bytes) {
+		gq_gpu_host_free(g->stage16);
+		g->stage16 = NULL;
+		g->stage_bytes = 0;
+		if ((rc = gq_gpu_host_alloc((void **)&g->stage16, bytes)))
+			return rc;
+		g->stage_bytes = bytes;
+	}
+	gq_f32_to_f16_mt(h, g->stage16, (uint64_t)n, gq_threads_default());
+	if ((rc = gq_gpu_alloc(d, bytes)))
+		return rc;
+	return gq_gpu_upload(*d, g->stage16, bytes);
 }
 
 static int find_module(const gq_model *m, gq_role role, int expert)
@@ -197,7 +208,7 @@ static int upload_linear(gq_gpu_model *g, const gq_qgemv_mat *q, const float *w,
 		rc = gq_gpu_qmat_upload(&d->q, q);
 		g->bytes_lin += (uint64_t)(d->q.out * d->q.words_per_row * 4 + d->q.out * d->q.n_groups * 4);
 	} else {
-		rc = dup_f16(w, in * out, &d->w16);
+		rc = dup_f16(g, w, in * out, &d->w16);
 		g->bytes_lin += (uint64_t)(in * out * 2);
 	}
 	return rc ? rc : dup_f32(b, out, &d->b);
@@ -1035,6 +1046,10 @@ int gq_gpu_model_open(gq_gpu_model **out, gq_model *m, const gq_device *devs, in
 					   c->hidden, D->stream)))
 			rc = gq_gpu_stream_sync(D->stream);
 	}
+	/* every weight is up: the staging's pinned memory goes back */
+	gq_gpu_host_free(g->stage16);
+	g->stage16 = NULL;
+	g->stage_bytes = 0;
 	if (rc) {
 		gq_gpu_model_close(g);
 		return rc;
@@ -1070,6 +1085,7 @@ void gq_gpu_model_close(gq_gpu_model *g)
 	gq_gpu_free(g->final_w);
 	gq_gpu_free(g->final_b);
 	gq_gpu_free(g->logits);
+	gq_gpu_host_free(g->stage16);
 	free(g->layers);
 	free(g->host_x);
 	free(g->host_router);
@@ -1141,7 +1157,7 @@ int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L)
 		memset(&g->layers[g->resident], 0, sizeof g->layers[g->resident]);
 		g->resident = -1;
 	}
-	/* unfused: gq_gpu_model_put_linear replaces single modules */
+	/* unfused: gq_gpu_model_put_qlinear replaces single modules */
 	rc = upload_host_layer(g, L, &g->layers[L->index], 0);
 	g->resident = L->index; /* freed by the next put or close, even half uploaded */
 	for (int i = 0; i < g->m->n_modules && rc == GQ_OK; i++) {
@@ -1158,17 +1174,23 @@ int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L)
 	return rc ? gq_err_wrap(rc, "%s: layer %d to GPU %d", g->m->dir, L->index, D->ordinal) : GQ_OK;
 }
 
-int gq_gpu_model_put_linear(gq_gpu_model *g, int mod, const float *w)
+int gq_gpu_model_put_qlinear(gq_gpu_model *g, int mod, const gq_qlinear *ql)
 {
 	glin *d = &g->layers[g->resident].lin[mod];
 	int rc;
 
+	if (ql->rows != d->out || ql->cols != d->in)
+		return gq_err(GQ_ERR_ARG, "%s is [%lld, %lld], the resident module [%lld, %lld]",
+			      ql->name, (long long)ql->rows, (long long)ql->cols, (long long)d->out,
+			      (long long)d->in);
 	if ((rc = gq_gpu_set_device(g->dev[0].ordinal)))
 		return rc;
 	gq_gpu_qmat_free(&d->q);
-	gq_gpu_free(d->w16);
-	d->w16 = NULL;
-	return dup_f16(w, d->in * d->out, &d->w16);
+	/* the dense weights it replaces have its size: their buffer is reused */
+	if (!d->w16 && (rc = gq_gpu_alloc(&d->w16, (uint64_t)(d->in * d->out) * 2)))
+		return rc;
+	return gq_gpu_dequant_codes(d->w16, ql->codes, ql->scales, ql->zeros, ql->g_idx, ql->rows,
+				    ql->cols, ql->n_groups);
 }
 
 int gq_gpu_kept_alloc(const gq_gpu_model *g, int64_t len, gq_gpu_kept *k)
@@ -1294,7 +1316,7 @@ int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L)
 	return gq_err(GQ_ERR_UNSUPPORTED, "built without a GPU backend");
 }
 
-int gq_gpu_model_put_linear(gq_gpu_model *g, int mod, const float *w)
+int gq_gpu_model_put_qlinear(gq_gpu_model *g, int mod, const gq_qlinear *ql)
 {
 	return gq_err(GQ_ERR_UNSUPPORTED, "built without a GPU backend");
 }

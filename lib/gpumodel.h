@@ -20,6 +20,7 @@
 
 #include "device.h"
 #include "model.h"
+#include "qlinear.h"
 
 typedef struct gq_gpu_model gq_gpu_model;
 
@@ -65,8 +66,11 @@ void gq_gpu_model_weight_bytes(const gq_gpu_model *g, uint64_t *linears, uint64_
 int gq_gpu_model_open_layerwise(gq_gpu_model **g, gq_model *m, gq_device dev, int64_t max_len);
 /* Makes the host layer L (weights as the caller left them) the resident one, replacing the last. */
 int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L);
-/* Replaces the resident layer's dense module mod by the host weights w [out, in]. */
-int gq_gpu_model_put_linear(gq_gpu_model *g, int mod, const float *w);
+/*
+ * Replaces the resident layer's dense module mod by ql dequantized on the
+ * device (the weights gq_qlinear_dequant gives, in fp16).
+ */
+int gq_gpu_model_put_qlinear(gq_gpu_model *g, int mod, const gq_qlinear *ql);
 /*
  * Where a run of the resident layer starts: at its input, or from what an
  * earlier run of the same sequence kept (gq_gpu_kept) at the input of

@@ -2,9 +2,11 @@
  * hessian.c - Hessian accumulation with OpenBLAS ssyrk and its reference.
  */
 #include "hessian.h"
+#include "pool.h"
 #include "util.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,6 +83,109 @@ void gq_sym_from_lower(const float *lower, int64_t n, float scale, float *out)
 			for (int64_t i = i0; i < i0 + 32 && i < n; i++)
 				for (int64_t j = j0; j < j0 + 32 && j <= i; j++)
 					out[i * n + j] = out[j * n + i] = scale * lower[i * n + j];
+}
+
+uint64_t gq_tri_len(int64_t n)
+{
+	return (uint64_t)n * (uint64_t)(n + 1) / 2;
+}
+
+void gq_tri_from_sym(const float *H, int64_t n, float *tri)
+{
+	/* row i moves down to tri_len(i) <= i n, before any later row is read */
+	for (int64_t i = 0; i < n; i++)
+		memmove(tri + gq_tri_len(i), H + i * n, (size_t)(i + 1) * sizeof *tri);
+}
+
+typedef struct {
+	const float *tri;
+	int64_t n;
+	float *H;
+} unfold_job;
+
+/* Rows [r0, r1) of H: row i's left part is tri's row i, its right part tri's column i. */
+static void unfold_rows(void *p, int64_t r0, int64_t r1)
+{
+	const unfold_job *j = p;
+	int64_t n = j->n;
+
+	for (int64_t i = r0; i < r1; i++) {
+		float *row = j->H + i * n;
+
+		memcpy(row, j->tri + gq_tri_len(i), (size_t)(i + 1) * sizeof *row);
+		for (int64_t k = i + 1; k < n; k++)
+			row[k] = j->tri[gq_tri_len(k) + i];
+	}
+}
+
+void gq_sym_from_tri(const float *tri, int64_t n, float *H, int threads)
+{
+	unfold_job j = {tri, n, H};
+
+	/* every row is n long: equal spans of rows balance */
+	gq_pool_spans(n, n > 0 ? ((1 << 20) + n - 1) / n : 1, threads, unfold_rows, &j);
+}
+
+int gq_hessian_frame_matrix(const gq_frame *f, int threads, int64_t *n, const float **H,
+			    float **buf, uint64_t *cap)
+{
+	gq_tensor t;
+	int packed = gq_frame_tensor(f, "H", &t) != GQ_OK, in_place;
+	uint64_t need;
+	int64_t dim;
+
+	if (packed && gq_frame_tensor(f, "H_lower", &t))
+		return gq_frame_err(f, GQ_ERR_FORMAT, "hessian frame has neither H nor H_lower");
+	if (!packed) {
+		if (t.ndim != 2 || t.shape[0] != t.shape[1])
+			return gq_frame_err(f, GQ_ERR_FORMAT, "H is not a square matrix");
+		dim = t.shape[0];
+	} else {
+		/* n (n + 1) / 2 = len: n from the root, then checked exactly */
+		double root = t.ndim == 1 ? (sqrt(8.0 * (double)t.shape[0] + 1) - 1) / 2 : -1;
+
+		dim = (int64_t)(root + 0.5);
+		if (t.ndim != 1 || gq_tri_len(dim) != (uint64_t)t.shape[0])
+			return gq_frame_err(f, GQ_ERR_FORMAT,
+					    "H_lower is not a packed triangle (n (n + 1) / 2 values)");
+	}
+	if (t.dtype != GQ_DTYPE_F32 && t.dtype != GQ_DTYPE_F16 && t.dtype != GQ_DTYPE_BF16 &&
+	    t.dtype != GQ_DTYPE_F64)
+		return gq_frame_err(f, GQ_ERR_FORMAT, "%s is %s, not a float type", t.name,
+				    gq_dtype_name(t.dtype));
+	*n = dim;
+	in_place = t.dtype == GQ_DTYPE_F32 && (uintptr_t)t.data % sizeof(float) == 0;
+	if (!packed && in_place) {
+		*H = (const float *)t.data;
+		return GQ_OK;
+	}
+	/* whole: converted into buf; packed: unfolded into buf, from a converted copy in its tail */
+	need = ((uint64_t)dim * (uint64_t)dim + (packed && !in_place ? gq_tri_len(dim) : 0)) *
+	       sizeof(float);
+	if (need > *cap) {
+		float *p = realloc(*buf, need ? need : 1);
+
+		if (!p)
+			return gq_frame_err(f, GQ_ERR_NOMEM, "out of memory for a %lld x %lld Hessian",
+					    (long long)dim, (long long)dim);
+		*buf = p;
+		*cap = need;
+	}
+	if (!packed) {
+		gq_convert_to_f32_mt(t.dtype, t.data, 0, (uint64_t)(dim * dim), *buf, threads);
+	} else {
+		const float *tri = (const float *)t.data;
+
+		if (!in_place) {
+			float *tail = *buf + dim * dim;
+
+			gq_convert_to_f32_mt(t.dtype, t.data, 0, gq_tri_len(dim), tail, threads);
+			tri = tail;
+		}
+		gq_sym_from_tri(tri, dim, *buf, threads);
+	}
+	*H = *buf;
+	return GQ_OK;
 }
 
 void gq_hessian_merge(float *acc, int64_t *acc_n, const float *H, int64_t nsamples, int64_t n)

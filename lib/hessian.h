@@ -9,6 +9,8 @@
 #ifndef GQ_HESSIAN_H
 #define GQ_HESSIAN_H
 
+#include "stream.h"
+
 #include <stdint.h>
 
 typedef struct {
@@ -27,6 +29,26 @@ void gq_hessian_add_ref(double *sum, int64_t n, const float *x, int64_t rows, co
 void gq_hessian_get(const gq_hessian *h, float *out);
 /* out [n, n] = scale * the symmetric matrix whose lower triangle is lower's (out may be lower). */
 void gq_sym_from_lower(const float *lower, int64_t n, float scale, float *out);
+/*
+ * A symmetric H [n, n] as its lower triangle, packed: row i's first i + 1
+ * entries, rows in order, n (n + 1) / 2 values, half of H's bytes. Hessian
+ * frames carry it as "H_lower" instead of "H" (gptq-hessian --triangle).
+ */
+uint64_t gq_tri_len(int64_t n);
+/* tri [n (n + 1) / 2] = the lower triangle of H [n, n]; tri may be H. */
+void gq_tri_from_sym(const float *H, int64_t n, float *tri);
+/* H [n, n] = the symmetric matrix of tri, on up to `threads` threads. */
+void gq_sym_from_tri(const float *tri, int64_t n, float *H, int threads);
+/*
+ * The float32 H [n, n] of a hessian frame, which carries it whole ("H" [n,
+ * n], any float dtype) or packed ("H_lower" [n (n + 1) / 2]). *H points into
+ * the frame where it can (whole, float32, aligned), else into *buf [*cap
+ * bytes], grown as needed: the caller's to reuse for the next frame and to
+ * free. Errors name the frame.
+ */
+int gq_hessian_frame_matrix(const gq_frame *f, int threads, int64_t *n, const float **H,
+			    float **buf, uint64_t *cap);
+
 /*
  * Merges a partial H (normalised, nsamples tokens) into acc (normalised,
  * *acc_n tokens): the nsamples-weighted average. *acc_n is updated.

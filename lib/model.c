@@ -511,11 +511,13 @@ int gq_module_find(const gq_model *m, const char *full, int *layer, int *module)
 		      m->cfg.model_type);
 }
 
-int gq_module_weight(const gq_model *m, int layer, int module, float **W)
+int gq_module_weight_into(const gq_model *m, int layer, int module, float *W)
 {
 	const gq_module *md = &m->modules[module];
+	uint64_t numel = (uint64_t)(md->in * md->out);
 	char full[256];
-	float *w;
+	gq_tensor t;
+	float *tmp; /* [in, out] a Conv1D weight before its transpose */
 	int rc;
 
 	if (gq_module_quantized(m, layer, module)) {
@@ -523,29 +525,42 @@ int gq_module_weight(const gq_model *m, int layer, int module, float **W)
 
 		if ((rc = load_quantized(m, layer, module, &q)))
 			return rc;
-		w = malloc((size_t)(md->in * md->out) * sizeof *w);
-		if (w)
-			gq_qmat_dequant(q, w);
+		gq_qmat_dequant(q, W);
 		gq_qmat_free(q);
 		free(q);
-		if (!w)
-			return gq_err(GQ_ERR_NOMEM, "out of memory");
-		*W = w;
 		return GQ_OK;
 	}
 	layer_name(m, layer, md->name, ".weight", full, sizeof full);
-	if ((rc = load_f32(m, full, &w)))
+	if ((rc = gq_ckpt_get(m->ckpt, full, &t)))
 		return rc;
-	if (m->arch.conv1d) {
-		float *t = malloc((size_t)(md->in * md->out) * sizeof *t);
+	if (gq_tensor_numel(&t) != numel)
+		return gq_err(GQ_ERR_FORMAT, "%s: %llu values for a %lld x %lld layer", full,
+			      (unsigned long long)gq_tensor_numel(&t), (long long)md->out,
+			      (long long)md->in);
+	if (!m->arch.conv1d) {
+		gq_convert_to_f32_mt(t.dtype, t.data, 0, numel, W, gq_threads_default());
+		return GQ_OK;
+	}
+	if (!(tmp = malloc((size_t)numel * sizeof *tmp + 1)))
+		return gq_err(GQ_ERR_NOMEM, "out of memory loading '%s'", full);
+	gq_convert_to_f32_mt(t.dtype, t.data, 0, numel, tmp, gq_threads_default());
+	gq_transpose4(tmp, md->in, md->out, W);
+	free(tmp);
+	return GQ_OK;
+}
 
-		if (!t) {
-			free(w);
-			return gq_err(GQ_ERR_NOMEM, "out of memory");
-		}
-		gq_transpose4(w, md->in, md->out, t);
+int gq_module_weight(const gq_model *m, int layer, int module, float **W)
+{
+	const gq_module *md = &m->modules[module];
+	float *w = malloc((size_t)(md->in * md->out) * sizeof *w + 1); /* [out, in] */
+	int rc;
+
+	*W = NULL;
+	if (!w)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	if ((rc = gq_module_weight_into(m, layer, module, w))) {
 		free(w);
-		w = t;
+		return rc;
 	}
 	*W = w;
 	return GQ_OK;

@@ -115,6 +115,8 @@ void gq_module_name(const gq_model *m, int layer, int module, char *buf, size_t 
 int gq_module_find(const gq_model *m, const char *full, int *layer, int *module);
 /* A module's weight as float32 [out, in] (Conv1D transposed; quantized ones dequantized), malloc'd. */
 int gq_module_weight(const gq_model *m, int layer, int module, float **W);
+/* The same into W [out, in], the caller's. */
+int gq_module_weight_into(const gq_model *m, int layer, int module, float *W);
 /* Whether the checkpoint holds module `module` of `layer` GPTQ-quantized. */
 int gq_module_quantized(const gq_model *m, int layer, int module);
 void gq_layer_free(const gq_model *m, gq_layer *L);

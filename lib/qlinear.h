@@ -34,13 +34,21 @@ typedef struct {
 } gq_qlinear;
 
 void gq_qlinear_free(gq_qlinear *q);
-/* Takes a solver result (the arrays are copied; scales rounded to F16). */
-int gq_qlinear_from_quant(gq_qlinear *ql, const gq_quant *q, const gq_gptq_opts *o,
-			  const char *name, int layer, const char *method);
+/*
+ * Takes a solver result: its codes and g_idx move into ql (NULL in q after),
+ * scales are rounded to F16, zeros copied.
+ */
+int gq_qlinear_from_quant(gq_qlinear *ql, gq_quant *q, const gq_gptq_opts *o, const char *name,
+			  int layer, const char *method);
 /* Frame for ql; the builder borrows ql's arrays and needs ql alive until written. */
 int gq_qlinear_frame(const gq_qlinear *ql, gq_st_builder *b);
 /* Parses and validates a qlinear frame (shapes, code and zero ranges, g_idx). */
 int gq_qlinear_parse(gq_qlinear *ql, const gq_frame *f);
+/*
+ * The same without copies: ql's arrays point into f's data, valid while f
+ * is, and are not freed (no gq_qlinear_free).
+ */
+int gq_qlinear_view(gq_qlinear *ql, const gq_frame *f);
 /* W [rows, cols] = dequantized weights. */
 void gq_qlinear_dequant(const gq_qlinear *ql, float *W);
 

@@ -25,18 +25,40 @@ typedef struct {
 	double loss;      /* GPTQ's own loss */
 	double objective; /* NaN unless computed */
 	double seconds;
+	double weight_seconds; /* of seconds: reading and checking the weight */
+	double solver_seconds; /* of seconds: the solver itself */
 	double damp;
 	int damp_retries;
 	int64_t nsamples;
 } gq_solve_stats;
 
 /*
- * Quantizes module `module` of `layer`. H [in, in] from nsamples tokens, or
- * NULL (RTN without a Hessian). A Hessian of zero samples (an MoE expert no
- * token reached) falls back to RTN: GPTQ would zero the whole weight.
+ * What solves the modules of one model with one set of options. It reads
+ * each module's weight ahead, on a thread, while the module before it
+ * solves: the one after it in the model's order (layer by layer, modules in
+ * execution order), which is the order Hessians arrive in.
  */
-int gq_solve_module(const gq_model *m, int layer, int module, const float *H, int64_t nsamples,
-		    const gq_solve_opts *o, gq_qlinear *out, gq_solve_stats *st);
+typedef struct gq_solver gq_solver;
+int gq_solver_open(gq_solver **s, const gq_model *m, const gq_solve_opts *o);
+void gq_solver_close(gq_solver *s);
+
+/*
+ * H [n, n] of nsamples tokens prepared for GPTQ once for all the modules of
+ * one Hessian frame (gq_hinv_prepare, where the options' device says), or
+ * *out = NULL where nothing is prepared: RTN, the reference solver, or no
+ * samples.
+ */
+int gq_solve_prepare(const gq_solver *s, const float *H, int64_t n, int64_t nsamples,
+		     gq_hinv **out);
+
+/*
+ * Quantizes module `module` of `layer`. H [in, in] from nsamples tokens, or
+ * NULL (RTN without a Hessian); hinv is H as gq_solve_prepare made it, or
+ * NULL to prepare it here. A Hessian of zero samples (an MoE expert no token
+ * reached) falls back to RTN: GPTQ would zero the whole weight.
+ */
+int gq_solve_module(gq_solver *s, int layer, int module, const float *H, const gq_hinv *hinv,
+		    int64_t nsamples, gq_qlinear *out, gq_solve_stats *st);
 
 /* One JSON object member of the report: "name":{"method":...,"loss":...}. */
 void gq_solve_stats_json(const char *name, const gq_solve_stats *st, gq_buf *out);

@@ -83,6 +83,27 @@ int gq_writer_pass(gq_writer *w, const gq_frame *f);
 /* Finishes the output; ok = 0 discards a named output. Frees w. */
 int gq_writer_close(gq_writer *w, int ok);
 
+/*
+ * A writer's frames written on a thread, in order (stream_queue.c), so that
+ * the caller does not wait for a slow reader: gptq-solve's output to
+ * gptq-pack while gptq-hessian waits for the feedback. At most max_bytes of
+ * frame data wait at a time; a put beyond that waits for room. The writer
+ * stays the caller's, to close once the queue has stopped.
+ */
+typedef struct gq_queue_writer gq_queue_writer;
+int gq_queue_writer_start(gq_queue_writer **q, gq_writer *w, uint64_t max_bytes);
+/*
+ * Queues b, which with whatever its tensors point to becomes the queue's:
+ * release(ctx) frees it all once written (or once the queue failed). Returns
+ * the first failure of an earlier write, if any.
+ */
+int gq_queue_writer_put(gq_queue_writer *q, gq_st_builder *b, void (*release)(void *ctx),
+			void *ctx);
+/* Waits until every queued frame is written; the first failure, if any. */
+int gq_queue_writer_drain(gq_queue_writer *q);
+/* Drains, stops the thread and frees q; the first failure, if any. */
+int gq_queue_writer_stop(gq_queue_writer *q);
+
 /* Writes one builder as a single .safetensors file, atomically. */
 int gq_st_write_file(const char *path, const gq_st_builder *b);
 

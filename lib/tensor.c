@@ -6,6 +6,7 @@
 #include "pool.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 static const struct {
@@ -219,6 +220,34 @@ void gq_f32_to_f16_mt(const float *src, uint16_t *dst, uint64_t n, int threads)
 	span_job j = {GQ_DTYPE_F32, NULL, 0, (float *)src, dst};
 
 	gq_pool_spans((int64_t)n, SPAN_MIN, threads, round_span, &j);
+}
+
+typedef struct {
+	const float *x;
+	int64_t first; /* the least index found so far, or -1 */
+	pthread_mutex_t lock;
+} nonfinite_job;
+
+static void nonfinite_span(void *p, int64_t lo, int64_t hi)
+{
+	nonfinite_job *j = p;
+
+	for (int64_t k = lo; k < hi; k++)
+		if (!isfinite(j->x[k])) {
+			pthread_mutex_lock(&j->lock);
+			if (j->first < 0 || k < j->first)
+				j->first = k;
+			pthread_mutex_unlock(&j->lock);
+			return;
+		}
+}
+
+int64_t gq_first_nonfinite_mt(const float *x, int64_t n, int threads)
+{
+	nonfinite_job j = {x, -1, PTHREAD_MUTEX_INITIALIZER};
+
+	gq_pool_spans(n, SPAN_MIN, threads, nonfinite_span, &j);
+	return j.first;
 }
 
 void gq_transpose4(const void *src, int64_t rows, int64_t cols, void *dst)

@@ -68,6 +68,8 @@ void gq_convert_to_f32_mt(gq_dtype t, const void *src, uint64_t first, uint64_t 
 			  int threads);
 /* dst [n] = src [n] rounded to fp16 (gq_f32_to_f16), over up to `threads` threads. */
 void gq_f32_to_f16_mt(const float *src, uint16_t *dst, uint64_t n, int threads);
+/* The index of x [n]'s first NaN or infinity, or -1: on up to `threads` threads. */
+int64_t gq_first_nonfinite_mt(const float *x, int64_t n, int threads);
 
 /* dst [cols, rows] = src [rows, cols] of 4-byte elements (float, int32), a cache-sized tile at a time. */
 void gq_transpose4(const void *src, int64_t rows, int64_t cols, void *dst);

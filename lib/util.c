@@ -55,16 +55,26 @@ void gq_set_progname(const char *argv0)
 	gq_progname = slash ? slash + 1 : argv0;
 }
 
+/*
+ * One line, written with one write: the tools of a pipeline share stderr,
+ * and a line written in pieces can be cut by another tool's (or thread's).
+ * Longer lines than the buffer are cut short.
+ */
 static void vmessage(const char *fmt, va_list ap)
 {
 	int saved = errno;
-	size_t len = strlen(fmt);
+	size_t len = strlen(fmt), n;
+	char line[16384];
 
-	fprintf(stderr, "%s: ", gq_progname);
-	vfprintf(stderr, fmt, ap);
+	n = (size_t)snprintf(line, sizeof line, "%s: ", gq_progname);
+	vsnprintf(line + n, sizeof line - n, fmt, ap);
+	n = strlen(line);
 	if (len && fmt[len - 1] == ':')
-		fprintf(stderr, " %s", strerror(saved));
-	fputc('\n', stderr);
+		snprintf(line + n, sizeof line - n, " %s", strerror(saved));
+	n = strlen(line);
+	n -= n == sizeof line - 1; /* room for the newline */
+	line[n++] = '\n';
+	fwrite(line, 1, n, stderr);
 }
 
 void die(const char *fmt, ...)

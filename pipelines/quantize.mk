@@ -99,7 +99,7 @@ $(WORK)/q-$(1).gqs $(WORK)/act-$(2).gqs &: $(WORK)/act-$(1).gqs
 	rm -f $(WORK)/fb-$(1) && mkfifo $(WORK)/fb-$(1); \
 	trap 'rm -f $(WORK)/fb-$(1)' EXIT; \
 	$(BIN)gptq-hessian -m $(MODEL) --feedback $(WORK)/fb-$(1) --layers $(1) $(Z) $(DEV) \
-		--save-state $(WORK)/act-$(2).gqs $$< | \
+		--triangle --save-state $(WORK)/act-$(2).gqs $$< | \
 	$(BIN)gptq-solve -m $(MODEL) $(SOLVE_OPTS) $(DEV) --feedback $(WORK)/fb-$(1) \
 		> $(WORK)/q-$(1).gqs.tmp || \
 		{ rm -f $(WORK)/act-$(2).gqs $(WORK)/q-$(1).gqs.tmp; exit 1; }; \

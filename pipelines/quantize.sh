@@ -78,7 +78,13 @@ trap 'rm -rf "$tmp"' EXIT
 calib_opts="$calib_opts$verbose" hess_opts="$hess_opts$verbose" solve_opts="$solve_opts$verbose"
 pack_opts="$pack_opts$verbose"
 
-[ -z "$save" ] || mkdir -p "$save"
+# Hessians cross the pipe into gptq-solve as packed lower triangles, half the
+# bytes; the ones --save keeps stay whole, for whoever inspects them.
+if [ -n "$save" ]; then
+	mkdir -p "$save"
+else
+	hess_opts="$hess_opts --triangle"
+fi
 
 # saved FILE CMD...: CMD on stdin, which tee keeps in $save/FILE with --save.
 # Without --save no tee copies the stream between the stages: every Hessian

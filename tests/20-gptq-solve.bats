@@ -74,11 +74,17 @@ report() {
 	cmp first.safetensors r.gqs
 }
 
-@test "an indefinite Hessian raises damp x1.25 until Cholesky succeeds, and says so" {
+@test "an indefinite Hessian raises damp x1.25 until Cholesky succeeds, and says so once" {
 	testgen hframe 64 model.layers.0.self_attn.q_proj 0 indefinite >bad.gqs
 	run -0 --separate-stderr gptq-solve -m "$M" -g 32 -o q.gqs bad.gqs
 	[ "$stderr" = "gptq-solve: model.layers.0.self_attn.q_proj: cholesky failed at damp 0.01, succeeded at 1.0842" ]
 	[ "$(gptq-dump q.gqs | jq -s -r '.[0].metadata.damp')" = 1.0842021724855044 ]
+	# q, k and v share one Hessian, prepared once: one warning naming them all
+	qkv=model.layers.0.self_attn.q_proj,model.layers.0.self_attn.k_proj,model.layers.0.self_attn.v_proj
+	testgen hframe 64 "$qkv" 0 indefinite >bad3.gqs
+	run -0 --separate-stderr gptq-solve -m "$M" -g 32 -o qkv.gqs bad3.gqs
+	[ "$stderr" = "gptq-solve: $qkv: cholesky failed at damp 0.01, succeeded at 1.0842" ]
+	[ "$(gptq-dump qkv.gqs | jq -s -r '[.[] | select(.kind == "qlinear") | .metadata.damp] | unique | .[]')" = 1.0842021724855044 ]
 }
 
 @test "a Hessian no token reached falls back to round-to-nearest with a warning" {

@@ -68,6 +68,43 @@ setup() {
 	[[ "$output" == *"merge needs hessian frames"* ]]
 }
 
+@test "--triangle sends H's lower triangle in half the bytes; every reader unfolds it to the same H" {
+	gptq-hessian -m "$M" --no-sequential t.gqs >h.gqs
+	gptq-hessian -m "$M" --no-sequential --triangle t.gqs >ht.gqs
+	# 96 x 96 becomes 96 x 97 / 2 values
+	[ "$(gptq-dump ht.gqs | jq -s -c '[.[3].tensors[0].name, .[3].tensors[0].shape]')" = '["H_lower",[4656]]' ]
+	[ "$(stat -c %s ht.gqs)" -lt "$(( $(stat -c %s h.gqs) * 6 / 10 ))" ]
+	# the same bytes of H: statistics, solutions and merges
+	diff <(gptq-dump --stats h.gqs | jq -c .hessian) <(gptq-dump --stats ht.gqs | jq -c .hessian)
+	gptq-solve -m "$M" -g 32 --desc-act h.gqs | gptq-dump --checksum | jq -c 'select(.kind == "qlinear") | [.tensors[].fnv1a64]' >q.json
+	gptq-solve -m "$M" -g 32 --desc-act ht.gqs | gptq-dump --checksum | jq -c 'select(.kind == "qlinear") | [.tensors[].fnv1a64]' >qt.json
+	[ "$(wc -l <q.json)" -eq 14 ]
+	diff q.json qt.json
+	gptq-hessian --merge h.gqs h.gqs >m.gqs
+	gptq-hessian --merge --triangle ht.gqs h.gqs >mt.gqs
+	[ "$(gptq-dump mt.gqs | jq -r '.tensors[0].name' | sort -u)" = H_lower ]
+	diff <(gptq-dump --stats m.gqs | jq -c .hessian) <(gptq-dump --stats mt.gqs | jq -c .hessian)
+	# sequential, through the loop
+	mkfifo fb
+	run -0 timeout $(limit 60) sh -c "gptq-hessian -m '$M' --feedback fb --triangle t.gqs | gptq-solve -m '$M' -g 32 --feedback fb >qs.gqs"
+	run -0 timeout $(limit 60) sh -c "gptq-hessian -m '$M' --feedback fb t.gqs | gptq-solve -m '$M' -g 32 --feedback fb >qw.gqs"
+	diff <(gptq-dump --checksum qs.gqs | jq -c 'select(.kind == "qlinear") | [.tensors[].fnv1a64]') \
+		<(gptq-dump --checksum qw.gqs | jq -c 'select(.kind == "qlinear") | [.tensors[].fnv1a64]')
+}
+
+@test "a packed Hessian of the wrong length is named; a packed F16 one solves as the whole F32" {
+	testgen hframe 64 model.layers.0.self_attn.o_proj 0 badtri >bad.gqs
+	run -1 --separate-stderr gptq-solve -m "$M" -g 32 -o q.gqs bad.gqs
+	[ "$stderr" = "gptq-solve: bad.gqs: frame 0 at byte 0: H_lower is not a packed triangle (n (n + 1) / 2 values)" ]
+	[ ! -e q.gqs ]
+	run -1 --separate-stderr gptq-dump --stats bad.gqs
+	[[ "$stderr" == *"H_lower is not a packed triangle"* ]]
+	testgen hframe 64 model.layers.0.self_attn.o_proj 0 spdtri16 >h16.gqs
+	testgen hframe 64 model.layers.0.self_attn.o_proj 0 spd >h32.gqs
+	diff <(gptq-solve -m "$M" -g 32 h16.gqs | gptq-dump --checksum | jq -c 'select(.kind == "qlinear") | [.tensors[].fnv1a64]') \
+		<(gptq-solve -m "$M" -g 32 h32.gqs | gptq-dump --checksum | jq -c 'select(.kind == "qlinear") | [.tensors[].fnv1a64]')
+}
+
 @test "a process that fails early does not leave the loop hanging" {
 	mkfifo fb
 	run timeout $(limit 30) sh -c "gptq-hessian -m /nonexistent --feedback fb t.gqs | gptq-solve -m '$M' | tee fb >/dev/null"

@@ -117,10 +117,14 @@ setup() {
 	[[ "${lines[0]}" == "usage: submit.sh MODEL OUT"* ]]
 }
 
-@test "quantize.sh --save keeps the Hessians and modules for inspection" {
+@test "quantize.sh --save keeps the Hessians (whole) and modules for inspection, same checkpoint" {
 	run -0 timeout $(limit 120) "$P/quantize.sh" "$M" out --calib t.gqs --group-size 32 --save keep
 	[ "$(gptq-dump keep/hessians.gqs | jq -s length)" -eq 8 ]
+	[ "$(gptq-dump keep/hessians.gqs | jq -r '.tensors[].name' | sort -u)" = H ]
 	[ "$(gptq-dump keep/qlinear.gqs | jq -r .kind | grep -c qlinear)" -eq 14 ]
+	# without --save the Hessians cross the pipe packed: the same checkpoint
+	run -0 timeout $(limit 120) "$P/quantize.sh" "$M" out2 --calib t.gqs --group-size 32
+	cmp out/model.safetensors out2/model.safetensors
 }
 
 @test "quantize.sh -v times every layer's phases, in either mode, with the same checkpoint" {

@@ -18,10 +18,11 @@
 static const gq_tool tool = {
 	"gptq-hessian",
 	"usage: gptq-hessian -m MODEL --feedback FILE [--layers A-B] [--save-state FILE]\n"
-	"                    [--device DEV [--recompute]] [-o FILE] [-z] [FILE|-]...\n"
+	"                    [--device DEV [--recompute]] [--triangle] [-o FILE] [-z]\n"
+	"                    [FILE|-]...\n"
 	"       gptq-hessian -m MODEL --no-sequential [--layers A-B] [--save-state FILE]\n"
-	"                    [--device DEV] [-o FILE] [-z] [FILE|-]...\n"
-	"       gptq-hessian --merge [-o FILE] [-z] FILE...\n",
+	"                    [--device DEV] [--triangle] [-o FILE] [-z] [FILE|-]...\n"
+	"       gptq-hessian --merge [--triangle] [-o FILE] [-z] FILE...\n",
 	"Run the model over the calibration tokens a layer at a time and write\n"
 	"H = 2/n sum x x^T for every group of linears that share an input.\n"
 	"  -m, --model DIR       the Hugging Face checkpoint to quantize\n"
@@ -40,13 +41,15 @@ static const gq_tool tool = {
 	"      --recompute       GPU, sequential: run every step from the layer's input\n"
 	"                        (the default keeps the inputs of o_proj, the MLP and\n"
 	"                        down_proj on the device: faster, more device memory)\n"
+	"      --triangle        write each H's lower triangle, packed (H_lower): half the\n"
+	"                        bytes through the pipe into gptq-solve, which unfolds it\n"
 	"      --merge           sum partial Hessian streams frame by frame (weighted by\n"
 	"                        nsamples): data-parallel collection\n"
 	GQ_STREAM_OUT_HELP,
 };
 
 enum { OPT_FEEDBACK = GQ_OPT_TOOL_BASE, OPT_NOSEQ, OPT_LAYERS, OPT_MERGE, OPT_STATE, OPT_DEVICE,
-       OPT_RECOMPUTE };
+       OPT_RECOMPUTE, OPT_TRIANGLE };
 
 typedef struct {
 	gq_writer *w;
@@ -206,6 +209,7 @@ int main(int argc, char **argv)
 		{"save-state", required_argument, 0, OPT_STATE},
 		{"device", required_argument, 0, OPT_DEVICE},
 		{"recompute", no_argument, 0, OPT_RECOMPUTE},
+		{"triangle", no_argument, 0, OPT_TRIANGLE},
 		{0, 0, 0, 0},
 	};
 	gq_common common;
@@ -239,6 +243,7 @@ int main(int argc, char **argv)
 			device = 1;
 			break;
 		case OPT_RECOMPUTE: co.recompute = 1; break;
+		case OPT_TRIANGLE: co.triangle = 1; break;
 		default: gq_usage(&tool, 2);
 		}
 	}
@@ -254,7 +259,7 @@ int main(int argc, char **argv)
 		for (int i = 0; i < n_inputs; i++)
 			if (gq_reader_open(&rd[i], inputs[i]))
 				die("%s", gq_errmsg());
-		if (gq_writer_open(&o.w, out.path, &wo) || gq_merge_hessians(rd, n_inputs, o.w) ||
+		if (gq_writer_open(&o.w, out.path, &wo) || gq_merge_hessians(rd, n_inputs, co.triangle, o.w) ||
 		    gq_writer_close(o.w, 1))
 			die("%s", gq_errmsg());
 		for (int i = 0; i < n_inputs; i++)

@@ -3,6 +3,7 @@
  * each Hessian), then one `report` frame; every other frame passes through.
  */
 #include "cli.h"
+#include "hessian.h"
 #include "io.h"
 #include "quantize.h"
 #include "stream.h"
@@ -47,76 +48,97 @@ static const gq_tool tool = {
 	GQ_STREAM_OUT_HELP,
 };
 
+/* qlinear frames waiting for a slow reader of the output: about a 7B layer's */
+#define OUT_QUEUE_BYTES (256ull << 20)
+
 enum { OPT_DESC = GQ_OPT_TOOL_BASE, OPT_STATIC, OPT_SYM, OPT_ASYM, OPT_DAMP, OPT_BLOCK, OPT_MSE,
        OPT_RTN, OPT_ALL, OPT_REF, OPT_OBJ, OPT_DEVICE, OPT_FEEDBACK };
 
 typedef struct {
 	const gq_model *m;
 	gq_solve_opts so;
+	gq_solver *solver;
 	gq_writer *w;
+	gq_queue_writer *out; /* w's frames, written on a thread */
 	gq_writer *feedback; /* --feedback, or NULL */
 	FILE *feedback_fifo; /* its FIFO, closed after it, or NULL */
 	gq_buf report; /* JSON object members, one per module */
+	float *hbuf;   /* [hbuf_cap bytes] Hessians converted or unfolded, reused */
+	uint64_t hbuf_cap;
 	int64_t done;
 	gq_progress progress;
 } run;
 
-static void emit(run *r, int layer, int module, const float *H, int64_t nsamples)
+static void free_queued(void *ql)
+{
+	gq_qlinear_free(ql);
+	free(ql);
+}
+
+static void emit(run *r, int layer, int module, const float *H, const gq_hinv *hinv,
+		 int64_t nsamples)
 {
 	gq_qlinear ql;
 	gq_solve_stats st;
 	gq_st_builder b;
+	gq_qlinear *queued; /* ql, the output queue's until written */
+	double t0;
 
-	if (gq_solve_module(r->m, layer, module, H, nsamples, &r->so, &ql, &st))
+	if (gq_solve_module(r->solver, layer, module, H, hinv, nsamples, &ql, &st))
 		die("%s", gq_errmsg());
-	if (st.damp_retries)
+	if (st.damp_retries && !hinv) /* a shared preparation says it once, for all */
 		warn("%s: cholesky failed at damp %g, succeeded at %g", ql.name, r->so.gptq.damp, st.damp);
 	if (nsamples == 0 && H && !r->so.rtn)
 		warn("%s: no calibration token reached it, rounded to nearest", ql.name);
-	gq_debug("%s: %s loss %.6g in %.2fs", ql.name, st.method, st.loss, st.seconds);
-	/* the feedback first: gptq-hessian waits for it, gptq-pack does not */
-	if (gq_qlinear_frame(&ql, &b) || (r->feedback && gq_writer_put(r->feedback, &b)) ||
-	    gq_writer_put(r->w, &b))
-		die("%s", gq_errmsg());
-	gq_stb_free(&b);
 	if (r->report.len)
 		gq_buf_append(&r->report, ",", 1);
 	gq_solve_stats_json(ql.name, &st, &r->report);
-	gq_qlinear_free(&ql);
+	/* the feedback first and here: gptq-hessian waits for it; gptq-pack gets it from a thread */
+	t0 = gq_now();
+	if (gq_qlinear_frame(&ql, &b) || (r->feedback && gq_writer_put(r->feedback, &b)))
+		die("%s", gq_errmsg());
+	gq_debug("%s: %s loss %.6g in %.2fs (weight %.0f ms, solver %.0f ms), sent in %.0f ms",
+		 ql.name, st.method, st.loss, st.seconds, 1e3 * st.weight_seconds,
+		 1e3 * st.solver_seconds, 1e3 * (gq_now() - t0));
+	if (!(queued = malloc(sizeof *queued))) {
+		gq_stb_free(&b);
+		die("out of memory");
+	}
+	*queued = ql;
+	if (gq_queue_writer_put(r->out, &b, free_queued, queued))
+		die("%s", gq_errmsg());
 	gq_progress_update(&r->progress, ++r->done);
 }
 
-/* One hessian frame: every module it names, in order. */
-static void solve_frame(run *r, const gq_frame *f)
+/*
+ * One hessian frame (read in read_seconds): every module it names, in order,
+ * with H prepared once for them all (q, k and v share it; gate and up).
+ */
+static void solve_frame(run *r, const gq_frame *f, double read_seconds)
 {
 	const char *mods = gq_frame_attr(f, "modules"), *ns = gq_frame_attr(f, "nsamples");
-	int64_t nsamples, n;
-	gq_tensor t;
+	int64_t nsamples, n, bad;
 	const float *H;
-	float *owned = NULL; /* [n, n] H converted from another dtype, or NULL */
+	gq_hinv *hinv;
+	double t0 = gq_now(), t1;
 
 	if (!mods || !ns || gq_parse_i64(ns, 0, INT64_MAX, &nsamples))
 		gq_die_frame(f, "hessian frame needs 'modules' and 'nsamples'");
-	if (gq_frame_tensor(f, "H", &t))
+	/* float32 and whole, as gptq-hessian writes it by default, is used where it lies */
+	if (gq_hessian_frame_matrix(f, r->so.gptq.threads, &n, &H, &r->hbuf, &r->hbuf_cap))
 		die("%s", gq_errmsg());
-	n = t.ndim == 2 ? t.shape[0] : -1;
-	if (t.ndim != 2 || t.shape[1] != n)
-		gq_die_frame(f, "H is not a square matrix");
-	/* float32, as gptq-hessian writes it, is used where it lies: no 485 MB copy at 7B */
-	if (t.dtype == GQ_DTYPE_F32 && (uintptr_t)t.data % sizeof(float) == 0) {
-		H = (const float *)t.data;
-	} else {
-		float *h = malloc((size_t)(n * n) * sizeof *h + 1);
-
-		if (!h)
-			die("out of memory for a %lld x %lld Hessian", (long long)n, (long long)n);
-		gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)(n * n), h);
-		H = owned = h;
-	}
-	for (int64_t i = 0; i < n * n; i++)
-		if (!isfinite(H[i]))
-			gq_die_frame(f, "H has a non-finite entry at [%lld, %lld]", (long long)(i / n),
-				     (long long)(i % n));
+	if ((bad = gq_first_nonfinite_mt(H, n * n, r->so.gptq.threads)) >= 0)
+		gq_die_frame(f, "H has a non-finite entry at [%lld, %lld]", (long long)(bad / n),
+			     (long long)(bad % n));
+	t1 = gq_now();
+	if (gq_solve_prepare(r->solver, H, n, nsamples, &hinv))
+		die("%s: %s", mods, gq_errmsg());
+	if (hinv && gq_hinv_damp_retries(hinv))
+		warn("%s: cholesky failed at damp %g, succeeded at %g", mods, r->so.gptq.damp,
+		     gq_hinv_damp(hinv));
+	gq_debug("hessian %lld x %lld: read in %.0f ms, checked in %.0f ms, prepared in %.0f ms",
+		 (long long)n, (long long)n, 1e3 * read_seconds, 1e3 * (t1 - t0),
+		 1e3 * (gq_now() - t1));
 	for (const char *p = mods; *p;) {
 		const char *comma = strchr(p, ',');
 		size_t len = comma ? (size_t)(comma - p) : strlen(p);
@@ -132,10 +154,10 @@ static void solve_frame(run *r, const gq_frame *f)
 		if (r->m->modules[module].in != n)
 			gq_die_frame(f, "H is %lld x %lld but %s has %lld inputs", (long long)n,
 				     (long long)n, name, (long long)r->m->modules[module].in);
-		emit(r, layer, module, H, nsamples);
+		emit(r, layer, module, H, hinv, nsamples);
 		p = comma ? comma + 1 : p + len;
 	}
-	free(owned);
+	gq_hinv_free(hinv);
 }
 
 static void write_report(run *r)
@@ -280,8 +302,9 @@ int main(int argc, char **argv)
 		die("%s", gq_errmsg());
 
 	gq_writer_opts wo = {out.zstd_level, common.threads, out.force};
-	run r = {m, so, NULL, NULL, fifo, {0}, 0, {0}};
-	if (gq_writer_open(&r.w, out.path, &wo))
+	run r = {m, so, NULL, NULL, NULL, NULL, fifo, {0}, NULL, 0, 0, {0}};
+	if (gq_solver_open(&r.solver, m, &so) || gq_writer_open(&r.w, out.path, &wo) ||
+	    gq_queue_writer_start(&r.out, r.w, OUT_QUEUE_BYTES))
 		die("%s", gq_errmsg());
 	if (feedback)
 		r.feedback = open_feedback(feedback, r.feedback_fifo, &wo);
@@ -290,7 +313,7 @@ int main(int argc, char **argv)
 		for (int l = 0; l < m->cfg.n_layers; l++)
 			for (int i = 0; i < m->n_modules; i++)
 				if (m->modules[i].step >= 0)
-					emit(&r, l, i, NULL, 0);
+					emit(&r, l, i, NULL, NULL, 0);
 	} else {
 		char *dash = "-", **inputs = optind < argc ? argv + optind : &dash;
 		int n_inputs = optind < argc ? argc - optind : 1;
@@ -298,15 +321,18 @@ int main(int argc, char **argv)
 
 		for (int i = 0; i < n_inputs; i++) {
 			gq_reader *rd;
+			double t0 = gq_now();
 			int rc;
 
 			if (gq_reader_open(&rd, inputs[i]))
 				die("%s", gq_errmsg());
+			/* the read time includes waiting for the writer: where a pipeline stalls */
 			while ((rc = gq_reader_next(rd, &f, GQ_READ_DATA)) > 0) {
 				if (f.kind && strcmp(f.kind, "hessian") == 0)
-					solve_frame(&r, &f);
-				else if (gq_writer_pass(r.w, &f))
+					solve_frame(&r, &f, gq_now() - t0);
+				else if (gq_queue_writer_drain(r.out) || gq_writer_pass(r.w, &f))
 					die("%s", gq_errmsg());
+				t0 = gq_now();
 			}
 			if (rc < 0)
 				die("%s", gq_errmsg());
@@ -320,10 +346,14 @@ int main(int argc, char **argv)
 		die("%s", gq_errmsg());
 	if (r.feedback_fifo && fclose(r.feedback_fifo) != 0)
 		die("cannot write '%s':", feedback);
+	if (gq_queue_writer_stop(r.out))
+		die("%s", gq_errmsg());
 	write_report(&r);
 	if (gq_writer_close(r.w, 1))
 		die("%s", gq_errmsg());
 	gq_buf_free(&r.report);
+	free(r.hbuf);
+	gq_solver_close(r.solver);
 	gq_model_close(m);
 	if (gq_close_stdout())
 		die("%s", gq_errmsg());

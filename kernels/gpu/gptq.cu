@@ -142,16 +142,16 @@ __global__ static void params_kernel(const float *__restrict__ W, int64_t rows, 
 	}
 }
 
-/* W[:, c] = 0 for the dead columns (H[c][c] == 0); H's diagonal is fixed after. */
-__global__ static void dead_cols_kernel(float *W, const float *H, int64_t rows, int64_t cols)
+/* W[:, c] = 0 for the dead columns (dead [cols]: H[c][c] was 0). */
+__global__ static void dead_cols_kernel(float *W, const uint8_t *dead, int64_t rows, int64_t cols)
 {
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * cols;
 	     i += (int64_t)gridDim.x * blockDim.x)
-		if (H[(i % cols) * (cols + 1)] == 0)
+		if (dead[i % cols])
 			W[i] = 0;
 }
 
-/* H[c][c] = 1 where it is 0 (a dead column), after dead_cols_kernel. */
+/* H[c][c] = 1 where it is 0 (a dead column). */
 __global__ static void dead_diag_kernel(float *H, int64_t n)
 {
 	for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < n;
@@ -179,6 +179,15 @@ __global__ static void gather_kernel(float *__restrict__ dst, const float *__res
 
 		dst[i] = src[(rows_perm ? perm[r] : r) * cols + perm[c]];
 	}
+}
+
+/* dst [rows, cols] = src[:, pos] for bytes: codes solved in act order back to their columns. */
+__global__ static void unpermute_codes_kernel(uint8_t *__restrict__ dst, const uint8_t *__restrict__ src,
+					      int64_t rows, int64_t cols, const int32_t *__restrict__ pos)
+{
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * cols;
+	     i += (int64_t)gridDim.x * blockDim.x)
+		dst[i] = src[i / cols * cols + pos[i % cols]];
 }
 
 /* ---- the column loop of one block ---- */
@@ -359,36 +368,115 @@ out:
 	return rc;
 }
 
-extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t cols,
-			   const gq_gptq_opts *o, const int64_t *perm, double mean, uint8_t *pcodes,
-			   float *scale, float *zero, double *loss, double *damp_used, int *retries)
+struct gq_gpu_hinv {
+	int64_t cols;
+	float *dHinv;   /* [cols, cols] upper factor (row-major), permuted */
+	int32_t *dperm; /* [cols] act order, or NULL */
+	int32_t *dpos;  /* [cols] its inverse: column c was solved dpos[c]-th, or NULL */
+	uint8_t *ddead; /* [cols] 1 for a dead column */
+};
+
+extern "C" void gq_gpu_hinv_free(gq_gpu_hinv *h)
 {
-	const int64_t B = o->block > 0 ? o->block : 128, gs = o->group_size;
+	if (!h)
+		return;
+	cudaFree(h->dHinv);
+	cudaFree(h->dperm);
+	cudaFree(h->dpos);
+	cudaFree(h->ddead);
+	free(h);
+}
+
+extern "C" int gq_gpu_hinv_prepare(gq_gpu_hinv **out, const float *H, int64_t cols,
+				   const uint8_t *dead, const int64_t *perm, double mean, double damp,
+				   double *damp_used, int *retries)
+{
+	gq_gpu_hinv *h = (gq_gpu_hinv *)calloc(1, sizeof *h);
+	float *dH = NULL; /* [cols, cols] H, then its permuted, dead-fixed copy */
+	int32_t *hperm = NULL; /* [2 cols] perm as the kernels take it, then its inverse */
+	cusolverDnHandle_t solver;
+	size_t hbytes = (size_t)(cols * cols) * sizeof(float);
+	double t0 = gq_now(), t1;
+	int rc = GQ_OK;
+
+	*out = NULL;
+	if (!h)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	h->cols = cols;
+	if (cols > INT_MAX) {
+		rc = gq_err(GQ_ERR_UNSUPPORTED, "a %lld-column layer is too large for the GPU solver",
+			    (long long)cols);
+		goto out;
+	}
+	if ((rc = gq_gpu_solver(0, &solver)))
+		goto out;
+	CU(cudaMalloc(&dH, hbytes));
+	CU(cudaMalloc(&h->dHinv, hbytes));
+	CU(cudaMalloc(&h->ddead, (size_t)cols));
+	CU(cudaMemcpy(h->ddead, dead, (size_t)cols, cudaMemcpyHostToDevice));
+	CU(cudaMemcpy(dH, H, hbytes, cudaMemcpyHostToDevice));
+	t1 = gq_now();
+	dead_diag_kernel<<<grid_for(cols), 256>>>(dH, cols);
+	LAUNCHED("dead_diag_kernel");
+	if (perm) {
+		if (!(hperm = (int32_t *)malloc((size_t)(2 * cols) * sizeof *hperm))) {
+			rc = gq_err(GQ_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		for (int64_t c = 0; c < cols; c++) {
+			hperm[c] = (int32_t)perm[c];
+			hperm[cols + perm[c]] = (int32_t)c;
+		}
+		CU(cudaMalloc(&h->dperm, (size_t)cols * sizeof *h->dperm));
+		CU(cudaMalloc(&h->dpos, (size_t)cols * sizeof *h->dpos));
+		CU(cudaMemcpy(h->dperm, hperm, (size_t)cols * sizeof *h->dperm, cudaMemcpyHostToDevice));
+		CU(cudaMemcpy(h->dpos, hperm + cols, (size_t)cols * sizeof *h->dpos,
+			      cudaMemcpyHostToDevice));
+		/* through dHinv, which damped_hinv overwrites from dH */
+		gather_kernel<<<grid_for(cols * cols), 256>>>(h->dHinv, dH, cols, cols, h->dperm, 1);
+		LAUNCHED("gather_kernel");
+		CU(cudaMemcpy(dH, h->dHinv, hbytes, cudaMemcpyDeviceToDevice));
+	}
+	if ((rc = damped_hinv(solver, dH, h->dHinv, cols, mean, damp, damp_used, retries)))
+		goto out;
+	gq_debug("gpu hinv %lld x %lld: copy in %.1f ms, preparation and Hinv %.1f ms",
+		 (long long)cols, (long long)cols, 1e3 * (t1 - t0), 1e3 * (gq_now() - t1));
+out:
+	cudaFree(dH);
+	free(hperm);
+	if (rc)
+		gq_gpu_hinv_free(h);
+	else
+		*out = h;
+	return rc;
+}
+
+extern "C" int gq_gpu_gptq(const gq_gpu_hinv *h, const float *W, int64_t rows,
+			   const gq_gptq_opts *o, uint8_t *codes, float *scale, float *zero,
+			   double *loss)
+{
+	const int64_t B = o->block > 0 ? o->block : 128, gs = o->group_size, cols = h->cols;
 	const int64_t ng = gs > 0 ? CEIL_DIV(cols, gs) : 1;
 	const qcfg qc = {(float)((1 << o->bits) - 1), o->sym, o->mse};
-	float *dW = NULL, *dT = NULL, *dH = NULL, *dHinv = NULL, *dErr = NULL, *dW1 = NULL;
-	float *dscale = NULL, *dzero = NULL;
+	float *dW = NULL, *dT = NULL, *dErr = NULL, *dW1 = NULL, *dscale = NULL, *dzero = NULL;
 	double *dloss = NULL, *rloss = NULL;
-	uint8_t *dcodes = NULL;
-	int32_t *dperm = NULL, *hperm = NULL;
+	uint8_t *dcodes = NULL; /* [rows, cols] in the order solved */
+	uint8_t *dout = NULL;   /* [rows, cols] back in column order (act order only) */
 	int rc = GQ_OK, dev = 0, smax = 0;
 	cublasHandle_t blas;
-	cusolverDnHandle_t solver;
-	double t0, t1, t2, t3; /* phase times for -v */
-	size_t wbytes = (size_t)(rows * cols) * sizeof(float), hbytes = (size_t)(cols * cols) * sizeof(float);
+	double t0, t1, t2; /* phase times for -v */
+	size_t wbytes = (size_t)(rows * cols) * sizeof(float);
 
-	if (rows > INT_MAX || cols > INT_MAX || B > INT_MAX)
+	if (rows > INT_MAX || B > INT_MAX)
 		return gq_err(GQ_ERR_UNSUPPORTED, "a %lld x %lld layer is too large for the GPU solver",
 			      (long long)rows, (long long)cols);
 	/* the solve runs on the default stream */
-	if ((rc = gq_gpu_blas(0, &blas)) || (rc = gq_gpu_solver(0, &solver)))
+	if ((rc = gq_gpu_blas(0, &blas)))
 		return rc;
 	CU(cudaGetDevice(&dev));
 	CU(cudaDeviceGetAttribute(&smax, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
 	CU(cudaMalloc(&dW, wbytes));
-	CU(cudaMalloc(&dT, wbytes > hbytes ? wbytes : hbytes));
-	CU(cudaMalloc(&dH, hbytes));
-	CU(cudaMalloc(&dHinv, hbytes));
+	CU(cudaMalloc(&dT, wbytes));
 	CU(cudaMalloc(&dErr, (size_t)(rows * B) * sizeof *dErr));
 	CU(cudaMalloc(&dscale, (size_t)(ng * rows) * sizeof *dscale));
 	CU(cudaMalloc(&dzero, (size_t)(ng * rows) * sizeof *dzero));
@@ -397,47 +485,30 @@ extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t
 	CU(cudaMalloc(&dcodes, (size_t)(rows * cols)));
 	t0 = gq_now();
 	CU(cudaMemcpy(dT, W, wbytes, cudaMemcpyHostToDevice));
-	CU(cudaMemcpy(dH, H, hbytes, cudaMemcpyHostToDevice));
-	t1 = gq_now();
-	/* the preparation, in the CPU's order */
+	/* the preparation of W, in the CPU's order */
 	if (gs < 0) {
 		/* per-row parameters come from W before dead columns are zeroed, as AutoGPTQ */
 		params_kernel<<<(unsigned)CEIL_DIV(rows * 32, 256), 256>>>(dT, rows, cols, gs, 1, qc,
 									   dscale, dzero);
 		LAUNCHED("params_kernel");
 	}
-	dead_cols_kernel<<<grid_for(rows * cols), 256>>>(dT, dH, rows, cols);
+	dead_cols_kernel<<<grid_for(rows * cols), 256>>>(dT, h->ddead, rows, cols);
 	LAUNCHED("dead_cols_kernel");
-	dead_diag_kernel<<<grid_for(cols), 256>>>(dH, cols);
-	LAUNCHED("dead_diag_kernel");
 	if (o->static_groups) {
 		params_kernel<<<(unsigned)CEIL_DIV(ng * rows * 32, 256), 256>>>(dT, rows, cols, gs, ng,
 										 qc, dscale, dzero);
 		LAUNCHED("params_kernel");
 	}
-	if (perm) {
-		if (!(hperm = (int32_t *)malloc((size_t)cols * sizeof *hperm))) {
-			rc = gq_err(GQ_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		for (int64_t c = 0; c < cols; c++)
-			hperm[c] = (int32_t)perm[c];
-		CU(cudaMalloc(&dperm, (size_t)cols * sizeof *dperm));
-		CU(cudaMemcpy(dperm, hperm, (size_t)cols * sizeof *dperm, cudaMemcpyHostToDevice));
-		gather_kernel<<<grid_for(rows * cols), 256>>>(dW, dT, rows, cols, dperm, 0);
+	if (h->dperm) {
+		gather_kernel<<<grid_for(rows * cols), 256>>>(dW, dT, rows, cols, h->dperm, 0);
 		LAUNCHED("gather_kernel");
-		gather_kernel<<<grid_for(cols * cols), 256>>>(dT, dH, cols, cols, dperm, 1);
-		LAUNCHED("gather_kernel");
-		CU(cudaMemcpy(dH, dT, hbytes, cudaMemcpyDeviceToDevice));
 	} else {
 		float *t = dW;
 
 		dW = dT;
 		dT = t;
 	}
-	if ((rc = damped_hinv(solver, dH, dHinv, cols, mean, o->damp, damp_used, retries)))
-		goto out;
-	t2 = gq_now();
+	t1 = gq_now();
 
 	/* both blocks in shared memory when they fit, else the kernel reads global memory */
 	{
@@ -453,7 +524,7 @@ extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t
 		}
 		for (int64_t i1 = 0; i1 < cols; i1 += B) {
 			int64_t i2 = i1 + B < cols ? i1 + B : cols, cnt = i2 - i1;
-			block_args a = {dW, dHinv, dW1, dErr, dcodes, dscale, dzero, dperm, dloss,
+			block_args a = {dW, h->dHinv, dW1, dErr, dcodes, dscale, dzero, h->dperm, dloss,
 					rows, cols, i1, gs, (int)cnt, in_shared, o->static_groups, qc};
 			size_t shb = in_shared ? (size_t)(cnt * cnt + ROWS_PER_CTA * cnt) * sizeof(float) : 0;
 			const float minus1 = -1.0f, one = 1.0f;
@@ -465,7 +536,7 @@ extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t
 				break;
 			/* column-major view of W[:, i2:] -= Err · Hinv[i1:i2, i2:] (row-major) */
 			st = cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)(cols - i2), (int)rows, (int)cnt,
-					 &minus1, dHinv + i1 * cols + i2, (int)cols, dErr, (int)cnt, &one,
+					 &minus1, h->dHinv + i1 * cols + i2, (int)cols, dErr, (int)cnt, &one,
 					 dW + i2, (int)cols);
 			if (st != CUBLAS_STATUS_SUCCESS) {
 				rc = gq_err(GQ_ERR_IO, "cublasSgemm failed: %s", cublasGetStatusString(st));
@@ -473,35 +544,37 @@ extern "C" int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t
 			}
 		}
 	}
+	if (h->dpos) {
+		CU(cudaMalloc(&dout, (size_t)(rows * cols)));
+		unpermute_codes_kernel<<<grid_for(rows * cols), 256>>>(dout, dcodes, rows, cols, h->dpos);
+		LAUNCHED("unpermute_codes_kernel");
+	}
 	CU(cudaDeviceSynchronize());
-	t3 = gq_now();
+	t2 = gq_now();
 	if (!(rloss = (double *)malloc((size_t)rows * sizeof *rloss))) {
 		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	CU(cudaMemcpy(pcodes, dcodes, (size_t)(rows * cols), cudaMemcpyDeviceToHost));
+	CU(cudaMemcpy(codes, dout ? dout : dcodes, (size_t)(rows * cols), cudaMemcpyDeviceToHost));
 	CU(cudaMemcpy(scale, dscale, (size_t)(ng * rows) * sizeof *scale, cudaMemcpyDeviceToHost));
 	CU(cudaMemcpy(zero, dzero, (size_t)(ng * rows) * sizeof *zero, cudaMemcpyDeviceToHost));
 	CU(cudaMemcpy(rloss, dloss, (size_t)rows * sizeof *rloss, cudaMemcpyDeviceToHost));
 	*loss = 0;
 	for (int64_t r = 0; r < rows; r++)
 		*loss += rloss[r] / 2;
-	gq_debug("gpu solve %lld x %lld: copy in %.1f ms, preparation and Hinv %.1f ms, "
-		 "column loop %.1f ms, copy out %.1f ms", (long long)rows, (long long)cols,
-		 1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2), 1e3 * (gq_now() - t3));
+	gq_debug("gpu solve %lld x %lld: copy in and preparation %.1f ms, column loop %.1f ms, "
+		 "copy out %.1f ms", (long long)rows, (long long)cols, 1e3 * (t1 - t0),
+		 1e3 * (t2 - t1), 1e3 * (gq_now() - t2));
 out:
 	cudaFree(dW);
 	cudaFree(dT);
-	cudaFree(dH);
-	cudaFree(dHinv);
 	cudaFree(dErr);
 	cudaFree(dW1);
 	cudaFree(dscale);
 	cudaFree(dzero);
 	cudaFree(dloss);
 	cudaFree(dcodes);
-	cudaFree(dperm);
-	free(hperm);
+	cudaFree(dout);
 	free(rloss);
 	return rc;
 }

@@ -40,6 +40,15 @@ int gq_gpu_sync(void);
  */
 int gq_gpu_convert_to_f32(gq_dtype dtype, const void *src, float *dst, uint64_t n,
 			  void *stream);
+/*
+ * w16 [rows, cols] fp16 on the device = scale * (code - zero) per weight,
+ * column c in group g_idx[c], from the host's codes [rows, cols], scales
+ * [n_groups, rows] (fp16 bits), zeros [n_groups, rows] and g_idx [cols]:
+ * gq_qlinear_dequant's float32 values rounded to fp16, bit for bit.
+ */
+int gq_gpu_dequant_codes(void *w16, const uint8_t *codes, const uint16_t *scales,
+			 const uint8_t *zeros, const int32_t *g_idx, int64_t rows, int64_t cols,
+			 int64_t n_groups);
 
 /* Up to this many tokens gq_gpu_qgemm runs its GEMV kernel; above, dequantize + cuBLAS. */
 #define GQ_GPU_GEMV_MAX_T 8
@@ -118,20 +127,34 @@ int gq_gpu_hessian_add_host(gq_gpu_hessian *h, const float *x, int64_t rows, con
  * device sum is overwritten; H is best pinned (gq_gpu_host_alloc).
  */
 int gq_gpu_hessian_download_sym(gq_gpu_hessian *h, float scale, float *H);
+/*
+ * tri [n (n + 1) / 2] = scale × the sum's lower triangle, packed by rows, to
+ * the host: gq_tri_from_sym of what gq_gpu_hessian_download_sym gives, bit
+ * for bit, in half the bytes. The sum is left as it was.
+ */
+int gq_gpu_hessian_download_tri(gq_gpu_hessian *h, float scale, float *tri);
 
 /*
- * The GPTQ solve of W [rows, cols] with H [cols, cols] (host memory) on the
- * current device (gptq.cu), for gq_gptq_solve_gpu in lib/gptq.c, which
- * checks the options and computes on the host what is O(cols): perm [cols]
- * (act order; NULL without) and mean, the mean of H's diagonal once dead
- * columns have 1 there. Out (host): pcodes [rows, cols] in permuted column
- * order, scale and zero [n_groups, rows], loss (Σ err² / 2), the damp that
- * succeeded and the retries it took. cuBLAS and cuSOLVER handles are made
- * on first use for the device current then; one host thread at a time.
+ * A Hessian prepared on the current device for every module that shares it
+ * (gptq.cu), for gq_hinv_prepare in lib/gptq.c, which computes on the host
+ * what is O(cols): dead [cols] (1 where H[c][c] is 0), perm [cols] (act
+ * order; NULL without) and mean, the mean of H's diagonal once dead columns
+ * have 1 there. Uploads H [cols, cols] (host) and keeps only Hinv, the upper
+ * Cholesky factor of (H[perm][:, perm] + damp mean I)⁻¹, raising damp x1.25
+ * until the factorisation succeeds. cuBLAS and cuSOLVER handles are made on
+ * first use for the device current then; one host thread at a time.
  */
-int gq_gpu_gptq(const float *W, const float *H, int64_t rows, int64_t cols, const gq_gptq_opts *o,
-		const int64_t *perm, double mean, uint8_t *pcodes, float *scale, float *zero,
-		double *loss, double *damp_used, int *retries);
+typedef struct gq_gpu_hinv gq_gpu_hinv;
+int gq_gpu_hinv_prepare(gq_gpu_hinv **out, const float *H, int64_t cols, const uint8_t *dead,
+			const int64_t *perm, double mean, double damp, double *damp_used, int *retries);
+void gq_gpu_hinv_free(gq_gpu_hinv *h);
+/*
+ * The GPTQ solve of W [rows, cols] (host) with a prepared Hessian on its
+ * device, which must be current. Out (host): codes [rows, cols] in the
+ * original column order, scale and zero [n_groups, rows], loss (Σ err² / 2).
+ */
+int gq_gpu_gptq(const gq_gpu_hinv *h, const float *W, int64_t rows, const gq_gptq_opts *o,
+		uint8_t *codes, float *scale, float *zero, double *loss);
 
 #ifdef __cplusplus
 }

@@ -204,3 +204,43 @@ extern "C" int gq_gpu_hessian_download_sym(gq_gpu_hessian *h, float scale, float
 		return rc;
 	return gq_gpu_download(H, h->sum, (uint64_t)(h->n * h->n) * sizeof(float));
 }
+
+/*
+ * tri [n (n + 1) / 2] = scale × the lower triangle, packed by rows (row i at
+ * i (i + 1) / 2): gq_tri_from_sym of what sym_from_lower_kernel gives, the
+ * same products. One grid row per matrix row.
+ */
+__global__ static void tri_from_lower_kernel(const float *__restrict__ a, int64_t n, float scale,
+					     float *__restrict__ tri)
+{
+	for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
+		float *row = tri + i * (i + 1) / 2;
+
+		for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j <= i;
+		     j += (int64_t)gridDim.x * blockDim.x)
+			row[j] = __fmul_rn(scale, a[i * n + j]);
+	}
+}
+
+extern "C" int gq_gpu_hessian_download_tri(gq_gpu_hessian *h, float scale, float *tri)
+{
+	const uint64_t len = (uint64_t)h->n * (uint64_t)(h->n + 1) / 2;
+	const unsigned rows = (unsigned)(h->n < 65535 ? h->n : 65535);
+	const unsigned cols = (unsigned)CEIL_DIV(h->n, (int64_t)256);
+	float *dtri = NULL; /* device [len] */
+	int rc;
+
+	/* the sums may come from any stream, some not synchronising with the default one */
+	if (h->n == 0 || (rc = gq_gpu_sync()))
+		return h->n == 0 ? GQ_OK : rc;
+	if ((rc = gq_gpu_alloc((void **)&dtri, len * sizeof *dtri)))
+		return rc;
+	tri_from_lower_kernel<<<dim3(cols, rows), 256>>>(h->sum, h->n, scale, dtri);
+	cudaError_t e = cudaGetLastError();
+	if (e != cudaSuccess)
+		rc = gq_err(GQ_ERR_IO, "tri_from_lower_kernel launch failed: %s", cudaGetErrorString(e));
+	if (rc == GQ_OK && !(rc = gq_gpu_sync()))
+		rc = gq_gpu_download(tri, dtri, len * sizeof *dtri);
+	gq_gpu_free(dtri);
+	return rc;
+}

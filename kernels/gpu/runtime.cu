@@ -55,10 +55,12 @@ extern "C" void gq_gpu_free(void *ptr)
 
 extern "C" int gq_gpu_host_alloc(void **ptr, uint64_t bytes)
 {
-	cudaError_t e = cudaHostAlloc(ptr, bytes ? bytes : 1, cudaHostAllocDefault);
+	/* portable: staging for uploads to every device of a layer split */
+	cudaError_t e = cudaHostAlloc(ptr, bytes ? bytes : 1, cudaHostAllocPortable);
 
 	if (e != cudaSuccess) {
 		(void)cudaGetLastError(); /* as in gq_gpu_alloc */
+		*ptr = NULL;
 		return gq_err(GQ_ERR_NOMEM, "cudaHostAlloc of %llu bytes of pinned memory failed: %s",
 			      (unsigned long long)bytes, cudaGetErrorString(e));
 	}

@@ -22,7 +22,7 @@
 #define cudaMemset hipMemset
 #define cudaFree hipFree
 #define cudaHostAlloc hipHostMalloc
-#define cudaHostAllocDefault hipHostMallocDefault
+#define cudaHostAllocPortable hipHostMallocPortable
 #define cudaFreeHost hipHostFree
 #define cudaMemcpy hipMemcpy
 #define cudaMemcpyAsync hipMemcpyAsync

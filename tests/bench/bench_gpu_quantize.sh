@@ -2,10 +2,11 @@
 # bench_gpu_quantize.sh - quantizing end to end on the GPU: a llama-7B-shaped
 # random checkpoint (32 layers, 4096, 11008, vocab 32000), 128 x 2048 random
 # calibration tokens, sequential GPTQ int4 g128, the pipeline quantize.sh runs
-# (gptq-hessian | gptq-solve --feedback | gptq-pack, both on the device). The
-# baseline in the same run is that pipeline with gptq-hessian --recompute
-# (every sequential step from the layer's input, as before activations were
-# kept). Prints both totals, their ratio, the aim (60 s at 32 layers), and
+# (gptq-hessian --triangle | gptq-solve --feedback | gptq-pack, both on the
+# device). The baseline in the same run is that pipeline with gptq-hessian
+# --recompute (every sequential step from the layer's input, as before
+# activations were kept), which must give the same checkpoint. Prints both
+# totals, their ratio, the aim (60 s at 32 layers), and
 # where a layer's time goes (gptq-hessian -v, the mean over the layers after
 # the first, whose load nothing hides). GQ_BENCH_LAYERS shrinks the model,
 # GQ_BENCH_SAMPLES the calibration; GQ_BENCH_DEVICE picks the GPU (cuda).
@@ -34,13 +35,15 @@ quantize() {
 	shift
 	rm -rf "$DIR/fb" "${DIR:?}/$name"
 	mkfifo "$DIR/fb"
-	{ gptq-hessian -v -m "$DIR/fp" --feedback "$DIR/fb" --device "$DEV" "$@" "$DIR/calib.gqs" |
+	{ gptq-hessian -v -m "$DIR/fp" --feedback "$DIR/fb" --device "$DEV" --triangle "$@" "$DIR/calib.gqs" |
 		gptq-solve -v -m "$DIR/fp" --bits 4 --group-size 128 --device "$DEV" --feedback "$DIR/fb" |
 		gptq-pack -q -m "$DIR/fp" -o "$DIR/$name"; } 2>"$DIR/$name.log"
 	awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $t }"
 }
 kept=$(quantize kept)
 recompute=$(quantize recompute --recompute)
+# the same Hessians either way, so the same checkpoint
+cmp "$DIR/kept/model.safetensors" "$DIR/recompute/model.safetensors" >&2
 
 python3 - "$DIR" "$kept" "$recompute" "$L" <<'PY'
 import re, sys

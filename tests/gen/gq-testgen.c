@@ -7,6 +7,8 @@
  *   gq-testgen tokens ROWS SEQLEN [SEED [VOCAB]] > t.gqs
  *   gq-testgen hframe N MODULES LAYER KIND > h.gqs  one Hessian frame for MODULES (comma
  *                                                list) of KIND spd, spd16 (stored as F16),
+ *                                                spdtri, spdtri16 (packed H_lower, F32 or
+ *                                                F16), badtri (H_lower a value short),
  *                                                indefinite, nan or empty
  *   gq-testgen report > r.gqs
  *   gq-testgen dtypes > d.safetensors            one tensor per dtype, F8 included
@@ -122,7 +124,10 @@ static void hframe(int64_t n, const char *modules, const char *layer, const char
 {
 	float *H = ecalloc((size_t)(n * n), sizeof *H);        // [n, n]
 	uint16_t *H16 = ecalloc((size_t)(n * n), sizeof *H16); // [n, n] H as F16 bits
-	int64_t shape[2] = {n, n};
+	int64_t shape[2] = {n, n}, len = n * (n + 1) / 2;      // len: the packed triangle's
+	int tri = !strncmp(kind, "spdtri", 6) || !strcmp(kind, "badtri"), f16 = !strcmp(kind, "spd16") ||
+										   !strcmp(kind, "spdtri16");
+	int ok;
 	gq_st_builder b;
 	char first[256];
 	const char *comma = strchr(modules, ',');
@@ -131,21 +136,30 @@ static void hframe(int64_t n, const char *modules, const char *layer, const char
 		 modules);
 	for (int64_t i = 0; i < n; i++)
 		for (int64_t j = 0; j < n; j++) {
-			if (!strcmp(kind, "spd") || !strcmp(kind, "spd16"))
+			if (!strncmp(kind, "spd", 3) || !strcmp(kind, "badtri"))
 				H[i * n + j] = (i == j ? 2.0f : 0.0f) + 0.5f;
 			else if (!strcmp(kind, "indefinite"))
 				H[i * n + j] = 1.0f - (i == j ? 0.5f : 0.0f); /* J - I/2: eigenvalues -1/2 */
 		}
 	if (!strcmp(kind, "nan"))
 		H[n + 1] = NAN;
-	for (int64_t i = 0; i < n * n; i++) /* spd16: the same values, exact in F16 */
+	if (tri) /* packed rows of the lower triangle, in place */
+		for (int64_t i = 0; i < n; i++)
+			memmove(H + i * (i + 1) / 2, H + i * n, (size_t)(i + 1) * sizeof *H);
+	len -= !strcmp(kind, "badtri");
+	for (int64_t i = 0; i < n * n; i++) /* F16: the same values, exact in F16 */
 		H16[i] = gq_f32_to_f16(H[i]);
 	gq_stb_init(&b);
-	if (gq_stb_meta(&b, GQ_KIND_KEY, "hessian") || gq_stb_meta(&b, "layer", layer) ||
-	    gq_stb_meta(&b, "name", first) || gq_stb_meta(&b, "modules", modules) ||
-	    gq_stb_meta(&b, "nsamples", !strcmp(kind, "empty") ? "0" : "100") ||
-	    (!strcmp(kind, "spd16") ? gq_stb_tensor(&b, "H", GQ_DTYPE_F16, 2, shape, H16)
-				    : gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H)))
+	ok = !gq_stb_meta(&b, GQ_KIND_KEY, "hessian") && !gq_stb_meta(&b, "layer", layer) &&
+	     !gq_stb_meta(&b, "name", first) && !gq_stb_meta(&b, "modules", modules) &&
+	     !gq_stb_meta(&b, "nsamples", !strcmp(kind, "empty") ? "0" : "100");
+	if (ok && tri)
+		ok = !gq_stb_tensor(&b, "H_lower", f16 ? GQ_DTYPE_F16 : GQ_DTYPE_F32, 1, &len,
+				    f16 ? (void *)H16 : (void *)H);
+	else if (ok)
+		ok = !gq_stb_tensor(&b, "H", f16 ? GQ_DTYPE_F16 : GQ_DTYPE_F32, 2, shape,
+				    f16 ? (void *)H16 : (void *)H);
+	if (!ok)
 		die("%s", gq_errmsg());
 	put(&b);
 	gq_stb_free(&b);

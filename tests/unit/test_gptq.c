@@ -2,11 +2,13 @@
  * test_gptq.c - the GPTQ solve against AutoGPTQ's fasterquant on
  * ../shared/fixtures/gptq (every config: >= 99% identical codes, objective
  * within 0.5%), the fast path against the float64 reference, RTN, damping
- * escalation and argument checks.
+ * escalation and argument checks, and one Hessian prepared for several
+ * modules against each solved alone.
  */
 #include "check.h"
 #include "checkpoint.h"
 #include "gptq.h"
+#include "layer.h"
 
 #include <cjson/cJSON.h>
 
@@ -139,8 +141,15 @@ static void test_autogptq_vectors(void)
 	CHECK(configs == 3 * 52);
 }
 
+/* q, k and v share one Hessian: one preparation for all (layer.h) */
+static void test_prepared_shared(void)
+{
+	check_prepared_shared(-1);
+}
+
 int main(void)
 {
 	RUN(test_autogptq_vectors);
+	RUN(test_prepared_shared);
 	return check_done();
 }

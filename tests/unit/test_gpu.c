@@ -7,6 +7,7 @@
 #include "check.h"
 #include "device.h"
 #include "pack.h"
+#include "qlinear.h"
 #include "qmat.h"
 #include "tensor.h"
 #if defined(GQ_CUDA) || defined(GQ_HIP)
@@ -76,6 +77,60 @@ static void test_convert_kernel(void)
 out:
 	free(src);
 	free(ref);
+	free(got);
+#else
+	check_skip("built without a GPU backend");
+#endif
+}
+
+/*
+ * gptq-hessian's feedback dequantized on the device: the fp16 rounding of
+ * gq_qlinear_dequant's values, bit for bit, over act-order groups, scales
+ * whose products fall below fp16's normal range and above its largest value.
+ */
+static void test_dequant_codes_kernel(void)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	gq_qlinear ql = {.rows = 301, .cols = 517, .n_groups = 5};
+	const int64_t n = ql.rows * ql.cols;
+	float *W = malloc((size_t)n * sizeof *W);
+	uint16_t *got = malloc((size_t)n * 2);
+	uint64_t seed = 5;
+	void *d_w16;
+	int bad = 0;
+
+	ql.codes = malloc((size_t)n);
+	ql.scales = malloc((size_t)(ql.n_groups * ql.rows) * 2);
+	ql.zeros = malloc((size_t)(ql.n_groups * ql.rows));
+	ql.g_idx = malloc((size_t)ql.cols * sizeof *ql.g_idx);
+	if (gq_gpu_count() == 0) {
+		check_skip("no GPU");
+		goto out;
+	}
+	for (int64_t i = 0; i < n; i++)
+		ql.codes[i] = (uint8_t)(check_rand(&seed) % 16);
+	for (int64_t i = 0; i < ql.n_groups * ql.rows; i++) {
+		/* 2^-30 .. 2^14: tiny products round to fp16 subnormals, large ones overflow */
+		ql.scales[i] = gq_f32_to_f16(ldexpf(1 + check_randf(&seed) / 2, -24 + (int)(i % 39)));
+		ql.zeros[i] = (uint8_t)(check_rand(&seed) % 16);
+	}
+	for (int64_t c = 0; c < ql.cols; c++)
+		ql.g_idx[c] = (int32_t)(check_rand(&seed) % (uint64_t)ql.n_groups);
+	gq_qlinear_dequant(&ql, W);
+	CHECK_OK(gq_gpu_alloc(&d_w16, (uint64_t)n * 2));
+	CHECK_OK(gq_gpu_dequant_codes(d_w16, ql.codes, ql.scales, ql.zeros, ql.g_idx, ql.rows, ql.cols,
+				      ql.n_groups));
+	CHECK_OK(gq_gpu_sync());
+	CHECK_OK(gq_gpu_download(got, d_w16, (uint64_t)n * 2));
+	for (int64_t i = 0; i < n; i++)
+		bad += got[i] != gq_f32_to_f16(W[i]);
+	if (bad)
+		fprintf(stderr, "  %d of %lld differ\n", bad, (long long)n);
+	CHECK(bad == 0);
+	gq_gpu_free(d_w16);
+out:
+	gq_qlinear_free(&ql);
+	free(W);
 	free(got);
 #else
 	check_skip("built without a GPU backend");
@@ -447,6 +502,7 @@ int main(void)
 {
 	RUN(test_device_parse);
 	RUN(test_convert_kernel);
+	RUN(test_dequant_codes_kernel);
 	RUN(test_qgemm);
 	RUN(test_attention);
 	return check_done();

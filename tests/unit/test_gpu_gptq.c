@@ -4,13 +4,15 @@
  * (>= 99% identical codes, objective within 0.5%, g_idx exact), and against
  * the CPU fast solver over every option on odd shapes (rows not a multiple of
  * the kernel's row tile, columns not a multiple of the block, blocks too
- * large for shared memory), dead columns and damp escalation. Skips when
+ * large for shared memory), dead columns and damp escalation, and one
+ * Hessian prepared for several modules against each alone. Skips when
  * built without a GPU backend or when no device is visible.
  */
 #include "check.h"
 #include "checkpoint.h"
 #include "device.h"
 #include "gptq.h"
+#include "layer.h"
 
 #include <cjson/cJSON.h>
 
@@ -158,35 +160,6 @@ static void test_autogptq_vectors(void)
 	CHECK(configs == 3 * 52);
 }
 
-/*
- * W [rows, cols] uniform, H = 2/n X Xᵀ from n samples X [cols, n] with
- * column scales spread over two decades (a realistic spread of the
- * diagonal); `dead` inputs never fire (zero rows and columns of H).
- */
-static void make_layer(int64_t rows, int64_t cols, int64_t n, int dead, uint64_t seed, float *W,
-		       float *H)
-{
-	float *X = malloc((size_t)(cols * n) * sizeof *X);
-
-	for (int64_t i = 0; i < rows * cols; i++)
-		W[i] = check_randf(&seed);
-	for (int64_t c = 0; c < cols; c++) {
-		float sc = c % 97 < dead ? 0 : powf(10, (float)(c % 13) / 6);
-
-		for (int64_t s = 0; s < n; s++)
-			X[c * n + s] = sc * check_randf(&seed);
-	}
-	for (int64_t i = 0; i < cols; i++)
-		for (int64_t k = 0; k <= i; k++) {
-			double acc = 0;
-
-			for (int64_t s = 0; s < n; s++)
-				acc += (double)X[i * n + s] * X[k * n + s];
-			H[i * cols + k] = H[k * cols + i] = (float)(2 * acc / (double)n);
-		}
-	free(X);
-}
-
 /* GPU and CPU on one layer and option set: the bar, g_idx and damp exactly. */
 static void compare_cpu(const float *W, const float *H, int64_t rows, int64_t cols,
 			const gq_gptq_opts *o, double *worst_agree, double *worst_obj)
@@ -317,6 +290,13 @@ out:
 	free(H);
 }
 
+/* one Hessian prepared on the GPU for several modules (layer.h) */
+static void test_prepared_shared(void)
+{
+	if (check_have_gpu())
+		check_prepared_shared(0);
+}
+
 int main(void)
 {
 	RUN(test_unsupported_without_gpu);
@@ -324,5 +304,6 @@ int main(void)
 	RUN(test_options_odd_shapes);
 	RUN(test_larger_layer);
 	RUN(test_damp_escalation);
+	RUN(test_prepared_shared);
 	return check_done();
 }

@@ -105,12 +105,13 @@ static void test_hessian_matches_ref(void)
 }
 
 /*
- * The device mirror is gq_sym_from_lower bit for bit: an asymmetric matrix
- * put straight into the sum, n = 1, 31, 32, 70 (partial and whole tiles).
+ * The device mirror is gq_sym_from_lower bit for bit, and the packed
+ * triangle gq_tri_from_sym of it: an asymmetric matrix put straight into the
+ * sum, n = 1, 31, 32, 70 (partial and whole tiles), and 300 (two blocks a row).
  */
 static void test_hessian_mirror_matches_host(void)
 {
-	const int64_t sizes[] = {1, 31, 32, 70};
+	const int64_t sizes[] = {1, 31, 32, 70, 300};
 	uint64_t seed = 7;
 
 	for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
@@ -126,6 +127,11 @@ static void test_hessian_mirror_matches_host(void)
 		CHECK_OK(gq_gpu_host_alloc((void **)&got, (uint64_t)(n * n) * sizeof *got));
 		CHECK_OK(gq_gpu_hessian_init(&h, n, GQ_DTYPE_F16));
 		CHECK_OK(gq_gpu_upload(h.sum, a, (uint64_t)(n * n) * sizeof *a));
+		/* the packed download first: it leaves the sum as it was */
+		memset(got, 0xa5, (size_t)(n * n) * sizeof *got);
+		CHECK_OK(gq_gpu_hessian_download_tri(&h, 0.3f, got));
+		gq_tri_from_sym(want, n, a);
+		CHECK(memcmp(got, a, gq_tri_len(n) * sizeof *got) == 0);
 		CHECK_OK(gq_gpu_hessian_download_sym(&h, 0.3f, got));
 		CHECK(memcmp(got, want, (size_t)(n * n) * sizeof *got) == 0);
 		gq_gpu_hessian_free(&h);

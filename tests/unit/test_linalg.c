@@ -102,11 +102,51 @@ static void test_sym_from_lower(void)
 	}
 }
 
+/*
+ * The packed triangle: gq_tri_from_sym (out of place and in place) and
+ * gq_sym_from_tri on 1..4 threads give back the matrix, at sizes that split
+ * into several spans of rows.
+ */
+static void test_triangle(void)
+{
+	static const int64_t sizes[] = {1, 2, 70, 1500};
+	uint64_t seed = 9;
+
+	for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+		int64_t n = sizes[k];
+		float *L = malloc((size_t)(n * n) * sizeof *L), *H = malloc((size_t)(n * n) * sizeof *H);
+		float *tri = malloc(gq_tri_len(n) * sizeof *tri), *back = malloc((size_t)(n * n) * sizeof *back);
+		int bad = 0;
+
+		CHECK(gq_tri_len(n) == (uint64_t)(n * (n + 1) / 2));
+		for (int64_t i = 0; i < n * n; i++)
+			L[i] = check_randf(&seed);
+		gq_sym_from_lower(L, n, 1.0f, H);
+		gq_tri_from_sym(H, n, tri);
+		for (int64_t i = 0; i < n; i++)
+			for (int64_t j = 0; j <= i; j++)
+				bad += tri[i * (i + 1) / 2 + j] != H[i * n + j];
+		for (int threads = 1; threads <= 4; threads++) {
+			memset(back, 0, (size_t)(n * n) * sizeof *back);
+			gq_sym_from_tri(tri, n, back, threads);
+			bad += memcmp(back, H, (size_t)(n * n) * sizeof *H) != 0;
+		}
+		gq_tri_from_sym(back, n, back);
+		bad += memcmp(back, tri, gq_tri_len(n) * sizeof *tri) != 0;
+		CHECK(bad == 0);
+		free(L);
+		free(H);
+		free(tri);
+		free(back);
+	}
+}
+
 int main(void)
 {
 	RUN(test_cholesky_matches_reference);
 	RUN(test_cholesky_detects_indefinite);
 	RUN(test_condition_estimate);
 	RUN(test_sym_from_lower);
+	RUN(test_triangle);
 	return check_done();
 }

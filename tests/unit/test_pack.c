@@ -7,6 +7,7 @@
 #include "check.h"
 #include "pack.h"
 #include "qlinear.h"
+#include "stream.h"
 #include "tensor.h"
 
 #include <stdlib.h>
@@ -129,11 +130,79 @@ static void test_qlinear_dequant_threaded(void)
 	free(W);
 }
 
+/* ql with codes[at] set to `code`, through a stream file and back: parse's (copy 1) or view's status. */
+static int reparse(gq_qlinear *ql, int64_t at, uint8_t code, int copy)
+{
+	const char *path = "/tmp/gq-test-pack-qlinear.gqs";
+	gq_writer_opts o = {0, 1, 1};
+	uint8_t saved = ql->codes[at];
+	gq_st_builder b;
+	gq_writer *w;
+	gq_reader *r;
+	gq_frame f = {0};
+	gq_qlinear got;
+	int rc;
+
+	ql->codes[at] = code;
+	CHECK_OK(gq_qlinear_frame(ql, &b));
+	CHECK_OK(gq_writer_open(&w, path, &o));
+	CHECK_OK(gq_writer_put(w, &b));
+	CHECK_OK(gq_writer_close(w, 1));
+	gq_stb_free(&b);
+	ql->codes[at] = saved;
+	CHECK_OK(gq_reader_open(&r, path));
+	CHECK(gq_reader_next(r, &f, GQ_READ_DATA) == 1);
+	rc = copy ? gq_qlinear_parse(&got, &f) : gq_qlinear_view(&got, &f);
+	if (rc == GQ_OK) {
+		const uint8_t *lo = f.data, *hi = lo + f.hdr.data_len;
+
+		CHECK(memcmp(got.codes, ql->codes, (size_t)(ql->rows * ql->cols)) == 0);
+		/* a view points into the frame, a parse owns copies */
+		CHECK((got.codes >= lo && got.codes < hi) == !copy);
+		if (copy)
+			gq_qlinear_free(&got);
+	}
+	gq_frame_free(&f);
+	gq_reader_close(r);
+	remove(path);
+	return rc;
+}
+
+/*
+ * Codes too large for their width are found wherever they are: within the
+ * 8-byte words checked at once and in the tail after them; codes of exactly
+ * 2^bits - 1 pass. Parsing copies, a view does not.
+ */
+static void test_qlinear_code_ranges(void)
+{
+	gq_qlinear ql = {.name = "m", .bits = 4, .group_size = -1, .rows = 3, .cols = 13, .n_groups = 1};
+
+	ql.codes = calloc(39, 1);
+	ql.scales = calloc(3, 2);
+	ql.zeros = calloc(3, 1);
+	ql.g_idx = calloc(13, sizeof *ql.g_idx);
+	for (int k = 0; k < 3; k++)
+		ql.scales[k] = gq_f32_to_f16(0.5f);
+	for (int bits = 2; bits <= 4; bits++) {
+		uint8_t maxq = (uint8_t)((1 << bits) - 1);
+
+		ql.bits = bits;
+		memset(ql.codes, maxq, 39);
+		for (int copy = 0; copy < 2; copy++) {
+			CHECK_OK(reparse(&ql, 5, maxq, copy));
+			CHECK_ERR(reparse(&ql, 8, maxq + 1, copy), GQ_ERR_FORMAT, "at 8 exceeds");
+			CHECK_ERR(reparse(&ql, 37, 255, copy), GQ_ERR_FORMAT, "at 37 exceeds");
+		}
+	}
+	gq_qlinear_free(&ql);
+}
+
 int main(void)
 {
 	RUN(test_roundtrip_all_widths);
 	RUN(test_known_layouts);
 	RUN(test_refusals);
 	RUN(test_qlinear_dequant_threaded);
+	RUN(test_qlinear_code_ranges);
 	return check_done();
 }

@@ -172,6 +172,26 @@ static void test_threaded_conversions(void)
 	free(b);
 }
 
+/* The first non-finite value over threads: the least index, wherever the spans split. */
+static void test_first_nonfinite(void)
+{
+	const int64_t n = 5 << 20; /* 5 spans of the 1 M minimum */
+	float *x = calloc((size_t)n, sizeof *x);
+
+	CHECK(gq_first_nonfinite_mt(x, n, 4) == -1);
+	x[n - 1] = INFINITY;
+	CHECK(gq_first_nonfinite_mt(x, n, 4) == n - 1);
+	/* two spans find one each: the later thread must not win */
+	x[(4 << 20) + 3] = NAN;
+	x[(1 << 20) + 7] = -INFINITY;
+	for (int threads = 1; threads <= 5; threads++)
+		CHECK(gq_first_nonfinite_mt(x, n, threads) == (1 << 20) + 7);
+	x[0] = NAN;
+	CHECK(gq_first_nonfinite_mt(x, n, 5) == 0);
+	CHECK(gq_first_nonfinite_mt(x + 1, 1, 5) == -1);
+	free(x);
+}
+
 int main(void)
 {
 	RUN(test_f16_exhaustive);
@@ -181,5 +201,6 @@ int main(void)
 	RUN(test_convert_all_dtypes);
 	RUN(test_transpose4);
 	RUN(test_threaded_conversions);
+	RUN(test_first_nonfinite);
 	return check_done();
 }
