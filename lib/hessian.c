@@ -103,27 +103,43 @@ typedef struct {
 	float *H;
 } unfold_job;
 
-/* Rows [r0, r1) of H: row i's left part is tri's row i, its right part tri's column i. */
-static void unfold_rows(void *p, int64_t r0, int64_t r1)
+enum { UNFOLD_TILE = 32 }; /* 32 x 32 floats: a tile and its mirror stay in L1 */
+
+/* Rows of tile row b of H: their lower parts, copied from tri. */
+static void unfold_lower(void *p, int b)
 {
 	const unfold_job *j = p;
-	int64_t n = j->n;
+	int64_t n = j->n, i1 = (int64_t)(b + 1) * UNFOLD_TILE < n ? (int64_t)(b + 1) * UNFOLD_TILE : n;
 
-	for (int64_t i = r0; i < r1; i++) {
-		float *row = j->H + i * n;
+	for (int64_t i = (int64_t)b * UNFOLD_TILE; i < i1; i++)
+		memcpy(j->H + i * n, j->tri + gq_tri_len(i), (size_t)(i + 1) * sizeof *j->H);
+}
 
-		memcpy(row, j->tri + gq_tri_len(i), (size_t)(i + 1) * sizeof *row);
-		for (int64_t k = i + 1; k < n; k++)
-			row[k] = j->tri[gq_tri_len(k) + i];
-	}
+/* Tile row b of H above the diagonal: the mirror of the lower parts, tile by tile. */
+static void unfold_upper(void *p, int b)
+{
+	const unfold_job *j = p;
+	int64_t n = j->n, i0 = (int64_t)b * UNFOLD_TILE, i1 = i0 + UNFOLD_TILE < n ? i0 + UNFOLD_TILE : n;
+	float *H = j->H;
+
+	for (int64_t k0 = i0; k0 < n; k0 += UNFOLD_TILE)
+		for (int64_t i = i0; i < i1; i++)
+			for (int64_t k = k0 > i + 1 ? k0 : i + 1; k < k0 + UNFOLD_TILE && k < n; k++)
+				H[i * n + k] = H[k * n + i];
 }
 
 void gq_sym_from_tri(const float *tri, int64_t n, float *H, int threads)
 {
 	unfold_job j = {tri, n, H};
+	int tiles = (int)((n + UNFOLD_TILE - 1) / UNFOLD_TILE);
+	gq_pool *pool = NULL;
 
-	/* every row is n long: equal spans of rows balance */
-	gq_pool_spans(n, n > 0 ? ((1 << 20) + n - 1) / n : 1, threads, unfold_rows, &j);
+	/* the pool hands out tile rows as threads come free: the upper ones shrink */
+	if (threads > 1 && tiles > 1 && gq_pool_create(&pool, threads < tiles ? threads : tiles))
+		pool = NULL;
+	gq_pool_run(pool, tiles, unfold_lower, &j);
+	gq_pool_run(pool, tiles, unfold_upper, &j);
+	gq_pool_free(pool);
 }
 
 int gq_hessian_frame_matrix(const gq_frame *f, int threads, int64_t *n, const float **H,

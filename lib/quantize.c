@@ -98,8 +98,12 @@ static void start_ahead(gq_solver *s, int layer, int module)
  */
 static int take_weight(gq_solver *s, int layer, int module, float **W)
 {
-	int rc, ahead = s->running && (join_ahead(s), s->layer == layer && s->module == module);
+	int ahead = 0, rc;
 
+	if (s->running) {
+		join_ahead(s);
+		ahead = s->layer == layer && s->module == module;
+	}
 	if (ahead) {
 		s->cur = !s->cur;
 		rc = s->rc ? gq_err(s->rc, "%s", s->err) : GQ_OK;

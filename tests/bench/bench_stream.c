@@ -1,11 +1,15 @@
 /*
  * bench_stream - frame stream throughput: writing and reading Hessian frames
  * plain (the baseline) and zstd-compressed at levels 1 and 3, from one run,
- * with the compression ratio, so users can judge what -z costs and saves.
+ * with the compression ratio, so users can judge what -z costs and saves;
+ * then Hessians through a pipe into a reader that needs them whole, sent
+ * whole (the baseline) and as packed triangles unfolded by the reader
+ * (gptq-hessian --triangle into gptq-solve).
  *
  *   bench_stream [MB] [DIR]     (default 256 MB of frames under /tmp)
  */
 #define _GNU_SOURCE
+#include "hessian.h"
 #include "linalg.h"
 #include "stream.h"
 #include "util.h"
@@ -14,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 enum { N = 2048, SAMPLES = 4096 };
@@ -84,6 +89,64 @@ static double read_stream(const char *path, int frames)
 	return gq_now() - t0;
 }
 
+/*
+ * Seconds to send `frames` Hessians through a pipe to a child that reads
+ * each whole (unfolding packed ones, as gptq-solve does): tri sends H_lower.
+ */
+static double through_pipe(const float *H, int frames, int tri)
+{
+	int64_t shape[2] = {N, N}, len = (int64_t)gq_tri_len(N);
+	float *packed = malloc((size_t)len * sizeof *packed); /* [len] */
+	double t0 = gq_now();
+	int p[2], status;
+	pid_t pid;
+
+	if (!packed || pipe(p) != 0 || (pid = fork()) < 0)
+		die("cannot start the reader:");
+	if (pid == 0) {
+		gq_reader *r;
+		gq_frame f = {0};
+		float *buf = NULL;
+		uint64_t cap = 0;
+		const float *h;
+		int64_t n;
+		int rc;
+
+		close(p[1]);
+		if (gq_reader_open_fd(&r, p[0], "pipe"))
+			_exit(1);
+		while ((rc = gq_reader_next(r, &f, GQ_READ_DATA)) > 0)
+			if (gq_hessian_frame_matrix(&f, gq_threads_default(), &n, &h, &buf, &cap) || n != N)
+				_exit(1);
+		_exit(rc < 0);
+	}
+	close(p[0]);
+	gq_tri_from_sym(H, N, packed);
+	FILE *fp = fdopen(p[1], "w");
+	gq_writer_opts o = {0, 1, 1};
+	gq_writer *w;
+
+	if (!fp || gq_writer_open_fp(&w, fp, "pipe", &o))
+		die("%s", gq_errmsg());
+	for (int f = 0; f < frames; f++) {
+		gq_st_builder b;
+
+		gq_stb_init(&b);
+		if (gq_stb_meta(&b, GQ_KIND_KEY, "hessian") ||
+		    (tri ? gq_stb_tensor(&b, "H_lower", GQ_DTYPE_F32, 1, &len, packed)
+			 : gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H)) ||
+		    gq_writer_put(w, &b))
+			die("%s", gq_errmsg());
+		gq_stb_free(&b);
+	}
+	if (gq_writer_close(w, 1) || fclose(fp) != 0)
+		die("%s", gq_errmsg());
+	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status))
+		die("the reader failed");
+	free(packed);
+	return gq_now() - t0;
+}
+
 int main(int argc, char **argv)
 {
 	int64_t mb = 256;
@@ -120,6 +183,16 @@ int main(int argc, char **argv)
 		       base_w / tw, base_r / tr, 100.0 * (double)st.st_size / (mbytes * 1e6));
 	}
 	printf("(x: throughput relative to plain, measured in this run)\n");
+	{
+		double whole = through_pipe(H, frames, 0), tri = through_pipe(H, frames, 1);
+		double mbytes = frames * (double)N * N * 4 / 1e6;
+
+		printf("\nthe same Hessians through a pipe, read whole at the other end\n");
+		printf("%-10s %12s %10s\n", "sent as", "H MB/s", "x");
+		printf("%-10s %12.0f %10.2f\n", "whole", mbytes / whole, 1.0);
+		printf("%-10s %12.0f %10.2f\n", "triangle", mbytes / tri, whole / tri);
+		printf("(H MB/s: whole Hessians delivered; the triangle is unfolded by the reader)\n");
+	}
 	free(H);
 	return 0;
 }
