@@ -111,22 +111,52 @@ static void emit(run *r, int layer, int module, const float *H, const gq_hinv *h
 }
 
 /*
+ * The module of the frame's list at *p (layer, index in the model), which
+ * must take n inputs; *p moves past it. 0 at the end of the list.
+ */
+static int next_module(run *r, const gq_frame *f, const char *mods, const char **p, int64_t n,
+		       int *layer, int *module)
+{
+	const char *comma = strchr(*p, ',');
+	size_t len = comma ? (size_t)(comma - *p) : strlen(*p);
+	char name[GQ_NAME_MAX];
+
+	if (!**p)
+		return 0;
+	if (len == 0 || len >= sizeof name)
+		gq_die_frame(f, "bad module list '%s'", mods);
+	memcpy(name, *p, len);
+	name[len] = '\0';
+	if (gq_module_find(r->m, name, layer, module))
+		die("%s", gq_errmsg());
+	if (r->m->modules[*module].in != n)
+		gq_die_frame(f, "H is %lld x %lld but %s has %lld inputs", (long long)n, (long long)n,
+			     name, (long long)r->m->modules[*module].in);
+	*p = comma ? comma + 1 : *p + len;
+	return 1;
+}
+
+/*
  * One hessian frame (read in read_seconds): every module it names, in order,
  * with H prepared once for them all (q, k and v share it; gate and up).
  */
 static void solve_frame(run *r, const gq_frame *f, double read_seconds)
 {
-	const char *mods = gq_frame_attr(f, "modules"), *ns = gq_frame_attr(f, "nsamples");
+	const char *mods = gq_frame_attr(f, "modules"), *ns = gq_frame_attr(f, "nsamples"), *p;
 	int64_t nsamples, n, bad;
 	const float *H;
 	gq_hinv *hinv;
 	double t0 = gq_now(), t1;
+	int layer, module;
 
 	if (!mods || !ns || gq_parse_i64(ns, 0, INT64_MAX, &nsamples))
 		gq_die_frame(f, "hessian frame needs 'modules' and 'nsamples'");
 	/* float32 and whole, as gptq-hessian writes it by default, is used where it lies */
 	if (gq_hessian_frame_matrix(f, r->so.gptq.threads, &n, &H, &r->hbuf, &r->hbuf_cap))
 		die("%s", gq_errmsg());
+	/* every module named and of H's width before any work */
+	for (p = mods; next_module(r, f, mods, &p, n, &layer, &module);)
+		;
 	if ((bad = gq_first_nonfinite_mt(H, n * n, r->so.gptq.threads)) >= 0)
 		gq_die_frame(f, "H has a non-finite entry at [%lld, %lld]", (long long)(bad / n),
 			     (long long)(bad % n));
@@ -139,24 +169,8 @@ static void solve_frame(run *r, const gq_frame *f, double read_seconds)
 	gq_debug("hessian %lld x %lld: read in %.0f ms, checked in %.0f ms, prepared in %.0f ms",
 		 (long long)n, (long long)n, 1e3 * read_seconds, 1e3 * (t1 - t0),
 		 1e3 * (gq_now() - t1));
-	for (const char *p = mods; *p;) {
-		const char *comma = strchr(p, ',');
-		size_t len = comma ? (size_t)(comma - p) : strlen(p);
-		char name[GQ_NAME_MAX];
-		int layer, module;
-
-		if (len == 0 || len >= sizeof name)
-			gq_die_frame(f, "bad module list '%s'", mods);
-		memcpy(name, p, len);
-		name[len] = '\0';
-		if (gq_module_find(r->m, name, &layer, &module))
-			die("%s", gq_errmsg());
-		if (r->m->modules[module].in != n)
-			gq_die_frame(f, "H is %lld x %lld but %s has %lld inputs", (long long)n,
-				     (long long)n, name, (long long)r->m->modules[module].in);
+	for (p = mods; next_module(r, f, mods, &p, n, &layer, &module);)
 		emit(r, layer, module, H, hinv, nsamples);
-		p = comma ? comma + 1 : p + len;
-	}
 	gq_hinv_free(hinv);
 }
 
