@@ -150,19 +150,6 @@ static int read_feedback(feedback *fb, const gq_model *m, int layer, gq_layer *L
 	return GQ_OK;
 }
 
-/* Row i and column j of entry k of a packed lower triangle. */
-static void tri_pos(uint64_t k, int64_t *i, int64_t *j)
-{
-	int64_t r = (int64_t)((sqrt(8.0 * (double)k + 1) - 1) / 2);
-
-	while (gq_tri_len(r + 1) <= k)
-		r++;
-	while (r > 0 && gq_tri_len(r) > k)
-		r--;
-	*i = r;
-	*j = (int64_t)(k - gq_tri_len(r));
-}
-
 /*
  * The hessian frame of group g of `layer`: H = 2/nsamples Σ x xᵀ [n, n], or
  * its packed lower triangle [n (n + 1) / 2] when tri is set ("H_lower").
@@ -172,7 +159,7 @@ static int emit_group(const gq_model *m, int layer, int g, int64_t n, int64_t ns
 {
 	gq_buf mods = {0};
 	char first[GQ_NAME_MAX] = "", name[GQ_NAME_MAX], num[4][32];
-	int64_t shape[2] = {n, n}, len = tri ? (int64_t)gq_tri_len(n) : n * n, bad, i, j;
+	int64_t len = tri ? (int64_t)gq_tri_len(n) : n * n, bad, i, j;
 	gq_st_builder b;
 	int rc, step = -1;
 
@@ -192,12 +179,8 @@ static int emit_group(const gq_model *m, int layer, int g, int64_t n, int64_t ns
 	}
 	/* one NaN or Inf activation (a bad weight upstream, an overflow) poisons H: stop here, not at solve */
 	if ((bad = gq_first_nonfinite_mt(H, len, gq_threads_default())) >= 0) {
-		if (tri) {
-			tri_pos((uint64_t)bad, &i, &j);
-		} else {
-			i = bad / n;
-			j = bad % n;
-		}
+		i = tri ? gq_tri_row((uint64_t)bad) : bad / n;
+		j = tri ? bad - (int64_t)gq_tri_len(i) : bad % n;
 		rc = gq_err(GQ_ERR_NUMERIC,
 			    "%s: Hessian entry [%lld, %lld] is %g: the activations reaching layer "
 			    "%d are not finite (NaN or Inf in the weights before it?)",
@@ -214,8 +197,7 @@ static int emit_group(const gq_model *m, int layer, int g, int64_t n, int64_t ns
 	     gq_stb_meta(&b, "name", first) || gq_stb_meta(&b, "modules", mods.data) ||
 	     gq_stb_meta(&b, "nsamples", num[1]) || gq_stb_meta(&b, "group", num[2]) ||
 	     gq_stb_meta(&b, "step", num[3]) ||
-	     (tri ? gq_stb_tensor(&b, "H_lower", GQ_DTYPE_F32, 1, &len, H)
-		  : gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H))
+	     gq_stb_hessian(&b, H, n, tri)
 		     ? GQ_ERR_NOMEM
 		     : gq_writer_put(w, &b);
 	gq_stb_free(&b);
@@ -969,7 +951,6 @@ int gq_merge_hessians(gq_reader **in, int n, int triangle, gq_writer *w)
 		if (rc == GQ_OK) {
 			gq_st_builder b;
 			char num[32];
-			int64_t shape[2] = {dim, dim}, len = (int64_t)gq_tri_len(dim);
 
 			snprintf(num, sizeof num, "%lld", (long long)acc_n);
 			gq_stb_init(&b);
@@ -980,8 +961,7 @@ int gq_merge_hessians(gq_reader **in, int n, int triangle, gq_writer *w)
 			if (triangle)
 				gq_tri_from_sym(acc, dim, acc);
 			if (rc == GQ_OK)
-				rc = triangle ? gq_stb_tensor(&b, "H_lower", GQ_DTYPE_F32, 1, &len, acc)
-					      : gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, acc);
+				rc = gq_stb_hessian(&b, acc, dim, triangle);
 			if (rc == GQ_OK)
 				rc = gq_writer_put(w, &b);
 			gq_stb_free(&b);

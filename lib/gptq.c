@@ -335,33 +335,26 @@ int gq_hinv_damp_retries(const gq_hinv *h)
 	return h->damp_retries;
 }
 
-/* The device's share of gq_hinv_prepare: what is O(cols) here, the rest there. */
-static int prepare_gpu(gq_hinv *h, const float *H)
+/*
+ * The device's share of gq_hinv_prepare, given the diagonal as the solve
+ * sees it (diag [cols], dead columns 1) and the act order made from it.
+ */
+static int prepare_gpu(gq_hinv *h, const float *H, const float *diag)
 {
 #if defined(GQ_CUDA) || defined(GQ_HIP)
-	int64_t cols = h->cols;
-	float *diag = calloc((size_t)cols, sizeof *diag); /* [cols] as the solve sees it */
 	double mean = 0;
 	int rc;
 
-	if (!diag)
-		return gq_err(GQ_ERR_NOMEM, "out of memory");
-	/* dead columns have 1 on the diagonal */
-	for (int64_t c = 0; c < cols; c++)
-		diag[c] = h->dead[c] ? 1 : H[c * cols + c];
-	if (h->perm)
-		act_order(diag, 1, cols, h->perm);
 	/* summed in the permuted order, as damped_hinv_f does */
-	for (int64_t i = 0; i < cols; i++)
+	for (int64_t i = 0; i < h->cols; i++)
 		mean += diag[h->perm ? h->perm[i] : i];
-	mean /= (double)cols;
-	free(diag);
+	mean /= (double)h->cols;
 	if ((rc = gq_gpu_set_device(h->device)))
 		return rc;
-	return gq_gpu_hinv_prepare(&h->gpu, H, cols, h->dead, h->perm, mean, h->o.damp, &h->damp_used,
-				   &h->damp_retries);
+	return gq_gpu_hinv_prepare(&h->gpu, H, h->cols, h->dead, h->perm, mean, h->o.damp,
+				   &h->damp_used, &h->damp_retries);
 #else
-	(void)h, (void)H;
+	(void)h, (void)H, (void)diag;
 	return gq_err(GQ_ERR_UNSUPPORTED, "GPTQ on a GPU: built without CUDA");
 #endif
 }
@@ -369,7 +362,8 @@ static int prepare_gpu(gq_hinv *h, const float *H)
 int gq_hinv_prepare(gq_hinv **out, const float *H, int64_t cols, const gq_gptq_opts *o, int device)
 {
 	gq_hinv *h;
-	float *Hd; /* [cols, cols] H with dead diagonals 1, then permuted, then Hinv */
+	float *diag = NULL; /* [cols] H's diagonal as the solve sees it: dead columns have 1 */
+	float *Hd;          /* [cols, cols] H with dead diagonals 1, permuted, then Hinv */
 	int rc;
 
 	*out = NULL;
@@ -382,15 +376,20 @@ int gq_hinv_prepare(gq_hinv **out, const float *H, int64_t cols, const gq_gptq_o
 	h->device = device;
 	h->dead = malloc((size_t)cols);
 	h->perm = o->desc_act ? malloc((size_t)cols * sizeof *h->perm) : NULL;
-	if (!h->dead || (o->desc_act && !h->perm)) {
+	diag = malloc((size_t)cols * sizeof *diag);
+	if (!h->dead || (o->desc_act && !h->perm) || !diag) {
 		rc = gq_err(GQ_ERR_NOMEM, "out of memory for a %lld x %lld Hessian", (long long)cols,
 			    (long long)cols);
 		goto out;
 	}
-	for (int64_t c = 0; c < cols; c++)
+	for (int64_t c = 0; c < cols; c++) {
 		h->dead[c] = H[c * cols + c] == 0;
+		diag[c] = h->dead[c] ? 1 : H[c * cols + c];
+	}
+	if (h->perm)
+		act_order(diag, 1, cols, h->perm);
 	if (device >= 0) {
-		rc = prepare_gpu(h, H);
+		rc = prepare_gpu(h, H, diag);
 		goto out;
 	}
 	if (!(h->Hinv = Hd = malloc((size_t)(cols * cols) * sizeof *Hd))) {
@@ -398,26 +397,21 @@ int gq_hinv_prepare(gq_hinv **out, const float *H, int64_t cols, const gq_gptq_o
 			    (long long)cols);
 		goto out;
 	}
-	memcpy(Hd, H, (size_t)(cols * cols) * sizeof *Hd);
-	for (int64_t c = 0; c < cols; c++)
-		if (h->dead[c])
-			Hd[c * cols + c] = 1;
 	if (h->perm) {
-		act_order(Hd, cols + 1, cols, h->perm);
-		/* H[perm][:, perm]: rows, then columns */
-		float *Hp = malloc((size_t)(cols * cols) * sizeof *Hp);
-		if (!Hp) {
-			rc = gq_err(GQ_ERR_NOMEM, "out of memory");
-			goto out;
-		}
+		/* H[perm][:, perm], its diagonal from diag */
 		for (int64_t i = 0; i < cols; i++)
 			for (int64_t k = 0; k < cols; k++)
-				Hp[i * cols + k] = Hd[h->perm[i] * cols + h->perm[k]];
-		free(Hd);
-		h->Hinv = Hd = Hp;
+				Hd[i * cols + k] = H[h->perm[i] * cols + h->perm[k]];
+		for (int64_t i = 0; i < cols; i++)
+			Hd[i * cols + i] = diag[h->perm[i]];
+	} else {
+		memcpy(Hd, H, (size_t)(cols * cols) * sizeof *Hd);
+		for (int64_t c = 0; c < cols; c++)
+			Hd[c * cols + c] = diag[c];
 	}
 	rc = damped_hinv_f(Hd, cols, o, h);
 out:
+	free(diag);
 	if (rc)
 		gq_hinv_free(h);
 	else

@@ -90,6 +90,26 @@ uint64_t gq_tri_len(int64_t n)
 	return (uint64_t)n * (uint64_t)(n + 1) / 2;
 }
 
+int64_t gq_tri_row(uint64_t k)
+{
+	/* the root of r (r + 1) / 2 = k, then corrected for its rounding */
+	int64_t r = (int64_t)((sqrt(8.0 * (double)k + 1) - 1) / 2);
+
+	while (gq_tri_len(r + 1) <= k)
+		r++;
+	while (r > 0 && gq_tri_len(r) > k)
+		r--;
+	return r;
+}
+
+int gq_stb_hessian(gq_st_builder *b, const float *H, int64_t n, int packed)
+{
+	int64_t shape[2] = {n, n}, len = (int64_t)gq_tri_len(n);
+
+	return packed ? gq_stb_tensor(b, "H_lower", GQ_DTYPE_F32, 1, &len, H)
+		      : gq_stb_tensor(b, "H", GQ_DTYPE_F32, 2, shape, H);
+}
+
 void gq_tri_from_sym(const float *H, int64_t n, float *tri)
 {
 	/* row i moves down to tri_len(i) <= i n, before any later row is read */
@@ -157,10 +177,7 @@ int gq_hessian_frame_matrix(const gq_frame *f, int threads, int64_t *n, const fl
 			return gq_frame_err(f, GQ_ERR_FORMAT, "H is not a square matrix");
 		dim = t.shape[0];
 	} else {
-		/* n (n + 1) / 2 = len: n from the root, then checked exactly */
-		double root = t.ndim == 1 ? (sqrt(8.0 * (double)t.shape[0] + 1) - 1) / 2 : -1;
-
-		dim = (int64_t)(root + 0.5);
+		dim = t.ndim == 1 ? gq_tri_row((uint64_t)t.shape[0]) : 0;
 		if (t.ndim != 1 || gq_tri_len(dim) != (uint64_t)t.shape[0])
 			return gq_frame_err(f, GQ_ERR_FORMAT,
 					    "H_lower is not a packed triangle (n (n + 1) / 2 values)");

@@ -35,10 +35,14 @@ void gq_sym_from_lower(const float *lower, int64_t n, float scale, float *out);
  * frames carry it as "H_lower" instead of "H" (gptq-hessian --triangle).
  */
 uint64_t gq_tri_len(int64_t n);
+/* The row of packed entry k: the largest r with gq_tri_len(r) <= k (k = gq_tri_len(n) gives n). */
+int64_t gq_tri_row(uint64_t k);
 /* tri [n (n + 1) / 2] = the lower triangle of H [n, n]; tri may be H. */
 void gq_tri_from_sym(const float *H, int64_t n, float *tri);
 /* H [n, n] = the symmetric matrix of tri, on up to `threads` threads. */
 void gq_sym_from_tri(const float *tri, int64_t n, float *H, int threads);
+/* Adds H to a hessian frame: [n, n] as "H", or packed [n (n + 1) / 2] as "H_lower". */
+int gq_stb_hessian(gq_st_builder *b, const float *H, int64_t n, int packed);
 /*
  * The float32 H [n, n] of a hessian frame, which carries it whole ("H" [n,
  * n], any float dtype) or packed ("H_lower" [n (n + 1) / 2]). *H points into

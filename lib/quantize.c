@@ -211,10 +211,8 @@ int gq_solve_module(gq_solver *s, int layer, int module, const float *H, const g
 		rc = gq_rtn(W, md->out, md->in, &o->gptq, &q);
 	else if (o->reference)
 		rc = gq_gptq_solve_ref(W, H, md->out, md->in, &o->gptq, &q);
-	else if (!hinv && (rc = gq_solve_prepare(s, H, md->in, nsamples, &own)) == GQ_OK)
-		rc = gq_gptq_solve_prepared(own, W, md->out, &q);
-	else if (hinv)
-		rc = gq_gptq_solve_prepared(hinv, W, md->out, &q);
+	else if (hinv || (rc = gq_solve_prepare(s, H, md->in, nsamples, &own)) == GQ_OK)
+		rc = gq_gptq_solve_prepared(hinv ? hinv : own, W, md->out, &q);
 	gq_hinv_free(own);
 	if (rc)
 		return gq_err_wrap(rc, "%s", name);

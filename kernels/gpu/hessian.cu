@@ -231,9 +231,7 @@ extern "C" int gq_gpu_hessian_download_tri(gq_gpu_hessian *h, float scale, float
 	int rc;
 
 	/* the sums may come from any stream, some not synchronising with the default one */
-	if (h->n == 0 || (rc = gq_gpu_sync()))
-		return h->n == 0 ? GQ_OK : rc;
-	if ((rc = gq_gpu_alloc((void **)&dtri, len * sizeof *dtri)))
+	if ((rc = gq_gpu_sync()) || (rc = gq_gpu_alloc((void **)&dtri, len * sizeof *dtri)))
 		return rc;
 	tri_from_lower_kernel<<<dim3(cols, rows), 256>>>(h->sum, h->n, scale, dtri);
 	cudaError_t e = cudaGetLastError();

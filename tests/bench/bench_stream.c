@@ -95,8 +95,7 @@ static double read_stream(const char *path, int frames)
  */
 static double through_pipe(const float *H, int frames, int tri)
 {
-	int64_t shape[2] = {N, N}, len = (int64_t)gq_tri_len(N);
-	float *packed = malloc((size_t)len * sizeof *packed); /* [len] */
+	float *packed = malloc(gq_tri_len(N) * sizeof *packed); /* [N (N + 1) / 2] */
 	double t0 = gq_now();
 	int p[2], status;
 	pid_t pid;
@@ -133,8 +132,7 @@ static double through_pipe(const float *H, int frames, int tri)
 
 		gq_stb_init(&b);
 		if (gq_stb_meta(&b, GQ_KIND_KEY, "hessian") ||
-		    (tri ? gq_stb_tensor(&b, "H_lower", GQ_DTYPE_F32, 1, &len, packed)
-			 : gq_stb_tensor(&b, "H", GQ_DTYPE_F32, 2, shape, H)) ||
+		    gq_stb_hessian(&b, tri ? packed : H, N, tri) ||
 		    gq_writer_put(w, &b))
 			die("%s", gq_errmsg());
 		gq_stb_free(&b);

@@ -119,6 +119,9 @@ static void test_triangle(void)
 		int bad = 0;
 
 		CHECK(gq_tri_len(n) == (uint64_t)(n * (n + 1) / 2));
+		/* gq_tri_row inverts it: a row's first and last entries, and the length itself */
+		CHECK(gq_tri_row(gq_tri_len(n)) == n && gq_tri_row(gq_tri_len(n) - 1) == n - 1);
+		CHECK(gq_tri_row(gq_tri_len(n - 1)) == n - 1);
 		for (int64_t i = 0; i < n * n; i++)
 			L[i] = check_randf(&seed);
 		gq_sym_from_lower(L, n, 1.0f, H);
@@ -141,6 +144,15 @@ static void test_triangle(void)
 	}
 }
 
+/* gq_tri_row where the square root in doubles is close to an integer: rows of millions. */
+static void test_tri_row_large(void)
+{
+	for (int64_t r = (1 << 24) - 3; r < (1 << 24) + 3; r++) {
+		CHECK(gq_tri_row(gq_tri_len(r)) == r);
+		CHECK(gq_tri_row(gq_tri_len(r) - 1) == r - 1);
+	}
+}
+
 int main(void)
 {
 	RUN(test_cholesky_matches_reference);
@@ -148,5 +160,6 @@ int main(void)
 	RUN(test_condition_estimate);
 	RUN(test_sym_from_lower);
 	RUN(test_triangle);
+	RUN(test_tri_row_large);
 	return check_done();
 }
