@@ -162,39 +162,63 @@ void gq_sym_from_tri(const float *tri, int64_t n, float *H, int threads)
 	gq_pool_free(pool);
 }
 
+/*
+ * The frame's H tensor, packed or not, its width, whether it is used where
+ * it lies, and the bytes of buf gq_hessian_frame_matrix needs otherwise.
+ */
+static int frame_h(const gq_frame *f, gq_tensor *t, int *packed, int64_t *dim, int *in_place,
+		   uint64_t *need)
+{
+	*packed = gq_frame_tensor(f, "H", t) != GQ_OK;
+	if (*packed && gq_frame_tensor(f, "H_lower", t))
+		return gq_frame_err(f, GQ_ERR_FORMAT, "hessian frame has neither H nor H_lower");
+	if (!*packed) {
+		if (t->ndim != 2 || t->shape[0] != t->shape[1])
+			return gq_frame_err(f, GQ_ERR_FORMAT, "H is not a square matrix");
+		*dim = t->shape[0];
+	} else {
+		*dim = t->ndim == 1 ? gq_tri_row((uint64_t)t->shape[0]) : 0;
+		if (t->ndim != 1 || gq_tri_len(*dim) != (uint64_t)t->shape[0])
+			return gq_frame_err(f, GQ_ERR_FORMAT,
+					    "H_lower is not a packed triangle (n (n + 1) / 2 values)");
+	}
+	if (t->dtype != GQ_DTYPE_F32 && t->dtype != GQ_DTYPE_F16 && t->dtype != GQ_DTYPE_BF16 &&
+	    t->dtype != GQ_DTYPE_F64)
+		return gq_frame_err(f, GQ_ERR_FORMAT, "%s is %s, not a float type", t->name,
+				    gq_dtype_name(t->dtype));
+	*in_place = t->dtype == GQ_DTYPE_F32 && (uintptr_t)t->data % sizeof(float) == 0;
+	/* whole: converted into buf; packed: unfolded into buf, from a converted copy in its tail */
+	*need = !*packed && *in_place ? 0
+				      : ((uint64_t)*dim * (uint64_t)*dim +
+					 (*packed && !*in_place ? gq_tri_len(*dim) : 0)) *
+						sizeof(float);
+	return GQ_OK;
+}
+
+int gq_hessian_frame_bytes(const gq_frame *f, uint64_t *bytes)
+{
+	gq_tensor t;
+	int packed, in_place;
+	int64_t dim;
+
+	return frame_h(f, &t, &packed, &dim, &in_place, bytes);
+}
+
 int gq_hessian_frame_matrix(const gq_frame *f, int threads, int64_t *n, const float **H,
 			    float **buf, uint64_t *cap)
 {
 	gq_tensor t;
-	int packed = gq_frame_tensor(f, "H", &t) != GQ_OK, in_place;
+	int packed, in_place, rc;
 	uint64_t need;
 	int64_t dim;
 
-	if (packed && gq_frame_tensor(f, "H_lower", &t))
-		return gq_frame_err(f, GQ_ERR_FORMAT, "hessian frame has neither H nor H_lower");
-	if (!packed) {
-		if (t.ndim != 2 || t.shape[0] != t.shape[1])
-			return gq_frame_err(f, GQ_ERR_FORMAT, "H is not a square matrix");
-		dim = t.shape[0];
-	} else {
-		dim = t.ndim == 1 ? gq_tri_row((uint64_t)t.shape[0]) : 0;
-		if (t.ndim != 1 || gq_tri_len(dim) != (uint64_t)t.shape[0])
-			return gq_frame_err(f, GQ_ERR_FORMAT,
-					    "H_lower is not a packed triangle (n (n + 1) / 2 values)");
-	}
-	if (t.dtype != GQ_DTYPE_F32 && t.dtype != GQ_DTYPE_F16 && t.dtype != GQ_DTYPE_BF16 &&
-	    t.dtype != GQ_DTYPE_F64)
-		return gq_frame_err(f, GQ_ERR_FORMAT, "%s is %s, not a float type", t.name,
-				    gq_dtype_name(t.dtype));
+	if ((rc = frame_h(f, &t, &packed, &dim, &in_place, &need)))
+		return rc;
 	*n = dim;
-	in_place = t.dtype == GQ_DTYPE_F32 && (uintptr_t)t.data % sizeof(float) == 0;
 	if (!packed && in_place) {
 		*H = (const float *)t.data;
 		return GQ_OK;
 	}
-	/* whole: converted into buf; packed: unfolded into buf, from a converted copy in its tail */
-	need = ((uint64_t)dim * (uint64_t)dim + (packed && !in_place ? gq_tri_len(dim) : 0)) *
-	       sizeof(float);
 	if (need > *cap) {
 		float *p = realloc(*buf, need ? need : 1);
 

@@ -52,6 +52,8 @@ int gq_stb_hessian(gq_st_builder *b, const float *H, int64_t n, int packed);
  */
 int gq_hessian_frame_matrix(const gq_frame *f, int threads, int64_t *n, const float **H,
 			    float **buf, uint64_t *cap);
+/* Checks a hessian frame's H as gq_hessian_frame_matrix does; *bytes: the *buf it needs (0: none). */
+int gq_hessian_frame_bytes(const gq_frame *f, uint64_t *bytes);
 
 /*
  * Merges a partial H (normalised, nsamples tokens) into acc (normalised,

@@ -23,6 +23,9 @@ struct gq_solver {
 	 */
 	float *slot[2];
 	int pinned; /* slot[] came from gq_gpu_host_alloc */
+	float *hbuf; /* [hcap bytes] Hessians unfolded or converted, reused */
+	uint64_t hcap;
+	int hpinned; /* hbuf came from gq_gpu_host_alloc */
 	int cur;    /* the slot of the module solving */
 	/* the read ahead, into slot[!cur] */
 	pthread_t thread;
@@ -152,12 +155,48 @@ int gq_solver_open(gq_solver **sp, const gq_model *m, const gq_solve_opts *o)
 	return GQ_OK;
 }
 
+static void free_hbuf(gq_solver *s)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	if (s->hpinned)
+		gq_gpu_host_free(s->hbuf);
+	else
+#endif
+		free(s->hbuf);
+	s->hbuf = NULL;
+	s->hcap = 0;
+	s->hpinned = 0;
+}
+
+int gq_solver_hessian(gq_solver *s, const gq_frame *f, int64_t *n, const float **H)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	uint64_t need;
+	int rc;
+
+	if ((rc = gq_hessian_frame_bytes(f, &need)))
+		return rc;
+	/* page-locked memory cannot be realloc'ed: a new buffer when it is too small */
+	if (s->pinned && need > s->hcap) {
+		free_hbuf(s);
+		if (gq_gpu_host_alloc((void **)&s->hbuf, need) == GQ_OK) {
+			s->hcap = need;
+			s->hpinned = 1;
+		} else {
+			s->hbuf = NULL; /* plain memory, grown by gq_hessian_frame_matrix */
+		}
+	}
+#endif
+	return gq_hessian_frame_matrix(f, s->o.gptq.threads, n, H, &s->hbuf, &s->hcap);
+}
+
 void gq_solver_close(gq_solver *s)
 {
 	if (!s)
 		return;
 	if (s->running)
 		join_ahead(s);
+	free_hbuf(s);
 	for (int k = 0; k < 2; k++) {
 #if defined(GQ_CUDA) || defined(GQ_HIP)
 		if (s->pinned) {

@@ -8,6 +8,7 @@
 
 #include "device.h"
 #include "gptq.h"
+#include "hessian.h"
 #include "model.h"
 #include "qlinear.h"
 #include "util.h"
@@ -41,6 +42,13 @@ typedef struct {
 typedef struct gq_solver gq_solver;
 int gq_solver_open(gq_solver **s, const gq_model *m, const gq_solve_opts *o);
 void gq_solver_close(gq_solver *s);
+
+/*
+ * The float32 H [n, n] of a hessian frame (gq_hessian_frame_matrix) in a
+ * buffer of the solver's, valid until the next call. When the solve runs on
+ * a GPU the buffer is page-locked, so H uploads at the bus's speed.
+ */
+int gq_solver_hessian(gq_solver *s, const gq_frame *f, int64_t *n, const float **H);
 
 /*
  * H [n, n] of nsamples tokens prepared for GPTQ once for all the modules of

@@ -63,8 +63,6 @@ typedef struct {
 	gq_writer *feedback; /* --feedback, or NULL */
 	FILE *feedback_fifo; /* its FIFO, closed after it, or NULL */
 	gq_buf report; /* JSON object members, one per module */
-	float *hbuf;   /* [hbuf_cap bytes] Hessians converted or unfolded, reused */
-	uint64_t hbuf_cap;
 	int64_t done;
 	gq_progress progress;
 } run;
@@ -152,7 +150,7 @@ static void solve_frame(run *r, const gq_frame *f, double read_seconds)
 	if (!mods || !ns || gq_parse_i64(ns, 0, INT64_MAX, &nsamples))
 		gq_die_frame(f, "hessian frame needs 'modules' and 'nsamples'");
 	/* float32 and whole, as gptq-hessian writes it by default, is used where it lies */
-	if (gq_hessian_frame_matrix(f, r->so.gptq.threads, &n, &H, &r->hbuf, &r->hbuf_cap))
+	if (gq_solver_hessian(r->solver, f, &n, &H))
 		die("%s", gq_errmsg());
 	/* every module named and of H's width before any work */
 	for (p = mods; next_module(r, f, mods, &p, n, &layer, &module);)
@@ -316,7 +314,7 @@ int main(int argc, char **argv)
 		die("%s", gq_errmsg());
 
 	gq_writer_opts wo = {out.zstd_level, common.threads, out.force};
-	run r = {m, so, NULL, NULL, NULL, NULL, fifo, {0}, NULL, 0, 0, {0}};
+	run r = {.m = m, .so = so, .feedback_fifo = fifo};
 	if (gq_solver_open(&r.solver, m, &so) || gq_writer_open(&r.w, out.path, &wo) ||
 	    gq_queue_writer_start(&r.out, r.w, OUT_QUEUE_BYTES))
 		die("%s", gq_errmsg());
@@ -366,7 +364,6 @@ int main(int argc, char **argv)
 	if (gq_writer_close(r.w, 1))
 		die("%s", gq_errmsg());
 	gq_buf_free(&r.report);
-	free(r.hbuf);
 	gq_solver_close(r.solver);
 	gq_model_close(m);
 	if (gq_close_stdout())

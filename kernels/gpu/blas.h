@@ -39,8 +39,10 @@
 #define cusolverDnSetStream hipsolverDnSetStream
 #define cusolverDnSpotrf_bufferSize hipsolverDnSpotrf_bufferSize
 #define cusolverDnSpotrf hipsolverDnSpotrf
-#define cusolverDnSpotri_bufferSize hipsolverDnSpotri_bufferSize
-#define cusolverDnSpotri hipsolverDnSpotri
+#define CUBLAS_FILL_MODE_UPPER HIPSOLVER_FILL_MODE_UPPER
+#define CUBLAS_DIAG_NON_UNIT HIPBLAS_DIAG_NON_UNIT
+#define cusolverDnXtrtri_bufferSize hipsolverDnXtrtri_bufferSize
+#define cusolverDnXtrtri hipsolverDnXtrtri
 #else
 #include <cublas_v2.h>
 #include <cusolverDn.h>

@@ -5,8 +5,9 @@
  * parameters, same round half to even.
  *
  *   dead columns, row / static group parameters, act-order gather: small kernels
- *   Hinv = upper Cholesky factor of (H + damp mean(diag) I)⁻¹: cuSOLVER potrf,
- *          potri, potrf (column-major lower = row-major upper), damp x1.25 on failure
+ *   Hinv = upper Cholesky factor of (H + damp mean(diag) I)⁻¹: cuSOLVER potrf
+ *          and trtri of the order-reversed matrix, no inverse formed (at
+ *          damped_hinv), damp x1.25 on failure
  *   per block of B columns [i1, i2):
  *     gptq_block_kernel: one warp per row, ROWS_PER_CTA rows per thread block;
  *       the block of Hinv [B, B] and the rows' block of W [rows, B] in shared
@@ -158,6 +159,26 @@ __global__ static void dead_diag_kernel(float *H, int64_t n)
 	     c += (int64_t)gridDim.x * blockDim.x)
 		if (H[c * (n + 1)] == 0)
 			H[c * (n + 1)] = 1;
+}
+
+/* dst [n2] = src read backwards (dst != src): an n x n matrix's J A J, in either storage order. */
+__global__ static void reverse_kernel(float *__restrict__ dst, const float *__restrict__ src, int64_t n2)
+{
+	for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n2;
+	     k += (int64_t)gridDim.x * blockDim.x)
+		dst[k] = src[n2 - 1 - k];
+}
+
+/* a [n2] read backwards, in place. */
+__global__ static void reverse_in_place_kernel(float *a, int64_t n2)
+{
+	for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n2 / 2;
+	     k += (int64_t)gridDim.x * blockDim.x) {
+		float t = a[k];
+
+		a[k] = a[n2 - 1 - k];
+		a[n2 - 1 - k] = t;
+	}
 }
 
 /* H[c][c] += add, in double then rounded, as the CPU. */
@@ -317,41 +338,53 @@ static unsigned grid_for(int64_t n)
 /*
  * dHinv = upper factor of (dH + damp mean I)⁻¹ (dH [n, n] untouched), raising
  * damp x1.25 while a factorisation fails, as damped_hinv_f in lib/gptq.c.
+ *
+ * Without forming the inverse: with J the order reversal, J A J = Rᵀ R
+ * (Cholesky, R upper) gives A⁻¹ = M Mᵀ with M = J R⁻¹ J lower, the factor
+ * sought (row-major upper Mᵀ is column-major lower M). potrf and trtri cost
+ * n³/3 each, against potrf, potri (trtri and lauum) and potrf again; and J X J
+ * of a matrix stored either way is its storage read backwards.
  */
 static int damped_hinv(cusolverDnHandle_t solver, const float *dH, float *dHinv, int64_t n,
 		       double mean, double damp0, double *damp_used, int *retries)
 {
-	float *work = NULL;
-	int *dinfo = NULL, lwork = 0, lw2 = 0, info = 0, rc = GQ_OK, ok = 0;
+	float *work = NULL;        /* [lwork] potrf's */
+	void *twork = NULL, *htwork = NULL; /* trtri's, on the device and the host */
+	size_t tbytes = 0, htbytes = 0;
+	int *dinfo = NULL, lwork = 0, info = 0, rc = GQ_OK, ok = 0;
 	double damp = damp0;
 	const int ni = (int)n;
+	const int64_t n2 = n * n;
 
 	CU(cudaMalloc(&dinfo, sizeof *dinfo));
-	SV(cusolverDnSpotrf_bufferSize(solver, CUBLAS_FILL_MODE_LOWER, ni, dHinv, ni, &lwork));
-	SV(cusolverDnSpotri_bufferSize(solver, CUBLAS_FILL_MODE_LOWER, ni, dHinv, ni, &lw2));
-	lwork = lw2 > lwork ? lw2 : lwork;
+	SV(cusolverDnSpotrf_bufferSize(solver, CUBLAS_FILL_MODE_UPPER, ni, dHinv, ni, &lwork));
+	SV(cusolverDnXtrtri_bufferSize(solver, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, n,
+				       CUDA_R_32F, dHinv, n, &tbytes, &htbytes));
 	CU(cudaMalloc(&work, (size_t)(lwork > 0 ? lwork : 1) * sizeof *work));
+	CU(cudaMalloc(&twork, tbytes ? tbytes : 1));
+	if (!(htwork = malloc(htbytes ? htbytes : 1))) {
+		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
+		goto out;
+	}
 	for (int attempt = 0; attempt <= MAX_DAMP_RETRIES; attempt++) {
 		if (attempt) {
 			gq_debug("cholesky failed at damp %g, retrying at %g", damp, damp * 1.25);
 			damp *= 1.25;
 		}
-		CU(cudaMemcpy(dHinv, dH, (size_t)(n * n) * sizeof *dHinv, cudaMemcpyDeviceToDevice));
+		reverse_kernel<<<grid_for(n2), 256>>>(dHinv, dH, n2);
+		LAUNCHED("reverse_kernel");
 		damp_kernel<<<grid_for(n), 256>>>(dHinv, n, damp * mean);
 		LAUNCHED("damp_kernel");
-		/* H is symmetric: column-major lower is row-major upper, either works for H */
-		SV(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, ni, dHinv, ni, work, lwork, dinfo));
+		SV(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_UPPER, ni, dHinv, ni, work, lwork, dinfo));
 		CU(cudaMemcpy(&info, dinfo, sizeof info, cudaMemcpyDeviceToHost));
 		if (info == 0) {
-			SV(cusolverDnSpotri(solver, CUBLAS_FILL_MODE_LOWER, ni, dHinv, ni, work, lwork, dinfo));
+			SV(cusolverDnXtrtri(solver, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, n,
+					    CUDA_R_32F, dHinv, n, twork, tbytes, htwork, htbytes, dinfo));
 			CU(cudaMemcpy(&info, dinfo, sizeof info, cudaMemcpyDeviceToHost));
 		}
 		if (info == 0) {
-			/* H⁻¹ = L Lᵀ column-major: read row-major, the lower L is the upper factor */
-			SV(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, ni, dHinv, ni, work, lwork, dinfo));
-			CU(cudaMemcpy(&info, dinfo, sizeof info, cudaMemcpyDeviceToHost));
-		}
-		if (info == 0) {
+			reverse_in_place_kernel<<<grid_for(n2 / 2), 256>>>(dHinv, n2);
+			LAUNCHED("reverse_in_place_kernel");
 			ok = 1;
 			*damp_used = damp;
 			*retries = attempt;
@@ -364,6 +397,8 @@ static int damped_hinv(cusolverDnHandle_t solver, const float *dH, float *dHinv,
 		rc = gq_err(GQ_ERR_NUMERIC, "Hessian is not positive definite even at damp %g", damp);
 out:
 	cudaFree(work);
+	cudaFree(twork);
+	free(htwork);
 	cudaFree(dinfo);
 	return rc;
 }

@@ -5,8 +5,10 @@
  */
 #define _GNU_SOURCE
 #include "check.h"
+#include "hessian.h"
 #include "io.h"
 #include "stream.h"
+#include "tensor.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -570,6 +572,95 @@ static void test_queue_writer_failure(void)
 	fclose(full);
 }
 
+/*
+ * A hessian frame's H whole or packed, float32 or fp16: gq_hessian_frame_bytes
+ * says what buffer gq_hessian_frame_matrix needs (none where float32 H is used
+ * in place), and a buffer of exactly that size is used without growing it;
+ * a packed H of a length no triangle has is named by both.
+ */
+static void test_hessian_frame_bytes(void)
+{
+	enum { N = 37, TRI = N * (N + 1) / 2 };
+	float H[N * N], tri[TRI], want16[N * N];
+	uint16_t h16[N * N], tri16[TRI];
+	int64_t whole[2] = {N, N}, packed = TRI, short_len = TRI - 1;
+	const uint64_t sq = (uint64_t)N * N * 4, tail = (uint64_t)TRI * 4;
+	const struct {
+		const char *name;
+		gq_dtype dtype;
+		int ndim;
+		const int64_t *shape;
+		const void *data;
+		uint64_t bytes;
+	} cases[] = {
+		{"H", GQ_DTYPE_F32, 2, whole, H, 0},
+		{"H_lower", GQ_DTYPE_F32, 1, &packed, tri, sq},
+		{"H", GQ_DTYPE_F16, 2, whole, h16, sq},
+		{"H_lower", GQ_DTYPE_F16, 1, &packed, tri16, sq + tail},
+	};
+	uint64_t seed = 5;
+	gq_writer_opts o = {0, 1, 1};
+	gq_writer *w;
+	gq_reader *r;
+	gq_frame f = {0};
+
+	for (int i = 0; i < N; i++)
+		for (int k = 0; k <= i; k++)
+			H[i * N + k] = H[k * N + i] = check_randf(&seed);
+	gq_tri_from_sym(H, N, tri);
+	for (int i = 0; i < N * N; i++) {
+		h16[i] = gq_f32_to_f16(H[i]);
+		want16[i] = gq_f16_to_f32(h16[i]);
+	}
+	for (int i = 0; i < TRI; i++)
+		tri16[i] = gq_f32_to_f16(tri[i]);
+	CHECK_OK(gq_writer_open(&w, tmp("h.gqs"), &o));
+	for (size_t c = 0; c <= sizeof cases / sizeof *cases; c++) {
+		gq_st_builder b;
+
+		gq_stb_init(&b);
+		CHECK_OK(gq_stb_meta(&b, GQ_KIND_KEY, "hessian"));
+		if (c < sizeof cases / sizeof *cases)
+			CHECK_OK(gq_stb_tensor(&b, cases[c].name, cases[c].dtype, cases[c].ndim,
+					       cases[c].shape, cases[c].data));
+		else /* one value short of a triangle */
+			CHECK_OK(gq_stb_tensor(&b, "H_lower", GQ_DTYPE_F32, 1, &short_len, tri));
+		CHECK_OK(gq_writer_put(w, &b));
+		gq_stb_free(&b);
+	}
+	CHECK_OK(gq_writer_close(w, 1));
+	CHECK_OK(gq_reader_open(&r, tmp("h.gqs")));
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		uint64_t bytes, cap;
+		const float *got;
+		float *buf, *given;
+		int64_t n;
+
+		CHECK(gq_reader_next(r, &f, 0) > 0);
+		CHECK_OK(gq_hessian_frame_bytes(&f, &bytes));
+		CHECK(bytes == cases[c].bytes);
+		cap = bytes;
+		given = buf = bytes ? malloc(bytes) : NULL;
+		CHECK_OK(gq_hessian_frame_matrix(&f, 2, &n, &got, &buf, &cap));
+		CHECK(n == N && buf == given && cap == bytes);
+		CHECK(bytes ? got == buf : (const void *)got != (const void *)buf);
+		CHECK(memcmp(got, cases[c].dtype == GQ_DTYPE_F16 ? want16 : H, sizeof H) == 0);
+		free(buf);
+	}
+	CHECK(gq_reader_next(r, &f, 0) > 0);
+	uint64_t bytes;
+	float *buf = NULL;
+	uint64_t cap = 0;
+	const float *got;
+	int64_t n;
+
+	CHECK_ERR(gq_hessian_frame_bytes(&f, &bytes), GQ_ERR_FORMAT, "not a packed triangle");
+	CHECK_ERR(gq_hessian_frame_matrix(&f, 1, &n, &got, &buf, &cap), GQ_ERR_FORMAT,
+		  "not a packed triangle");
+	gq_frame_free(&f);
+	gq_reader_close(r);
+}
+
 int main(void)
 {
 	CHECK(mkdtemp(tmpdir) != NULL);
@@ -586,6 +677,7 @@ int main(void)
 	RUN(test_writer_discards_on_failure);
 	RUN(test_queue_writer);
 	RUN(test_queue_writer_failure);
+	RUN(test_hessian_frame_bytes);
 	char cmd[600];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
 	if (system(cmd) != 0)
