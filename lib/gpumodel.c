@@ -214,18 +214,20 @@ static int upload_linear(gq_gpu_model *g, const gq_qgemv_mat *q, const float *w,
 	return rc ? rc : dup_f32(b, out, &d->b);
 }
 
-/* The rows of modules idx[0..n) of L as one matrix into d. */
-static int upload_fused(gq_gpu_model *g, const gq_layer *L, const int *idx, int n, glin *d)
+/*
+ * One matrix of `out` rows into d: row r is row row[r] of module mod[r] of
+ * L (modules alike, see fusable), its bias too.
+ */
+static int upload_rows(gq_gpu_model *g, const gq_layer *L, const int *mod, const int64_t *row,
+		       int64_t out, glin *d)
 {
-	const gq_linear *s0 = &L->lin[idx[0]];
-	int64_t in = s0->in, out = 0, row = 0, G = s0->q ? s0->q->k.n_groups : 0;
+	const gq_linear *s0 = &L->lin[mod[0]];
+	int64_t in = s0->in, G = s0->q ? s0->q->k.n_groups : 0;
 	int64_t wpr = s0->q ? s0->q->k.words_per_row : 0;
 	float *w = NULL, *b = NULL, *scales = NULL, *zeros = NULL;
 	uint32_t *codes = NULL;
 	int rc;
 
-	for (int k = 0; k < n; k++)
-		out += L->lin[idx[k]].out;
 	if (s0->q) {
 		codes = malloc((size_t)(out * wpr) * sizeof *codes);
 		scales = malloc((size_t)(out * G) * sizeof *scales);
@@ -238,21 +240,20 @@ static int upload_fused(gq_gpu_model *g, const gq_layer *L, const int *idx, int 
 	rc = (s0->q ? codes && scales && zeros : w != NULL) && (!s0->b || b)
 		     ? GQ_OK
 		     : gq_err(GQ_ERR_NOMEM, "out of memory");
-	for (int k = 0; k < n && rc == GQ_OK; k++) {
-		const gq_linear *s = &L->lin[idx[k]];
+	for (int64_t r = 0; r < out && rc == GQ_OK; r++) {
+		const gq_linear *s = &L->lin[mod[r]];
+		int64_t o = row[r];
 
 		if (s->q) {
-			memcpy(codes + row * wpr, s->q->k.codes, (size_t)(s->out * wpr) * sizeof *codes);
-			memcpy(scales + row * G, s->q->k.scales, (size_t)(s->out * G) * sizeof *scales);
-			memcpy(zeros + row * G, s->q->k.zeros, (size_t)(s->out * G) * sizeof *zeros);
+			memcpy(codes + r * wpr, s->q->k.codes + o * wpr, (size_t)wpr * sizeof *codes);
+			memcpy(scales + r * G, s->q->k.scales + o * G, (size_t)G * sizeof *scales);
+			memcpy(zeros + r * G, s->q->k.zeros + o * G, (size_t)G * sizeof *zeros);
 		} else {
-			memcpy(w + row * in, s->w, (size_t)(s->out * in) * sizeof *w);
+			memcpy(w + r * in, s->w + o * in, (size_t)in * sizeof *w);
 		}
 		if (b)
-			memcpy(b + row, s->b, (size_t)s->out * sizeof *b);
-		row += s->out;
+			b[r] = s->b[o];
 	}
-	d->fused = n;
 	if (rc == GQ_OK) {
 		gq_qgemv_mat cat = s0->q ? s0->q->k : (gq_qgemv_mat){0};
 
@@ -267,6 +268,52 @@ static int upload_fused(gq_gpu_model *g, const gq_layer *L, const int *idx, int 
 	free(codes);
 	free(scales);
 	free(zeros);
+	return rc;
+}
+
+/* The rows of modules idx[0..n) of L as one matrix into d. */
+static int upload_fused(gq_gpu_model *g, const gq_layer *L, const int *idx, int n, glin *d)
+{
+	int64_t out = 0, r = 0;
+	int *mod;
+	int64_t *row;
+	int rc;
+
+	for (int k = 0; k < n; k++)
+		out += L->lin[idx[k]].out;
+	mod = malloc((size_t)out * sizeof *mod);
+	row = malloc((size_t)out * sizeof *row);
+	rc = mod && row ? GQ_OK : gq_err(GQ_ERR_NOMEM, "out of memory");
+	for (int k = 0; k < n && rc == GQ_OK; k++)
+		for (int64_t o = 0; o < L->lin[idx[k]].out; o++, r++)
+			mod[r] = idx[k], row[r] = o;
+	d->fused = n;
+	if (rc == GQ_OK)
+		rc = upload_rows(g, L, mod, row, out, d);
+	free(mod);
+	free(row);
+	return rc;
+}
+
+/*
+ * A fused q/k/v projection of another layout (per head, falcon's groups,
+ * codegen's shards) as its [q; k; v] concatenation, which attention reads.
+ */
+static int upload_qkv_concat(gq_gpu_model *g, const gq_layer *L, int i, glin *d)
+{
+	int64_t out = L->lin[i].out;
+	int *mod = malloc((size_t)out * sizeof *mod);
+	int64_t *row = malloc((size_t)out * sizeof *row);
+	int rc = mod && row ? GQ_OK : gq_err(GQ_ERR_NOMEM, "out of memory");
+
+	if (rc == GQ_OK) {
+		gq_qkv_concat_rows(g->m, row);
+		for (int64_t r = 0; r < out; r++)
+			mod[r] = i;
+		rc = upload_rows(g, L, mod, row, out, d);
+	}
+	free(mod);
+	free(row);
 	return rc;
 }
 
@@ -290,6 +337,10 @@ static int upload_host_layer(gq_gpu_model *g, const gq_layer *L, glayer *G, int 
 			rc = upload_fused(g, L, idx, n, d);
 			for (int k = 0; k < n; k++)
 				done[idx[k]] = 1;
+			continue;
+		}
+		if (m->modules[i].role == GQ_ROLE_QKV && m->arch.qkv != GQ_QKV_CONCAT) {
+			rc = upload_qkv_concat(g, L, i, d);
 			continue;
 		}
 		rc = upload_linear(g, s->q ? &s->q->k : NULL, s->w, s->b, s->in, s->out, d);
@@ -605,9 +656,9 @@ static int mlp(gq_gpu_model *g, gdev *D, int l, int64_t n)
 }
 
 /*
- * One pre-norm block on D->x [n, d], as gq_block_forward's sequential
- * branch, except that its last step, x += the MLP output, is left to the
- * caller: D->mo holds it. pending (the previous block's D->mo, or NULL) is
+ * One pre-norm block on D->x [n, d], as gq_block_forward's sequential or
+ * parallel branch, except that its last step, x += the MLP output (parallel:
+ * plus the attention's), is left to the caller: D->mo holds it. pending (the previous block's D->mo, or NULL) is
  * added to x first, inside the first norm: one launch fewer per block.
  */
 static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity,
@@ -630,6 +681,19 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 		return rc;
 	if (from == GQ_GPU_FROM_ATTN_OUT && (rc = restore(g, D, D->o16, k->o16, ohd * 2, n)))
 		return rc;
+	if (m->cfg.parallel_residual) {
+		/*
+		 * x + attn(ln1(x)) + mlp(ln2(x) or ln1(x)), x untouched until the
+		 * caller's add: ln2 overwrites ln1 in h16 once attention has read it,
+		 * and mo carries attn + mlp. Only from the input (check_supported).
+		 */
+		if ((rc = attention_out(g, D, l, n)) ||
+		    (L->norm_mlp_w && (rc = gq_gpu_norm(kind, D->x, NULL, n, d, L->norm_mlp_w,
+							L->norm_mlp_b, eps, NULL, D->h16, D->stream))) ||
+		    (rc = mlp(g, D, l, n)))
+			return rc;
+		return gq_gpu_add(D->mo, D->att, n * d, D->stream);
+	}
 	if (from <= GQ_GPU_FROM_ATTN_OUT) {
 		if ((rc = attention_out(g, D, l, n)))
 			return rc;
@@ -858,8 +922,13 @@ static int decode(void *ctx, gq_kv_cache *c, const int32_t *ids, int64_t T, int 
 
 /* ---- open and close ---- */
 
-/* What the GPU block does not do yet: an error naming it, else GQ_OK. */
-static int check_supported(const gq_model *m)
+/*
+ * What the GPU block does not do yet: an error naming it, else GQ_OK. For
+ * Hessians (layerwise), neither parallel blocks, whose sequential steps
+ * have no kept activations to start from, nor fused q/k/v layouts that
+ * are reordered on upload, which fed-back modules would have to be too.
+ */
+static int check_supported(const gq_model *m, int layerwise)
 {
 	const gq_config *c = &m->cfg;
 	const gq_arch *a = &m->arch;
@@ -871,18 +940,18 @@ static int check_supported(const gq_model *m)
 		what = "ALiBi positions";
 	else if (a->pos == GQ_POS_ROPE && c->rope_type == GQ_ROPE_DYNAMIC)
 		what = "dynamic rotary scaling";
-	else if (a->qkv != GQ_QKV_SEPARATE && a->qkv != GQ_QKV_CONCAT)
-		what = "this fused q/k/v layout";
-	else if (c->parallel_residual)
-		what = "parallel residual blocks";
 	else if (c->residual_post_ln)
 		what = "residuals from the normed input";
 	else if (a->project_out)
 		what = "an output projection (word_embed_proj_dim)";
 	else if (!a->final_norm)
 		what = "a model without a final norm";
-	else if (!a->norm_mlp)
-		what = "blocks whose MLP reads the attention norm";
+	else if (!a->norm_mlp && !c->parallel_residual)
+		what = "sequential blocks whose MLP reads the attention norm";
+	else if (layerwise && a->qkv != GQ_QKV_SEPARATE && a->qkv != GQ_QKV_CONCAT)
+		what = "Hessians of this fused q/k/v layout";
+	else if (layerwise && c->parallel_residual)
+		what = "Hessians of parallel residual blocks";
 	if (what)
 		return gq_err(GQ_ERR_UNSUPPORTED, "%s: %s (model_type %s) is not on the GPU yet: use "
 			      "--device cpu", m->dir, what, c->model_type);
@@ -1006,7 +1075,7 @@ int gq_gpu_model_open(gq_gpu_model **out, gq_model *m, const gq_device *devs, in
 	int rc;
 
 	*out = NULL;
-	if ((rc = check_supported(m)))
+	if ((rc = check_supported(m, 0)))
 		return rc;
 	if (n_devs < 1 || n_devs > MAX_DEVS || n_devs > L)
 		return gq_err(GQ_ERR_ARG, "%d devices for %lld layers (at most %d, one layer each)",
@@ -1115,7 +1184,7 @@ int gq_gpu_model_open_layerwise(gq_gpu_model **out, gq_model *m, gq_device dev, 
 	int rc;
 
 	*out = NULL;
-	if ((rc = check_supported(m)))
+	if ((rc = check_supported(m, 1)))
 		return rc;
 	if (max_len > gq_gpu_attention_max_capacity(c->head_dim))
 		return gq_err(GQ_ERR_UNSUPPORTED, "%s: sequences of %lld tokens are more than GPU "

@@ -807,61 +807,70 @@ static int find_module(const gq_model *m, gq_role role, int expert)
 	return -1;
 }
 
-/* q [T, H*hd], k, v [T, KV*hd] from the fused projection output qkv [T, width]. */
-static void split_qkv(const gq_model *m, const float *qkv, int64_t T, float *q, float *k, float *v)
+void gq_qkv_concat_rows(const gq_model *m, int64_t *src)
 {
 	const gq_config *c = &m->cfg;
 	int64_t H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+	int64_t *q = src, *k = src + H * hd, *v = k + KV * hd;
+
+	switch (m->arch.qkv) {
+	case GQ_QKV_SEPARATE:
+	case GQ_QKV_CONCAT:
+		for (int64_t r = 0; r < (H + 2 * KV) * hd; r++)
+			src[r] = r;
+		break;
+	case GQ_QKV_PER_HEAD: /* [head][q, k, v][hd] */
+		for (int64_t h = 0; h < H; h++)
+			for (int64_t j = 0; j < hd; j++) {
+				q[h * hd + j] = (3 * h) * hd + j;
+				k[h * hd + j] = (3 * h + 1) * hd + j;
+				v[h * hd + j] = (3 * h + 2) * hd + j;
+			}
+		break;
+	case GQ_QKV_FALCON_GROUPED: { /* [kv head][H / KV queries, k, v][hd] */
+		int64_t per = H / KV;
+
+		for (int64_t g = 0; g < KV; g++) {
+			int64_t grp = g * (per + 2) * hd;
+
+			for (int64_t j = 0; j < per * hd; j++)
+				q[g * per * hd + j] = grp + j;
+			for (int64_t j = 0; j < hd; j++) {
+				k[g * hd + j] = grp + per * hd + j;
+				v[g * hd + j] = grp + (per + 1) * hd + j;
+			}
+		}
+		break;
+	}
+	case GQ_QKV_CODEGEN: { /* 4 shards of [q, v, k], each H hd / 4 wide; heads run shard-major */
+		int64_t local = H * hd / 4;
+
+		for (int64_t sh = 0; sh < 4; sh++)
+			for (int64_t j = 0; j < local; j++) {
+				q[sh * local + j] = sh * 3 * local + j;
+				v[sh * local + j] = (sh * 3 + 1) * local + j;
+				k[sh * local + j] = (sh * 3 + 2) * local + j;
+			}
+		break;
+	}
+	}
+}
+
+/* q [T, H*hd], k, v [T, KV*hd] from the fused projection output qkv [T, width] (src: gq_qkv_concat_rows). */
+static void split_qkv(const gq_model *m, const int64_t *src, const float *qkv, int64_t T, float *q,
+		      float *k, float *v)
+{
+	const gq_config *c = &m->cfg;
+	int64_t H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, width = (H + 2 * KV) * hd;
 
 	for (int64_t t = 0; t < T; t++) {
-		float *qt = q + t * H * hd, *kt = k + t * KV * hd, *vt = v + t * KV * hd;
+		const float *r = qkv + t * width;
 
-		switch (m->arch.qkv) {
-		case GQ_QKV_CONCAT: {
-			const float *r = qkv + t * (H + 2 * KV) * hd;
-
-			memcpy(qt, r, (size_t)(H * hd) * sizeof *r);
-			memcpy(kt, r + H * hd, (size_t)(KV * hd) * sizeof *r);
-			memcpy(vt, r + (H + KV) * hd, (size_t)(KV * hd) * sizeof *r);
-			break;
-		}
-		case GQ_QKV_PER_HEAD: {
-			const float *r = qkv + t * 3 * H * hd;
-
-			for (int64_t h = 0; h < H; h++) {
-				memcpy(qt + h * hd, r + (3 * h) * hd, (size_t)hd * sizeof *r);
-				memcpy(kt + h * hd, r + (3 * h + 1) * hd, (size_t)hd * sizeof *r);
-				memcpy(vt + h * hd, r + (3 * h + 2) * hd, (size_t)hd * sizeof *r);
-			}
-			break;
-		}
-		case GQ_QKV_FALCON_GROUPED: {
-			int64_t per = H / KV;
-			const float *r = qkv + t * (H + 2 * KV) * hd;
-
-			for (int64_t g = 0; g < KV; g++) {
-				const float *grp = r + g * (per + 2) * hd;
-
-				memcpy(qt + g * per * hd, grp, (size_t)(per * hd) * sizeof *r);
-				memcpy(kt + g * hd, grp + per * hd, (size_t)hd * sizeof *r);
-				memcpy(vt + g * hd, grp + (per + 1) * hd, (size_t)hd * sizeof *r);
-			}
-			break;
-		}
-		case GQ_QKV_CODEGEN: {
-			/* 4 shards of [q, v, k], each H*hd/4 wide; heads run shard-major */
-			int64_t local = H * hd / 4;
-			const float *r = qkv + t * 3 * H * hd;
-
-			for (int64_t s = 0; s < 4; s++) {
-				memcpy(qt + s * local, r + s * 3 * local, (size_t)local * sizeof *r);
-				memcpy(vt + s * local, r + (s * 3 + 1) * local, (size_t)local * sizeof *r);
-				memcpy(kt + s * local, r + (s * 3 + 2) * local, (size_t)local * sizeof *r);
-			}
-			break;
-		}
-		case GQ_QKV_SEPARATE:
-			break;
+		for (int64_t i = 0; i < H * hd; i++)
+			q[t * H * hd + i] = r[src[i]];
+		for (int64_t i = 0; i < KV * hd; i++) {
+			k[t * KV * hd + i] = r[src[H * hd + i]];
+			v[t * KV * hd + i] = r[src[(H + KV) * hd + i]];
 		}
 	}
 }
@@ -982,19 +991,26 @@ static int attention(block_ctx *b, const float *h, int64_t T, int64_t pos0, gq_k
 	} else {
 		int i = find_module(m, GQ_ROLE_QKV, -1);
 		float *qkv = malloc((size_t)(T * m->modules[i].out) * sizeof *qkv);
+		int64_t *src = malloc((size_t)m->modules[i].out * sizeof *src);
 
-		if (!qkv) {
+		if (!qkv || !src) {
+			free(qkv);
+			free(src);
 			rc = gq_err(GQ_ERR_NOMEM, "out of memory in attention");
 			goto out;
 		}
 		if (observe(b, i, h, T, b->mask)) {
 			free(qkv);
+			free(src);
 			goto out;
 		}
 		rc = linear(m, &b->L->lin[i], h, T, qkv);
-		if (rc == GQ_OK)
-			split_qkv(m, qkv, T, q, k, v);
+		if (rc == GQ_OK) {
+			gq_qkv_concat_rows(m, src);
+			split_qkv(m, src, qkv, T, q, k, v);
+		}
 		free(qkv);
+		free(src);
 		if (rc)
 			goto out;
 	}

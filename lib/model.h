@@ -147,6 +147,12 @@ int gq_block_forward(const gq_model *m, const gq_layer *L, float *x, int64_t T, 
 int gq_model_final(const gq_model *m, float *x, int64_t T);
 /* Width of the final hidden state (hidden, or opt's word_embed_proj_dim). */
 int64_t gq_model_out_dim(const gq_model *m);
+/*
+ * src [(H + 2 KV) hd]: the row of the fused q/k/v projection (any of the
+ * arch's layouts) that makes row r of its [q; k; v] concatenation; the
+ * identity for concatenated and separate projections.
+ */
+void gq_qkv_concat_rows(const gq_model *m, int64_t *src);
 /* logits [T, vocab] from the final hidden state x [T, out_dim]. */
 int gq_model_logits(const gq_model *m, const float *x, int64_t T, float *logits);
 

@@ -3,7 +3,8 @@
  * reference (collect_cpu): the hessian frames of every own fixture the GPU
  * forward covers, sequential (RTN weights fed back) and not, over padded
  * calibration samples (left and right padding masks), with the state saved
- * after the last layer; uncovered architectures refused by model type.
+ * after the last layer; uncovered architectures refused by name, and those
+ * the GPU runs but not for Hessians (parallel blocks, reordered q/k/v).
  * The Σ x xᵀ accumulation itself is held to 1e-5 by test_gpu_hessian.
  * Skips without a GPU.
  */
@@ -205,20 +206,36 @@ static void test_fixtures(void)
 	rmdir(dir);
 }
 
+/* Architectures the GPU forward refuses, and those it runs but not for Hessians, by name. */
 static void test_refused(void)
 {
-	gq_model *m;
-	gq_sample s[N_SAMPLES];
-	int32_t ids[N_SAMPLES * LEN];
-	uint8_t mask[N_SAMPLES * LEN];
+	static const struct {
+		const char *dir, *why;
+	} cases[] = {
+		{"models/falcon_alibi", "ALiBi positions"},
+		{"models/codegen", "Hessians of this fused q/k/v layout"},
+		{"models/gpt_neox_sequential", "Hessians of this fused q/k/v layout"},
+		{"fixtures/models/gptj", "Hessians of parallel residual blocks"}, /* in ../shared */
+	};
 
 	if (!check_have_gpu())
 		return;
-	CHECK_OK(gq_model_open(&m, check_testdata("models/falcon_alibi")));
-	make_samples(m, s, ids, mask);
-	CHECK_ERR(collect_to(m, s, 0, NULL, "cuda", "/tmp/gq-gpu-collect-refused", NULL),
-		  GQ_ERR_UNSUPPORTED, "model_type falcon");
-	gq_model_close(m);
+	for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+		const char *dir = strncmp(cases[k].dir, "fixtures/", 9) ? check_testdata(cases[k].dir)
+								      : check_shared(cases[k].dir);
+		gq_model *m;
+		gq_sample s[N_SAMPLES];
+		int32_t ids[N_SAMPLES * LEN];
+		uint8_t mask[N_SAMPLES * LEN];
+
+		if (!dir)
+			continue;
+		CHECK_OK(gq_model_open(&m, dir));
+		make_samples(m, s, ids, mask);
+		CHECK_ERR(collect_to(m, s, 0, NULL, "cuda", "/tmp/gq-gpu-collect-refused", NULL),
+			  GQ_ERR_UNSUPPORTED, cases[k].why);
+		gq_model_close(m);
+	}
 }
 
 int main(void)

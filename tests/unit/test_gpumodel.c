@@ -23,9 +23,11 @@
 #define TOL 5e-3
 
 /* The fixtures the GPU must run (others must be refused by name). */
-static const char *covered[] = {"llama3_rope", "llama_legacy_rope", "llama_linear_rope",
-				"mistral_window", "qwen2_window", "qwen3", "mixtral_top2of4",
-				"gemma2_window", "gpt2_layer_scaled"};
+static const char *covered[] = {"llama3_rope",         "llama_legacy_rope", "llama_linear_rope",
+				"mistral_window",      "qwen2_window",      "qwen3",
+				"mixtral_top2of4",     "gemma2_window",     "gpt2_layer_scaled",
+				"codegen",             "falcon_new_arch",   "falcon_new_arch_1ln",
+				"gpt_neox_sequential", "gpt_bigcode_mha"};
 
 static void make_ids(int64_t vocab, int64_t T, int32_t *ids)
 {
@@ -112,7 +114,9 @@ static void compare_dir(const char *dir, const char *name, int *n_ok)
 
 static void test_fixtures(void)
 {
-	static const char *shared[] = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "gemma2", "phi3"};
+	static const char *shared[] = {"llama", "mistral",  "qwen2",    "qwen3",   "mixtral", "gemma2",
+				       "phi3",  "gptj",     "gpt_neox", "codegen", "falcon",  "gpt_bigcode",
+				       "gpt2"};
 	DIR *d;
 	struct dirent *e;
 	int n_ok = 0;
@@ -232,13 +236,14 @@ static void test_decode(void)
 /*
  * Deep into a larger cache (a prefill of 190, then 20 steps, 256 positions),
  * decoding attention splits every row's keys over blocks (4 splits of 64
- * here; 2 of 50 for a window of 100, with softcaps): against the CPU, and
+ * here; 2 of 50 for a window of 100, with softcaps; falcon_new_arch: a
+ * parallel block, grouped q/k/v): against the CPU, and
  * replayed graphs against direct launches.
  */
 static void test_decode_long(void)
 {
 	char tmp[] = "/tmp/gq-test-gpumodel-XXXXXX", cmd[256];
-	const char *dirs[2];
+	const char *dirs[3];
 	int32_t ids[210];
 
 	if (!check_have_gpu())
@@ -247,14 +252,15 @@ static void test_decode_long(void)
 	dirs[0] = check_testdata("models/llama3_rope");
 	dirs[1] = check_variant(tmp, "models/gemma2_window", "gemma2_window_100",
 				"s/\"sliding_window\": 8/\"sliding_window\": 100/");
-	for (int k = 0; k < 2; k++) {
+	dirs[2] = check_testdata("models/falcon_new_arch"); /* parallel, q/k/v regrouped on upload */
+	for (int k = 0; k < 3; k++) {
 		gq_runner cpu, gpu;
 
 		CHECK_OK(gq_runner_open(&cpu, dirs[k], 2, NULL));
 		CHECK_OK(gq_runner_open(&gpu, dirs[k], 2, "cuda"));
 		make_ids(cpu.model->cfg.vocab, 210, ids);
 		printf("#   %-24s positions 190..209: relative error %.2e against the CPU\n",
-		       k ? "gemma2, window 100" : "llama3_rope",
+		       k == 0 ? "llama3_rope" : k == 1 ? "gemma2, window 100" : "falcon_new_arch",
 		       decode_both_ways(&cpu, &gpu, &(decoding){256, 190, 20, 1}, ids));
 		gq_runner_close(&gpu);
 		gq_runner_close(&cpu);
@@ -263,15 +269,12 @@ static void test_decode_long(void)
 	CHECK(system(cmd) == 0);
 }
 
-static void test_split(void)
+static void split_one(const char *dir)
 {
-	const char *dir = check_testdata("models/qwen3");
 	const int64_t T = 20;
 	gq_runner one, two;
 	int32_t ids[20];
 
-	if (!check_have_gpu())
-		return;
 	CHECK_OK(gq_runner_open(&one, dir, 2, "cuda:0"));
 	CHECK_OK(gq_runner_open(&two, dir, 2, "cuda:0,cuda:0"));
 	int64_t V = one.model->cfg.vocab;
@@ -295,6 +298,15 @@ static void test_split(void)
 	free(a);
 	free(b);
 	gq_runner_close(&one);
+}
+
+/* A layer split, of a sequential and of a parallel model (whose mo carries both branches). */
+static void test_split(void)
+{
+	if (!check_have_gpu())
+		return;
+	split_one(check_testdata("models/qwen3"));
+	split_one(check_testdata("models/codegen"));
 }
 
 typedef struct {
