@@ -56,6 +56,7 @@ typedef struct {
 	void *stream;
 	int64_t *pos;       /* [1] position of the first row in flight */
 	float *inv_freq;    /* [rotary_dim / 2] */
+	float *alibi;       /* [H] ALiBi slopes, or NULL */
 	float *x;           /* [CHUNK, d] residual stream */
 	void *h16;          /* [CHUNK, d] fp16 normed input */
 	void *o16;          /* [CHUNK, H hd] fp16 attention output */
@@ -499,7 +500,7 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 	float *q = D->qkv, *k, *v;
 	int64_t ldq, ldk, ldv;
 	gq_gpu_attn a = {H, KV, hd, c->query_scale > 0 ? c->query_scale : 1.0 / sqrt((double)hd),
-			 c->attn_softcap, 0, capacity, g->key_mask};
+			 c->attn_softcap, 0, capacity, g->key_mask, D->alibi, m->arch.alibi_scaled};
 	int rc;
 
 	if (!strcmp(c->model_type, "gpt2")) {
@@ -672,27 +673,46 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 	double eps = m->cfg.norm_eps;
 	gq_gpu_kept *k = g->kept;
 	gq_gpu_from from = g->from; /* past the input only with k (run_layer checks) */
+	/* bloom's apply_residual_connection_post_layernorm: the residual is the normed input */
+	float *normed32 = m->cfg.residual_post_ln ? D->x : NULL;
 	int rc;
 
 	if (from == GQ_GPU_FROM_INPUT &&
-	    ((rc = gq_gpu_norm(kind, D->x, pending, n, d, L->norm_attn_w, L->norm_attn_b, eps, NULL,
-			       D->h16, D->stream)) ||
+	    ((rc = gq_gpu_norm(kind, D->x, pending, n, d, L->norm_attn_w, L->norm_attn_b, eps,
+			       normed32, D->h16, D->stream)) ||
 	     (rc = attention(g, D, gc, l, n, capacity))))
 		return rc;
-	if (from == GQ_GPU_FROM_ATTN_OUT && (rc = restore(g, D, D->o16, k->o16, ohd * 2, n)))
+	if (from == GQ_GPU_FROM_ATTN_OUT &&
+	    ((rc = restore(g, D, D->o16, k->o16, ohd * 2, n)) ||
+	     /* the residual the attention output joins: the normed input, with post-LN residuals */
+	     (normed32 && (rc = gq_gpu_norm(kind, D->x, NULL, n, d, L->norm_attn_w, L->norm_attn_b,
+					    eps, normed32, NULL, D->stream)))))
 		return rc;
 	if (m->cfg.parallel_residual) {
 		/*
-		 * x + attn(ln1(x)) + mlp(ln2(x) or ln1(x)), x untouched until the
-		 * caller's add: ln2 overwrites ln1 in h16 once attention has read it,
-		 * and mo carries attn + mlp. Only from the input (check_supported).
+		 * x + attn(ln1(x)) + mlp(ln2(x) or ln1(x)): the MLP's input is
+		 * normed from the layer's input (ln2 overwriting ln1 in h16 once
+		 * attention has read it; ln1 again when the run starts at o_proj),
+		 * then x += attn; those two are what later steps start from, as
+		 * for sequential blocks, and the caller adds mo.
 		 */
-		if ((rc = attention_out(g, D, l, n)) ||
-		    (L->norm_mlp_w && (rc = gq_gpu_norm(kind, D->x, NULL, n, d, L->norm_mlp_w,
-							L->norm_mlp_b, eps, NULL, D->h16, D->stream))) ||
-		    (rc = mlp(g, D, l, n)))
+		const float *mw = L->norm_mlp_w ? L->norm_mlp_w : L->norm_attn_w;
+		const float *mb = L->norm_mlp_w ? L->norm_mlp_b : L->norm_attn_b;
+
+		if (from <= GQ_GPU_FROM_ATTN_OUT) {
+			if ((rc = attention_out(g, D, l, n)) ||
+			    ((L->norm_mlp_w || from == GQ_GPU_FROM_ATTN_OUT) &&
+			     (rc = gq_gpu_norm(kind, D->x, NULL, n, d, mw, mb, eps, NULL, D->h16,
+					       D->stream))) ||
+			    (rc = gq_gpu_add(D->x, D->att, n * d, D->stream)) ||
+			    (k && ((rc = keep(g, D, k->xa, D->x, d * 4, n)) ||
+				   (rc = keep(g, D, k->h16, D->h16, d * 2, n)))))
+				return rc;
+		} else if ((rc = restore(g, D, D->x, k->xa, d * 4, n)) ||
+			   (rc = restore(g, D, D->h16, k->h16, d * 2, n))) {
 			return rc;
-		return gq_gpu_add(D->mo, D->att, n * d, D->stream);
+		}
+		return mlp(g, D, l, n);
 	}
 	if (from <= GQ_GPU_FROM_ATTN_OUT) {
 		if ((rc = attention_out(g, D, l, n)))
@@ -702,8 +722,8 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 				      D->stream)))
 			return rc;
 		/* x += attn; h = norm_mlp(x) */
-		if ((rc = gq_gpu_norm(kind, D->x, D->att, n, d, L->norm_mlp_w, L->norm_mlp_b, eps, NULL,
-				      D->h16, D->stream)) ||
+		if ((rc = gq_gpu_norm(kind, D->x, D->att, n, d, L->norm_mlp_w, L->norm_mlp_b, eps,
+				      normed32, D->h16, D->stream)) ||
 		    (k && ((rc = keep(g, D, k->xa, D->x, d * 4, n)) ||
 			   (rc = keep(g, D, k->h16, D->h16, d * 2, n)))))
 			return rc;
@@ -763,8 +783,38 @@ static int body(gq_gpu_model *g, gcache *gc, int64_t n, int64_t rows_out, int64_
 	return rc;
 }
 
-/* n rows of host_x at cache position c->len through the model; logits of rows_out rows to out. */
-static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t rows_out, float *out)
+/*
+ * Dynamic rotary scaling: the rotary frequencies of a forward over seq_len
+ * positions (model.c's gq_rope_inv_freq), into every device's table before
+ * the launches that read it (a replayed graph reads the table too).
+ */
+static int dynamic_rope(gq_gpu_model *g, int64_t seq_len)
+{
+	const gq_config *c = &g->m->cfg;
+	int64_t half = c->rotary_dim / 2;
+	float *inv;
+	int rc = GQ_OK;
+
+	if (g->m->arch.pos != GQ_POS_ROPE || c->rope_type != GQ_ROPE_DYNAMIC || half < 1)
+		return GQ_OK;
+	if (!(inv = malloc((size_t)half * sizeof *inv)))
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	gq_rope_inv_freq(c, seq_len, inv);
+	/* a pageable source is staged before the call returns: inv may be freed after */
+	for (int k = 0; k < g->n_devs && rc == GQ_OK; k++)
+		if (!(rc = gq_gpu_set_device(g->dev[k].ordinal)))
+			rc = gq_gpu_upload_async(g->dev[k].inv_freq, inv, (uint64_t)half * 4,
+						 g->dev[k].stream);
+	free(inv);
+	return rc;
+}
+
+/*
+ * n rows of host_x at cache position c->len through the model, in a call
+ * that ends at position end; logits of rows_out rows to out.
+ */
+static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t end, int64_t rows_out,
+		float *out)
 {
 	const gq_model *m = g->m;
 	gcache *gc = c->dev;
@@ -777,6 +827,8 @@ static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t rows_out, fl
 	for (int k = 0; k < g->n_devs && rc == GQ_OK; k++)
 		if (!(rc = gq_gpu_set_device(g->dev[k].ordinal)))
 			rc = gq_gpu_upload_async(g->dev[k].pos, &pos, 8, g->dev[k].stream);
+	if (rc == GQ_OK)
+		rc = dynamic_rope(g, end);
 	if (rc == GQ_OK && !(rc = gq_gpu_set_device(D0->ordinal)))
 		rc = gq_gpu_upload_async(D0->x, g->host_x, (uint64_t)(n * d) * 4, D0->stream);
 	if (rc)
@@ -811,7 +863,8 @@ static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t rows_out, fl
 static int alloc_att_ws(gq_gpu_model *g, gcache *gc, int64_t capacity)
 {
 	const gq_config *c = &g->m->cfg;
-	gq_gpu_attn a = {c->n_heads, c->n_kv_heads, c->head_dim, 1.0, 0, 0, capacity, NULL};
+	gq_gpu_attn a = {.H = c->n_heads, .KV = c->n_kv_heads, .hd = c->head_dim, .scale = 1.0,
+			 .capacity = capacity};
 	uint64_t bytes = gq_gpu_attention_workspace(&a);
 	int rc = GQ_OK;
 
@@ -903,7 +956,7 @@ static int decode(void *ctx, gq_kv_cache *c, const int32_t *ids, int64_t T, int 
 		  float *logits)
 {
 	gq_gpu_model *g = ctx;
-	int64_t V = g->m->cfg.vocab;
+	int64_t V = g->m->cfg.vocab, end = c->len + T;
 	int rc = GQ_OK;
 
 	if (c->len + T > c->capacity)
@@ -912,8 +965,9 @@ static int decode(void *ctx, gq_kv_cache *c, const int32_t *ids, int64_t T, int 
 		int64_t n = T - t0 < CHUNK ? T - t0 : CHUNK;
 		int64_t rows = last_only ? (t0 + n == T) : n;
 
+		/* the whole call's length, as the CPU, which runs the T rows at once */
 		if ((rc = gq_model_embed(g->m, ids + t0, n, c->len, g->host_x)) ||
-		    (rc = step(g, c, n, rows, last_only ? logits : logits + t0 * V)))
+		    (rc = step(g, c, n, end, rows, last_only ? logits : logits + t0 * V)))
 			break;
 		c->len += n;
 	}
@@ -922,13 +976,8 @@ static int decode(void *ctx, gq_kv_cache *c, const int32_t *ids, int64_t T, int 
 
 /* ---- open and close ---- */
 
-/*
- * What the GPU block does not do yet: an error naming it, else GQ_OK. For
- * Hessians (layerwise), neither parallel blocks, whose sequential steps
- * have no kept activations to start from, nor fused q/k/v layouts that
- * are reordered on upload, which fed-back modules would have to be too.
- */
-static int check_supported(const gq_model *m, int layerwise)
+/* What the GPU block does not do yet: an error naming it, else GQ_OK. */
+static int check_supported(const gq_model *m)
 {
 	const gq_config *c = &m->cfg;
 	const gq_arch *a = &m->arch;
@@ -936,22 +985,12 @@ static int check_supported(const gq_model *m, int layerwise)
 
 	if (!c->pre_norm)
 		what = "post-norm blocks";
-	else if (a->pos == GQ_POS_ALIBI)
-		what = "ALiBi positions";
-	else if (a->pos == GQ_POS_ROPE && c->rope_type == GQ_ROPE_DYNAMIC)
-		what = "dynamic rotary scaling";
-	else if (c->residual_post_ln)
-		what = "residuals from the normed input";
 	else if (a->project_out)
 		what = "an output projection (word_embed_proj_dim)";
 	else if (!a->final_norm)
 		what = "a model without a final norm";
 	else if (!a->norm_mlp && !c->parallel_residual)
 		what = "sequential blocks whose MLP reads the attention norm";
-	else if (layerwise && a->qkv != GQ_QKV_SEPARATE && a->qkv != GQ_QKV_CONCAT)
-		what = "Hessians of this fused q/k/v layout";
-	else if (layerwise && c->parallel_residual)
-		what = "Hessians of parallel residual blocks";
 	if (what)
 		return gq_err(GQ_ERR_UNSUPPORTED, "%s: %s (model_type %s) is not on the GPU yet: use "
 			      "--device cpu", m->dir, what, c->model_type);
@@ -984,18 +1023,25 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	int64_t inter = c->intermediate > 0 ? c->intermediate : 1, E = c->n_experts > 0 ? c->n_experts : 1;
 	int64_t half = c->rotary_dim / 2 > 0 ? c->rotary_dim / 2 : 1;
 	float *inv = malloc((size_t)half * sizeof *inv);
+	float *slopes = m->arch.pos == GQ_POS_ALIBI ? malloc((size_t)H * sizeof *slopes) : NULL;
 	int rc;
 
-	if (!inv)
+	if (!inv || (m->arch.pos == GQ_POS_ALIBI && !slopes)) {
+		free(inv);
+		free(slopes);
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	}
 	if (m->arch.pos == GQ_POS_ROPE)
 		gq_rope_inv_freq(c, 0, inv);
 	else
 		memset(inv, 0, (size_t)half * sizeof *inv);
+	if (slopes)
+		gq_alibi_slopes(H, slopes);
 	(void)((rc = gq_gpu_set_device(D->ordinal)) || (rc = gq_gpu_stream_create(&D->stream)) ||
 	       (rc = gq_gpu_fwd_init()) ||
 	       (rc = gq_gpu_alloc((void **)&D->pos, 8)) ||
 	       (rc = dup_f32(inv, half, &D->inv_freq)) ||
+	       (rc = dup_f32(slopes, H, &D->alibi)) ||
 	       (rc = gq_gpu_alloc((void **)&D->x, (uint64_t)(CHUNK * d) * 4)) ||
 	       (rc = gq_gpu_alloc(&D->h16, (uint64_t)(CHUNK * d) * 2)) ||
 	       (rc = gq_gpu_alloc(&D->o16, (uint64_t)(CHUNK * H * hd) * 2)) ||
@@ -1012,6 +1058,7 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 		 (rc = gq_gpu_alloc((void **)&D->rows, CHUNK * 4)) ||
 		 (rc = gq_gpu_alloc((void **)&D->wt, CHUNK * 4)))));
 	free(inv);
+	free(slopes);
 	return rc;
 }
 
@@ -1022,6 +1069,7 @@ static void free_dev(gdev *D)
 	gq_gpu_stream_destroy(D->stream);
 	gq_gpu_free(D->pos);
 	gq_gpu_free(D->inv_freq);
+	gq_gpu_free(D->alibi);
 	gq_gpu_free(D->x);
 	gq_gpu_free(D->h16);
 	gq_gpu_free(D->o16);
@@ -1075,7 +1123,7 @@ int gq_gpu_model_open(gq_gpu_model **out, gq_model *m, const gq_device *devs, in
 	int rc;
 
 	*out = NULL;
-	if ((rc = check_supported(m, 0)))
+	if ((rc = check_supported(m)))
 		return rc;
 	if (n_devs < 1 || n_devs > MAX_DEVS || n_devs > L)
 		return gq_err(GQ_ERR_ARG, "%d devices for %lld layers (at most %d, one layer each)",
@@ -1184,7 +1232,7 @@ int gq_gpu_model_open_layerwise(gq_gpu_model **out, gq_model *m, gq_device dev, 
 	int rc;
 
 	*out = NULL;
-	if ((rc = check_supported(m, 1)))
+	if ((rc = check_supported(m)))
 		return rc;
 	if (max_len > gq_gpu_attention_max_capacity(c->head_dim))
 		return gq_err(GQ_ERR_UNSUPPORTED, "%s: sequences of %lld tokens are more than GPU "
@@ -1243,9 +1291,37 @@ int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L)
 	return rc ? gq_err_wrap(rc, "%s: layer %d to GPU %d", g->m->dir, L->index, D->ordinal) : GQ_OK;
 }
 
+/*
+ * A fused q/k/v qlinear's rows in [q; k; v] order, as upload_qkv_concat
+ * uploads the projection: codes [rows, cols], scales and zeros [n_groups,
+ * rows] into the given buffers.
+ */
+static int qkv_concat_qlinear(const gq_model *m, const gq_qlinear *ql, uint8_t *codes,
+			      uint16_t *scales, uint8_t *zeros)
+{
+	int64_t rows = ql->rows, cols = ql->cols, G = ql->n_groups;
+	int64_t *src = malloc((size_t)rows * sizeof *src);
+
+	if (!src)
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	gq_qkv_concat_rows(m, src);
+	for (int64_t r = 0; r < rows; r++) {
+		memcpy(codes + r * cols, ql->codes + src[r] * cols, (size_t)cols);
+		for (int64_t gi = 0; gi < G; gi++) {
+			scales[gi * rows + r] = ql->scales[gi * rows + src[r]];
+			zeros[gi * rows + r] = ql->zeros[gi * rows + src[r]];
+		}
+	}
+	free(src);
+	return GQ_OK;
+}
+
 int gq_gpu_model_put_qlinear(gq_gpu_model *g, int mod, const gq_qlinear *ql)
 {
 	glin *d = &g->layers[g->resident].lin[mod];
+	const gq_model *m = g->m;
+	uint8_t *codes = NULL, *zeros = NULL; /* the reordered copy of a fused q/k/v, or NULL */
+	uint16_t *scales = NULL;
 	int rc;
 
 	if (ql->rows != d->out || ql->cols != d->in)
@@ -1258,8 +1334,21 @@ int gq_gpu_model_put_qlinear(gq_gpu_model *g, int mod, const gq_qlinear *ql)
 	/* the dense weights it replaces have its size: their buffer is reused */
 	if (!d->w16 && (rc = gq_gpu_alloc(&d->w16, (uint64_t)(d->in * d->out) * 2)))
 		return rc;
-	return gq_gpu_dequant_codes(d->w16, ql->codes, ql->scales, ql->zeros, ql->g_idx, ql->rows,
-				    ql->cols, ql->n_groups);
+	if (m->modules[mod].role == GQ_ROLE_QKV && m->arch.qkv != GQ_QKV_CONCAT) {
+		codes = malloc((size_t)(ql->rows * ql->cols));
+		scales = malloc((size_t)(ql->n_groups * ql->rows) * sizeof *scales);
+		zeros = malloc((size_t)(ql->n_groups * ql->rows));
+		rc = codes && scales && zeros ? qkv_concat_qlinear(m, ql, codes, scales, zeros)
+					      : gq_err(GQ_ERR_NOMEM, "out of memory");
+	}
+	if (rc == GQ_OK)
+		rc = gq_gpu_dequant_codes(d->w16, codes ? codes : ql->codes, scales ? scales : ql->scales,
+					  zeros ? zeros : ql->zeros, ql->g_idx, ql->rows, ql->cols,
+					  ql->n_groups);
+	free(codes);
+	free(scales);
+	free(zeros);
+	return rc;
 }
 
 int gq_gpu_kept_alloc(const gq_gpu_model *g, int64_t len, gq_gpu_kept *k)
@@ -1309,6 +1398,7 @@ int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t
 	g->key_mask = mask;
 	g->kept = kept;
 	g->from = from;
+	rc = dynamic_rope(g, len);
 	for (int64_t t0 = 0; t0 < len && rc == GQ_OK; t0 += CHUNK) {
 		int64_t n = len - t0 < CHUNK ? len - t0 : CHUNK;
 

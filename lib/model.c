@@ -755,8 +755,7 @@ static void apply_rope(const gq_model *m, float *x, int64_t T, int64_t heads, co
 		}
 }
 
-/* ALiBi slopes [n_heads], as transformers' build_alibi_tensor. */
-static void alibi_slopes(int64_t n, float *slopes)
+void gq_alibi_slopes(int64_t n, float *slopes)
 {
 	int64_t p2 = 1;
 
@@ -896,7 +895,7 @@ static int attend(block_ctx *b, const float *q, const float *K, const float *V, 
 	if (m->arch.pos == GQ_POS_ALIBI) {
 		slopes = malloc((size_t)H * sizeof *slopes);
 		if (slopes)
-			alibi_slopes(H, slopes);
+			gq_alibi_slopes(H, slopes);
 	}
 	if (!S || (m->arch.pos == GQ_POS_ALIBI && !slopes)) {
 		free(S);

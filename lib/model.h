@@ -153,6 +153,8 @@ int64_t gq_model_out_dim(const gq_model *m);
  * identity for concatenated and separate projections.
  */
 void gq_qkv_concat_rows(const gq_model *m, int64_t *src);
+/* ALiBi slopes [n heads], as transformers' build_alibi_tensor. */
+void gq_alibi_slopes(int64_t n, float *slopes);
 /* logits [T, vocab] from the final hidden state x [T, out_dim]. */
 int gq_model_logits(const gq_model *m, const float *x, int64_t T, float *logits);
 

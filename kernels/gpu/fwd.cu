@@ -409,6 +409,19 @@ extern "C" uint64_t gq_gpu_attention_workspace(const gq_gpu_attn *a)
 }
 
 /*
+ * The score of q·k = raw for the key at position j: scaled, plus ALiBi's
+ * slope j (slope 0: none) after the scale, or before it (alibi_scaled,
+ * falcon), in model.c's order.
+ */
+__device__ __forceinline__ float alibi_score(float raw, float scale, float slope, int alibi_scaled,
+					     int64_t j)
+{
+	if (alibi_scaled)
+		return (raw + slope * (float)j) * scale;
+	return raw * scale + slope * (float)j;
+}
+
+/*
  * Block (head h, row t, split s): the keys of split s that row t sees,
  * scores in shared memory (a warp per key, lanes across the head, several
  * keys per warp in flight), their softmax, and Σ p v with the warps over
@@ -421,8 +434,8 @@ extern "C" uint64_t gq_gpu_attention_workspace(const gq_gpu_attn *a)
 __global__ static void __launch_bounds__(ATT_THREADS)
 attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, int64_t H,
 		 int64_t KV, int64_t hd, float scale, float softcap, int64_t window,
-		 const uint8_t *key_mask, const int64_t *pos0, int64_t kps, unsigned *count,
-		 float *part, __half *out)
+		 const uint8_t *key_mask, const float *alibi, int alibi_scaled, const int64_t *pos0,
+		 int64_t kps, unsigned *count, float *part, __half *out)
 {
 	__shared__ float red[32];
 	__shared__ bool last;
@@ -457,7 +470,8 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 			}
 #pragma unroll
 		for (int u = 0; u < ATT_UNROLL; u++) {
-			float v = warp_sum(d[u]) * scale;
+			float v = alibi_score(warp_sum(d[u]), scale, alibi ? alibi[h] : 0.0f, alibi_scaled,
+					      k0 + j0 + u);
 
 			if (j0 + u < n && lane == 0) {
 				if (softcap > 0)
@@ -589,7 +603,8 @@ template <int HD>
 __global__ static void __launch_bounds__(FA_THREADS)
 flash_attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, int64_t H,
 		       int64_t KV, int64_t T, float scale, float softcap, int64_t window,
-		       const uint8_t *key_mask, const int64_t *pos0, __half *out)
+		       const uint8_t *key_mask, const float *alibi, int alibi_scaled, const int64_t *pos0,
+		       __half *out)
 {
 	extern __shared__ __align__(16) __half fsm[];
 	__half *Qs = fsm, *Ks = Qs + FA_ROWS * FA_LD(HD), *Vs = Ks + FA_KEYS * FA_LD(HD); /* [64][LD] each */
@@ -599,6 +614,7 @@ flash_attention_kernel(const float *q, int64_t ldq, const float *K, const float 
 	pdl_wait();
 	const int64_t t0 = (gridDim.x - 1 - blockIdx.x) * (int64_t)FA_ROWS; /* most keys first */
 	const int64_t h = blockIdx.y, g = h / (H / KV), w = KV * HD, p0 = *pos0 + t0;
+	const float slope = alibi ? alibi[h] : 0.0f; /* ALiBi: times the key's position */
 	const int rows = (int)(T - t0 < FA_ROWS ? T - t0 : FA_ROWS);
 	const int64_t last = p0 + rows - 1; /* the block's last position: keys past it are not cached yet */
 	const int64_t first = window > 0 && p0 - window + 1 > 0 ? p0 - window + 1 : 0;
@@ -644,7 +660,7 @@ flash_attention_kernel(const float *q, int64_t ldq, const float *K, const float 
 #pragma unroll
 				for (int e = 2 * r; e < 2 * r + 2; e++) {
 					const int j = n * 8 + 2 * qd + (e & 1);
-					float x = s[n][e] * scale;
+					float x = alibi_score(s[n][e], scale, slope, alibi_scaled, k0 + j);
 
 					if (softcap > 0)
 						x = softcap * tanhf(x / softcap);
@@ -760,7 +776,8 @@ extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ld
 	case w:                                                                                    \
 		PDL_LAUNCH("flash_attention_kernel", flash_attention_kernel<w>, grid, dim3(FA_THREADS),  \
 			   fa_smem(w),  S(stream), q, ldq, K, V, a->H, a->KV, T, (float)a->scale,     \
-			   (float)a->softcap, a->window, a->key_mask, pos0, (__half *)out16);          \
+			   (float)a->softcap, a->window, a->key_mask, a->alibi, a->alibi_scaled, pos0,   \
+			   (__half *)out16);                                                        \
 		return GQ_OK;
 			FA_WIDTHS(FA_CASE)
 #undef FA_CASE
@@ -770,7 +787,8 @@ extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ld
 	/* shared memory for every position the cache can hold: the launch does not depend on *pos0 */
 	PDL_LAUNCH("attention_kernel", attention_kernel, dim3((unsigned)a->H, (unsigned)T, (unsigned)splits),
 		   dim3(ATT_THREADS), att_smem(a, kps), S(stream), q, ldq, K, V, a->H, a->KV, a->hd,
-		   (float)a->scale, (float)a->softcap, a->window, a->key_mask, pos0, kps, (unsigned *)ws,
+		   (float)a->scale, (float)a->softcap, a->window, a->key_mask, a->alibi, a->alibi_scaled,
+		   pos0, kps, (unsigned *)ws,
 		   (float *)((char *)ws + ATT_COUNT_BYTES(a)), (__half *)out16);
 	return GQ_OK;
 }

@@ -85,6 +85,8 @@ typedef struct {
 	int64_t window;     /* 0: full causal; else keys in (p - window, p] */
 	int64_t capacity;   /* rows of the cache */
 	const uint8_t *key_mask; /* device [capacity]: 0 hides that key (padding); NULL: none */
+	const float *alibi; /* device [H]: ALiBi slopes, times the key's position added to the score; NULL: none */
+	int alibi_scaled;   /* 1: added before the scale (falcon), 0: after (bloom) */
 } gq_gpu_attn;
 
 /* Largest cache (positions) gq_gpu_attention handles: its scores live in shared memory. */

@@ -6,6 +6,7 @@
  */
 #include "check.h"
 #include "device.h"
+#include "model.h"
 #include "pack.h"
 #include "qlinear.h"
 #include "qmat.h"
@@ -353,10 +354,12 @@ static void test_qgemm(void)
 /*
  * out [T][H][hd] in double: causal softmax attention of q [T][H][hd] at
  * positions pos0 + t over cache rows K, V [*][KV][hd], as lib/model.c
- * (scale, then softcap, window, hidden keys; a row with none shown: zeros).
+ * (scale, ALiBi slopes [H] times the key's position added before or after
+ * it, then softcap, window, hidden keys; a row with none shown: zeros).
  */
-static void attention_ref(const gq_gpu_attn *a, const float *q, const float *K, const float *V,
-			  int64_t T, int64_t pos0, const uint8_t *mask, float *out)
+static void attention_ref(const gq_gpu_attn *a, const float *slopes, const float *q,
+			  const float *K, const float *V, int64_t T, int64_t pos0,
+			  const uint8_t *mask, float *out)
 {
 	int64_t H = a->H, hd = a->hd, w = a->KV * hd;
 	double *s = malloc((size_t)(pos0 + T) * sizeof *s);
@@ -371,7 +374,10 @@ static void attention_ref(const gq_gpu_attn *a, const float *q, const float *K, 
 
 				for (int64_t i = 0; i < hd; i++)
 					d += (double)q[(t * H + h) * hd + i] * K[j * w + g * hd + i];
-				d *= a->scale;
+				if (slopes && a->alibi_scaled)
+					d = (d + slopes[h] * (double)j) * a->scale;
+				else
+					d = d * a->scale + (slopes ? slopes[h] * (double)j : 0);
 				if (a->softcap > 0)
 					d = a->softcap * tanh(d / a->softcap);
 				s[j] = mask && !mask[j] ? -INFINITY : d;
@@ -398,8 +404,8 @@ static void attention_ref(const gq_gpu_attn *a, const float *q, const float *K, 
 /*
  * gq_gpu_attention against attention_ref: prefill (T > 8: the tensor-core
  * kernel where the head width has an instance) and decoding (key splits),
- * with GQA, a window, softcap, padding (rows with every key hidden) and a
- * start deep into the cache. Cache rows past the last position hold NaN, as
+ * with GQA, a window, softcap, ALiBi before and after the scale, padding
+ * (rows with every key hidden) and a start deep into the cache. Cache rows past the last position hold NaN, as
  * memory no step has written may: no kernel may let them through.
  */
 static void test_attention(void)
@@ -408,13 +414,15 @@ static void test_attention(void)
 	static const struct {
 		int64_t H, KV, hd, T, pos0, window;
 		double softcap, qmag;
-		int masked;
+		int masked, alibi; /* alibi: 0 none, 1 after the scale, 2 before it */
 	} cases[] = {
-		{8, 2, 128, 100, 37, 0, 0, 4, 0}, {4, 4, 64, 130, 0, 50, 30, 1, 1},
-		{2, 1, 256, 70, 5, 0, 0, 1, 0},   {3, 1, 80, 9, 0, 0, 0, 2, 1},
-		{4, 2, 96, 200, 64, 0, 0, 1, 0},  {4, 2, 16, 65, 0, 8, 0, 3, 1},
-		{4, 2, 128, 1, 150, 0, 0, 4, 0},  {2, 2, 40, 20, 3, 0, 0, 1, 1},
-		{4, 1, 64, 8, 300, 40, 20, 2, 1},
+		{8, 2, 128, 100, 37, 0, 0, 4, 0, 0}, {4, 4, 64, 130, 0, 50, 30, 1, 1, 0},
+		{2, 1, 256, 70, 5, 0, 0, 1, 0, 0},   {3, 1, 80, 9, 0, 0, 0, 2, 1, 0},
+		{4, 2, 96, 200, 64, 0, 0, 1, 0, 0},  {4, 2, 16, 65, 0, 8, 0, 3, 1, 0},
+		{4, 2, 128, 1, 150, 0, 0, 4, 0, 0},  {2, 2, 40, 20, 3, 0, 0, 1, 1, 0},
+		{4, 1, 64, 8, 300, 40, 20, 2, 1, 0}, {6, 6, 64, 90, 20, 0, 0, 1, 1, 1},
+		{5, 5, 64, 1, 200, 0, 0, 1, 0, 2},   {4, 4, 128, 40, 0, 0, 0, 2, 0, 2},
+		{3, 3, 96, 4, 120, 0, 0, 1, 1, 1},
 	};
 	uint64_t seed = 41;
 
@@ -425,11 +433,13 @@ static void test_attention(void)
 	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
 		int64_t H = cases[c].H, KV = cases[c].KV, hd = cases[c].hd, T = cases[c].T;
 		int64_t pos0 = cases[c].pos0, cap = pos0 + T + 16, nq = T * H * hd, nk = cap * KV * hd;
-		gq_gpu_attn a = {H, KV, hd, 1.0 / sqrt((double)hd), cases[c].softcap, cases[c].window, cap, NULL};
+		gq_gpu_attn a = {.H = H, .KV = KV, .hd = hd, .scale = 1.0 / sqrt((double)hd),
+				 .softcap = cases[c].softcap, .window = cases[c].window, .capacity = cap};
 		float *q = malloc((size_t)nq * 4), *K = malloc((size_t)nk * 4), *V = malloc((size_t)nk * 4);
 		float *got = malloc((size_t)nq * 4), *ref = malloc((size_t)nq * 4);
 		uint16_t *o16 = malloc((size_t)nq * 2);
 		uint8_t *mask = malloc((size_t)cap), *dmask = NULL;
+		float *slopes = malloc((size_t)H * 4), *dslopes = NULL;
 		void *dq, *dK, *dV, *dpos, *dout, *ws = NULL;
 		uint64_t ws_bytes;
 		int zeros_ok = 1, any = 0;
@@ -456,6 +466,13 @@ static void test_attention(void)
 			CHECK_OK(gq_gpu_upload(dmask, mask, (uint64_t)cap));
 			a.key_mask = dmask;
 		}
+		if (cases[c].alibi) {
+			gq_alibi_slopes(H, slopes);
+			CHECK_OK(gq_gpu_alloc((void **)&dslopes, (uint64_t)H * 4));
+			CHECK_OK(gq_gpu_upload(dslopes, slopes, (uint64_t)H * 4));
+			a.alibi = dslopes;
+			a.alibi_scaled = cases[c].alibi == 2;
+		}
 		if ((ws_bytes = gq_gpu_attention_workspace(&a))) {
 			CHECK_OK(gq_gpu_alloc(&ws, ws_bytes));
 			CHECK_OK(gq_gpu_zero_async(ws, ws_bytes, NULL));
@@ -465,16 +482,18 @@ static void test_attention(void)
 		CHECK_OK(gq_gpu_download(o16, dout, (uint64_t)nq * 2));
 		for (int64_t i = 0; i < nq; i++)
 			got[i] = gq_f16_to_f32(o16[i]);
-		attention_ref(&a, q, K, V, T, pos0, cases[c].masked ? mask : NULL, ref);
+		attention_ref(&a, cases[c].alibi ? slopes : NULL, q, K, V, T, pos0,
+			      cases[c].masked ? mask : NULL, ref);
 		for (int64_t i = 0; i < nq; i++) {
 			zeros_ok &= ref[i] != 0 || got[i] == 0;
 			any |= ref[i] != 0;
 		}
 		double err = check_rel_err(got, ref, nq);
 
-		printf("#   H %lld/%lld hd %3lld T %3lld at %3lld window %2lld softcap %2.0f: relative error %.2e\n",
+		printf("#   H %lld/%lld hd %3lld T %3lld at %3lld window %2lld softcap %2.0f alibi %d: "
+		       "relative error %.2e\n",
 		       (long long)H, (long long)KV, (long long)hd, (long long)T, (long long)pos0,
-		       (long long)cases[c].window, cases[c].softcap, err);
+		       (long long)cases[c].window, cases[c].softcap, cases[c].alibi, err);
 		CHECK(any); /* a case whose keys are all hidden would compare nothing */
 		CHECK(err < 2e-3);
 		CHECK(zeros_ok);
@@ -484,7 +503,9 @@ static void test_attention(void)
 		gq_gpu_free(dpos);
 		gq_gpu_free(dout);
 		gq_gpu_free(dmask);
+		gq_gpu_free(dslopes);
 		gq_gpu_free(ws);
+		free(slopes);
 		free(q);
 		free(K);
 		free(V);

@@ -27,7 +27,8 @@ static const char *covered[] = {"llama3_rope",         "llama_legacy_rope", "lla
 				"mistral_window",      "qwen2_window",      "qwen3",
 				"mixtral_top2of4",     "gemma2_window",     "gpt2_layer_scaled",
 				"codegen",             "falcon_new_arch",   "falcon_new_arch_1ln",
-				"gpt_neox_sequential", "gpt_bigcode_mha"};
+				"gpt_neox_sequential", "gpt_bigcode_mha",   "falcon_alibi",
+				"bloom_post_ln_residual", "llama_dynamic_rope"};
 
 static void make_ids(int64_t vocab, int64_t T, int32_t *ids)
 {
@@ -116,7 +117,7 @@ static void test_fixtures(void)
 {
 	static const char *shared[] = {"llama", "mistral",  "qwen2",    "qwen3",   "mixtral", "gemma2",
 				       "phi3",  "gptj",     "gpt_neox", "codegen", "falcon",  "gpt_bigcode",
-				       "gpt2"};
+				       "gpt2",  "bloom"};
 	DIR *d;
 	struct dirent *e;
 	int n_ok = 0;
@@ -236,14 +237,15 @@ static void test_decode(void)
 /*
  * Deep into a larger cache (a prefill of 190, then 20 steps, 256 positions),
  * decoding attention splits every row's keys over blocks (4 splits of 64
- * here; 2 of 50 for a window of 100, with softcaps; falcon_new_arch: a
- * parallel block, grouped q/k/v): against the CPU, and
+ * here; 2 of 50 for a window of 100, with softcaps; a parallel block with
+ * grouped q/k/v; ALiBi before and after the scale; dynamic rotary scaling,
+ * whose frequencies change every step): against the CPU, and
  * replayed graphs against direct launches.
  */
 static void test_decode_long(void)
 {
 	char tmp[] = "/tmp/gq-test-gpumodel-XXXXXX", cmd[256];
-	const char *dirs[3];
+	const char *dirs[6];
 	int32_t ids[210];
 
 	if (!check_have_gpu())
@@ -253,14 +255,17 @@ static void test_decode_long(void)
 	dirs[1] = check_variant(tmp, "models/gemma2_window", "gemma2_window_100",
 				"s/\"sliding_window\": 8/\"sliding_window\": 100/");
 	dirs[2] = check_testdata("models/falcon_new_arch"); /* parallel, q/k/v regrouped on upload */
-	for (int k = 0; k < 3; k++) {
+	dirs[3] = check_testdata("models/falcon_alibi");    /* ALiBi before the scale */
+	dirs[4] = check_testdata("models/bloom_post_ln_residual"); /* ALiBi after it, normed residual */
+	dirs[5] = check_testdata("models/llama_dynamic_rope"); /* frequencies of each step's length */
+	for (int k = 0; k < 6; k++) {
 		gq_runner cpu, gpu;
 
 		CHECK_OK(gq_runner_open(&cpu, dirs[k], 2, NULL));
 		CHECK_OK(gq_runner_open(&gpu, dirs[k], 2, "cuda"));
 		make_ids(cpu.model->cfg.vocab, 210, ids);
 		printf("#   %-24s positions 190..209: relative error %.2e against the CPU\n",
-		       k == 0 ? "llama3_rope" : k == 1 ? "gemma2, window 100" : "falcon_new_arch",
+		       k == 1 ? "gemma2, window 100" : strrchr(dirs[k], '/') + 1,
 		       decode_both_ways(&cpu, &gpu, &(decoding){256, 190, 20, 1}, ids));
 		gq_runner_close(&gpu);
 		gq_runner_close(&cpu);
