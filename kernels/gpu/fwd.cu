@@ -141,11 +141,26 @@ __device__ float block_reduce(float v, float *red, bool is_max)
 
 /* ---- norms, residuals, activations ---- */
 
+#define NORM_AHEAD 4 /* weights per thread loaded before pdl_wait: d up to 4 x 1024 */
+
+/* Output element i of the norm from v = the row (after the add), weight wi and bias bi. */
+__device__ __forceinline__ float norm_out(int kind, float v, float mean, float inv, float wi, float bi)
+{
+	if (kind == GQ_GPU_NORM_LAYER)
+		return ((v - mean) * inv) * wi + bi;
+	if (kind == GQ_GPU_NORM_RMS_GEMMA)
+		return (v * inv) * (1.0f + wi);
+	return wi * (v * inv);
+}
+
 /*
  * One block per row; the row (after the residual add) stays in shared
  * memory, so x is read once and written once, and each thread reads back
  * only what it stored itself (no barrier needed for v). The loads come
- * before any store to x, so they can all be in flight at once.
+ * before any store to x, so they can all be in flight at once. The first
+ * NORM_AHEAD weights (and biases) of each thread are loaded before pdl_wait:
+ * nothing in the forward pass writes them, and decoding's norms would wait
+ * for them after their reductions otherwise.
  */
 __global__ static void norm_kernel(int kind, float *x, const float *add, int64_t d,
 				   const float *w, const float *b, float eps, float *y32,
@@ -155,9 +170,16 @@ __global__ static void norm_kernel(int kind, float *x, const float *add, int64_t
 	extern __shared__ float v[]; /* [d] */
 	float *r = x + blockIdx.x * d;
 	const float *a = add ? add + blockIdx.x * d : NULL;
-	float s = 0, inv, mean = 0;
+	float s = 0, inv, mean = 0, wa[NORM_AHEAD], ba[NORM_AHEAD];
 
 	pdl_launch_next();
+#pragma unroll
+	for (int k = 0; k < NORM_AHEAD; k++) {
+		const int64_t i = threadIdx.x + k * (int64_t)blockDim.x;
+
+		wa[k] = i < d ? w[i] : 0.0f;
+		ba[k] = b && i < d ? b[i] : 0.0f;
+	}
 	pdl_wait();
 #pragma unroll 4
 	for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
@@ -176,15 +198,18 @@ __global__ static void norm_kernel(int kind, float *x, const float *add, int64_t
 			s += (v[i] - mean) * (v[i] - mean);
 	}
 	inv = rsqrtf(block_reduce(s, red, false) / (float)d + eps);
-	for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-		float o;
+	for (int64_t i = threadIdx.x, k = 0; i < d; i += blockDim.x, k++) {
+		float wi, bi, o;
 
-		if (kind == GQ_GPU_NORM_LAYER)
-			o = ((v[i] - mean) * inv) * w[i] + (b ? b[i] : 0.0f);
-		else if (kind == GQ_GPU_NORM_RMS_GEMMA)
-			o = (v[i] * inv) * (1.0f + w[i]);
-		else
-			o = w[i] * (v[i] * inv);
+		if (k < NORM_AHEAD) { /* unrolled below, so wa and ba stay in registers */
+#pragma unroll
+			for (int j = 0; j < NORM_AHEAD; j++)
+				if (j == k)
+					wi = wa[j], bi = ba[j];
+		} else {
+			wi = w[i], bi = b ? b[i] : 0.0f;
+		}
+		o = norm_out(kind, v[i], mean, inv, wi, bi);
 		if (y16)
 			y16[blockIdx.x * d + i] = __float2half(o);
 		if (y32)
@@ -293,13 +318,19 @@ __global__ static void rope_kv_kernel(float *q, int64_t ldq, float *k, int64_t l
 {
 	__shared__ float red[32];
 	extern __shared__ float v[]; /* [hd] */
-
-	pdl_launch_next();
-	pdl_wait();
 	const int64_t heads = H + 2 * KV, t = blockIdx.x / heads, h = blockIdx.x % heads;
 	const int i = threadIdx.x;
 	const bool mine = i < hd, is_q = h < H, is_v = h >= H + KV;
 	const float *norm_w = is_q ? q_norm_w : k_norm_w;
+	/*
+	 * Loaded before pdl_wait: the head norm's weights are constant and the
+	 * frequencies are written (dynamic scaling) before the step's first launch.
+	 */
+	const float nw = mine && !is_v && norm_w ? norm_w[i] : 0.0f;
+	const float freq = !is_v && i < half ? inv_freq[i] : 0.0f;
+
+	pdl_launch_next();
+	pdl_wait();
 	float *row = is_q ? q + t * ldq + h * hd
 		     : is_v ? (float *)vr + t * ldv + (h - H - KV) * hd
 			    : k + t * ldk + (h - H) * hd;
@@ -312,7 +343,7 @@ __global__ static void rope_kv_kernel(float *q, int64_t ldq, float *k, int64_t l
 		float inv = rsqrtf(block_reduce(mine ? v[i] * v[i] : 0.0f, red, false) / (float)hd + eps);
 
 		if (mine)
-			v[i] = norm_w[i] * (v[i] * inv);
+			v[i] = nw * (v[i] * inv);
 	}
 	__syncthreads();
 	const bool rotates = !is_v && i < half;
@@ -323,7 +354,7 @@ __global__ static void rope_kv_kernel(float *q, int64_t ldq, float *k, int64_t l
 		x1 = v[a], x2 = v[b];
 	__syncthreads(); /* every pair is read before any is rewritten */
 	if (rotates) {
-		float ang = (float)(*pos0 + t) * inv_freq[i]; /* float32, as torch */
+		float ang = (float)(*pos0 + t) * freq; /* float32, as torch */
 		float c = (float)cos((double)ang), s = (float)sin((double)ang);
 
 		v[a] = x1 * c - x2 * s;
