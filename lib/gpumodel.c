@@ -688,44 +688,37 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 	     (normed32 && (rc = gq_gpu_norm(kind, D->x, NULL, n, d, L->norm_attn_w, L->norm_attn_b,
 					    eps, normed32, NULL, D->stream)))))
 		return rc;
-	if (m->cfg.parallel_residual) {
-		/*
-		 * x + attn(ln1(x)) + mlp(ln2(x) or ln1(x)): the MLP's input is
-		 * normed from the layer's input (ln2 overwriting ln1 in h16 once
-		 * attention has read it; ln1 again when the run starts at o_proj),
-		 * then x += attn; those two are what later steps start from, as
-		 * for sequential blocks, and the caller adds mo.
-		 */
-		const float *mw = L->norm_mlp_w ? L->norm_mlp_w : L->norm_attn_w;
-		const float *mb = L->norm_mlp_w ? L->norm_mlp_b : L->norm_attn_b;
-
-		if (from <= GQ_GPU_FROM_ATTN_OUT) {
-			if ((rc = attention_out(g, D, l, n)) ||
-			    ((L->norm_mlp_w || from == GQ_GPU_FROM_ATTN_OUT) &&
-			     (rc = gq_gpu_norm(kind, D->x, NULL, n, d, mw, mb, eps, NULL, D->h16,
-					       D->stream))) ||
-			    (rc = gq_gpu_add(D->x, D->att, n * d, D->stream)) ||
-			    (k && ((rc = keep(g, D, k->xa, D->x, d * 4, n)) ||
-				   (rc = keep(g, D, k->h16, D->h16, d * 2, n)))))
-				return rc;
-		} else if ((rc = restore(g, D, D->x, k->xa, d * 4, n)) ||
-			   (rc = restore(g, D, D->h16, k->h16, d * 2, n))) {
-			return rc;
-		}
-		return mlp(g, D, l, n);
-	}
 	if (from <= GQ_GPU_FROM_ATTN_OUT) {
 		if ((rc = attention_out(g, D, l, n)))
 			return rc;
-		if (L->post_attn_w &&
-		    (rc = gq_gpu_norm(kind, D->att, NULL, n, d, L->post_attn_w, NULL, eps, D->att, NULL,
-				      D->stream)))
-			return rc;
-		/* x += attn; h = norm_mlp(x) */
-		if ((rc = gq_gpu_norm(kind, D->x, D->att, n, d, L->norm_mlp_w, L->norm_mlp_b, eps,
-				      normed32, D->h16, D->stream)) ||
-		    (k && ((rc = keep(g, D, k->xa, D->x, d * 4, n)) ||
-			   (rc = keep(g, D, k->h16, D->h16, d * 2, n)))))
+		if (m->cfg.parallel_residual) {
+			/*
+			 * x + attn(ln1(x)) + mlp(ln2(x) or ln1(x)): the MLP's input is
+			 * normed from the layer's input (ln2 overwriting ln1 in h16 once
+			 * attention has read it; ln1 again when the run starts at
+			 * o_proj), then x += attn, as a sequential block leaves them.
+			 */
+			const float *mw = L->norm_mlp_w ? L->norm_mlp_w : L->norm_attn_w;
+			const float *mb = L->norm_mlp_w ? L->norm_mlp_b : L->norm_attn_b;
+
+			if (((L->norm_mlp_w || from == GQ_GPU_FROM_ATTN_OUT) &&
+			     (rc = gq_gpu_norm(kind, D->x, NULL, n, d, mw, mb, eps, NULL, D->h16,
+					       D->stream))) ||
+			    (rc = gq_gpu_add(D->x, D->att, n * d, D->stream)))
+				return rc;
+		} else {
+			if (L->post_attn_w &&
+			    (rc = gq_gpu_norm(kind, D->att, NULL, n, d, L->post_attn_w, NULL, eps, D->att,
+					      NULL, D->stream)))
+				return rc;
+			/* x += attn; h = norm_mlp(x) */
+			if ((rc = gq_gpu_norm(kind, D->x, D->att, n, d, L->norm_mlp_w, L->norm_mlp_b, eps,
+					      normed32, D->h16, D->stream)))
+				return rc;
+		}
+		/* where the steps after o_proj start */
+		if (k && ((rc = keep(g, D, k->xa, D->x, d * 4, n)) ||
+			  (rc = keep(g, D, k->h16, D->h16, d * 2, n))))
 			return rc;
 	} else if ((rc = restore(g, D, D->x, k->xa, d * 4, n)) ||
 		   (rc = restore(g, D, D->h16, k->h16, d * 2, n))) {
