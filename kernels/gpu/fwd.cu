@@ -141,10 +141,18 @@ __device__ float block_reduce(float v, float *red, bool is_max)
 
 /* ---- norms, residuals, activations ---- */
 
-#define NORM_AHEAD 4 /* weights per thread loaded before pdl_wait: d up to 4 x 1024 */
+/* the -D overrides of these and of ATT_THREADS, ATT_UNROLL below are for tuning sweeps */
+#ifndef NORM_THREADS
+/* threads of a norm block once d >= 1024 (256 below); 512: 6.7% slower decoding */
+#define NORM_THREADS 1024
+#endif
+#ifndef NORM_AHEAD
+#define NORM_AHEAD 4 /* weights per thread loaded before pdl_wait: d up to 4 NORM_THREADS */
+#endif
 
 /* Output element i of the norm from v = the row (after the add), weight wi and bias bi. */
-__device__ __forceinline__ float norm_out(int kind, float v, float mean, float inv, float wi, float bi)
+__device__ __forceinline__ float norm_out(int kind, float v, float mean, float inv, float wi,
+					  float bi)
 {
 	if (kind == GQ_GPU_NORM_LAYER)
 		return ((v - mean) * inv) * wi + bi;
@@ -226,7 +234,7 @@ extern "C" int gq_gpu_norm(int kind, float *x, const float *add, int64_t T, int6
 	if (d * (int64_t)sizeof(float) > NORM_SMEM_MAX)
 		return gq_err(GQ_ERR_UNSUPPORTED, "hidden size %lld: the GPU norm takes at most %d",
 			      (long long)d, NORM_SMEM_MAX / (int)sizeof(float));
-	PDL_LAUNCH("norm_kernel", norm_kernel, dim3((unsigned)T), dim3(d >= 1024 ? 1024 : 256),
+	PDL_LAUNCH("norm_kernel", norm_kernel, dim3((unsigned)T), dim3(d >= 1024 ? NORM_THREADS : 256),
 		   (size_t)d * sizeof(float), S(stream), kind, x, add, d, w, b, (float)eps, y32,
 		   (__half *)y16);
 	return GQ_OK;
@@ -383,9 +391,13 @@ extern "C" int gq_gpu_rope_kv(float *q, int64_t ldq, float *k, int64_t ldk, cons
 
 /* ---- attention ---- */
 
-#define ATT_THREADS 256
+#ifndef ATT_THREADS
+#define ATT_THREADS 256 /* 128: 4.4% slower decoding */
+#endif
 #define ATT_WARPS (ATT_THREADS / 32)
-#define ATT_UNROLL 4              /* keys per warp in flight */
+#ifndef ATT_UNROLL
+#define ATT_UNROLL 4              /* keys per warp in flight (8: 8.5% slower decoding) */
+#endif
 #define ATT_SPLITS_MAX 32         /* key splits per (row, head) when decoding */
 #ifndef ATT_SPLIT_MIN_KEYS /* the -D override is for tuning sweeps */
 #define ATT_SPLIT_MIN_KEYS 32     /* a split's keys, at least (64: 3.5% slower decoding, 16: 5%) */
@@ -475,7 +487,8 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 {
 	__shared__ float red[32];
 	__shared__ bool last;
-	extern __shared__ float sm[]; /* q [hd], scores [max(kps, ATT_SPLITS_MAX)], per-warp sums [ATT_WARPS][hd] */
+	/* q [hd], scores [max(kps, ATT_SPLITS_MAX)], per-warp sums [ATT_WARPS][hd] */
+	extern __shared__ float sm[];
 	float *qs = sm, *sc = sm + hd, *wsum = sc + (kps > ATT_SPLITS_MAX ? kps : ATT_SPLITS_MAX);
 
 	pdl_launch_next();
