@@ -118,7 +118,6 @@ static int dup_f32(const float *h, int64_t n, float **d)
 	return GQ_OK;
 }
 
-/* d = fp16 copy of float32 h [n], through a host buffer. */
 /*
  * d [n] fp16 on the current device from h [n]: rounded into a pinned staging
  * buffer kept for the next upload, so that the copy runs at the bus's speed
@@ -658,9 +657,10 @@ static int mlp(gq_gpu_model *g, gdev *D, int l, int64_t n)
 
 /*
  * One pre-norm block on D->x [n, d], as gq_block_forward's sequential or
- * parallel branch, except that its last step, x += the MLP output (parallel:
- * plus the attention's), is left to the caller: D->mo holds it. pending (the previous block's D->mo, or NULL) is
- * added to x first, inside the first norm: one launch fewer per block.
+ * parallel branch, except that its last step, x += the MLP output, is left
+ * to the caller: D->mo holds it. pending (the previous block's D->mo, or
+ * NULL) is added to x first, inside the first norm: one launch fewer per
+ * block.
  */
 static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity,
 		 const float *pending)

@@ -429,12 +429,15 @@ static int att_splits(const gq_gpu_attn *a, int64_t T, int64_t *keys_per_split)
 	return (int)S;
 }
 
+/* Room for a block's scores, which also holds the combining block's split weights. */
+__host__ __device__ static inline int64_t att_scores(int64_t kps)
+{
+	return kps > ATT_SPLITS_MAX ? kps : ATT_SPLITS_MAX;
+}
+
 static size_t att_smem(const gq_gpu_attn *a, int64_t kps)
 {
-	/* the scores' room also holds the combining block's split weights */
-	const int64_t scores = kps > ATT_SPLITS_MAX ? kps : ATT_SPLITS_MAX;
-
-	return (size_t)(a->hd + scores + ATT_WARPS * a->hd) * sizeof(float);
+	return (size_t)(a->hd + att_scores(kps) + ATT_WARPS * a->hd) * sizeof(float);
 }
 
 extern "C" int64_t gq_gpu_attention_max_capacity(int64_t hd)
@@ -487,9 +490,8 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 {
 	__shared__ float red[32];
 	__shared__ bool last;
-	/* q [hd], scores [max(kps, ATT_SPLITS_MAX)], per-warp sums [ATT_WARPS][hd] */
-	extern __shared__ float sm[];
-	float *qs = sm, *sc = sm + hd, *wsum = sc + (kps > ATT_SPLITS_MAX ? kps : ATT_SPLITS_MAX);
+	extern __shared__ float sm[]; /* q [hd], scores [att_scores(kps)], per-warp sums [ATT_WARPS][hd] */
+	float *qs = sm, *sc = sm + hd, *wsum = sc + att_scores(kps);
 
 	pdl_launch_next();
 	pdl_wait();

@@ -17,6 +17,7 @@
  *   gq-testgen bigmodel DIR LAYERS HIDDEN INTER VOCAB  llama of any size, one shard per
  *                                                layer written in turn (memory: one layer)
  */
+#include "hessian.h"
 #include "io.h"
 #include "safetensors.h"
 #include "stream.h"
@@ -58,11 +59,15 @@ static void put(gq_st_builder *b)
 		die("%s", gq_errmsg());
 }
 
-/* H = 2/n X Xᵀ for a random X [N, 4N] with correlated columns; DEAD columns zeroed. */
+/*
+ * H = 2/n X Xᵀ for a random X [4N, N] with correlated columns; DEAD columns
+ * zeroed. The sum is the library's float64 reference (gq_hessian_add_ref).
+ */
 static void hessian(int64_t n, int64_t dead)
 {
 	int64_t samples = 4 * n;
-	float *X = emalloc((size_t)(n * samples) * sizeof *X);   // [n, samples]
+	float *X = emalloc((size_t)(samples * n) * sizeof *X);   // [samples, n]
+	double *sum = ecalloc((size_t)(n * n), sizeof *sum);     // [n, n]
 	float *H = ecalloc((size_t)(n * n), sizeof *H);          // [n, n]
 	gq_st_builder b;
 	int64_t shape[2] = {n, n};
@@ -72,16 +77,11 @@ static void hessian(int64_t n, int64_t dead)
 		float common = randf();
 
 		for (int64_t i = 0; i < n; i++)
-			X[i * samples + s] = i < dead ? 0 : 0.5f * common + randf() * (1 + (float)(i % 5));
+			X[s * n + i] = i < dead ? 0 : 0.5f * common + randf() * (1 + (float)(i % 5));
 	}
-	for (int64_t i = 0; i < n; i++)
-		for (int64_t j = 0; j <= i; j++) {
-			double acc = 0;
-
-			for (int64_t s = 0; s < samples; s++)
-				acc += (double)X[i * samples + s] * X[j * samples + s];
-			H[i * n + j] = H[j * n + i] = (float)(2.0 * acc / (double)samples);
-		}
+	gq_hessian_add_ref(sum, n, X, samples, NULL);
+	for (int64_t i = 0; i < n * n; i++)
+		H[i] = (float)(2.0 * sum[i] / (double)samples);
 	snprintf(modules, sizeof modules, "model.layers.0.self_attn.q_proj,"
 		 "model.layers.0.self_attn.k_proj,model.layers.0.self_attn.v_proj");
 	snprintf(nsamples, sizeof nsamples, "%lld", (long long)samples);
@@ -94,6 +94,7 @@ static void hessian(int64_t n, int64_t dead)
 	put(&b);
 	gq_stb_free(&b);
 	free(X);
+	free(sum);
 	free(H);
 }
 

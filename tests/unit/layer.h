@@ -8,20 +8,23 @@
 
 #include "check.h"
 #include "gptq.h"
+#include "hessian.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /*
- * W [rows, cols] uniform, H = 2/n X Xᵀ from n samples X [cols, n] with
+ * W [rows, cols] uniform, H = 2/n X Xᵀ from n samples X [n, cols] with
  * column scales spread over two decades (a realistic spread of the
- * diagonal); `dead` inputs never fire (zero rows and columns of H).
+ * diagonal); `dead` inputs never fire (zero rows and columns of H). The sum
+ * is the library's float64 reference (gq_hessian_add_ref).
  */
 static inline void make_layer(int64_t rows, int64_t cols, int64_t n, int dead, uint64_t seed,
 			      float *W, float *H)
 {
-	float *X = malloc((size_t)(cols * n) * sizeof *X);
+	float *X = malloc((size_t)(n * cols) * sizeof *X);
+	double *sum = calloc((size_t)(cols * cols), sizeof *sum);
 
 	for (int64_t i = 0; i < rows * cols; i++)
 		W[i] = check_randf(&seed);
@@ -29,17 +32,13 @@ static inline void make_layer(int64_t rows, int64_t cols, int64_t n, int dead, u
 		float sc = c % 97 < dead ? 0 : powf(10, (float)(c % 13) / 6);
 
 		for (int64_t s = 0; s < n; s++)
-			X[c * n + s] = sc * check_randf(&seed);
+			X[s * cols + c] = sc * check_randf(&seed);
 	}
-	for (int64_t i = 0; i < cols; i++)
-		for (int64_t k = 0; k <= i; k++) {
-			double acc = 0;
-
-			for (int64_t s = 0; s < n; s++)
-				acc += (double)X[i * n + s] * X[k * n + s];
-			H[i * cols + k] = H[k * cols + i] = (float)(2 * acc / (double)n);
-		}
+	gq_hessian_add_ref(sum, cols, X, n, NULL);
+	for (int64_t i = 0; i < cols * cols; i++)
+		H[i] = (float)(2 * sum[i] / (double)n);
 	free(X);
+	free(sum);
 }
 
 /* Every code, scale, zero and g_idx, the loss and the damp, exactly. */
