@@ -412,10 +412,11 @@ static int64_t att_keys(const gq_gpu_attn *a)
 }
 
 /*
- * Key splits per (row, head): up to ATT_SPLITS_MAX for a few rows (decoding:
- * H blocks alone would leave most of the GPU idle), one for more rows
- * (prefill: the rows fill the GPU). A function of the cache and T only, so
- * a captured graph fits every position.
+ * The grid's key splits per (row, head): up to ATT_SPLITS_MAX for a few rows
+ * (decoding: H blocks alone would leave most of the GPU idle), one for more
+ * rows (prefill: the rows fill the GPU). A function of the cache and T only,
+ * so a captured graph fits every position; a row with fewer keys uses fewer
+ * (attention_kernel).
  */
 static int att_splits(const gq_gpu_attn *a, int64_t T, int64_t *keys_per_split)
 {
@@ -437,12 +438,12 @@ __host__ __device__ static inline int64_t att_scores(int64_t kps)
 
 static size_t att_smem(const gq_gpu_attn *a, int64_t kps)
 {
-	return (size_t)(a->hd + att_scores(kps) + ATT_WARPS * a->hd) * sizeof(float);
+	return (size_t)(att_scores(kps) + ATT_WARPS * a->hd) * sizeof(float);
 }
 
 extern "C" int64_t gq_gpu_attention_max_capacity(int64_t hd)
 {
-	return ATT_SMEM_MAX / (int64_t)sizeof(float) - (1 + ATT_WARPS) * hd;
+	return ATT_SMEM_MAX / (int64_t)sizeof(float) - ATT_WARPS * hd;
 }
 
 /* Workspace: counters [GQ_GPU_ATT_SPLIT_T][H] (rounded up to 256 bytes), then the partials. */
@@ -473,14 +474,21 @@ __device__ __forceinline__ float alibi_score(float raw, float scale, float slope
 }
 
 /*
- * Block (head h, row t, split s): the keys of split s that row t sees,
- * scores in shared memory (a warp per key, lanes across the head, several
- * keys per warp in flight), their softmax, and Σ p v with the warps over
- * keys and lanes across the head. One split: the normalised row into out.
- * Several: the split's max m, sum l and unnormalised Σ e^(s - m) v into
- * part [T][H][S][hd + 2]; the last block of (t, h) to finish (a counter in
- * count [T][H], back to zero after) combines them: out = Σ_s e^(m_s - M)
- * acc_s / Σ_s e^(m_s - M) l_s, M the largest m_s. No second launch.
+ * Block (head h, row t, split s). Row t sees keys [lo, p], p = *pos0 + t,
+ * and uses S = min(grid splits, ⌈keys / ATT_SPLIT_MIN_KEYS⌉) splits of
+ * ⌈keys / S⌉ keys each: the grid is sized for the whole cache, so one graph
+ * fits every position, and the blocks past S return before waiting for
+ * anything (early in a long cache, most of them). Every split with S <= 32
+ * has keys. A warp per key, lanes across the head, ATT_UNROLL keys per warp
+ * in flight; the first round's key and value rows go out with q, one trip
+ * to memory for a split of up to ATT_WARPS ATT_UNROLL keys. Scores in
+ * shared memory, their softmax, and Σ p v with the warps over keys. One
+ * split: the normalised row into out. Several: the split's max m, sum l and
+ * unnormalised Σ e^(s - m) v into part [T][H][grid splits][hd + 2]; the last
+ * block of (t, h) to finish (a counter in count [T][H], back to zero after)
+ * combines them: out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s, M the
+ * largest m_s, with one split per thread for M and the weights. No second
+ * launch.
  */
 __global__ static void __launch_bounds__(ATT_THREADS)
 attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, int64_t H,
@@ -488,41 +496,54 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 		 const uint8_t *key_mask, const float *alibi, int alibi_scaled, const int64_t *pos0,
 		 int64_t kps, unsigned *count, float *part, __half *out)
 {
+	constexpr int NC = ATT_HD_MAX / 32, U = ATT_UNROLL;
 	__shared__ float red[32];
 	__shared__ bool last;
-	extern __shared__ float sm[]; /* q [hd], scores [att_scores(kps)], per-warp sums [ATT_WARPS][hd] */
-	float *qs = sm, *sc = sm + hd, *wsum = sc + att_scores(kps);
+	extern __shared__ float sm[]; /* scores [att_scores(kps)], per-warp sums [ATT_WARPS][hd] */
+	float *sc = sm, *wsum = sc + att_scores(kps);
+	/* the position is written before the forward's first launch: read before pdl_wait */
+	const int64_t t = blockIdx.y, h = blockIdx.x, s = blockIdx.z, p = *pos0 + t;
+	const int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0, keys = p + 1 - lo;
+	const int64_t S = CEIL_DIV(keys, (int64_t)ATT_SPLIT_MIN_KEYS) < (int64_t)gridDim.z
+				  ? CEIL_DIV(keys, (int64_t)ATT_SPLIT_MIN_KEYS)
+				  : (int64_t)gridDim.z;
+	const int64_t per = CEIL_DIV(keys, S), k0 = lo + s * per;
+	const int64_t n = k0 + per < p + 1 ? per : (p + 1 > k0 ? p + 1 - k0 : 0); /* keys [k0, k0 + n) */
 
 	pdl_launch_next();
+	if (s >= S)
+		return;
 	pdl_wait();
-	const int64_t t = blockIdx.y, h = blockIdx.x, S = gridDim.z, s = blockIdx.z;
-	const int64_t g = h / (H / KV), p = *pos0 + t, w = KV * hd;
-	const int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-	const int64_t k0 = lo + s * kps, k1 = k0 + kps < p + 1 ? k0 + kps : p + 1; /* keys [k0, k1) */
-	const int64_t n = k1 > k0 ? k1 - k0 : 0;
-	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nc = (int)CEIL_DIV(hd, (int64_t)32);
-	float mx = -INFINITY, sum = 0;
+	const int64_t g = h / (H / KV), w = KV * hd;
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, first = warp * U;
+	const float slope = alibi ? alibi[h] : 0.0f;
+	float qv[NC], kr[U][NC], vr[U][NC], mx = -INFINITY, sum = 0;
 
-	for (int64_t i = threadIdx.x; i < hd; i += ATT_THREADS)
-		qs[i] = q[t * ldq + h * hd + i];
-	__syncthreads();
-	for (int64_t j0 = warp * ATT_UNROLL; j0 < n; j0 += ATT_WARPS * ATT_UNROLL) {
-		float d[ATT_UNROLL] = {};
+	/* this lane's dims of rows k0 + j0 + u of a cache (zeros past n and past hd) */
+	auto load_rows = [&](const float *C, int64_t j0, float(&r)[U][NC]) {
+#pragma unroll
+		for (int u = 0; u < U; u++)
+#pragma unroll
+			for (int c = 0; c < NC; c++)
+				r[u][c] = j0 + u < n && lane + 32 * c < hd ? C[(k0 + j0 + u) * w + g * hd + lane + 32 * c]
+									   : 0.0f;
+	};
+#pragma unroll
+	for (int c = 0; c < NC; c++)
+		qv[c] = lane + 32 * c < hd ? q[t * ldq + h * hd + lane + 32 * c] : 0.0f;
+	load_rows(K, first, kr);
+	load_rows(V, first, vr);
+	for (int64_t j0 = first; j0 < n; j0 += ATT_WARPS * U) {
+		if (j0 != first)
+			load_rows(K, j0, kr);
+#pragma unroll
+		for (int u = 0; u < U; u++) {
+			float d = 0;
 
 #pragma unroll
-		for (int u = 0; u < ATT_UNROLL; u++)
-			if (j0 + u < n) {
-				const float *kr = K + (k0 + j0 + u) * w + g * hd;
-
-#pragma unroll
-				for (int c = 0; c < ATT_HD_MAX / 32; c++)
-					if (c < nc && lane + 32 * c < hd)
-						d[u] += qs[lane + 32 * c] * kr[lane + 32 * c];
-			}
-#pragma unroll
-		for (int u = 0; u < ATT_UNROLL; u++) {
-			float v = alibi_score(warp_sum(d[u]), scale, alibi ? alibi[h] : 0.0f, alibi_scaled,
-					      k0 + j0 + u);
+			for (int c = 0; c < NC; c++)
+				d += qv[c] * kr[u][c];
+			float v = alibi_score(warp_sum(d), scale, slope, alibi_scaled, k0 + j0 + u);
 
 			if (j0 + u < n && lane == 0) {
 				if (softcap > 0)
@@ -544,26 +565,28 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 	}
 	sum = block_reduce(sum, red, false); /* its barriers also publish sc */
 
-	/* Σ_j e_j v_j: warp `warp` takes keys warp, warp + ATT_WARPS, ...; lane c dims lane + 32 c */
-	float acc[ATT_HD_MAX / 32] = {};
+	/* Σ_j e_j v_j: warp `warp` takes keys warp U .., lane c dims lane + 32 c */
+	float acc[NC] = {};
 
-	for (int64_t j0 = warp * ATT_UNROLL; j0 < n; j0 += ATT_WARPS * ATT_UNROLL)
+	for (int64_t j0 = first; j0 < n; j0 += ATT_WARPS * U) {
+		if (j0 != first)
+			load_rows(V, j0, vr);
 #pragma unroll
-		for (int u = 0; u < ATT_UNROLL; u++)
+		for (int u = 0; u < U; u++)
 			if (j0 + u < n) {
-				const float *vr = V + (k0 + j0 + u) * w + g * hd, e = sc[j0 + u];
+				const float e = sc[j0 + u];
 
 #pragma unroll
-				for (int c = 0; c < ATT_HD_MAX / 32; c++)
-					if (c < nc && lane + 32 * c < hd)
-						acc[c] += e * vr[lane + 32 * c];
+				for (int c = 0; c < NC; c++)
+					acc[c] += e * vr[u][c];
 			}
+	}
 #pragma unroll
-	for (int c = 0; c < ATT_HD_MAX / 32; c++)
-		if (c < nc && lane + 32 * c < hd)
+	for (int c = 0; c < NC; c++)
+		if (lane + 32 * c < hd)
 			wsum[warp * hd + lane + 32 * c] = acc[c];
 	__syncthreads();
-	float *ps = part + (t * H + h) * S * (hd + 2); /* this (t, h)'s splits */
+	float *ps = part + (t * H + h) * gridDim.z * (hd + 2); /* this (t, h)'s splits */
 
 	for (int64_t i = threadIdx.x; i < hd; i += ATT_THREADS) {
 		float v = 0;
@@ -588,26 +611,26 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 	if (!last)
 		return;
 	__threadfence();
-	float M = -INFINITY, L = 0;
-
-	for (int64_t k = 0; k < S; k++)
-		M = fmaxf(M, gq_load_l2(ps + k * (hd + 2)));
 	/*
-	 * Each split's weight e^(m_s - M), once, into sc (free now, and room for
-	 * ATT_SPLITS_MAX: att_smem): 0 for splits with no visible key (l = 0).
+	 * Split k's m and l in thread k (S <= ATT_SPLITS_MAX <= ATT_THREADS); its
+	 * weight e^(m_k - M) into sc (free now, and room for ATT_SPLITS_MAX:
+	 * att_smem), 0 for a split with no visible key (l = 0).
 	 */
-	for (int64_t k = threadIdx.x; k < S; k += ATT_THREADS)
-		sc[k] = gq_load_l2(ps + k * (hd + 2) + 1) > 0 ? expf(gq_load_l2(ps + k * (hd + 2)) - M) : 0.0f;
-	__syncthreads();
-	for (int64_t k = 0; k < S; k++)
-		if (sc[k] > 0)
-			L += gq_load_l2(ps + k * (hd + 2) + 1) * sc[k];
+	const bool mine = threadIdx.x < S;
+	const float mk = mine ? gq_load_l2(ps + threadIdx.x * (hd + 2)) : -INFINITY;
+	const float lk = mine ? gq_load_l2(ps + threadIdx.x * (hd + 2) + 1) : 0.0f;
+	const float M = block_reduce(mk, red, true), wk = lk > 0 ? expf(mk - M) : 0.0f;
+
+	if (mine)
+		sc[threadIdx.x] = wk;
+	const float L = block_reduce(lk * wk, red, false); /* its barriers also publish sc */
+
 	for (int64_t i = threadIdx.x; i < hd; i += ATT_THREADS) {
 		float v = 0;
 
+#pragma unroll 8
 		for (int64_t k = 0; k < S; k++)
-			if (sc[k] > 0)
-				v += gq_load_l2(ps + k * (hd + 2) + 2 + i) * sc[k];
+			v += gq_load_l2(ps + k * (hd + 2) + 2 + i) * sc[k];
 		out[(t * H + h) * hd + i] = __float2half(L > 0 ? v / L : 0.0f);
 	}
 	if (threadIdx.x == 0)

@@ -75,8 +75,8 @@
  * it writes anything (pdl_wait returns once the previous kernel, and by the
  * same rule everything before it, has finished and its writes are visible).
  * Only data no kernel of the forward pass writes (weights, norm weights, and
- * the rotary frequencies, copied before a step's first launch) may be read
- * before. pdl_launch_next() lets the next kernel start launching.
+ * the position and rotary frequencies, copied before a step's first launch)
+ * may be read before. pdl_launch_next() lets the next kernel start launching.
  * Elsewhere (HIP, older GPUs) both are no-ops and launches are plain.
  */
 __device__ __forceinline__ void pdl_wait(void)

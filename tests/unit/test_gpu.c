@@ -405,8 +405,11 @@ static void attention_ref(const gq_gpu_attn *a, const float *slopes, const float
  * gq_gpu_attention against attention_ref: prefill (T > 8: the tensor-core
  * kernel where the head width has an instance) and decoding (key splits),
  * with GQA, a window, softcap, ALiBi before and after the scale, padding
- * (rows with every key hidden) and a start deep into the cache. Cache rows past the last position hold NaN, as
- * memory no step has written may: no kernel may let them through.
+ * (rows with every key hidden), a start deep into the cache, and early
+ * positions of a large cache (decoding uses the splits its keys fill: 2 of
+ * 32, or 1, the others return at once). Cache rows past the last position
+ * hold NaN, as memory no step has written may: no kernel may let them
+ * through.
  */
 static void test_attention(void)
 {
@@ -415,6 +418,7 @@ static void test_attention(void)
 		int64_t H, KV, hd, T, pos0, window;
 		double softcap, qmag;
 		int masked, alibi; /* alibi: 0 none, 1 after the scale, 2 before it */
+		int64_t spare;     /* cache positions past pos0 + T + 16 */
 	} cases[] = {
 		{8, 2, 128, 100, 37, 0, 0, 4, 0, 0}, {4, 4, 64, 130, 0, 50, 30, 1, 1, 0},
 		{2, 1, 256, 70, 5, 0, 0, 1, 0, 0},   {3, 1, 80, 9, 0, 0, 0, 2, 1, 0},
@@ -422,7 +426,8 @@ static void test_attention(void)
 		{4, 2, 128, 1, 150, 0, 0, 4, 0, 0},  {2, 2, 40, 20, 3, 0, 0, 1, 1, 0},
 		{4, 1, 64, 8, 300, 40, 20, 2, 1, 0}, {6, 6, 64, 90, 20, 0, 0, 1, 1, 1},
 		{5, 5, 64, 1, 200, 0, 0, 1, 0, 2},   {4, 4, 128, 40, 0, 0, 0, 2, 0, 2},
-		{3, 3, 96, 4, 120, 0, 0, 1, 1, 1},
+		{3, 3, 96, 4, 120, 0, 0, 1, 1, 1},   {4, 2, 128, 1, 40, 0, 0, 2, 0, 0, 2000},
+		{8, 8, 64, 3, 0, 0, 0, 1, 0, 1, 500},
 	};
 	uint64_t seed = 41;
 
@@ -432,7 +437,8 @@ static void test_attention(void)
 	CHECK_OK(gq_gpu_fwd_init());
 	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
 		int64_t H = cases[c].H, KV = cases[c].KV, hd = cases[c].hd, T = cases[c].T;
-		int64_t pos0 = cases[c].pos0, cap = pos0 + T + 16, nq = T * H * hd, nk = cap * KV * hd;
+		int64_t pos0 = cases[c].pos0, cap = pos0 + T + 16 + cases[c].spare;
+		int64_t nq = T * H * hd, nk = cap * KV * hd;
 		gq_gpu_attn a = {.H = H, .KV = KV, .hd = hd, .scale = 1.0 / sqrt((double)hd),
 				 .softcap = cases[c].softcap, .window = cases[c].window, .capacity = cap};
 		float *q = malloc((size_t)nq * 4), *K = malloc((size_t)nk * 4), *V = malloc((size_t)nk * 4);
@@ -490,10 +496,10 @@ static void test_attention(void)
 		}
 		double err = check_rel_err(got, ref, nq);
 
-		printf("#   H %lld/%lld hd %3lld T %3lld at %3lld window %2lld softcap %2.0f alibi %d: "
-		       "relative error %.2e\n",
+		printf("#   H %lld/%lld hd %3lld T %3lld at %3lld of %4lld window %2lld softcap %2.0f "
+		       "alibi %d: relative error %.2e\n",
 		       (long long)H, (long long)KV, (long long)hd, (long long)T, (long long)pos0,
-		       (long long)cases[c].window, cases[c].softcap, cases[c].alibi, err);
+		       (long long)cap, (long long)cases[c].window, cases[c].softcap, cases[c].alibi, err);
 		CHECK(any); /* a case whose keys are all hidden would compare nothing */
 		CHECK(err < 2e-3);
 		CHECK(zeros_ok);
