@@ -508,7 +508,7 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 				  ? CEIL_DIV(keys, (int64_t)ATT_SPLIT_MIN_KEYS)
 				  : (int64_t)gridDim.z;
 	const int64_t per = CEIL_DIV(keys, S), k0 = lo + s * per;
-	const int64_t n = k0 + per < p + 1 ? per : (p + 1 > k0 ? p + 1 - k0 : 0); /* keys [k0, k0 + n) */
+	const int64_t n = k0 + per < p + 1 ? per : p + 1 - k0; /* keys [k0, k0 + n); n >= 1 for s < S */
 
 	pdl_launch_next();
 	if (s >= S)

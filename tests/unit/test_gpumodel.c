@@ -236,11 +236,11 @@ static void test_decode(void)
 
 /*
  * Deep into a larger cache (a prefill of 190, then 20 steps, 256 positions),
- * decoding attention splits every row's keys over blocks (8 splits of 32
- * here; 4 of 25 for a window of 100, with softcaps; a parallel block with
- * grouped q/k/v; ALiBi before and after the scale; dynamic rotary scaling,
- * whose frequencies change every step): against the CPU, and
- * replayed graphs against direct launches.
+ * decoding attention splits every row's keys over blocks (6 or 7 of the
+ * grid's 8 splits, about 30 keys each, here; 4 of 25 for a window of 100,
+ * with softcaps; a parallel block with grouped q/k/v; ALiBi before and
+ * after the scale; dynamic rotary scaling, whose frequencies change every
+ * step): against the CPU, and replayed graphs against direct launches.
  */
 static void test_decode_long(void)
 {
