@@ -10,7 +10,11 @@
  * does), after warm-up; the median replay over REPS, divided by the calls in
  * it, is the time per call. Batch-1 GB/s counts the bytes the call must read.
  *
- *   bench_gpu_qgemm [REPS]
+ * The shapes are llama-7B's: q_proj, up_proj and down_proj, and the fused
+ * q/k/v and gate/up matrices that decoding multiplies (gq_gpu_qgemm here; the
+ * forward pass takes gate/up through gq_gpu_qgemv_glu, the same kernel).
+ *
+ *   bench_gpu_qgemm [REPS [TMAX]]   (TMAX: only token counts up to it)
  */
 #include "gpu/gpu.h"
 #include "gpu/vendor.h"
@@ -121,10 +125,13 @@ int main(int argc, char **argv)
 	static const struct {
 		int64_t out, in;
 		const char *name;
-	} shapes[] = {{4096, 4096, "q_proj"}, {11008, 4096, "up_proj"}, {4096, 11008, "down_proj"}};
+	} shapes[] = {{4096, 4096, "q_proj"},      {11008, 4096, "up_proj"},
+		      {4096, 11008, "down_proj"},  {12288, 4096, "qkv_proj"},
+		      {22016, 4096, "gate_up_proj"}};
 	static const int64_t batches[] = {1, 2, 8, 16, 32, 64, 256};
 	const int64_t tmax = 256;
 	int reps = argc > 1 ? atoi(argv[1]) : 25;
+	const int64_t tlimit = argc > 2 ? atoll(argv[2]) : tmax;
 	char name[256];
 	uint64_t mem;
 	cudaStream_t s;
@@ -132,8 +139,8 @@ int main(int argc, char **argv)
 	float ms;
 	cudaEvent_t a, b;
 
-	if (reps < 1)
-		die("usage: bench_gpu_qgemm [REPS]");
+	if (reps < 1 || tlimit < 1)
+		die("usage: bench_gpu_qgemm [REPS [TMAX]]");
 	if (gq_gpu_device_count() == 0)
 		die("no GPU visible");
 	OK(gq_gpu_device_info(0, name, sizeof name, &mem));
@@ -192,6 +199,8 @@ int main(int argc, char **argv)
 		OK(gq_gpu_alloc(&ws, wsb));
 		OK(gq_gpu_upload(dx, x16.data(), (uint64_t)(tmax * in) * 2));
 		for (int64_t T : batches) {
+			if (T > tlimit)
+				break;
 			double tq = time_calls(s, nq_copies, reps, [&](int i) {
 				return gq_gpu_qgemm(&dq[i], dx, T, (float *)dy, ws, wsb, s);
 			});
