@@ -71,6 +71,7 @@ typedef struct {
 	float *wt;          /* [CHUNK] MoE routing weights */
 	void *ws;           /* qgemm workspace */
 	uint64_t ws_bytes;
+	int *norm_count;    /* [1] gq_gpu_add_norm's counter, 0 between launches */
 } gdev;
 
 struct gq_gpu_model {
@@ -550,9 +551,40 @@ static int attention_out(gq_gpu_model *g, gdev *D, int l, int64_t n)
 	return linear(D, &g->layers[l].lin[io], D->o16, n, D->att);
 }
 
-/* Gated or plain MLP of modules ig/iu (or fused igu) and id on x16 [n, d] (rows idx, see observe), into y. */
+/*
+ * The weight of the RMS norm that a product into the residual stream can
+ * apply in its epilogue (gq_gpu_qgemv_add_norm), given the norm that
+ * follows it (norm_w, or NULL): NULL where the separate launches run (more
+ * than one row, hooks or kept activations, layer norms, an fp16 product or
+ * one with a bias, a hidden size not a multiple of 4).
+ */
+static const float *fusable_norm(const gq_gpu_model *g, const glin *lin, int64_t n,
+				 const float *norm_w)
+{
+	int kind = (int)g->m->arch.norm;
+
+	if (n != 1 || g->hooks || g->kept || !lin->q.codes || lin->b || g->m->cfg.hidden % 4 ||
+	    (kind != GQ_GPU_NORM_RMS && kind != GQ_GPU_NORM_RMS_GEMMA))
+		return NULL;
+	return norm_w;
+}
+
+/* x += lin(x16) for one row, then h16 = RMS norm(x) with weight w, by the product's last block. */
+static int add_norm(const gq_gpu_model *g, gdev *D, const glin *lin, const void *x16, const float *w)
+{
+	gq_gpu_add_norm nrm = {D->x, w, (float)g->m->cfg.norm_eps, (int)g->m->arch.norm, D->h16,
+			       D->norm_count};
+
+	return gq_gpu_qgemv_add_norm(&lin->q, x16, &nrm, D->ws, D->ws_bytes, D->stream);
+}
+
+/*
+ * Gated or plain MLP of modules ig/iu (or fused igu) and id on x16 [n, d]
+ * (rows idx, see observe), into y; or, with fuse_w, added into x with the
+ * next norm (add_norm).
+ */
 static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id, const void *x16,
-	       int64_t n, const int32_t *idx, float *y)
+	       int64_t n, const int32_t *idx, float *y, const float *fuse_w)
 {
 	const glayer *L = &g->layers[l];
 	int64_t inter = g->m->modules[id].in;
@@ -590,7 +622,7 @@ static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id,
 	if ((rc = keep(g, D, kept_a16, D->a16, inter * 2, n)) ||
 	    (rc = observe(g, D, l, id, D->a16, n, idx)))
 		return rc;
-	return linear(D, &L->lin[id], D->a16, n, y);
+	return fuse_w ? add_norm(g, D, &L->lin[id], D->a16, fuse_w) : linear(D, &L->lin[id], D->a16, n, y);
 }
 
 /*
@@ -628,27 +660,29 @@ static int moe(gq_gpu_model *g, gdev *D, int l, int64_t n)
 		    (rc = gq_gpu_stream_sync(D->stream)) ||
 		    (rc = gq_gpu_gather_rows(D->h16, D->rows, cnt, d, D->xs16, D->stream)) ||
 		    (rc = glu(g, D, l, find_module(m, GQ_ROLE_GATE, (int)e), find_module(m, GQ_ROLE_UP, (int)e),
-			      -1, find_module(m, GQ_ROLE_DOWN, (int)e), D->xs16, cnt, g->host_rows, D->ys)) ||
+			      -1, find_module(m, GQ_ROLE_DOWN, (int)e), D->xs16, cnt, g->host_rows, D->ys,
+			      NULL)) ||
 		    (rc = gq_gpu_scatter_add(D->mo, D->ys, D->rows, D->wt, cnt, d, D->stream)))
 			return rc;
 	}
 	return GQ_OK;
 }
 
-static int mlp(gq_gpu_model *g, gdev *D, int l, int64_t n)
+/* The MLP into D->mo, or with fuse_w (not MoE) into x and the next norm as glu's. */
+static int mlp(gq_gpu_model *g, gdev *D, int l, int64_t n, const float *fuse_w)
 {
 	const gq_model *m = g->m;
 
 	switch (m->arch.mlp) {
 	case GQ_MLP_GLU:
 		return glu(g, D, l, find_module(m, GQ_ROLE_GATE, -1), find_module(m, GQ_ROLE_UP, -1), -1,
-			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo);
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo, fuse_w);
 	case GQ_MLP_GLU_FUSED:
 		return glu(g, D, l, -1, -1, find_module(m, GQ_ROLE_GATE_UP, -1),
-			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo);
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo, fuse_w);
 	case GQ_MLP_PLAIN:
 		return glu(g, D, l, -1, find_module(m, GQ_ROLE_UP, -1), -1,
-			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo);
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo, fuse_w);
 	case GQ_MLP_MOE:
 		return moe(g, D, l, n);
 	}
@@ -661,9 +695,16 @@ static int mlp(gq_gpu_model *g, gdev *D, int l, int64_t n)
  * to the caller: D->mo holds it. pending (the previous block's D->mo, or
  * NULL) is added to x first, inside the first norm: one launch fewer per
  * block.
+ * Decoding one row fuses residual adds with the RMS norms after them into
+ * the products (fusable_norm): *normed on entry says the previous block
+ * did so (x is whole and h16 is this block's first norm: none to launch);
+ * next_w is the norm after this block (the next layer's first, or the
+ * final norm; NULL: none here) and *normed on return says whether this
+ * block added its MLP output into x and wrote h16 = that norm (else D->mo
+ * holds the output).
  */
 static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity,
-		 const float *pending)
+		 const float *pending, const float *next_w, int *normed)
 {
 	const gq_model *m = g->m;
 	const glayer *L = &g->layers[l];
@@ -675,20 +716,33 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 	gq_gpu_from from = g->from; /* past the input only with k (run_layer checks) */
 	/* bloom's apply_residual_connection_post_layernorm: the residual is the normed input */
 	float *normed32 = m->cfg.residual_post_ln ? D->x : NULL;
+	const glin *o_lin = &L->lin[find_module(m, GQ_ROLE_O, -1)];
+	/* o_proj's epilogue: x += attention out, h16 = norm_mlp(x) (a sequential block) */
+	const float *o_norm = m->cfg.parallel_residual || L->post_attn_w || normed32
+				      ? NULL
+				      : fusable_norm(g, o_lin, n, L->norm_mlp_w);
+	/* down_proj's: x += MLP out, h16 = next_w's norm */
+	const float *down_norm = m->arch.mlp == GQ_MLP_MOE || L->post_mlp_w
+					 ? NULL
+					 : fusable_norm(g, &L->lin[find_module(m, GQ_ROLE_DOWN, -1)], n, next_w);
 	int rc;
 
 	if (from == GQ_GPU_FROM_INPUT &&
-	    ((rc = gq_gpu_norm(kind, D->x, pending, n, d, L->norm_attn_w, L->norm_attn_b, eps,
-			       normed32, D->h16, D->stream)) ||
+	    ((!*normed && (rc = gq_gpu_norm(kind, D->x, pending, n, d, L->norm_attn_w,
+					    L->norm_attn_b, eps, normed32, D->h16, D->stream))) ||
 	     (rc = attention(g, D, gc, l, n, capacity))))
 		return rc;
+	*normed = 0;
 	if (from == GQ_GPU_FROM_ATTN_OUT &&
 	    ((rc = restore(g, D, D->o16, k->o16, ohd * 2, n)) ||
 	     /* the residual the attention output joins: the normed input, with post-LN residuals */
 	     (normed32 && (rc = gq_gpu_norm(kind, D->x, NULL, n, d, L->norm_attn_w, L->norm_attn_b,
 					    eps, normed32, NULL, D->stream)))))
 		return rc;
-	if (from <= GQ_GPU_FROM_ATTN_OUT) {
+	if (from <= GQ_GPU_FROM_ATTN_OUT && o_norm) {
+		if ((rc = add_norm(g, D, o_lin, D->o16, o_norm)))
+			return rc;
+	} else if (from <= GQ_GPU_FROM_ATTN_OUT) {
 		if ((rc = attention_out(g, D, l, n)))
 			return rc;
 		if (m->cfg.parallel_residual) {
@@ -724,8 +778,9 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 		   (rc = restore(g, D, D->h16, k->h16, d * 2, n))) {
 		return rc;
 	}
-	if ((rc = mlp(g, D, l, n)))
+	if ((rc = mlp(g, D, l, n, down_norm)))
 		return rc;
+	*normed = down_norm != NULL;
 	if (L->post_mlp_w)
 		rc = gq_gpu_norm(kind, D->mo, NULL, n, d, L->post_mlp_w, NULL, eps, D->mo, NULL, D->stream);
 	return rc;
@@ -741,7 +796,7 @@ static int body(gq_gpu_model *g, gcache *gc, int64_t n, int64_t rows_out, int64_
 	const gq_model *m = g->m;
 	int64_t d = m->cfg.hidden, V = m->cfg.vocab;
 	gdev *D = NULL;
-	int rc = GQ_OK;
+	int rc = GQ_OK, normed = 0;
 
 	for (int k = 0; k < g->n_devs && rc == GQ_OK; k++) {
 		D = &g->dev[k];
@@ -755,8 +810,15 @@ static int body(gq_gpu_model *g, gcache *gc, int64_t n, int64_t rows_out, int64_
 			    (rc = gq_gpu_copy_async(D->x, P->x, (uint64_t)(n * d) * 4, D->stream)))
 				break;
 		}
-		for (int l = D->l0; l < D->l1 && rc == GQ_OK; l++)
-			rc = block(g, gc, l, n, capacity, l > D->l0 ? D->mo : NULL);
+		for (int l = D->l0; l < D->l1 && rc == GQ_OK; l++) {
+			/* the norm after block l, where it can join the block's last product */
+			const float *next_w = l + 1 < D->l1                           ? g->layers[l + 1].norm_attn_w
+					      : k + 1 == g->n_devs && rows_out == n ? g->final_w
+										  : NULL;
+
+			rc = block(g, gc, l, n, capacity, l > D->l0 && !normed ? D->mo : NULL, next_w,
+				   &normed);
+		}
 		/* the next device starts from the whole residual stream */
 		if (rc == GQ_OK && k + 1 < g->n_devs)
 			rc = gq_gpu_add(D->x, D->mo, n * d, D->stream);
@@ -765,8 +827,9 @@ static int body(gq_gpu_model *g, gcache *gc, int64_t n, int64_t rows_out, int64_
 		return rc;
 	/* the last block's residual add for the rows out only, fused with the final norm */
 	float *xr = D->x + (n - rows_out) * d;
-	if ((rc = gq_gpu_norm((int)m->arch.norm, xr, D->mo + (n - rows_out) * d, rows_out, d,
-			      g->final_w, g->final_b, m->cfg.norm_eps, NULL, D->h16, D->stream)) ||
+	if ((!normed && (rc = gq_gpu_norm((int)m->arch.norm, xr, D->mo + (n - rows_out) * d, rows_out,
+					  d, g->final_w, g->final_b, m->cfg.norm_eps, NULL, D->h16,
+					  D->stream))) ||
 	    (rc = gq_gpu_gemm_f16(D->h16, d, g->head16, g->logits, rows_out, V, d, D->stream)))
 		return rc;
 	if (g->head_b && (rc = gq_gpu_bias(g->logits, V, g->head_b, rows_out, V, D->stream)))
@@ -1033,6 +1096,8 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	(void)((rc = gq_gpu_set_device(D->ordinal)) || (rc = gq_gpu_stream_create(&D->stream)) ||
 	       (rc = gq_gpu_fwd_init()) ||
 	       (rc = gq_gpu_alloc((void **)&D->pos, 8)) ||
+	       (rc = gq_gpu_alloc((void **)&D->norm_count, 4)) ||
+	       (rc = gq_gpu_upload(D->norm_count, &(int){0}, 4)) ||
 	       (rc = dup_f32(inv, half, &D->inv_freq)) ||
 	       (rc = dup_f32(slopes, H, &D->alibi)) ||
 	       (rc = gq_gpu_alloc((void **)&D->x, (uint64_t)(CHUNK * d) * 4)) ||
@@ -1061,6 +1126,7 @@ static void free_dev(gdev *D)
 		gq_gpu_set_device(D->ordinal);
 	gq_gpu_stream_destroy(D->stream);
 	gq_gpu_free(D->pos);
+	gq_gpu_free(D->norm_count);
 	gq_gpu_free(D->inv_freq);
 	gq_gpu_free(D->alibi);
 	gq_gpu_free(D->x);
@@ -1400,7 +1466,9 @@ int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t
 		if ((rc = gq_gpu_upload_async(D->pos, &t0, 8, D->stream)) ||
 		    (rc = gq_gpu_copy_async(D->x, x + t0 * d, (uint64_t)(n * d) * 4, D->stream)))
 			break;
-		rc = block(g, g->lw, l, n, g->lw_cap, NULL);
+		int normed = 0;
+
+		rc = block(g, g->lw, l, n, g->lw_cap, NULL, NULL, &normed);
 		if (rc == GQ_STOPPED)
 			rc = GQ_OK;
 		else if (rc == GQ_OK && update &&

@@ -1,10 +1,13 @@
 /*
- * act.h - model.c's activations on the device, numbered as gq_act_kind:
- * fwd.cu's activation kernel and qgemm.cu's gate/up GEMV share them.
+ * act.h - what fwd.cu's kernels and qgemm.cu's GEMV epilogues share: model.c's
+ * activations, numbered as gq_act_kind (the gate/up GEMV applies them), the
+ * norms' output element (the GEMV that adds into the residual stream norms
+ * it too) and block reductions.
  */
 #ifndef GQ_GPU_ACT_H
 #define GQ_GPU_ACT_H
 
+#include "gpu/fwd.h"
 #include "gpu/vendor.h"
 
 __device__ __forceinline__ float gq_activate(int k, float x)
@@ -16,6 +19,45 @@ __device__ __forceinline__ float gq_activate(int k, float x)
 	case 3: return x > 0 ? x : 0;
 	}
 	return x;
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	return v;
+}
+
+/* Sum (or max) over the block; red [32] shared scratch; every thread gets the result. */
+__device__ __forceinline__ float block_reduce(float v, float *red, bool is_max)
+{
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+
+	v = is_max ? warp_max(v) : warp_sum(v);
+	__syncthreads(); /* red may still be read from a previous call */
+	if (lane == 0)
+		red[warp] = v;
+	__syncthreads();
+	v = lane < nw ? red[lane] : (is_max ? -INFINITY : 0.0f);
+	return is_max ? warp_max(v) : warp_sum(v);
+}
+
+/* Output element i of the norm from v = the row (after the add), weight wi and bias bi. */
+__device__ __forceinline__ float norm_out(int kind, float v, float mean, float inv, float wi,
+					  float bi)
+{
+	if (kind == GQ_GPU_NORM_LAYER)
+		return ((v - mean) * inv) * wi + bi;
+	if (kind == GQ_GPU_NORM_RMS_GEMMA)
+		return (v * inv) * (1.0f + wi);
+	return wi * (v * inv);
 }
 
 #endif

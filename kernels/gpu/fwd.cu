@@ -109,36 +109,6 @@ extern "C" void gq_gpu_graph_destroy(void *exec)
 		(void)cudaGraphExecDestroy((cudaGraphExec_t)exec);
 }
 
-/* ---- reductions ---- */
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-	for (int o = 16; o > 0; o >>= 1)
-		v += __shfl_xor_sync(0xffffffffu, v, o);
-	return v;
-}
-
-__device__ __forceinline__ float warp_max(float v)
-{
-	for (int o = 16; o > 0; o >>= 1)
-		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-	return v;
-}
-
-/* Sum (or max) over the block; red [32] shared scratch; every thread gets the result. */
-__device__ float block_reduce(float v, float *red, bool is_max)
-{
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-
-	v = is_max ? warp_max(v) : warp_sum(v);
-	__syncthreads(); /* red may still be read from a previous call */
-	if (lane == 0)
-		red[warp] = v;
-	__syncthreads();
-	v = lane < nw ? red[lane] : (is_max ? -INFINITY : 0.0f);
-	return is_max ? warp_max(v) : warp_sum(v);
-}
-
 /* ---- norms, residuals, activations ---- */
 
 /* the -D overrides of these and of ATT_THREADS, ATT_UNROLL below are for tuning sweeps */
@@ -149,17 +119,6 @@ __device__ float block_reduce(float v, float *red, bool is_max)
 #ifndef NORM_AHEAD
 #define NORM_AHEAD 4 /* weights per thread loaded before pdl_wait: d up to 4 NORM_THREADS */
 #endif
-
-/* Output element i of the norm from v = the row (after the add), weight wi and bias bi. */
-__device__ __forceinline__ float norm_out(int kind, float v, float mean, float inv, float wi,
-					  float bi)
-{
-	if (kind == GQ_GPU_NORM_LAYER)
-		return ((v - mean) * inv) * wi + bi;
-	if (kind == GQ_GPU_NORM_RMS_GEMMA)
-		return (v * inv) * (1.0f + wi);
-	return wi * (v * inv);
-}
 
 /*
  * One block per row; the row (after the residual add) stays in shared

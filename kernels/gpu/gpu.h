@@ -96,6 +96,25 @@ int gq_gpu_qgemv_glu(const gq_gpu_qmat *w, const void *x, int act, void *y16, vo
 		     uint64_t ws_bytes, void *stream);
 
 /*
+ * A residual add and the RMS norm after it, fused into a one-token product:
+ * resid += W x, then y16 = norm(resid) (kind GQ_GPU_NORM_RMS or
+ * GQ_GPU_NORM_RMS_GEMMA of fwd.h, weight w [out], eps), written by the
+ * product's last block instead of a norm launch.
+ */
+typedef struct {
+	float *resid;   /* [out] fp32 residual stream */
+	const float *w; /* [out] */
+	float eps;
+	int kind;
+	void *y16;      /* [out] fp16 */
+	int *counter;   /* [1] device memory, 0 before the first call; the call leaves it 0 */
+} gq_gpu_add_norm;
+
+/* One token x [in] fp16 (as gq_gpu_qgemm's X; ws likewise for T = 1) through w into nrm. */
+int gq_gpu_qgemv_add_norm(const gq_gpu_qmat *w, const void *x, const gq_gpu_add_norm *nrm,
+			  void *ws, uint64_t ws_bytes, void *stream);
+
+/*
  * Y [T, n] fp32 = X [T, k] fp16 (row stride ldx) times Wᵀ, W [n, k] fp16,
  * through cuBLAS GemmEx with fp32 accumulation. The cuBLAS handle is made on
  * first use, for the device current then; one host thread at a time.

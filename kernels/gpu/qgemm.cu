@@ -23,7 +23,9 @@
  *     mask (exact), 3 bits go code by code; groups on chunk boundaries need no
  *     lookup (REGULAR), a chunk that spans groups (group sizes not a multiple
  *     of 32, irregular g_idx) falls back to a per-code group lookup. GLU: the
- *     rows of a [gate | up] pair, act(gate) * up written as fp16.
+ *     rows of a [gate | up] pair, act(gate) * up written as fp16. NORM: the
+ *     rows added into a residual stream row, and the RMS norm after the add
+ *     written as fp16 by the last block (last_block_norm).
  *   2 <= T <= GQ_GPU_GEMV_MAX_T (CUDA): qgemv_mma_kernel<BITS>, one mma.m16n8k16
  *     per 16 codes of 16 rows, the tokens in the instruction's 8 columns (its
  *     cost hardly grows with T: 2.1x the CUDA-core GEMV's speed at T = 8, but
@@ -149,6 +151,87 @@ __device__ __forceinline__ void fma_rows(float (&acc)[QG_ROWS][T], float (&xsum)
 }
 
 /*
+ * The end of a product that adds into the residual stream: once every block
+ * has added its rows into nrm.resid [d] (each behind a fence), the last one
+ * to count itself in reads the whole row back from L2 and writes
+ * nrm.y16 = RMS norm(resid) (kinds GQ_GPU_NORM_RMS, _RMS_GEMMA): the norm
+ * that follows the add, without a launch of its own. The counter returns to
+ * 0 for the next launch (graph replays included).
+ * The row and the norm's weight come in 16-byte vectors, NORM_VECS of each
+ * per thread at once: a row of up to 4 NORM_VECS blockDim.x (4096 for the
+ * GEMV's 128 threads) is one trip to L2 and stays in registers; a longer
+ * one is read twice, a tile at a time (d a multiple of 4, checked by the
+ * caller).
+ */
+#define NORM_VECS 8
+
+__device__ __forceinline__ void last_block_norm(const gq_gpu_add_norm &nrm, int64_t d)
+{
+	__shared__ float red[32];
+	__shared__ bool last;
+	const int64_t tile = 4 * NORM_VECS * (int64_t)blockDim.x;
+	const float4 *x4 = (const float4 *)nrm.resid, *w4 = (const float4 *)nrm.w;
+	float4 xv[NORM_VECS], wv[NORM_VECS];
+	float s = 0;
+
+	__threadfence(); /* this block's adds, before it counts itself in */
+	__syncthreads();
+	if (threadIdx.x == 0)
+		last = atomicAdd(nrm.counter, 1) == (int)gridDim.x - 1;
+	__syncthreads();
+	if (!last)
+		return;
+	__threadfence();
+	/* the tile from element t0: vector i of this thread is element t0 + 4 (threadIdx.x + i blockDim.x) */
+	auto load_tile = [&](int64_t t0, bool with_w) {
+#pragma unroll
+		for (int i = 0; i < NORM_VECS; i++) {
+			const int64_t e = t0 + 4 * (threadIdx.x + i * (int64_t)blockDim.x);
+
+			xv[i] = wv[i] = make_float4(0, 0, 0, 0);
+			if (e < d) {
+				xv[i] = gq_load_l2_4(x4 + e / 4); /* other blocks' adds: not from L1 */
+				if (with_w)
+					wv[i] = w4[e / 4];
+			}
+		}
+	};
+	auto store_tile = [&](int64_t t0, float inv) {
+#pragma unroll
+		for (int i = 0; i < NORM_VECS; i++) {
+			const int64_t e = t0 + 4 * (threadIdx.x + i * (int64_t)blockDim.x);
+			const float *xs = (const float *)&xv[i], *ws = (const float *)&wv[i];
+			__half2 h[2];
+
+			for (int j = 0; j < 2; j++)
+				h[j] = __floats2half2_rn(norm_out(nrm.kind, xs[2 * j], 0.0f, inv, ws[2 * j], 0.0f),
+							 norm_out(nrm.kind, xs[2 * j + 1], 0.0f, inv, ws[2 * j + 1], 0.0f));
+			if (e < d)
+				*(uint2 *)((__half *)nrm.y16 + e) = *(const uint2 *)h;
+		}
+	};
+
+	for (int64_t t0 = 0; t0 < d; t0 += tile) {
+		load_tile(t0, d <= tile);
+#pragma unroll
+		for (int i = 0; i < NORM_VECS; i++)
+			s += xv[i].x * xv[i].x + xv[i].y * xv[i].y + xv[i].z * xv[i].z + xv[i].w * xv[i].w;
+	}
+	const float inv = rsqrtf(block_reduce(s, red, false) / (float)d + nrm.eps);
+
+	if (d <= tile) { /* still in registers */
+		store_tile(0, inv);
+	} else {
+		for (int64_t t0 = 0; t0 < d; t0 += tile) {
+			load_tile(t0, true);
+			store_tile(t0, inv);
+		}
+	}
+	if (threadIdx.x == 0)
+		*nrm.counter = 0;
+}
+
+/*
  * y [T, out] (row stride out) from xs [T, ldx] sorted and padded (ldx a
  * multiple of 8, 16-byte aligned rows). One block: QG_ROWS rows from
  * QG_ROWS b (GLU: QG_ROWS / 2 gate rows from QG_ROWS / 2 b and the up rows
@@ -165,12 +248,12 @@ __device__ __forceinline__ void fma_rows(float (&acc)[QG_ROWS][T], float (&xsum)
  * Launched as a dependent launch: the first chunk's codes and scales are
  * loaded before pdl_wait, so they arrive while the kernel before finishes.
  */
-template <int BITS, int T, bool REGULAR, bool GLU>
+template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false>
 __global__ static void __launch_bounds__(QG_THREADS, REGULAR ? QG_MIN_BLOCKS : 4)
 qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	     const int32_t *__restrict__ gsorted, int gc, const __half *__restrict__ xs,
 	     int64_t ldx, float *__restrict__ y, int64_t out, int64_t n_chunks, int64_t n_groups,
-	     int act, __half *__restrict__ y16)
+	     int act, __half *__restrict__ y16, gq_gpu_add_norm nrm)
 {
 	/* GLU: rows [gate | up], half the block's rows from each, out16 = act(gate) * up */
 	constexpr int ROWS_OUT = GLU ? QG_ROWS / 2 : QG_ROWS;
@@ -181,6 +264,7 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	bool waited = false;
 
 	static_assert(!GLU || (T == 1 && QG_ROWS % 2 == 0), "GLU: one token, rows in pairs");
+	static_assert(!NORM || (T == 1 && !GLU), "NORM: one token into the residual stream");
 	pdl_launch_next();
 #pragma unroll
 	for (int r = 0; r < QG_ROWS; r++) { /* rows past the end repeat the last; never stored */
@@ -298,9 +382,13 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 #pragma unroll
 		for (int k = 0; k < QG_THREADS / 32; k++)
 			v += part[k][threadIdx.x];
-		if (o0 + r < out)
+		if (NORM && o0 + r < out)
+			nrm.resid[o0 + r] += v; /* this block's rows only: no other block writes them */
+		else if (o0 + r < out)
 			y[t * out + o0 + r] = v;
 	}
+	if (NORM)
+		last_block_norm(nrm, out);
 }
 
 /*
@@ -904,7 +992,7 @@ static int launch_gemv(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, floa
 							   : qgemv_kernel<BITS, N, false, false>,       \
 			   dim3((unsigned)blocks), dim3(QG_THREADS), 0, s, w->codes, sz, w->gsorted,     \
 			   w->group_chunks, xs, ldx, Y, w->out, n_chunks, w->n_groups, 0,             \
-			   (__half *)NULL);                                                         \
+			   (__half *)NULL, gq_gpu_add_norm{});                                      \
 		break;
 		GEMV_T(1)
 #ifdef GQ_HIP
@@ -1032,7 +1120,8 @@ static int launch_glu(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, int a
 	PDL_LAUNCH("qgemv_kernel", w->group_chunks ? qgemv_kernel<BITS, 1, true, true>
 						   : qgemv_kernel<BITS, 1, false, true>,
 		   grid, dim3(QG_THREADS), 0, s, w->codes, (const __half2 *)w->sz, w->gsorted,
-		   w->group_chunks, xs, ldx, (float *)NULL, w->out, n_chunks, w->n_groups, act, y16);
+		   w->group_chunks, xs, ldx, (float *)NULL, w->out, n_chunks, w->n_groups, act, y16,
+		   gq_gpu_add_norm{});
 	return GQ_OK;
 }
 
@@ -1053,5 +1142,43 @@ extern "C" int gq_gpu_qgemv_glu(const gq_gpu_qmat *w, const void *x, int act, vo
 	case 3: return launch_glu<3>(w, xs, ldx, act, (__half *)y16, s);
 	case 4: return launch_glu<4>(w, xs, ldx, act, (__half *)y16, s);
 	default: return launch_glu<8>(w, xs, ldx, act, (__half *)y16, s);
+	}
+}
+
+template <int BITS>
+static int launch_add_norm(const gq_gpu_qmat *w, const __half *xs, int64_t ldx,
+			   const gq_gpu_add_norm *nrm, cudaStream_t s)
+{
+	const int64_t n_chunks = w->in_pad / 32;
+
+	PDL_LAUNCH("qgemv_kernel", w->group_chunks ? qgemv_kernel<BITS, 1, true, false, true>
+						   : qgemv_kernel<BITS, 1, false, false, true>,
+		   dim3((unsigned)CEIL_DIV(w->out, (int64_t)QG_ROWS)), dim3(QG_THREADS), 0, s, w->codes,
+		   (const __half2 *)w->sz, w->gsorted, w->group_chunks, xs, ldx, (float *)NULL, w->out,
+		   n_chunks, w->n_groups, 0, (__half *)NULL, *nrm);
+	return GQ_OK;
+}
+
+extern "C" int gq_gpu_qgemv_add_norm(const gq_gpu_qmat *w, const void *x,
+				     const gq_gpu_add_norm *nrm, void *ws, uint64_t ws_bytes,
+				     void *stream)
+{
+	cudaStream_t s = (cudaStream_t)stream;
+	const __half *xs;
+	int64_t ldx;
+	int rc;
+
+	if (nrm->kind != GQ_GPU_NORM_RMS && nrm->kind != GQ_GPU_NORM_RMS_GEMMA)
+		return gq_err(GQ_ERR_ARG, "a fused norm of kind %d (RMS norms only)", nrm->kind);
+	if (w->out % 4 || ((uintptr_t)nrm->resid | (uintptr_t)nrm->w) % 16 || (uintptr_t)nrm->y16 % 8)
+		return gq_err(GQ_ERR_ARG, "a fused norm over %lld rows, or unaligned vectors "
+			      "(rows a multiple of 4, 16-byte aligned)", (long long)w->out);
+	if ((rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
+		return rc;
+	switch (w->bits) {
+	case 2: return launch_add_norm<2>(w, xs, ldx, nrm, s);
+	case 3: return launch_add_norm<3>(w, xs, ldx, nrm, s);
+	case 4: return launch_add_norm<4>(w, xs, ldx, nrm, s);
+	default: return launch_add_norm<8>(w, xs, ldx, nrm, s);
 	}
 }

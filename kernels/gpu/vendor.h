@@ -103,6 +103,18 @@ __device__ __forceinline__ float gq_load_l2(const float *p)
 #endif
 }
 
+/* The same for four floats (16-byte aligned). */
+__device__ __forceinline__ float4 gq_load_l2_4(const float4 *p)
+{
+#ifdef GQ_HIP
+	const volatile float *v = (const volatile float *)p;
+
+	return make_float4(v[0], v[1], v[2], v[3]);
+#else
+	return __ldcg(p);
+#endif
+}
+
 /* Whether the current device takes programmatic dependent launches (runtime.cu). */
 int gq_gpu_pdl_supported(void);
 

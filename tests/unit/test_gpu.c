@@ -235,6 +235,85 @@ static void check_glu(const gq_gpu_qmat *d, const gq_qmat *q, int act, void *dx,
 	free(xh);
 	free(got);
 }
+
+/*
+ * d (from q) into the residual stream with the RMS norm after it
+ * (gq_gpu_qgemv_add_norm, kind 0 plain RMS, 1 gemma's 1 + w): resid += W x
+ * against the CPU GEMV (rtol 1e-4, as the CUDA-core GEMV) and the fp16
+ * norm of the new resid in double (rtol 2e-3: fp16 out), on three calls in
+ * a row, so the last-block counter must come back to 0 after each.
+ */
+static void check_add_norm(const gq_gpu_qmat *d, const gq_qmat *q, int gemma, void *dx,
+			   void *dy, void *ws, uint64_t ws_bytes, uint64_t *seed)
+{
+	int64_t in = q->k.in, out = q->k.out;
+	float *x = malloc((size_t)in * 4), *y = malloc((size_t)out * 4), *resid = malloc((size_t)out * 4);
+	float *w = malloc((size_t)out * 4), *got = malloc((size_t)out * 4);
+	uint16_t *xh = malloc((size_t)in * 2), *h = malloc((size_t)out * 2);
+	float *dres, *dw;
+	int *count;
+	double worst_r = 0, worst_h = 0;
+
+	CHECK_OK(gq_gpu_alloc((void **)&dres, (uint64_t)out * 4));
+	CHECK_OK(gq_gpu_alloc((void **)&dw, (uint64_t)out * 4));
+	CHECK_OK(gq_gpu_alloc((void **)&count, 4));
+	CHECK_OK(gq_gpu_upload(count, &(int){0}, 4));
+	for (int64_t i = 0; i < out; i++)
+		resid[i] = 4 * check_randf(seed), w[i] = 1 + check_randf(seed) / 2;
+	CHECK_OK(gq_gpu_upload(dres, resid, (uint64_t)out * 4));
+	CHECK_OK(gq_gpu_upload(dw, w, (uint64_t)out * 4));
+	for (int call = 0; call < 3; call++) {
+		gq_gpu_add_norm nrm = {dres, dw, 1e-5f, gemma ? GQ_GPU_NORM_RMS_GEMMA : GQ_GPU_NORM_RMS,
+				       dy, count};
+		double ss = 0, rs = 0, rr = 0;
+
+		for (int64_t i = 0; i < in; i++) {
+			xh[i] = gq_f32_to_f16(check_randf(seed));
+			x[i] = gq_f16_to_f32(xh[i]);
+		}
+		gq_qgemv_ref(&q->k, x, y, 0, out);
+		for (int64_t i = 0; i < out; i++) {
+			resid[i] += y[i];
+			ss += (double)resid[i] * resid[i];
+			rr += (double)y[i] * y[i];
+		}
+		rs = 1 / sqrt(ss / (double)out + 1e-5);
+		memset(h, 0xff, (size_t)out * 2); /* NaN poison */
+		CHECK_OK(gq_gpu_upload(dy, h, (uint64_t)out * 2));
+		CHECK_OK(gq_gpu_upload(dx, xh, (uint64_t)in * 2));
+		CHECK_OK(gq_gpu_qgemv_add_norm(d, dx, &nrm, ws, ws_bytes, NULL));
+		CHECK_OK(gq_gpu_sync());
+		CHECK_OK(gq_gpu_download(got, dres, (uint64_t)out * 4));
+		CHECK_OK(gq_gpu_download(h, dy, (uint64_t)out * 2));
+		for (int64_t i = 0; i < out; i++) {
+			double ref = resid[i] * rs * (gemma ? 1 + w[i] : w[i]), v = gq_f16_to_f32(h[i]);
+			/* the sum's error against y's scale: resid itself is exact on both sides */
+			double er = fabs((double)got[i] - resid[i]) / (fabs(y[i]) + sqrt(rr / (double)out));
+			double eh = fabs(v - ref) / (fabs(ref) + 1);
+
+			worst_r = isnan(got[i]) || er > worst_r ? (isnan(got[i]) ? INFINITY : er) : worst_r;
+			worst_h = isnan(v) || eh > worst_h ? (isnan(v) ? INFINITY : eh) : worst_h;
+		}
+		CHECK_OK(gq_gpu_upload(dres, resid, (uint64_t)out * 4)); /* the next call from the reference */
+	}
+	fprintf(stderr, "  %d-bit [%lld, %lld] added, %s norm: resid err %.2e (rtol 1e-4), "
+		"norm err %.2e (rtol 2e-3)\n", q->k.bits, (long long)out, (long long)in,
+		gemma ? "gemma" : "RMS", worst_r, worst_h);
+	CHECK(worst_r <= 1e-4 && worst_h <= 2e-3);
+	CHECK_ERR(gq_gpu_qgemv_add_norm(d, dx, &(gq_gpu_add_norm){dres, dw, 1e-5f, GQ_GPU_NORM_LAYER, dy, count},
+					ws, ws_bytes, NULL),
+		  GQ_ERR_ARG, "RMS norms only");
+	gq_gpu_free(dres);
+	gq_gpu_free(dw);
+	gq_gpu_free(count);
+	free(x);
+	free(y);
+	free(resid);
+	free(w);
+	free(got);
+	free(xh);
+	free(h);
+}
 #endif
 
 /*
@@ -243,7 +322,8 @@ static void check_glu(const gq_gpu_qmat *d, const gq_qmat *q, int act, void *dx,
  * token counts at each path's edges: CUDA-core GEMV 1 (1, 3, 8 on HIP);
  * tensor-core GEMV 3, 8; fused tensor-core kernel 9, 24, 40, 64 (1 to 4
  * token tiles; K split or not by the matrix's size); dequantize + cuBLAS 65, 128;
- * and each matrix as a [gate | up] pair through the fused activation (check_glu).
+ * and each matrix as a [gate | up] pair through the fused activation (check_glu)
+ * and into a residual stream with the RMS norm after it (check_add_norm).
  * Tolerance, |gpu - ref| <= rtol (|ref| + rms(ref)): activations are fp16
  * on both sides, so the CUDA-core GEMV differs from the reference only by fp32
  * rounding (rtol 1e-4); the other paths round each weight to fp16 (relative
@@ -261,6 +341,7 @@ static void test_qgemm(void)
 		{4, 1024, 384, 128, 0}, {4, 360, 200, 32, 1}, {4, 768, 264, -1, 0}, {4, 640, 128, 40, 0},
 		{3, 608, 96, 128, 1},   {3, 320, 64, -1, 0},  {2, 528, 160, 32, 0}, {2, 512, 96, 128, 1},
 		{8, 516, 132, 128, 1},  {8, 256, 64, 0, 0},   {4, 512, 104, 0, 0},  {4, 2048, 520, 128, 1},
+		{4, 256, 4612, 128, 0}, /* a norm over more than one tile of the last block (4096) */
 	};
 	static const int64_t tokens[] = {1, 3, 8, 9, 24, 40, 64, 65, 128};
 	const size_t n_tokens = sizeof tokens / sizeof *tokens;
@@ -333,6 +414,7 @@ static void test_qgemm(void)
 			CHECK(worst <= rtol && sqrt(num / ss) <= 1e-3);
 		}
 		check_glu(&d, &q, c % 2, dx, dy, ws, ws_max, &seed);
+		check_add_norm(&d, &q, c % 2, dx, dy, ws, ws_max, &seed);
 		CHECK_ERR(gq_gpu_qgemm(&d, dx, tmax, dy, ws, 0, NULL), GQ_ERR_ARG, "workspace");
 		gq_gpu_free(dx);
 		gq_gpu_free(dy);
