@@ -71,7 +71,7 @@ typedef struct {
 	float *wt;          /* [CHUNK] MoE routing weights */
 	void *ws;           /* qgemm workspace */
 	uint64_t ws_bytes;
-	int *norm_count;    /* [1] gq_gpu_add_norm's counter, 0 between launches */
+	unsigned *norm_count; /* [1] gq_gpu_add_norm's counter, 0 between launches */
 } gdev;
 
 struct gq_gpu_model {
@@ -1097,7 +1097,7 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	       (rc = gq_gpu_fwd_init()) ||
 	       (rc = gq_gpu_alloc((void **)&D->pos, 8)) ||
 	       (rc = gq_gpu_alloc((void **)&D->norm_count, 4)) ||
-	       (rc = gq_gpu_upload(D->norm_count, &(int){0}, 4)) ||
+	       (rc = gq_gpu_upload(D->norm_count, &(unsigned){0}, 4)) ||
 	       (rc = dup_f32(inv, half, &D->inv_freq)) ||
 	       (rc = dup_f32(slopes, H, &D->alibi)) ||
 	       (rc = gq_gpu_alloc((void **)&D->x, (uint64_t)(CHUNK * d) * 4)) ||

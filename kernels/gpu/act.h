@@ -49,6 +49,27 @@ __device__ __forceinline__ float block_reduce(float v, float *red, bool is_max)
 	return is_max ? warp_max(v) : warp_sum(v);
 }
 
+/*
+ * Whether this block is the last of `total` to count itself in at
+ * *counter (the combining block of a kernel's partial results): each block
+ * fences its writes before it counts, and the last one fences again before
+ * it reads the others'. Every thread gets the answer; the last block puts
+ * the counter back to 0 when it is done, for the next launch.
+ */
+__device__ __forceinline__ bool gq_last_block(unsigned *counter, unsigned total)
+{
+	__shared__ bool last;
+
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0)
+		last = atomicAdd(counter, 1u) == total - 1;
+	__syncthreads();
+	if (last)
+		__threadfence();
+	return last;
+}
+
 /* Output element i of the norm from v = the row (after the add), weight wi and bias bi. */
 __device__ __forceinline__ float norm_out(int kind, float v, float mean, float inv, float wi,
 					  float bi)

@@ -457,7 +457,6 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 {
 	constexpr int NC = ATT_HD_MAX / 32, U = ATT_UNROLL;
 	__shared__ float red[32];
-	__shared__ bool last;
 	extern __shared__ float sm[]; /* scores [att_scores(kps)], per-warp sums [ATT_WARPS][hd] */
 	float *sc = sm, *wsum = sc + att_scores(kps);
 	/* the position is written before the forward's first launch: read before pdl_wait */
@@ -562,14 +561,8 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 	}
 	if (S == 1)
 		return;
-	__threadfence(); /* this split's partial is visible before it is counted */
-	__syncthreads();
-	if (threadIdx.x == 0)
-		last = atomicAdd(&count[t * H + h], 1u) == (unsigned)S - 1;
-	__syncthreads();
-	if (!last)
+	if (!gq_last_block(&count[t * H + h], (unsigned)S))
 		return;
-	__threadfence();
 	/*
 	 * Split k's m and l in thread k (S <= ATT_SPLITS_MAX <= ATT_THREADS); its
 	 * weight e^(m_k - M) into sc (free now, and room for ATT_SPLITS_MAX:

@@ -107,7 +107,7 @@ typedef struct {
 	float eps;
 	int kind;
 	void *y16;      /* [out] fp16 */
-	int *counter;   /* [1] device memory, 0 before the first call; the call leaves it 0 */
+	unsigned *counter; /* [1] device memory, 0 before the first call; the call leaves it 0 */
 } gq_gpu_add_norm;
 
 /* One token x [in] fp16 (as gq_gpu_qgemm's X; ws likewise for T = 1) through w into nrm. */

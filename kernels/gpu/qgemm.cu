@@ -168,20 +168,13 @@ __device__ __forceinline__ void fma_rows(float (&acc)[QG_ROWS][T], float (&xsum)
 __device__ __forceinline__ void last_block_norm(const gq_gpu_add_norm &nrm, int64_t d)
 {
 	__shared__ float red[32];
-	__shared__ bool last;
 	const int64_t tile = 4 * NORM_VECS * (int64_t)blockDim.x;
 	const float4 *x4 = (const float4 *)nrm.resid, *w4 = (const float4 *)nrm.w;
 	float4 xv[NORM_VECS], wv[NORM_VECS];
 	float s = 0;
 
-	__threadfence(); /* this block's adds, before it counts itself in */
-	__syncthreads();
-	if (threadIdx.x == 0)
-		last = atomicAdd(nrm.counter, 1) == (int)gridDim.x - 1;
-	__syncthreads();
-	if (!last)
+	if (!gq_last_block(nrm.counter, gridDim.x))
 		return;
-	__threadfence();
 	/* the tile from element t0: vector i of this thread is element t0 + 4 (threadIdx.x + i blockDim.x) */
 	auto load_tile = [&](int64_t t0, bool with_w) {
 #pragma unroll

@@ -251,13 +251,13 @@ static void check_add_norm(const gq_gpu_qmat *d, const gq_qmat *q, int gemma, vo
 	float *w = malloc((size_t)out * 4), *got = malloc((size_t)out * 4);
 	uint16_t *xh = malloc((size_t)in * 2), *h = malloc((size_t)out * 2);
 	float *dres, *dw;
-	int *count;
+	unsigned *count;
 	double worst_r = 0, worst_h = 0;
 
 	CHECK_OK(gq_gpu_alloc((void **)&dres, (uint64_t)out * 4));
 	CHECK_OK(gq_gpu_alloc((void **)&dw, (uint64_t)out * 4));
 	CHECK_OK(gq_gpu_alloc((void **)&count, 4));
-	CHECK_OK(gq_gpu_upload(count, &(int){0}, 4));
+	CHECK_OK(gq_gpu_upload(count, &(unsigned){0}, 4));
 	for (int64_t i = 0; i < out; i++)
 		resid[i] = 4 * check_randf(seed), w[i] = 1 + check_randf(seed) / 2;
 	CHECK_OK(gq_gpu_upload(dres, resid, (uint64_t)out * 4));
