@@ -25,7 +25,10 @@
  *     of 32, irregular g_idx) falls back to a per-code group lookup. GLU: the
  *     rows of a [gate | up] pair, act(gate) * up written as fp16. NORM: the
  *     rows added into a residual stream row, and the RMS norm after the add
- *     written as fp16 by the last block (last_block_norm).
+ *     written as fp16 by the last block (last_block_norm). TC (CUDA, 4 bits,
+ *     group sizes of 128 codes or a multiple): the same blocks and loads, the
+ *     multiply-adds on tensor cores from the exact integers c - z
+ *     (qgemv_tc_chunks), still exact products and fp32 sums.
  *   2 <= T <= GQ_GPU_GEMV_MAX_T (CUDA): qgemv_mma_kernel<BITS>, one mma.m16n8k16
  *     per 16 codes of 16 rows, the tokens in the instruction's 8 columns (its
  *     cost hardly grows with T: 2.1x the CUDA-core GEMV's speed at T = 8, but
@@ -37,11 +40,11 @@
  *     GemmEx (fp16 in, fp32 accumulate and out).
  * The tensor-core kernels and dequant_kernel round each weight to fp16 the
  * same way (oct_to_half), so they multiply the same W16; the T = 1 GEMV
- * computes in fp32 from exact codes.
+ * multiplies exact codes and sums in fp32.
  * Every kernel here is a dependent launch (vendor.h): the T = 1 GEMV loads
  * its first weights before it waits for the kernel before it.
  * Instances: BITS in {2, 3, 4, 8} x T = 1 (1..8 on HIP) for the CUDA-core
- * GEMV, x NT in 1..4 token tiles of 16 for the fused kernel; BITS for the
+ * GEMV (and its TC form for 4 bits), x NT in 1..4 token tiles of 16 for the fused kernel; BITS for the
  * tensor-core GEMV and dequant.
  */
 #include "gpu/act.h"
@@ -224,6 +227,128 @@ __device__ __forceinline__ void last_block_norm(const gq_gpu_add_norm &nrm, int6
 		*nrm.counter = 0;
 }
 
+#ifndef GQ_HIP
+/* (a & mask) | bits as one lop3: nvcc compiles the C expression to two */
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t bits)
+{
+	uint32_t r;
+
+	asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(a), "r"(mask), "r"(bits));
+	return r;
+}
+
+/*
+ * The chunk loop of qgemv_kernel for 4-bit codes whose groups come in whole
+ * quads of chunks (group_chunks a multiple of 4, so the 4 lanes 4 g .. 4 g + 3
+ * always hold chunks of one group), with the multiply-adds on tensor cores:
+ * the CUDA-core loop issues about 4.7 instructions a code (unpack, two
+ * conversions, a multiply-add), which held it near half the bandwidth; this
+ * one about 1.3 (both counted in sm_90 code), with the same loads.
+ *
+ * Each lane keeps its chunk of the block's QG_ROWS rows, as there. One
+ * mma.m16n8k16 takes rows 2p (A rows 0..7) and 2p + 1 (A rows 8..15) and x
+ * (B), with the k slots of lane (g = lane / 4, t = lane % 4) mapped to its
+ * own codes, A row m to the row of lane quad m % 8 and B column n to the x of
+ * quad n: D[g][g] sums lane quad g's codes times its own x, rows 2p and
+ * 2p + 1 in D[g][g] and D[g + 8][g], held by lane (g, g / 2); every other
+ * entry mixes quads and is dropped. The A entries are the exact integers
+ * c - z (fp16), so products are exact and sums fp32, like the CUDA-core loop;
+ * a quad's chunks share a group, so the scale multiplies each row's sum once
+ * per chunk. Every lane takes part in every mma (warp-uniform loop; a lane
+ * past the end multiplies zero x). Codes and scales of the first chunk load
+ * before pdl_wait.
+ */
+__device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const int64_t (&row)[QG_ROWS],
+						const uint32_t *__restrict__ codes,
+						const __half2 *__restrict__ sz, int gc,
+						const __half *__restrict__ xs, int64_t n_chunks,
+						int64_t n_groups)
+{
+	const int lane = threadIdx.x & 31, quad = lane >> 2;
+	const bool owner = (lane & 3) == quad >> 1; /* the lane that holds D[quad][quad] */
+	const __half2 m1024 = __float2half2_rn(-1024.0f), m64 = __float2half2_rn(-64.0f);
+	const __half2 sixteenth = __float2half2_rn(1.0f / 16);
+	bool waited = false;
+
+	static_assert(QG_ROWS % 2 == 0, "rows in pairs, one mma each");
+	for (int64_t c0 = 0; c0 < n_chunks; c0 += QG_THREADS) {
+		const int64_t c = c0 + threadIdx.x;
+		const bool inside = c < n_chunks;
+		const int64_t g0 = (inside ? c : n_chunks - 1) / gc;
+		uint32_t w[QG_ROWS][4] = {}; /* the chunk of each row: 4 words of 8 codes */
+		__half2 szr[QG_ROWS];        /* (scale, zero) of each row's group */
+
+#pragma unroll
+		for (int r = 0; r < QG_ROWS; r++) {
+			if (inside)
+				load_chunk<4>(codes + (row[r] * n_chunks + c) * 4, w[r]);
+			szr[r] = sz[row[r] * n_groups + g0];
+		}
+		if (!waited) {
+			pdl_wait();
+			waited = true;
+		}
+		/* x paired like the codes below: xp[4 i + q] = (x[8 i + q], x[8 i + q + 4]) */
+		uint32_t xp[16];
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			const uint4 v = inside ? *(const uint4 *)(xs + 32 * c + 8 * i) : make_uint4(0, 0, 0, 0);
+
+			xp[4 * i] = __byte_perm(v.x, v.z, 0x5410);
+			xp[4 * i + 1] = __byte_perm(v.x, v.z, 0x7632);
+			xp[4 * i + 2] = __byte_perm(v.y, v.w, 0x5410);
+			xp[4 * i + 3] = __byte_perm(v.y, v.w, 0x7632);
+		}
+#pragma unroll
+		for (int p = 0; p < QG_ROWS / 2; p++) {
+			__half2 nz1024[2], nz64[2]; /* -(1024 + z), -(64 + z) of rows 2p, 2p + 1 */
+			float d[4] = {};
+
+#pragma unroll
+			for (int h = 0; h < 2; h++) {
+				nz1024[h] = __hsub2(m1024, __high2half2(szr[2 * p + h]));
+				nz64[h] = __hsub2(m64, __high2half2(szr[2 * p + h]));
+			}
+#pragma unroll
+			for (int i = 0; i < 4; i++) {
+				uint32_t a[2][4]; /* a[h][q] = (c - z) of codes q, q + 4 of word i, row 2p + h */
+
+#pragma unroll
+				for (int h = 0; h < 2; h++) {
+					/*
+					 * Codes q and q + 4 masked into the mantissas of 1024
+					 * (0x6400): (1024 + c) - (1024 + z) for the low nibbles,
+					 * (1024 + 16 c) / 16 - (64 + z) for the high ones, both
+					 * exact; the word shifted by 8 gives codes 2, 6 and 3, 7.
+					 */
+#pragma unroll
+					for (int half = 0; half < 2; half++) {
+						const uint32_t v = w[2 * p + h][i] >> (8 * half);
+						uint32_t lo = and_or(v, 0x000f000fu, 0x64006400u);
+						uint32_t hi = and_or(v, 0x00f000f0u, 0x64006400u);
+						__half2 cl = __hadd2(*(const __half2 *)&lo, nz1024[h]);
+						__half2 ch = __hfma2(*(const __half2 *)&hi, sixteenth, nz64[h]);
+
+						a[h][2 * half] = *(const uint32_t *)&cl;
+						a[h][2 * half + 1] = *(const uint32_t *)&ch;
+					}
+				}
+				mma_16816(d, a[0][0], a[1][0], a[0][1], a[1][1], xp[4 * i], xp[4 * i + 1]);
+				mma_16816(d, a[0][2], a[1][2], a[0][3], a[1][3], xp[4 * i + 2], xp[4 * i + 3]);
+			}
+			acc[2 * p][0] = fmaf(__low2float(szr[2 * p]), quad & 1 ? d[1] : d[0], acc[2 * p][0]);
+			acc[2 * p + 1][0] = fmaf(__low2float(szr[2 * p + 1]), quad & 1 ? d[3] : d[2], acc[2 * p + 1][0]);
+		}
+	}
+	if (!waited)
+		pdl_wait();
+#pragma unroll
+	for (int r = 0; r < QG_ROWS; r++)
+		if (!owner)
+			acc[r][0] = 0;
+}
+#endif
+
 /*
  * y [T, out] (row stride out) from xs [T, ldx] sorted and padded (ldx a
  * multiple of 8, 16-byte aligned rows). One block: QG_ROWS rows from
@@ -236,12 +361,13 @@ __device__ __forceinline__ void last_block_norm(const gq_gpu_add_norm &nrm, int6
  * Within one group, Σ_j s (c_j - z) x_j = s Σ_j c_j x_j - s z Σ_j x_j: the
  * loop multiplies raw codes (exact floats) and x, and the scale and zero
  * are applied once per chunk, with Σ x shared by the rows. A chunk that
- * spans groups dequantizes code by code instead.
+ * spans groups dequantizes code by code instead. TC: qgemv_tc_chunks runs
+ * the chunk loop on tensor cores (gemv_kernel_for picks it).
  *
  * Launched as a dependent launch: the first chunk's codes and scales are
  * loaded before pdl_wait, so they arrive while the kernel before finishes.
  */
-template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false>
+template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false, bool TC = false>
 __global__ static void __launch_bounds__(QG_THREADS, REGULAR ? QG_MIN_BLOCKS : 4)
 qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	     const int32_t *__restrict__ gsorted, int gc, const __half *__restrict__ xs,
@@ -265,79 +391,87 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 
 		row[r] = r < ROWS_OUT ? o : n_out + o;
 	}
-	for (int64_t c = threadIdx.x; c < n_chunks; c += QG_THREADS) {
-		const __half *xc = xs + 32 * c;
-		const int g0 = REGULAR ? (int)(c / gc) : gsorted[32 * c];
-		const int g1 = REGULAR ? g0 : gsorted[32 * c + 31];
-		uint32_t w[QG_ROWS][BITS];
-		float2 f[QG_ROWS];
+	if constexpr (TC) {
+#ifndef GQ_HIP
+		static_assert(BITS == 4 && T == 1 && REGULAR, "TC: 4-bit codes, one token, regular groups");
+		qgemv_tc_chunks(acc, row, codes, sz, gc, xs, n_chunks, n_groups);
+		waited = true;
+#endif
+	} else {
+		for (int64_t c = threadIdx.x; c < n_chunks; c += QG_THREADS) {
+			const __half *xc = xs + 32 * c;
+			const int g0 = REGULAR ? (int)(c / gc) : gsorted[32 * c];
+			const int g1 = REGULAR ? g0 : gsorted[32 * c + 31];
+			uint32_t w[QG_ROWS][BITS];
+			float2 f[QG_ROWS];
 
 #pragma unroll
-		for (int r = 0; r < QG_ROWS; r++) {
-			load_chunk<BITS>(codes + row[r] * wpr + c * BITS, w[r]);
-			f[r] = __half22float2(sz[row[r] * n_groups + g0]);
-		}
-		if (!waited) {
-			pdl_wait();
-			waited = true;
-		}
-		float xsum[T] = {};
-		if (!REGULAR && g0 != g1) {
-			/* the chunk spans groups: look the group up code by code */
+			for (int r = 0; r < QG_ROWS; r++) {
+				load_chunk<BITS>(codes + row[r] * wpr + c * BITS, w[r]);
+				f[r] = __half22float2(sz[row[r] * n_groups + g0]);
+			}
+			if (!waited) {
+				pdl_wait();
+				waited = true;
+			}
+			float xsum[T] = {};
+			if (!REGULAR && g0 != g1) {
+				/* the chunk spans groups: look the group up code by code */
 #pragma unroll
-			for (int j0 = 0; j0 < 32; j0 += 8)
-				fma_rows<T, 8, false>(acc, xsum, xc + j0, ldx, [&](int r, float(&wf)[8]) {
+				for (int j0 = 0; j0 < 32; j0 += 8)
+					fma_rows<T, 8, false>(acc, xsum, xc + j0, ldx, [&](int r, float(&wf)[8]) {
 #pragma unroll
-					for (int j = 0; j < 8; j++) {
-						float2 z = __half22float2(sz[row[r] * n_groups + gsorted[32 * c + j0 + j]]);
+						for (int j = 0; j < 8; j++) {
+							float2 z = __half22float2(sz[row[r] * n_groups + gsorted[32 * c + j0 + j]]);
 
-						wf[j] = (code_at<BITS>(w[r], j0 + j) - z.y) * z.x;
-					}
-				});
-			continue;
-		}
-		float p[QG_ROWS][T] = {}; /* Σ_j c_j x_j over the chunk */
-
-		if constexpr (BITS == 3) {
-#pragma unroll
-			for (int j0 = 0; j0 < 32; j0 += 8)
-				fma_rows<T, 8, true>(p, xsum, xc + j0, ldx, [&](int r, float(&wf)[8]) {
-#pragma unroll
-					for (int j = 0; j < 8; j++)
-						wf[j] = code_at<BITS>(w[r], j0 + j);
-				});
-		} else {
-			/*
-			 * One word holds CPW codes; masking the word shifted by BITS q
-			 * with 0x000f000f (4 bits) leaves codes q and q + CPW/2 in the
-			 * two halves, or-ing 0x6400 makes each the half 1024 + c, and
-			 * subtracting 1024 (exact) leaves c. 8 bits: whole words are 4
-			 * codes, so two words make a block of 8.
-			 */
-			constexpr int CPW = 32 / BITS, N = CPW < 8 ? 8 : CPW;
-			constexpr uint32_t PAIR_MASK = ((1u << BITS) - 1) * 0x00010001u;
-			const __half2 k1024 = __floats2half2_rn(1024.0f, 1024.0f);
-
-#pragma unroll
-			for (int i = 0; i < BITS; i += N / CPW)
-				fma_rows<T, N, true>(p, xsum, xc + i * CPW, ldx, [&](int r, float(&wf)[N]) {
-#pragma unroll
-					for (int u = 0; u < N / CPW; u++)
-#pragma unroll
-						for (int q = 0; q < CPW / 2; q++) {
-							uint32_t h = ((w[r][i + u] >> (BITS * q)) & PAIR_MASK) | 0x64006400u;
-							float2 cf = __half22float2(__hsub2(*(const __half2 *)&h, k1024));
-
-							wf[u * CPW + q] = cf.x;
-							wf[u * CPW + q + CPW / 2] = cf.y;
+							wf[j] = (code_at<BITS>(w[r], j0 + j) - z.y) * z.x;
 						}
-				});
+					});
+				continue;
+			}
+			float p[QG_ROWS][T] = {}; /* Σ_j c_j x_j over the chunk */
+
+			if constexpr (BITS == 3) {
+#pragma unroll
+				for (int j0 = 0; j0 < 32; j0 += 8)
+					fma_rows<T, 8, true>(p, xsum, xc + j0, ldx, [&](int r, float(&wf)[8]) {
+#pragma unroll
+						for (int j = 0; j < 8; j++)
+							wf[j] = code_at<BITS>(w[r], j0 + j);
+					});
+			} else {
+				/*
+				 * One word holds CPW codes; masking the word shifted by BITS q
+				 * with 0x000f000f (4 bits) leaves codes q and q + CPW/2 in the
+				 * two halves, or-ing 0x6400 makes each the half 1024 + c, and
+				 * subtracting 1024 (exact) leaves c. 8 bits: whole words are 4
+				 * codes, so two words make a block of 8.
+				 */
+				constexpr int CPW = 32 / BITS, N = CPW < 8 ? 8 : CPW;
+				constexpr uint32_t PAIR_MASK = ((1u << BITS) - 1) * 0x00010001u;
+				const __half2 k1024 = __floats2half2_rn(1024.0f, 1024.0f);
+
+#pragma unroll
+				for (int i = 0; i < BITS; i += N / CPW)
+					fma_rows<T, N, true>(p, xsum, xc + i * CPW, ldx, [&](int r, float(&wf)[N]) {
+#pragma unroll
+						for (int u = 0; u < N / CPW; u++)
+#pragma unroll
+							for (int q = 0; q < CPW / 2; q++) {
+								uint32_t h = ((w[r][i + u] >> (BITS * q)) & PAIR_MASK) | 0x64006400u;
+								float2 cf = __half22float2(__hsub2(*(const __half2 *)&h, k1024));
+
+								wf[u * CPW + q] = cf.x;
+								wf[u * CPW + q + CPW / 2] = cf.y;
+							}
+					});
+			}
+#pragma unroll
+			for (int r = 0; r < QG_ROWS; r++)
+#pragma unroll
+				for (int t = 0; t < T; t++) /* s (p - z Σx) */
+					acc[r][t] = fmaf(f[r].x, fmaf(-f[r].y, xsum[t], p[r][t]), acc[r][t]);
 		}
-#pragma unroll
-		for (int r = 0; r < QG_ROWS; r++)
-#pragma unroll
-			for (int t = 0; t < T; t++) /* s (p - z Σx) */
-				acc[r][t] = fmaf(f[r].x, fmaf(-f[r].y, xsum[t], p[r][t]), acc[r][t]);
 	}
 	if (!waited) /* no chunk here: still wait before y is written */
 		pdl_wait();
@@ -961,7 +1095,23 @@ extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
 	return xs_bytes(w, T) + (uint64_t)(w->out * w->in_pad) * 2;
 }
 
-/* T = 1 (and every T on HIP): the CUDA-core GEMV; 2..8 tokens: the tensor-core one */
+/*
+ * qgemv_kernel's form for w: tensor-core multiply-adds (qgemv_tc_chunks) for
+ * one token of 4-bit codes in groups of whole chunk quads on CUDA, else the
+ * CUDA-core loop (regular groups, or looked up code by code).
+ */
+template <int BITS, int T, bool GLU, bool NORM>
+static auto gemv_kernel_for(const gq_gpu_qmat *w)
+{
+#ifndef GQ_HIP
+	if constexpr (BITS == 4 && T == 1)
+		if (w->group_chunks && w->group_chunks % 4 == 0)
+			return qgemv_kernel<BITS, T, true, GLU, NORM, true>;
+#endif
+	return w->group_chunks ? qgemv_kernel<BITS, T, true, GLU, NORM> : qgemv_kernel<BITS, T, false, GLU, NORM>;
+}
+
+/* T = 1 (and every T on HIP): qgemv_kernel; 2..8 tokens: qgemv_mma_kernel */
 template <int BITS>
 static int launch_gemv(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float *Y, int64_t T,
 		       cudaStream_t s)
@@ -981,8 +1131,7 @@ static int launch_gemv(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, floa
 	switch (T) {
 #define GEMV_T(N)                                                                                  \
 	case N:                                                                                    \
-		PDL_LAUNCH("qgemv_kernel", w->group_chunks ? qgemv_kernel<BITS, N, true, false>         \
-							   : qgemv_kernel<BITS, N, false, false>,       \
+		PDL_LAUNCH("qgemv_kernel", (gemv_kernel_for<BITS, N, false, false>(w)),                 \
 			   dim3((unsigned)blocks), dim3(QG_THREADS), 0, s, w->codes, sz, w->gsorted,     \
 			   w->group_chunks, xs, ldx, Y, w->out, n_chunks, w->n_groups, 0,             \
 			   (__half *)NULL, gq_gpu_add_norm{});                                      \
@@ -1110,9 +1259,7 @@ static int launch_glu(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, int a
 	const int64_t n_chunks = w->in_pad / 32;
 	const dim3 grid((unsigned)CEIL_DIV(w->out / 2, (int64_t)(QG_ROWS / 2)));
 
-	PDL_LAUNCH("qgemv_kernel", w->group_chunks ? qgemv_kernel<BITS, 1, true, true>
-						   : qgemv_kernel<BITS, 1, false, true>,
-		   grid, dim3(QG_THREADS), 0, s, w->codes, (const __half2 *)w->sz, w->gsorted,
+	PDL_LAUNCH("qgemv_kernel", (gemv_kernel_for<BITS, 1, true, false>(w)), grid, dim3(QG_THREADS), 0, s, w->codes, (const __half2 *)w->sz, w->gsorted,
 		   w->group_chunks, xs, ldx, (float *)NULL, w->out, n_chunks, w->n_groups, act, y16,
 		   gq_gpu_add_norm{});
 	return GQ_OK;
@@ -1144,8 +1291,7 @@ static int launch_add_norm(const gq_gpu_qmat *w, const __half *xs, int64_t ldx,
 {
 	const int64_t n_chunks = w->in_pad / 32;
 
-	PDL_LAUNCH("qgemv_kernel", w->group_chunks ? qgemv_kernel<BITS, 1, true, false, true>
-						   : qgemv_kernel<BITS, 1, false, false, true>,
+	PDL_LAUNCH("qgemv_kernel", (gemv_kernel_for<BITS, 1, false, true>(w)),
 		   dim3((unsigned)CEIL_DIV(w->out, (int64_t)QG_ROWS)), dim3(QG_THREADS), 0, s, w->codes,
 		   (const __half2 *)w->sz, w->gsorted, w->group_chunks, xs, ldx, (float *)NULL, w->out,
 		   n_chunks, w->n_groups, 0, (__half *)NULL, *nrm);

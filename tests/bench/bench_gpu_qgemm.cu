@@ -1,7 +1,7 @@
 /*
- * bench_gpu_qgemm - int4 g128 quantized products (gq_gpu_qgemm: the CUDA-core
- * GEMV for 1 token, the tensor-core GEMV up to 8, the fused tensor-core kernel
- * up to 64, dequantize + cuBLAS above)
+ * bench_gpu_qgemm - int4 g128 quantized products (gq_gpu_qgemm: the one-token
+ * GEMV with its multiply-adds on tensor cores, the tensor-core GEMV up to 8,
+ * the fused tensor-core kernel up to 64, dequantize + cuBLAS above)
  * against cuBLAS fp16 GemmEx on the same llama-7B shapes and token counts,
  * measured in the same run.
  *

@@ -179,7 +179,7 @@ static void make_qmat(gq_qmat *q, int bits, int64_t in, int64_t out, int64_t gs,
 #endif
 
 #if defined(GQ_CUDA) || defined(GQ_HIP)
-/* Whether gq_gpu_qgemm takes T tokens through the CUDA-core GEMV (see qgemm.cu). */
+/* Whether gq_gpu_qgemm takes T tokens through the one-token GEMV, exact codes (see qgemm.cu). */
 static int gpu_exact_gemv(int64_t T)
 {
 #ifdef GQ_HIP
@@ -239,7 +239,7 @@ static void check_glu(const gq_gpu_qmat *d, const gq_qmat *q, int act, void *dx,
 /*
  * d (from q) into the residual stream with the RMS norm after it
  * (gq_gpu_qgemv_add_norm, kind 0 plain RMS, 1 gemma's 1 + w): resid += W x
- * against the CPU GEMV (rtol 1e-4, as the CUDA-core GEMV) and the fp16
+ * against the CPU GEMV (rtol 1e-4, as the one-token GEMV) and the fp16
  * norm of the new resid in double (rtol 2e-3: fp16 out), on three calls in
  * a row, so the last-block counter must come back to 0 after each.
  */
@@ -319,13 +319,16 @@ static void check_add_norm(const gq_gpu_qmat *d, const gq_qmat *q, int gemma, vo
 /*
  * Every width, group sizes 32/128/none/40 (groups that split 32-code
  * chunks)/irregular, act order, sizes that are not whole chunks, and the
- * token counts at each path's edges: CUDA-core GEMV 1 (1, 3, 8 on HIP);
+ * token counts at each path's edges: one-token GEMV 1 (1, 3, 8 on HIP; its
+ * tensor-core form for 4 bits in groups of 128 codes or a whole row: the
+ * 128 and none cases, act order included);
  * tensor-core GEMV 3, 8; fused tensor-core kernel 9, 24, 40, 64 (1 to 4
  * token tiles; K split or not by the matrix's size); dequantize + cuBLAS 65, 128;
  * and each matrix as a [gate | up] pair through the fused activation (check_glu)
  * and into a residual stream with the RMS norm after it (check_add_norm).
  * Tolerance, |gpu - ref| <= rtol (|ref| + rms(ref)): activations are fp16
- * on both sides, so the CUDA-core GEMV differs from the reference only by fp32
+ * on both sides, so the one-token GEMV (exact codes, exact products, fp32
+ * sums, on tensor cores or not) differs from the reference only by fp32
  * rounding (rtol 1e-4); the other paths round each weight to fp16 (relative
  * 2^-11 at most, about 3e-4 rms(ref) per output), so rtol 2e-3 is that
  * error's 7 sigma, and ‖gpu - ref‖ / ‖ref‖ must stay under 1e-3.
@@ -372,7 +375,7 @@ static void test_qgemm(void)
 		CHECK_OK(gq_gpu_alloc(&ws, ws_max));
 		for (size_t ti = 0; ti < n_tokens; ti++) {
 			int64_t T = tokens[ti];
-			/* fp32 dequantization in the CUDA-core GEMV, fp16 weights in the tensor-core paths */
+			/* exact codes in the one-token GEMV, fp16 weights in the other paths */
 			double rtol = gpu_exact_gemv(T) ? 1e-4 : 2e-3, ss = 0, num = 0, worst = 0;
 
 			for (int64_t i = 0; i < T * in; i++) { /* the reference sees the same fp16 inputs */
