@@ -477,21 +477,50 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 		pdl_wait();
 
 	/* sum over the block: warp shuffles, then one value per warp in shared memory */
-	__shared__ float part[QG_THREADS / 32][QG_ROWS * T];
+	constexpr int V = QG_ROWS * T; /* values a lane sums over the block */
+	__shared__ float part[QG_THREADS / 32][V];
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
+	if constexpr ((V & (V - 1)) == 0 && V <= 32) {
+		/*
+		 * A butterfly: each exchange sends the half of its values a lane
+		 * gives away and keeps the other, so V values take V - 1 shuffles
+		 * and then 5 - log2 V for the last one, not 5 V; lane l ends with
+		 * value l / (32 / V).
+		 */
+		float v[V];
+
 #pragma unroll
-	for (int r = 0; r < QG_ROWS; r++)
+		for (int i = 0; i < V; i++)
+			v[i] = acc[i / T][i % T];
 #pragma unroll
-		for (int t = 0; t < T; t++) {
-			float v = acc[r][t];
+		for (int n = V, d = 16; n > 1; n >>= 1, d >>= 1) {
+			const bool upper = lane & d;
+
+#pragma unroll
+			for (int i = 0; i < n / 2; i++) {
+				const float give = upper ? v[i] : v[i + n / 2];
+
+				v[i] = (upper ? v[i + n / 2] : v[i]) + __shfl_xor_sync(0xffffffffu, give, d);
+			}
+		}
+#pragma unroll
+		for (int d = 16 / V; d > 0; d >>= 1)
+			v[0] += __shfl_xor_sync(0xffffffffu, v[0], d);
+		if (lane % (32 / V) == 0)
+			part[warp][lane / (32 / V)] = v[0];
+	} else {
+#pragma unroll
+		for (int i = 0; i < V; i++) {
+			float v = acc[i / T][i % T];
 
 #pragma unroll
 			for (int d = 16; d > 0; d >>= 1)
 				v += __shfl_xor_sync(0xffffffffu, v, d);
 			if (lane == 0)
-				part[warp][r * T + t] = v;
+				part[warp][i] = v;
 		}
+	}
 	__syncthreads();
 	if (GLU && threadIdx.x < ROWS_OUT) {
 		const int r = threadIdx.x;
