@@ -26,9 +26,10 @@
  *     rows of a [gate | up] pair, act(gate) * up written as fp16. NORM: the
  *     rows added into a residual stream row, and the RMS norm after the add
  *     written as fp16 by the last block (last_block_norm). TC (CUDA, 4 bits,
- *     group sizes of 128 codes or a multiple): the same blocks and loads, the
- *     multiply-adds on tensor cores from the exact integers c - z
- *     (qgemv_tc_chunks), still exact products and fp32 sums.
+ *     groups of whole quads of chunks: 128 codes or a multiple, or one group
+ *     a row of them): the same blocks and loads, the multiply-adds on tensor
+ *     cores from the exact integers c - z (qgemv_tc_chunks), still exact
+ *     products and fp32 sums.
  *   2 <= T <= GQ_GPU_GEMV_MAX_T (CUDA): qgemv_mma_kernel<BITS>, one mma.m16n8k16
  *     per 16 codes of 16 rows, the tokens in the instruction's 8 columns (its
  *     cost hardly grows with T: 2.1x the CUDA-core GEMV's speed at T = 8, but
@@ -44,8 +45,8 @@
  * Every kernel here is a dependent launch (vendor.h): the T = 1 GEMV loads
  * its first weights before it waits for the kernel before it.
  * Instances: BITS in {2, 3, 4, 8} x T = 1 (1..8 on HIP) for the CUDA-core
- * GEMV (and its TC form for 4 bits), x NT in 1..4 token tiles of 16 for the fused kernel; BITS for the
- * tensor-core GEMV and dequant.
+ * GEMV (and its TC form for 4 bits), x NT in 1..4 token tiles of 16 for the
+ * fused kernel; BITS for the tensor-core GEMV and dequant.
  */
 #include "gpu/act.h"
 #include "gpu/gpu.h"
