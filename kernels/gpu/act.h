@@ -21,9 +21,10 @@ __device__ __forceinline__ float gq_activate(int k, float x)
 	return x;
 }
 
-__device__ __forceinline__ float warp_sum(float v)
+/* Sum over the warp's lanes (xor offsets from, from / 2, .., 1: from < 16 sums aligned groups of 2 from lanes). */
+__device__ __forceinline__ float warp_sum(float v, int from = 16)
 {
-	for (int o = 16; o > 0; o >>= 1)
+	for (int o = from; o > 0; o >>= 1)
 		v += __shfl_xor_sync(0xffffffffu, v, o);
 	return v;
 }

@@ -257,19 +257,18 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t b
  * a quad's chunks share a group, so the scale multiplies each row's sum once
  * per chunk. Every lane takes part in every mma (warp-uniform loop; a lane
  * past the end multiplies zero x). Codes and scales of the first chunk load
- * before pdl_wait.
+ * before pdl_wait (waited: the kernel's record of it).
  */
 __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const int64_t (&row)[QG_ROWS],
 						const uint32_t *__restrict__ codes,
 						const __half2 *__restrict__ sz, int gc,
 						const __half *__restrict__ xs, int64_t n_chunks,
-						int64_t n_groups)
+						int64_t n_groups, bool &waited)
 {
 	const int lane = threadIdx.x & 31, quad = lane >> 2;
 	const bool owner = (lane & 3) == quad >> 1; /* the lane that holds D[quad][quad] */
 	const __half2 m1024 = __float2half2_rn(-1024.0f), m64 = __float2half2_rn(-64.0f);
 	const __half2 sixteenth = __float2half2_rn(1.0f / 16);
-	bool waited = false;
 
 	static_assert(QG_ROWS % 2 == 0, "rows in pairs, one mma each");
 	for (int64_t c0 = 0; c0 < n_chunks; c0 += QG_THREADS) {
@@ -341,8 +340,6 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
 			acc[2 * p + 1][0] = fmaf(__low2float(szr[2 * p + 1]), quad & 1 ? d[3] : d[2], acc[2 * p + 1][0]);
 		}
 	}
-	if (!waited)
-		pdl_wait();
 #pragma unroll
 	for (int r = 0; r < QG_ROWS; r++)
 		if (!owner)
@@ -395,8 +392,7 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	if constexpr (TC) {
 #ifndef GQ_HIP
 		static_assert(BITS == 4 && T == 1 && REGULAR, "TC: 4-bit codes, one token, regular groups");
-		qgemv_tc_chunks(acc, row, codes, sz, gc, xs, n_chunks, n_groups);
-		waited = true;
+		qgemv_tc_chunks(acc, row, codes, sz, gc, xs, n_chunks, n_groups, waited);
 #endif
 	} else {
 		for (int64_t c = threadIdx.x; c < n_chunks; c += QG_THREADS) {
@@ -505,19 +501,14 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 				v[i] = (upper ? v[i + n / 2] : v[i]) + __shfl_xor_sync(0xffffffffu, give, d);
 			}
 		}
-#pragma unroll
-		for (int d = 16 / V; d > 0; d >>= 1)
-			v[0] += __shfl_xor_sync(0xffffffffu, v[0], d);
+		v[0] = warp_sum(v[0], 16 / V);
 		if (lane % (32 / V) == 0)
 			part[warp][lane / (32 / V)] = v[0];
 	} else {
 #pragma unroll
 		for (int i = 0; i < V; i++) {
-			float v = acc[i / T][i % T];
+			const float v = warp_sum(acc[i / T][i % T]);
 
-#pragma unroll
-			for (int d = 16; d > 0; d >>= 1)
-				v += __shfl_xor_sync(0xffffffffu, v, d);
 			if (lane == 0)
 				part[warp][i] = v;
 		}
