@@ -43,7 +43,7 @@ typedef struct {
 
 /* Device state of one KV cache. */
 typedef struct {
-	float **k, **v; /* [n_layers] each [capacity, KV hd] on the layer's device */
+	void **k, **v; /* [n_layers] each [capacity, KV hd] fp16 on the layer's device */
 	void *att_ws[MAX_DEVS]; /* attention workspace on each device (fwd.h), for this capacity */
 	void *graph;    /* the captured one-token step, or NULL */
 	int warm;       /* a one-token step ran uncaptured already */
@@ -98,7 +98,7 @@ struct gq_gpu_model {
 	/* layer at a time: */
 	int resident;       /* the layer on the device, or -1 */
 	gcache *lw;         /* its KV cache: k, v [n_layers], only k[resident] set while running */
-	float *lw_k, *lw_v; /* [lw_cap, KV hd] */
+	void *lw_k, *lw_v;  /* [lw_cap, KV hd] fp16 */
 	int64_t lw_cap;
 	const uint8_t *key_mask; /* device [lw_cap] of the sequence running, or NULL */
 	gq_gpu_kept *kept;  /* the sequence running's kept activations, or NULL */
@@ -942,6 +942,12 @@ static void free_att_ws(gq_gpu_model *g, gcache *gc)
 	}
 }
 
+/* Bytes of one position of a layer's K (or V) cache: fp16 (gq_gpu_rope_kv) */
+static uint64_t kv_row_bytes(const gq_config *c)
+{
+	return (uint64_t)(c->n_kv_heads * c->head_dim) * 2;
+}
+
 static void cache_free(void *ctx, gq_kv_cache *c)
 {
 	gq_gpu_model *g = ctx;
@@ -965,7 +971,7 @@ static int cache_init(void *ctx, gq_kv_cache *c, int64_t capacity)
 {
 	gq_gpu_model *g = ctx;
 	const gq_config *cfg = &g->m->cfg;
-	uint64_t row = (uint64_t)(cfg->n_kv_heads * cfg->head_dim) * 4;
+	uint64_t row = kv_row_bytes(cfg);
 	gcache *gc = calloc(1, sizeof *gc);
 	int rc = GQ_OK;
 
@@ -975,8 +981,8 @@ static int cache_init(void *ctx, gq_kv_cache *c, int64_t capacity)
 		rc = gq_err(GQ_ERR_NOMEM, "out of memory");
 	for (int l = 0; l < cfg->n_layers && rc == GQ_OK; l++)
 		if (!(rc = gq_gpu_set_device(g->dev[g->layers[l].dev].ordinal)) &&
-		    !(rc = gq_gpu_alloc((void **)&gc->k[l], row * (uint64_t)capacity)))
-			rc = gq_gpu_alloc((void **)&gc->v[l], row * (uint64_t)capacity);
+		    !(rc = gq_gpu_alloc(&gc->k[l], row * (uint64_t)capacity)))
+			rc = gq_gpu_alloc(&gc->v[l], row * (uint64_t)capacity);
 	if (rc == GQ_OK)
 		rc = alloc_att_ws(g, gc, capacity);
 	if (rc) {
@@ -990,7 +996,7 @@ static int cache_copy(void *ctx, gq_kv_cache *dst, const gq_kv_cache *src)
 {
 	gq_gpu_model *g = ctx;
 	const gq_config *cfg = &g->m->cfg;
-	uint64_t bytes = (uint64_t)(src->len * cfg->n_kv_heads * cfg->head_dim) * 4;
+	uint64_t bytes = (uint64_t)src->len * kv_row_bytes(cfg);
 	gcache *s = src->dev, *d = dst->dev;
 	int rc = GQ_OK;
 
@@ -1286,7 +1292,7 @@ int gq_gpu_model_graphs(const gq_gpu_model *g)
 int gq_gpu_model_open_layerwise(gq_gpu_model **out, gq_model *m, gq_device dev, int64_t max_len)
 {
 	const gq_config *c = &m->cfg;
-	uint64_t row = (uint64_t)(c->n_kv_heads * c->head_dim) * 4;
+	uint64_t row = kv_row_bytes(c);
 	gq_gpu_model *g;
 	int rc;
 
@@ -1310,8 +1316,8 @@ int gq_gpu_model_open_layerwise(gq_gpu_model **out, gq_model *m, gq_device dev, 
 		     ? GQ_OK
 		     : gq_err(GQ_ERR_NOMEM, "out of memory");
 	if (rc == GQ_OK && !(rc = alloc_dev(g, &g->dev[0])) &&
-	    !(rc = gq_gpu_alloc((void **)&g->lw_k, row * (uint64_t)max_len)) &&
-	    !(rc = gq_gpu_alloc((void **)&g->lw_v, row * (uint64_t)max_len)))
+	    !(rc = gq_gpu_alloc(&g->lw_k, row * (uint64_t)max_len)) &&
+	    !(rc = gq_gpu_alloc(&g->lw_v, row * (uint64_t)max_len)))
 		rc = alloc_att_ws(g, g->lw, max_len);
 	if (rc) {
 		gq_gpu_model_close(g);

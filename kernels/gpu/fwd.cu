@@ -281,7 +281,7 @@ __global__ static void rope_kv_kernel(float *q, int64_t ldq, float *k, int64_t l
 				      const float *vr, int64_t ldv, int64_t H, int64_t KV,
 				      int64_t hd, const float *q_norm_w, const float *k_norm_w,
 				      float eps, const float *inv_freq, int64_t half,
-				      int interleaved, float *ck, float *cv, const int64_t *pos0)
+				      int interleaved, __half *ck, __half *cv, const int64_t *pos0)
 {
 	__shared__ float red[32];
 	extern __shared__ float v[]; /* [hd] */
@@ -301,8 +301,8 @@ __global__ static void rope_kv_kernel(float *q, int64_t ldq, float *k, int64_t l
 	float *row = is_q ? q + t * ldq + h * hd
 		     : is_v ? (float *)vr + t * ldv + (h - H - KV) * hd
 			    : k + t * ldk + (h - H) * hd;
-	float *cache = is_q ? NULL
-		       : (is_v ? cv : ck) + (*pos0 + t) * KV * hd + (is_v ? h - H - KV : h - H) * hd;
+	__half *cache = is_q ? NULL
+			: (is_v ? cv : ck) + (*pos0 + t) * KV * hd + (is_v ? h - H - KV : h - H) * hd;
 
 	if (mine)
 		v[i] = row[i];
@@ -331,11 +331,11 @@ __global__ static void rope_kv_kernel(float *q, int64_t ldq, float *k, int64_t l
 	if (mine && !is_v && (norm_w || half > 0))
 		row[i] = v[i];
 	if (mine && cache)
-		cache[i] = v[i];
+		cache[i] = __float2half(v[i]);
 }
 
 extern "C" int gq_gpu_rope_kv(float *q, int64_t ldq, float *k, int64_t ldk, const float *v,
-			      int64_t ldv, int64_t T, const gq_gpu_rope *r, float *ck, float *cv,
+			      int64_t ldv, int64_t T, const gq_gpu_rope *r, void *ck, void *cv,
 			      const int64_t *pos0, void *stream)
 {
 	if (r->hd > 1024)
@@ -344,7 +344,7 @@ extern "C" int gq_gpu_rope_kv(float *q, int64_t ldq, float *k, int64_t ldk, cons
 	PDL_LAUNCH("rope_kv_kernel", rope_kv_kernel, dim3((unsigned)(T * (r->H + 2 * r->KV))),
 		   dim3((unsigned)CEIL_DIV(r->hd, (int64_t)32) * 32), (size_t)r->hd * sizeof(float),
 		   S(stream), q, ldq, k, ldk, v, ldv, r->H, r->KV, r->hd, r->q_norm_w, r->k_norm_w,
-		   (float)r->eps, r->inv_freq, r->half, r->interleaved, ck, cv, pos0);
+		   (float)r->eps, r->inv_freq, r->half, r->interleaved, (__half *)ck, (__half *)cv, pos0);
 	return GQ_OK;
 }
 
@@ -358,8 +358,12 @@ extern "C" int gq_gpu_rope_kv(float *q, int64_t ldq, float *k, int64_t ldk, cons
 #define ATT_UNROLL 4              /* keys per warp in flight (8: 8.5% slower decoding) */
 #endif
 #define ATT_SPLITS_MAX 32         /* key splits per (row, head) when decoding */
-#ifndef ATT_SPLIT_MIN_KEYS /* the -D override is for tuning sweeps */
+#ifndef ATT_SPLIT_MIN_KEYS /* the -D overrides are for tuning sweeps */
 #define ATT_SPLIT_MIN_KEYS 32     /* a split's keys, at least (64: 3.5% slower decoding, 16: 5%) */
+#endif
+#ifndef DA_SPLIT_MIN_KEYS
+/* the same for decode_attention_kernel, whose steps overlap (32: 20% slower at 1024 positions) */
+#define DA_SPLIT_MIN_KEYS 128
 #endif
 #define ATT_HD_MAX 256            /* head width: 8 accumulators per lane */
 #define ATT_SMEM_MAX (200 << 10)  /* below the 227 KB an sm_90 block may opt into */
@@ -371,20 +375,18 @@ static int64_t att_keys(const gq_gpu_attn *a)
 }
 
 /*
- * The grid's key splits per (row, head): up to ATT_SPLITS_MAX for a few rows
- * (decoding: H blocks alone would leave most of the GPU idle), one for more
- * rows (prefill: the rows fill the GPU). A function of the cache and T only,
- * so a captured graph fits every position; a row with fewer keys uses fewer
- * (attention_kernel).
+ * The grid's key splits per (row, head), of min_keys keys or more: up to
+ * ATT_SPLITS_MAX for a few rows (decoding: H blocks alone would leave most
+ * of the GPU idle), one for more rows (prefill: the rows fill the GPU). A
+ * function of the cache and T only, so a captured graph fits every
+ * position; a row with fewer keys uses fewer (att_split_of).
  */
-static int att_splits(const gq_gpu_attn *a, int64_t T, int64_t *keys_per_split)
+static int att_splits(const gq_gpu_attn *a, int64_t T, int64_t min_keys, int64_t *keys_per_split)
 {
 	int64_t keys = att_keys(a), S = 1;
 
 	if (T <= GQ_GPU_ATT_SPLIT_T)
-		S = CEIL_DIV(keys, (int64_t)ATT_SPLIT_MIN_KEYS) < ATT_SPLITS_MAX
-			    ? CEIL_DIV(keys, (int64_t)ATT_SPLIT_MIN_KEYS)
-			    : ATT_SPLITS_MAX;
+		S = CEIL_DIV(keys, min_keys) < ATT_SPLITS_MAX ? CEIL_DIV(keys, min_keys) : ATT_SPLITS_MAX;
 	*keys_per_split = CEIL_DIV(keys, S);
 	return (int)S;
 }
@@ -412,7 +414,7 @@ extern "C" int64_t gq_gpu_attention_max_capacity(int64_t hd)
 extern "C" uint64_t gq_gpu_attention_workspace(const gq_gpu_attn *a)
 {
 	int64_t kps;
-	int S = att_splits(a, GQ_GPU_ATT_SPLIT_T, &kps);
+	int S = att_splits(a, GQ_GPU_ATT_SPLIT_T, ATT_SPLIT_MIN_KEYS, &kps); /* the most splits */
 
 	return S > 1 ? ATT_COUNT_BYTES(a) +
 			       (uint64_t)(GQ_GPU_ATT_SPLIT_T * a->H * S * (a->hd + 2)) * sizeof(float)
@@ -433,12 +435,67 @@ __device__ __forceinline__ float alibi_score(float raw, float scale, float slope
 }
 
 /*
- * Block (head h, row t, split s). Row t sees keys [lo, p], p = *pos0 + t,
- * and uses S = min(grid splits, ⌈keys / ATT_SPLIT_MIN_KEYS⌉) splits of
- * ⌈keys / S⌉ keys each: the grid is sized for the whole cache, so one graph
- * fits every position, and the blocks past S return before waiting for
- * anything (early in a long cache, most of them). Every split with S <= 32
- * has keys. A warp per key, lanes across the head, ATT_UNROLL keys per warp
+ * Block (head, row t = blockIdx.y, split s = blockIdx.z)'s keys: row t sees
+ * keys [lo, p], p = *pos0 + t, and uses S = min(grid splits, ⌈keys /
+ * min_keys⌉) splits of ⌈keys / S⌉ keys each, this one keys [k0,
+ * k0 + n) (n >= 1 for s < S; every split with S <= 32 has keys). The grid is
+ * sized for the whole cache, so one graph fits every position, and the
+ * blocks past S return before waiting for anything (early in a long cache,
+ * most of them). The position is written before the forward's first
+ * launch: read before pdl_wait.
+ */
+struct att_split {
+	int64_t S, k0, n;
+};
+
+__device__ __forceinline__ att_split att_split_of(const int64_t *pos0, int64_t window, int64_t min_keys)
+{
+	const int64_t p = *pos0 + blockIdx.y, s = blockIdx.z;
+	const int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0, keys = p + 1 - lo;
+	const int64_t S = CEIL_DIV(keys, min_keys) < (int64_t)gridDim.z ? CEIL_DIV(keys, min_keys)
+									: (int64_t)gridDim.z;
+	const int64_t per = CEIL_DIV(keys, S), k0 = lo + s * per;
+
+	return {S, k0, k0 + per < p + 1 ? per : p + 1 - k0};
+}
+
+/*
+ * The last block of a (row, head) to finish: out [hd] from the S splits'
+ * partials ps [S][hd + 2] (max m, sum l, unnormalised Σ e^(s - m) v):
+ * out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s, M the largest m_s.
+ * Split k's m and l in thread k (S <= ATT_SPLITS_MAX <= the block's
+ * threads), its weight e^(m_k - M) into wt [ATT_SPLITS_MAX] (shared), 0 for
+ * a split with no visible key (l = 0). The counter goes back to 0 for the
+ * next launch.
+ */
+__device__ static void att_combine(const float *ps, int64_t S, int64_t hd, float *wt, float *red,
+				   __half *out, unsigned *counter)
+{
+	const bool mine = threadIdx.x < S;
+	const float mk = mine ? gq_load_l2(ps + threadIdx.x * (hd + 2)) : -INFINITY;
+	const float lk = mine ? gq_load_l2(ps + threadIdx.x * (hd + 2) + 1) : 0.0f;
+	const float M = block_reduce(mk, red, true), wk = lk > 0 ? expf(mk - M) : 0.0f;
+
+	if (mine)
+		wt[threadIdx.x] = wk;
+	const float L = block_reduce(lk * wk, red, false); /* its barriers also publish wt */
+
+	for (int64_t i = threadIdx.x; i < hd; i += blockDim.x) {
+		float v = 0;
+
+#pragma unroll 8
+		for (int64_t k = 0; k < S; k++)
+			v += gq_load_l2(ps + k * (hd + 2) + 2 + i) * wt[k];
+		out[i] = __float2half(L > 0 ? v / L : 0.0f);
+	}
+	if (threadIdx.x == 0)
+		*counter = 0;
+}
+
+/*
+ * Block (head h, row t, split s), keys as att_split_of; the cache in fp16,
+ * the arithmetic in fp32 (the decoding kernel on HIP and for head widths
+ * without a decode_attention_kernel). A warp per key, lanes across the head, ATT_UNROLL keys per warp
  * in flight; the first round's key and value rows go out with q, one trip
  * to memory for a split of up to ATT_WARPS ATT_UNROLL keys. Scores in
  * shared memory, their softmax, and Σ p v with the warps over keys. One
@@ -446,11 +503,10 @@ __device__ __forceinline__ float alibi_score(float raw, float scale, float slope
  * unnormalised Σ e^(s - m) v into part [T][H][grid splits][hd + 2]; the last
  * block of (t, h) to finish (a counter in count [T][H], back to zero after)
  * combines them: out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s, M the
- * largest m_s, with one split per thread for M and the weights. No second
- * launch.
+ * largest m_s (att_combine). No second launch.
  */
 __global__ static void __launch_bounds__(ATT_THREADS)
-attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, int64_t H,
+attention_kernel(const float *q, int64_t ldq, const __half *K, const __half *V, int64_t H,
 		 int64_t KV, int64_t hd, float scale, float softcap, int64_t window,
 		 const uint8_t *key_mask, const float *alibi, int alibi_scaled, const int64_t *pos0,
 		 int64_t kps, unsigned *count, float *part, __half *out)
@@ -459,14 +515,9 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 	__shared__ float red[32];
 	extern __shared__ float sm[]; /* scores [att_scores(kps)], per-warp sums [ATT_WARPS][hd] */
 	float *sc = sm, *wsum = sc + att_scores(kps);
-	/* the position is written before the forward's first launch: read before pdl_wait */
-	const int64_t t = blockIdx.y, h = blockIdx.x, s = blockIdx.z, p = *pos0 + t;
-	const int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0, keys = p + 1 - lo;
-	const int64_t S = CEIL_DIV(keys, (int64_t)ATT_SPLIT_MIN_KEYS) < (int64_t)gridDim.z
-				  ? CEIL_DIV(keys, (int64_t)ATT_SPLIT_MIN_KEYS)
-				  : (int64_t)gridDim.z;
-	const int64_t per = CEIL_DIV(keys, S), k0 = lo + s * per;
-	const int64_t n = k0 + per < p + 1 ? per : p + 1 - k0; /* keys [k0, k0 + n); n >= 1 for s < S */
+	const int64_t t = blockIdx.y, h = blockIdx.x, s = blockIdx.z;
+	const att_split sp = att_split_of(pos0, window, ATT_SPLIT_MIN_KEYS);
+	const int64_t S = sp.S, k0 = sp.k0, n = sp.n;
 
 	pdl_launch_next();
 	if (s >= S)
@@ -478,13 +529,14 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 	float qv[NC], kr[U][NC], vr[U][NC], mx = -INFINITY, sum = 0;
 
 	/* this lane's dims of rows k0 + j0 + u of a cache (zeros past n and past hd) */
-	auto load_rows = [&](const float *C, int64_t j0, float(&r)[U][NC]) {
+	auto load_rows = [&](const __half *C, int64_t j0, float(&r)[U][NC]) {
 #pragma unroll
 		for (int u = 0; u < U; u++)
 #pragma unroll
 			for (int c = 0; c < NC; c++)
-				r[u][c] = j0 + u < n && lane + 32 * c < hd ? C[(k0 + j0 + u) * w + g * hd + lane + 32 * c]
-									   : 0.0f;
+				r[u][c] = j0 + u < n && lane + 32 * c < hd
+						  ? __half2float(C[(k0 + j0 + u) * w + g * hd + lane + 32 * c])
+						  : 0.0f;
 	};
 #pragma unroll
 	for (int c = 0; c < NC; c++)
@@ -559,41 +611,181 @@ attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, in
 				ps[s * (hd + 2)] = mx, ps[s * (hd + 2) + 1] = sum;
 		}
 	}
-	if (S == 1)
-		return;
-	if (!gq_last_block(&count[t * H + h], (unsigned)S))
-		return;
-	/*
-	 * Split k's m and l in thread k (S <= ATT_SPLITS_MAX <= ATT_THREADS); its
-	 * weight e^(m_k - M) into sc (free now, and room for ATT_SPLITS_MAX:
-	 * att_smem), 0 for a split with no visible key (l = 0).
-	 */
-	const bool mine = threadIdx.x < S;
-	const float mk = mine ? gq_load_l2(ps + threadIdx.x * (hd + 2)) : -INFINITY;
-	const float lk = mine ? gq_load_l2(ps + threadIdx.x * (hd + 2) + 1) : 0.0f;
-	const float M = block_reduce(mk, red, true), wk = lk > 0 ? expf(mk - M) : 0.0f;
+	if (S > 1 && gq_last_block(&count[t * H + h], (unsigned)S))
+		att_combine(ps, S, hd, sc, red, out + (t * H + h) * hd, &count[t * H + h]);
+}
 
-	if (mine)
-		sc[threadIdx.x] = wk;
-	const float L = block_reduce(lk * wk, red, false); /* its barriers also publish sc */
+#ifndef GQ_HIP
+/*
+ * Decoding attention (up to GQ_GPU_ATT_SPLIT_T rows, CUDA, head widths with
+ * an instance): blocks as attention_kernel's, splits of at least
+ * DA_SPLIT_MIN_KEYS keys. Each key's row is read by LK lanes, 8 fp16 dims
+ * (16 bytes) a lane, so a warp takes 32 / LK keys a step; a block loads
+ * DA_UNROLL such steps of key and value rows at once, and the next round's
+ * while it computes this one's (a split of several rounds waits on memory
+ * about once, not once a round). Every group of LK lanes keeps a running
+ * softmax (max m, sum l, its dims of Σ e^(s - m) v) in registers: no scores
+ * in shared memory, so no bound on the keys a split holds. The block's
+ * groups then combine through shared memory into the split's (m, l, acc),
+ * and the splits as attention_kernel's (att_combine). fp32 arithmetic on
+ * the fp16 cache. Same-run H200 decode of the llama-7B shape against
+ * attention_kernel on an fp32 cache: 1.05x over the first 128 positions,
+ * 1.26x over 1024.
+ */
+#ifndef DA_WARPS /* the -D overrides are for tuning sweeps */
+#define DA_WARPS 4
+#endif
+#ifndef DA_UNROLL
+#define DA_UNROLL 4 /* key steps a warp loads at once (8: 9% slower at 1024 positions) */
+#endif
 
-	for (int64_t i = threadIdx.x; i < hd; i += ATT_THREADS) {
+template <int HD>
+__global__ static void __launch_bounds__(32 * DA_WARPS)
+decode_attention_kernel(const float *q, int64_t ldq, const __half *K, const __half *V, int64_t H,
+			int64_t KV, float scale, float softcap, int64_t window,
+			const uint8_t *key_mask, const float *alibi, int alibi_scaled,
+			const int64_t *pos0, unsigned *count, float *part, __half *out)
+{
+	/* lanes a key: the power of two that covers HD / 8 */
+	constexpr int LK = HD <= 16 ? 2 : HD <= 32 ? 4 : HD <= 64 ? 8 : HD <= 128 ? 16 : 32;
+	constexpr int GROUPS = 32 / LK * DA_WARPS; /* keys a block takes a step */
+	static_assert(HD % 8 == 0 && HD <= 8 * LK, "8 dims a lane");
+	__shared__ float red[32], wt[ATT_SPLITS_MAX], gm[GROUPS], gl[GROUPS];
+	__shared__ __align__(16) float gacc[GROUPS][HD]; /* each group's Σ e^(s - M) v */
+	const int64_t t = blockIdx.y, h = blockIdx.x, s = blockIdx.z;
+	const att_split sp = att_split_of(pos0, window, DA_SPLIT_MIN_KEYS);
+
+	pdl_launch_next();
+	if (s >= sp.S)
+		return;
+	pdl_wait();
+	const int lane = threadIdx.x & 31, group = (int)threadIdx.x / LK, d0 = lane % LK * 8;
+	const bool dims = d0 < HD;
+	const int64_t g = h / (H / KV), w = KV * HD;
+	const float slope = alibi ? alibi[h] : 0.0f;
+	const __half *Kg = K + g * HD + d0, *Vg = V + g * HD + d0;
+	float qv[8], acc[8] = {}, m = -INFINITY, l = 0;
+
+	if (dims) {
+		const float4 a = *(const float4 *)(q + t * ldq + h * HD + d0);
+		const float4 b = *(const float4 *)(q + t * ldq + h * HD + d0 + 4);
+
+		qv[0] = a.x, qv[1] = a.y, qv[2] = a.z, qv[3] = a.w;
+		qv[4] = b.x, qv[5] = b.y, qv[6] = b.z, qv[7] = b.w;
+	} else {
+#pragma unroll
+		for (int i = 0; i < 8; i++)
+			qv[i] = 0;
+	}
+	uint4 kr[DA_UNROLL], vr[DA_UNROLL]; /* this step's rows; the next step's load meanwhile */
+	auto load_step = [&](int64_t j0, uint4(&kk)[DA_UNROLL], uint4(&vv)[DA_UNROLL]) {
+#pragma unroll
+		for (int u = 0; u < DA_UNROLL; u++) {
+			const int64_t j = j0 + u * GROUPS + group;
+			const bool load = dims && j < sp.n;
+
+			kk[u] = load ? *(const uint4 *)(Kg + (sp.k0 + j) * w) : make_uint4(0, 0, 0, 0);
+			vv[u] = load ? *(const uint4 *)(Vg + (sp.k0 + j) * w) : make_uint4(0, 0, 0, 0);
+		}
+	};
+	load_step(0, kr, vr);
+	for (int64_t j0 = 0; j0 < sp.n; j0 += GROUPS * DA_UNROLL) {
+		uint4 kn[DA_UNROLL], vn[DA_UNROLL];
+		float sc[DA_UNROLL], mx = -INFINITY;
+
+		load_step(j0 + GROUPS * DA_UNROLL, kn, vn); /* past the end: zeros, no loads */
+#pragma unroll
+		for (int u = 0; u < DA_UNROLL; u++) {
+			const int64_t j = j0 + u * GROUPS + group;
+			const __half2 *k2 = (const __half2 *)&kr[u];
+			float d = 0;
+
+#pragma unroll
+			for (int i = 0; i < 4; i++) {
+				const float2 kf = __half22float2(k2[i]);
+
+				d = fmaf(qv[2 * i], kf.x, fmaf(qv[2 * i + 1], kf.y, d));
+			}
+			d = warp_sum(d, LK / 2); /* over the key's lanes */
+			float x = alibi_score(d, scale, slope, alibi_scaled, sp.k0 + j);
+
+			if (softcap > 0)
+				x = softcap * tanhf(x / softcap);
+			sc[u] = j < sp.n && (!key_mask || key_mask[sp.k0 + j]) ? x : -INFINITY;
+			mx = fmaxf(mx, sc[u]);
+		}
+		const float mn = fmaxf(m, mx);
+		/* nothing shown yet: the group stays empty (and no -inf - -inf) */
+		const float fix = mn == -INFINITY ? 1.0f : expf(m - mn);
+
+		l *= fix;
+#pragma unroll
+		for (int i = 0; i < 8; i++)
+			acc[i] *= fix;
+#pragma unroll
+		for (int u = 0; u < DA_UNROLL; u++) {
+			const float e = mn == -INFINITY ? 0.0f : expf(sc[u] - mn);
+			const __half2 *v2 = (const __half2 *)&vr[u];
+
+			l += e;
+#pragma unroll
+			for (int i = 0; i < 4; i++) {
+				const float2 vf = __half22float2(v2[i]);
+
+				acc[2 * i] = fmaf(e, vf.x, acc[2 * i]);
+				acc[2 * i + 1] = fmaf(e, vf.y, acc[2 * i + 1]);
+			}
+		}
+		m = mn;
+#pragma unroll
+		for (int u = 0; u < DA_UNROLL; u++)
+			kr[u] = kn[u], vr[u] = vn[u];
+	}
+	/* the block's groups: M the largest m, each group's acc weighted by e^(m - M) */
+	if (lane % LK == 0)
+		gm[group] = m, gl[group] = l;
+	__syncthreads();
+	float M = -INFINITY, L = 0;
+
+#pragma unroll
+	for (int k = 0; k < GROUPS; k++)
+		M = fmaxf(M, gm[k]);
+#pragma unroll
+	for (int k = 0; k < GROUPS; k++)
+		L += gm[k] == -INFINITY ? 0.0f : gl[k] * expf(gm[k] - M);
+	const float own = m == -INFINITY ? 0.0f : expf(m - M);
+
+	if (dims) {
+		*(float4 *)&gacc[group][d0] = make_float4(acc[0] * own, acc[1] * own, acc[2] * own, acc[3] * own);
+		*(float4 *)&gacc[group][d0 + 4] = make_float4(acc[4] * own, acc[5] * own, acc[6] * own, acc[7] * own);
+	}
+	__syncthreads();
+	float *ps = part + (t * H + h) * gridDim.z * (HD + 2); /* this (t, h)'s splits */
+
+	for (int i = threadIdx.x; i < HD; i += 32 * DA_WARPS) {
 		float v = 0;
 
-#pragma unroll 8
-		for (int64_t k = 0; k < S; k++)
-			v += gq_load_l2(ps + k * (hd + 2) + 2 + i) * sc[k];
-		out[(t * H + h) * hd + i] = __float2half(L > 0 ? v / L : 0.0f);
+#pragma unroll
+		for (int k = 0; k < GROUPS; k++)
+			v += gacc[k][i];
+		if (sp.S == 1) {
+			out[(t * H + h) * HD + i] = __float2half(L > 0 ? v / L : 0.0f);
+		} else {
+			ps[s * (HD + 2) + 2 + i] = v;
+			if (i == 0)
+				ps[s * (HD + 2)] = M, ps[s * (HD + 2) + 1] = L;
+		}
 	}
-	if (threadIdx.x == 0)
-		count[t * H + h] = 0; /* ready for the next launch */
+	if (sp.S > 1 && gq_last_block(&count[t * H + h], (unsigned)sp.S))
+		att_combine(ps, sp.S, HD, wt, red, out + (t * H + h) * HD, &count[t * H + h]);
 }
+#endif
 
 #ifndef GQ_HIP
 /*
  * Prefill attention on the tensor cores (flash attention): a block per (64
  * query rows, head), a warp per 16 of the rows. For each tile of 64 keys the
- * block stages K and V (fp32 cache -> fp16 shared memory), each warp forms
+ * block stages K and V (fp16 cache rows into shared memory), each warp forms
  * its scores S = q kᵀ with mma.m16n8k16 (fp32 sums), masks them (causal,
  * window, padding), folds them into a running softmax (max m, sum l per row)
  * and adds P V, P in fp16 straight from the score fragments. Rows hold their
@@ -624,9 +816,21 @@ __device__ __forceinline__ void fa_stage(__half *dst, const float *src, int64_t 
 	}
 }
 
+/* The same from fp16 rows (the cache): 16-byte copies */
+template <int HD>
+__device__ __forceinline__ void fa_stage(__half *dst, const __half *src, int64_t ld, int n, int valid)
+{
+	for (int i = threadIdx.x; i < n * HD / 8; i += FA_THREADS) {
+		const int r = i / (HD / 8), c = i % (HD / 8) * 8;
+
+		*(uint4 *)(dst + r * FA_LD(HD) + c) = r < valid ? *(const uint4 *)(src + r * ld + c)
+							      : make_uint4(0, 0, 0, 0);
+	}
+}
+
 template <int HD>
 __global__ static void __launch_bounds__(FA_THREADS)
-flash_attention_kernel(const float *q, int64_t ldq, const float *K, const float *V, int64_t H,
+flash_attention_kernel(const float *q, int64_t ldq, const __half *K, const __half *V, int64_t H,
 		       int64_t KV, int64_t T, float scale, float softcap, int64_t window,
 		       const uint8_t *key_mask, const float *alibi, int alibi_scaled, const int64_t *pos0,
 		       __half *out)
@@ -748,15 +952,15 @@ flash_attention_kernel(const float *q, int64_t ldq, const float *K, const float 
 /* The head widths with an instance; others take attention_kernel. */
 #define FA_WIDTHS(X) X(16) X(64) X(80) X(96) X(128) X(256)
 
-static bool fa_fits(const gq_gpu_attn *a, const float *q, int64_t ldq, const float *K, const float *V)
+/* The tensor-core and decoding kernels: a head width with an instance, 16-byte aligned rows */
+static bool fa_fits(const gq_gpu_attn *a, const float *q, int64_t ldq, const void *K, const void *V)
 {
 	bool width = false;
 #define FA_IS(w) width |= a->hd == w;
 	FA_WIDTHS(FA_IS)
 #undef FA_IS
-	/* float4 loads: 16-byte aligned rows */
 	return width && ((uintptr_t)q | (uintptr_t)K | (uintptr_t)V | (uintptr_t)(ldq * 4) |
-			 (uintptr_t)(a->KV * a->hd * 4)) % 16 == 0;
+			 (uintptr_t)(a->KV * a->hd * 2)) % 16 == 0;
 }
 #endif
 
@@ -776,12 +980,15 @@ extern "C" int gq_gpu_fwd_init(void)
 	return GQ_OK;
 }
 
-extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ldq, const float *K,
-				const float *V, int64_t T, const int64_t *pos0, void *ws,
+extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ldq, const void *K16,
+				const void *V16, int64_t T, const int64_t *pos0, void *ws,
 				void *out16, void *stream)
 {
+	const __half *K = (const __half *)K16, *V = (const __half *)V16;
+	unsigned *count = (unsigned *)ws;
+	float *part = ws ? (float *)((char *)ws + ATT_COUNT_BYTES(a)) : NULL;
 	int64_t kps;
-	const int splits = att_splits(a, T, &kps);
+	const int splits = att_splits(a, T, ATT_SPLIT_MIN_KEYS, &kps);
 
 	if (att_keys(a) > gq_gpu_attention_max_capacity(a->hd))
 		return gq_err(GQ_ERR_UNSUPPORTED, "a KV cache of %lld positions is more than GPU "
@@ -793,6 +1000,22 @@ extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ld
 	if (splits > 1 && !ws)
 		return gq_err(GQ_ERR_ARG, "GPU attention of %lld rows needs its workspace", (long long)T);
 #ifndef GQ_HIP
+	if (T <= GQ_GPU_ATT_SPLIT_T && fa_fits(a, q, ldq, K, V)) {
+		const dim3 grid((unsigned)a->H, (unsigned)T,
+				(unsigned)att_splits(a, T, DA_SPLIT_MIN_KEYS, &kps));
+
+		switch (a->hd) {
+#define DA_CASE(w)                                                                                 \
+	case w:                                                                                    \
+		PDL_LAUNCH("decode_attention_kernel", decode_attention_kernel<w>, grid,                  \
+			   dim3(32 * DA_WARPS), 0, S(stream), q, ldq, K, V, a->H, a->KV, (float)a->scale, \
+			   (float)a->softcap, a->window, a->key_mask, a->alibi, a->alibi_scaled, pos0,   \
+			   count, part, (__half *)out16);                                           \
+		return GQ_OK;
+			FA_WIDTHS(DA_CASE)
+#undef DA_CASE
+		}
+	}
 	if (T > GQ_GPU_ATT_SPLIT_T && fa_fits(a, q, ldq, K, V)) {
 		const dim3 grid((unsigned)CEIL_DIV(T, (int64_t)FA_ROWS), (unsigned)a->H);
 
@@ -813,8 +1036,7 @@ extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ld
 	PDL_LAUNCH("attention_kernel", attention_kernel, dim3((unsigned)a->H, (unsigned)T, (unsigned)splits),
 		   dim3(ATT_THREADS), att_smem(a, kps), S(stream), q, ldq, K, V, a->H, a->KV, a->hd,
 		   (float)a->scale, (float)a->softcap, a->window, a->key_mask, a->alibi, a->alibi_scaled,
-		   pos0, kps, (unsigned *)ws,
-		   (float *)((char *)ws + ATT_COUNT_BYTES(a)), (__half *)out16);
+		   pos0, kps, count, part, (__half *)out16);
 	return GQ_OK;
 }
 

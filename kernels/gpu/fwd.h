@@ -72,10 +72,12 @@ typedef struct {
  * Per head of q [T, H hd] and k [T, KV hd] (strides ldq, ldk), in place: the
  * head norm, then the rotary embedding of the leading 2 * half dims at
  * position *pos0 + t. Then k and v [T, KV hd] (stride ldv) rows go into
- * cache rows *pos0 + t of ck, cv [capacity, KV hd]. One launch.
+ * cache rows *pos0 + t of ck, cv [capacity, KV hd], rounded to fp16 (the
+ * cache is fp16, as the products' inputs: half the bytes attention reads).
+ * One launch.
  */
 int gq_gpu_rope_kv(float *q, int64_t ldq, float *k, int64_t ldk, const float *v, int64_t ldv,
-		   int64_t T, const gq_gpu_rope *r, float *ck, float *cv, const int64_t *pos0,
+		   int64_t T, const gq_gpu_rope *r, void *ck, void *cv, const int64_t *pos0,
 		   void *stream);
 
 typedef struct {
@@ -101,13 +103,15 @@ int gq_gpu_fwd_init(void);
 /*
  * out16 [T, H * hd] = causal softmax attention of the T queries q [T, H *
  * hd] (stride ldq) at positions *pos0 + t over cache rows 0 .. *pos0 + t of
- * K, V [capacity, KV * hd]. ws: gq_gpu_attention_workspace(a) bytes,
- * zeroed before its first use (counters, which every call leaves at zero).
- * More than GQ_GPU_ATT_SPLIT_T rows (CUDA, head widths with an instance):
- * flash attention on the tensor cores, fp16 inputs; else float32 kernels.
+ * K16, V16 [capacity, KV * hd] (fp16). ws: gq_gpu_attention_workspace(a)
+ * bytes, zeroed before its first use (counters, which every call leaves at
+ * zero). CUDA, head widths with an instance: up to GQ_GPU_ATT_SPLIT_T rows
+ * a running softmax over 16-byte rows of the cache, more rows flash
+ * attention on the tensor cores (q rounded to fp16); else (HIP, other
+ * widths) one score per key in shared memory. Sums in fp32 throughout.
  */
-int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ldq, const float *K,
-		     const float *V, int64_t T, const int64_t *pos0, void *ws, void *out16,
+int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ldq, const void *K16,
+		     const void *V16, int64_t T, const int64_t *pos0, void *ws, void *out16,
 		     void *stream);
 
 /* y16 [n, d] = x16 rows rows[i] of [*, d] (MoE: the tokens routed to one expert). */

@@ -487,9 +487,11 @@ static void attention_ref(const gq_gpu_attn *a, const float *slopes, const float
 #endif
 
 /*
- * gq_gpu_attention against attention_ref: prefill (T > 8: the tensor-core
- * kernel where the head width has an instance) and decoding (key splits),
- * with GQA, a window, softcap, ALiBi before and after the scale, padding
+ * gq_gpu_attention against attention_ref on the fp16 cache's values:
+ * prefill (T > 8: the tensor-core kernel where the head width has an
+ * instance) and decoding (key splits: the running-softmax kernel for those
+ * widths, splits of several rounds at 3000 positions; the shared-memory
+ * kernel for hd 40), with GQA, a window, softcap, ALiBi before and after the scale, padding
  * (rows with every key hidden), a start deep into the cache, and early
  * positions of a large cache (decoding uses the splits its keys fill: 2 of
  * 32, or 1, the others return at once). Cache rows past the last position
@@ -512,7 +514,9 @@ static void test_attention(void)
 		{4, 1, 64, 8, 300, 40, 20, 2, 1, 0, 0}, {6, 6, 64, 90, 20, 0, 0, 1, 1, 1, 0},
 		{5, 5, 64, 1, 200, 0, 0, 1, 0, 2, 0},   {4, 4, 128, 40, 0, 0, 0, 2, 0, 2, 0},
 		{3, 3, 96, 4, 120, 0, 0, 1, 1, 1, 0},   {4, 2, 128, 1, 40, 0, 0, 2, 0, 0, 2000},
-		{8, 8, 64, 3, 0, 0, 0, 1, 0, 1, 500},
+		{8, 8, 64, 3, 0, 0, 0, 1, 0, 1, 500},   {4, 2, 128, 1, 3000, 0, 0, 2, 1, 0, 0},
+		{2, 1, 256, 2, 700, 100, 0, 1, 0, 0, 0}, {4, 4, 16, 1, 90, 0, 10, 2, 1, 2, 0},
+		{3, 1, 80, 1, 33, 0, 0, 1, 0, 0, 0},    {2, 2, 40, 5, 60, 0, 0, 1, 1, 0, 0},
 	};
 	uint64_t seed = 41;
 
@@ -527,6 +531,7 @@ static void test_attention(void)
 		gq_gpu_attn a = {.H = H, .KV = KV, .hd = hd, .scale = 1.0 / sqrt((double)hd),
 				 .softcap = cases[c].softcap, .window = cases[c].window, .capacity = cap};
 		float *q = malloc((size_t)nq * 4), *K = malloc((size_t)nk * 4), *V = malloc((size_t)nk * 4);
+		uint16_t *K16 = malloc((size_t)nk * 2), *V16 = malloc((size_t)nk * 2); /* the cache is fp16 */
 		float *got = malloc((size_t)nq * 4), *ref = malloc((size_t)nq * 4);
 		uint16_t *o16 = malloc((size_t)nq * 2);
 		uint8_t *mask = malloc((size_t)cap), *dmask = NULL;
@@ -538,19 +543,20 @@ static void test_attention(void)
 		for (int64_t i = 0; i < nq; i++)
 			q[i] = check_randf(&seed) * (float)cases[c].qmag;
 		for (int64_t i = 0; i < nk; i++) { /* rows past pos0 + T: never written */
-			K[i] = i < (pos0 + T) * KV * hd ? check_randf(&seed) : NAN;
-			V[i] = i < (pos0 + T) * KV * hd ? check_randf(&seed) : NAN;
+			K16[i] = gq_f32_to_f16(i < (pos0 + T) * KV * hd ? check_randf(&seed) : NAN);
+			V16[i] = gq_f32_to_f16(i < (pos0 + T) * KV * hd ? check_randf(&seed) : NAN);
+			K[i] = gq_f16_to_f32(K16[i]), V[i] = gq_f16_to_f32(V16[i]);
 		}
 		for (int64_t j = 0; j < cap; j++) /* padding: the first 4 keys (rows 0-3 see none) and every 7th */
 			mask[j] = !(j < 4 || j % 7 == 3);
 		CHECK_OK(gq_gpu_alloc(&dq, (uint64_t)nq * 4));
-		CHECK_OK(gq_gpu_alloc(&dK, (uint64_t)nk * 4));
-		CHECK_OK(gq_gpu_alloc(&dV, (uint64_t)nk * 4));
+		CHECK_OK(gq_gpu_alloc(&dK, (uint64_t)nk * 2));
+		CHECK_OK(gq_gpu_alloc(&dV, (uint64_t)nk * 2));
 		CHECK_OK(gq_gpu_alloc(&dpos, 8));
 		CHECK_OK(gq_gpu_alloc(&dout, (uint64_t)nq * 2));
 		CHECK_OK(gq_gpu_upload(dq, q, (uint64_t)nq * 4));
-		CHECK_OK(gq_gpu_upload(dK, K, (uint64_t)nk * 4));
-		CHECK_OK(gq_gpu_upload(dV, V, (uint64_t)nk * 4));
+		CHECK_OK(gq_gpu_upload(dK, K16, (uint64_t)nk * 2));
+		CHECK_OK(gq_gpu_upload(dV, V16, (uint64_t)nk * 2));
 		CHECK_OK(gq_gpu_upload(dpos, &pos0, 8));
 		if (cases[c].masked) {
 			CHECK_OK(gq_gpu_alloc((void **)&dmask, (uint64_t)cap));
@@ -600,6 +606,8 @@ static void test_attention(void)
 		free(q);
 		free(K);
 		free(V);
+		free(K16);
+		free(V16);
 		free(got);
 		free(ref);
 		free(o16);
