@@ -491,12 +491,12 @@ static void attention_ref(const gq_gpu_attn *a, const float *slopes, const float
  * prefill (T > 8: the tensor-core kernel where the head width has an
  * instance) and decoding (key splits: the running-softmax kernel for those
  * widths, splits of several rounds at 3000 positions; the shared-memory
- * kernel for hd 40), with GQA, a window, softcap, ALiBi before and after the scale, padding
- * (rows with every key hidden), a start deep into the cache, and early
- * positions of a large cache (decoding uses the splits its keys fill: 2 of
- * 32, or 1, the others return at once). Cache rows past the last position
- * hold NaN, as memory no step has written may: no kernel may let them
- * through.
+ * kernel for hd 40), with GQA, a window, softcap, ALiBi before and after
+ * the scale, padding (rows with every key hidden, in prefill and in
+ * decoding), a start deep into the cache, and early positions of a large
+ * cache (decoding uses the splits its keys fill, the others return at
+ * once). Cache rows past the last position hold NaN, as memory no step has
+ * written may: no kernel may let them through.
  */
 static void test_attention(void)
 {
@@ -517,6 +517,7 @@ static void test_attention(void)
 		{8, 8, 64, 3, 0, 0, 0, 1, 0, 1, 500},   {4, 2, 128, 1, 3000, 0, 0, 2, 1, 0, 0},
 		{2, 1, 256, 2, 700, 100, 0, 1, 0, 0, 0}, {4, 4, 16, 1, 90, 0, 10, 2, 1, 2, 0},
 		{3, 1, 80, 1, 33, 0, 0, 1, 0, 0, 0},    {2, 2, 40, 5, 60, 0, 0, 1, 1, 0, 0},
+		{2, 2, 64, 6, 0, 0, 0, 1, 1, 0, 0},
 	};
 	uint64_t seed = 41;
 
