@@ -460,6 +460,23 @@ __device__ __forceinline__ att_split att_split_of(const int64_t *pos0, int64_t w
 }
 
 /*
+ * Dim i of a split's result, v = Σ e^(s - m) v over its keys: one split
+ * writes the normalised value into out_row [hd]; several write the partial
+ * split [hd + 2] = (m, l, acc) that att_combine reads (m and l with dim 0).
+ */
+__device__ __forceinline__ void att_put(float v, int64_t i, int64_t S, float m, float l, __half *out_row,
+					float *split)
+{
+	if (S == 1) {
+		out_row[i] = __float2half(l > 0 ? v / l : 0.0f);
+	} else {
+		split[2 + i] = v;
+		if (i == 0)
+			split[0] = m, split[1] = l;
+	}
+}
+
+/*
  * The last block of a (row, head) to finish: out [hd] from the S splits'
  * partials ps [S][hd + 2] (max m, sum l, unnormalised Σ e^(s - m) v):
  * out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s, M the largest m_s.
@@ -495,15 +512,16 @@ __device__ static void att_combine(const float *ps, int64_t S, int64_t hd, float
 /*
  * Block (head h, row t, split s), keys as att_split_of; the cache in fp16,
  * the arithmetic in fp32 (the decoding kernel on HIP and for head widths
- * without a decode_attention_kernel). A warp per key, lanes across the head, ATT_UNROLL keys per warp
- * in flight; the first round's key and value rows go out with q, one trip
- * to memory for a split of up to ATT_WARPS ATT_UNROLL keys. Scores in
- * shared memory, their softmax, and Σ p v with the warps over keys. One
- * split: the normalised row into out. Several: the split's max m, sum l and
- * unnormalised Σ e^(s - m) v into part [T][H][grid splits][hd + 2]; the last
- * block of (t, h) to finish (a counter in count [T][H], back to zero after)
- * combines them: out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s, M the
- * largest m_s (att_combine). No second launch.
+ * without a decode_attention_kernel). A warp per key, lanes across the
+ * head, ATT_UNROLL keys per warp in flight; the first round's key and value
+ * rows go out with q, one trip to memory for a split of up to ATT_WARPS
+ * ATT_UNROLL keys. Scores in shared memory, their softmax, and Σ p v with
+ * the warps over keys. One split: the normalised row into out. Several
+ * (att_put): the split's max m, sum l and unnormalised Σ e^(s - m) v into
+ * part [T][H][grid splits][hd + 2]; the last block of (t, h) to finish (a
+ * counter in count [T][H], back to zero after) combines them:
+ * out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s, M the largest m_s
+ * (att_combine). No second launch.
  */
 __global__ static void __launch_bounds__(ATT_THREADS)
 attention_kernel(const float *q, int64_t ldq, const __half *K, const __half *V, int64_t H,
@@ -603,13 +621,7 @@ attention_kernel(const float *q, int64_t ldq, const __half *K, const __half *V, 
 
 		for (int k = 0; k < ATT_WARPS; k++)
 			v += wsum[k * hd + i];
-		if (S == 1) {
-			out[(t * H + h) * hd + i] = __float2half(sum > 0 ? v / sum : 0.0f);
-		} else {
-			ps[s * (hd + 2) + 2 + i] = v;
-			if (i == 0)
-				ps[s * (hd + 2)] = mx, ps[s * (hd + 2) + 1] = sum;
-		}
+		att_put(v, i, S, mx, sum, out + (t * H + h) * hd, ps + s * (hd + 2));
 	}
 	if (S > 1 && gq_last_block(&count[t * H + h], (unsigned)S))
 		att_combine(ps, S, hd, sc, red, out + (t * H + h) * hd, &count[t * H + h]);
@@ -768,13 +780,7 @@ decode_attention_kernel(const float *q, int64_t ldq, const __half *K, const __ha
 #pragma unroll
 		for (int k = 0; k < GROUPS; k++)
 			v += gacc[k][i];
-		if (sp.S == 1) {
-			out[(t * H + h) * HD + i] = __float2half(L > 0 ? v / L : 0.0f);
-		} else {
-			ps[s * (HD + 2) + 2 + i] = v;
-			if (i == 0)
-				ps[s * (HD + 2)] = M, ps[s * (HD + 2) + 1] = L;
-		}
+		att_put(v, i, sp.S, M, L, out + (t * H + h) * HD, ps + s * (HD + 2));
 	}
 	if (sp.S > 1 && gq_last_block(&count[t * H + h], (unsigned)sp.S))
 		att_combine(ps, sp.S, HD, wt, red, out + (t * H + h) * HD, &count[t * H + h]);
