@@ -61,13 +61,13 @@
 
 /* GEMV shape (and QM_BLOCKS, QM_MAX_T below): the -D overrides are for tuning sweeps */
 #ifndef QG_ROWS
-#define QG_ROWS 8 /* output rows per GEMV block */
+#define QG_ROWS 8 /* output rows per GEMV block (16 and 2 blocks: 19% slower decoding; 4 and 8: 9%) */
 #endif
 #ifndef QG_THREADS
 #define QG_THREADS 128 /* threads per GEMV block */
 #endif
 #ifndef QG_MIN_BLOCKS
-#define QG_MIN_BLOCKS 4 /* resident GEMV blocks per SM the registers must allow */
+#define QG_MIN_BLOCKS 4 /* resident GEMV blocks per SM the registers must allow (5: 6% slower) */
 #endif
 
 /* The chunk's `BITS` words, with the widest aligned loads the width allows. */
@@ -165,7 +165,10 @@ __device__ __forceinline__ void fma_rows(float (&acc)[QG_ROWS][T], float (&xsum)
  * per thread at once: a row of up to 4 NORM_VECS blockDim.x (4096 for the
  * GEMV's 128 threads) is one trip to L2 and stays in registers; a longer
  * one is read twice, a tile at a time (d a multiple of 4, checked by the
- * caller).
+ * caller). The chain after the last block's rows (fence, count, read,
+ * reduce) is the largest cost of a decoding step outside the products:
+ * about 3 us a call on the H200, 11% of the llama-7B step (measured with a
+ * timing-only build that skipped it: 635 against 565 tok/s).
  */
 #define NORM_VECS 8
 
@@ -364,6 +367,10 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
  *
  * Launched as a dependent launch: the first chunk's codes and scales are
  * loaded before pdl_wait, so they arrive while the kernel before finishes.
+ * Measured slower on the H200 and dropped: the TC loop as a persistent
+ * kernel streaming row sets through a cp.async ring (2 to 4 blocks an SM:
+ * 7% to 24% slower over the decoding shapes), and the first wave asking L2
+ * for the next waves' weights before pdl_wait (4% slower decoding a wave).
  */
 template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false, bool TC = false>
 __global__ static void __launch_bounds__(QG_THREADS, REGULAR ? QG_MIN_BLOCKS : 4)
