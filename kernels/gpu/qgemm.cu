@@ -168,7 +168,17 @@ __device__ __forceinline__ void fma_rows(float (&acc)[QG_ROWS][T], float (&xsum)
  * caller). The chain after the last block's rows (fence, count, read,
  * reduce) is the largest cost of a decoding step outside the products:
  * about 3 us a call on the H200, 11% of the llama-7B step (measured with a
- * timing-only build that skipped it: 635 against 565 tok/s).
+ * timing-only build that skipped it: 635 against 565 tok/s). In
+ * bench_gpu_qgemm's second table, down_proj then q/k/v take 3.1 us more
+ * with it than with no norm between (18.4 us), and 3.3 us more with a
+ * norm launch instead. Tried and dropped: the norm left to the products
+ * that read it, each block here writing its rows times the norm's weight
+ * (fp32) and a partial sum of squares, each block there summing the
+ * partials and scaling x as it loads it: 25.1 us a pair against 21.7 with
+ * the launch (decoding 470 against 563 tok/s). The partials' sum cost
+ * 2.5 us (a second trip to memory in every block), fp32 x in place of
+ * fp16 3.4 us. Also no faster: gq_last_block fencing in one thread after
+ * the barrier rather than in all (21.48 against 21.49 us a pair).
  */
 #define NORM_VECS 8
 

@@ -14,8 +14,15 @@
  * q/k/v and gate/up matrices that decoding multiplies (gq_gpu_qgemm here; the
  * forward pass takes gate/up through gq_gpu_qgemv_glu, the same kernel).
  *
+ * A second table times what decoding's RMS norms cost between two products:
+ * down_proj adding into the residual row, the norm, q/k/v reading it; the
+ * norm as a launch of its own (gq_gpu_norm), in down_proj's last block
+ * (gq_gpu_qgemv_add_norm, what decoding runs), and left out (the floor: q/k/v
+ * on a stale input), in the same run.
+ *
  *   bench_gpu_qgemm [REPS [TMAX]]   (TMAX: only token counts up to it)
  */
+#include "gpu/fwd.h"
 #include "gpu/gpu.h"
 #include "gpu/vendor.h"
 #include "tensor.h"
@@ -118,6 +125,81 @@ static double time_calls(cudaStream_t s, int copies, int reps, F call)
 	CK(cudaGraphDestroy(g));
 	std::sort(ms.begin(), ms.end());
 	return ms[reps / 2] * 1000.0 / calls;
+}
+
+/* The second table (see the top): one row, down_proj and q/k/v with the norm between. */
+static void bench_norm_between(cudaStream_t s, int reps)
+{
+	const int64_t d = 4096, inter = 11008, n_qkv = 12288;
+	gq_qmat down, qkv;
+	std::vector<uint16_t> a16(inter); /* [inter] the MLP's activation */
+	std::vector<float> resid(d), w(d); /* [d] */
+	void *da, *h16, *ws;
+	float *dres, *dw, *dadd, *dy;
+	unsigned *count;
+
+	make_int4(&down, inter, d);
+	make_int4(&qkv, d, n_qkv);
+	for (auto &v : a16)
+		v = gq_f32_to_f16(randf());
+	for (int64_t i = 0; i < d; i++)
+		resid[i] = 4 * randf(), w[i] = 1 + randf() / 2;
+	const int copies = (int)std::max<uint64_t>(2, ROTATE_BYTES / (gq_qmat_bytes(&down) + gq_qmat_bytes(&qkv)));
+	std::vector<gq_gpu_qmat> dd(copies), dq(copies);
+
+	for (int i = 0; i < copies; i++) {
+		OK(gq_gpu_qmat_upload(&dd[i], &down.k));
+		OK(gq_gpu_qmat_upload(&dq[i], &qkv.k));
+	}
+	const uint64_t wsb = std::max(gq_gpu_qgemm_workspace(&dd[0], 1), gq_gpu_qgemm_workspace(&dq[0], 1));
+
+	OK(gq_gpu_alloc(&da, (uint64_t)inter * 2));
+	OK(gq_gpu_alloc(&h16, (uint64_t)d * 2));
+	OK(gq_gpu_alloc(&ws, wsb ? wsb : 1));
+	OK(gq_gpu_alloc((void **)&dres, (uint64_t)d * 4));
+	OK(gq_gpu_alloc((void **)&dw, (uint64_t)d * 4));
+	OK(gq_gpu_alloc((void **)&dadd, (uint64_t)d * 4));
+	OK(gq_gpu_alloc((void **)&dy, (uint64_t)n_qkv * 4));
+	OK(gq_gpu_alloc((void **)&count, 4));
+	OK(gq_gpu_upload(count, std::vector<unsigned>{0}.data(), 4));
+	OK(gq_gpu_upload(da, a16.data(), (uint64_t)inter * 2));
+	OK(gq_gpu_upload(dres, resid.data(), (uint64_t)d * 4));
+	OK(gq_gpu_upload(dw, w.data(), (uint64_t)d * 4));
+	OK(gq_gpu_zero_async(h16, (uint64_t)d * 2, s));
+	const gq_gpu_add_norm nrm = {dres, dw, 1e-5f, GQ_GPU_NORM_RMS, h16, count};
+	/* every pair ends with q/k/v on h16 */
+	auto pair = [&](int i, int how) {
+		int rc = how == 1 ? gq_gpu_qgemv_add_norm(&dd[i], da, &nrm, ws, wsb, s)
+				  : gq_gpu_qgemm(&dd[i], da, 1, dadd, ws, wsb, s);
+
+		if (rc == GQ_OK && how == 0)
+			rc = gq_gpu_norm(GQ_GPU_NORM_RMS, dres, dadd, 1, d, dw, NULL, 1e-5, NULL, h16, s);
+		return rc ? rc : gq_gpu_qgemm(&dq[i], h16, 1, dy, ws, wsb, s);
+	};
+	const char *names[] = {"a launch (gq_gpu_norm)", "down_proj's last block", "none (the floor)"};
+	double t[3];
+
+	for (int how = 0; how < 3; how++)
+		t[how] = time_calls(s, copies, reps, [&](int i) { return pair(i, how); });
+	printf("\nOne row: down_proj adding into the residual, the RMS norm, q/k/v reading it\n");
+	printf("| the norm                 | µs a pair | launch / this | over the floor µs |\n");
+	printf("|--------------------------|-----------|---------------|-------------------|\n");
+	for (int how = 0; how < 3; how++)
+		printf("| %-24s | %9.2f | %12.2fx | %17.2f |\n", names[how], t[how], t[0] / t[how], t[how] - t[2]);
+	for (int i = 0; i < copies; i++) {
+		gq_gpu_qmat_free(&dd[i]);
+		gq_gpu_qmat_free(&dq[i]);
+	}
+	gq_gpu_free(da);
+	gq_gpu_free(h16);
+	gq_gpu_free(ws);
+	gq_gpu_free(dres);
+	gq_gpu_free(dw);
+	gq_gpu_free(dadd);
+	gq_gpu_free(dy);
+	gq_gpu_free(count);
+	gq_qmat_free(&down);
+	gq_qmat_free(&qkv);
 }
 
 int main(int argc, char **argv)
@@ -230,5 +312,6 @@ int main(int argc, char **argv)
 		gq_gpu_free(ws);
 		gq_qmat_free(&q);
 	}
+	bench_norm_between(s, reps);
 	return 0;
 }
