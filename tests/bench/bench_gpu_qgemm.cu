@@ -161,31 +161,33 @@ static void bench_norm_between(cudaStream_t s, int reps)
 	OK(gq_gpu_alloc((void **)&dadd, (uint64_t)d * 4));
 	OK(gq_gpu_alloc((void **)&dy, (uint64_t)n_qkv * 4));
 	OK(gq_gpu_alloc((void **)&count, 4));
-	OK(gq_gpu_upload(count, std::vector<unsigned>{0}.data(), 4));
+	OK(gq_gpu_zero_async(count, 4, s));
 	OK(gq_gpu_upload(da, a16.data(), (uint64_t)inter * 2));
 	OK(gq_gpu_upload(dres, resid.data(), (uint64_t)d * 4));
 	OK(gq_gpu_upload(dw, w.data(), (uint64_t)d * 4));
 	OK(gq_gpu_zero_async(h16, (uint64_t)d * 2, s));
 	const gq_gpu_add_norm nrm = {dres, dw, 1e-5f, GQ_GPU_NORM_RMS, h16, count};
+	enum { LAUNCH, LAST_BLOCK, NONE, WAYS }; /* where the norm runs */
+	const char *names[WAYS] = {"a launch (gq_gpu_norm)", "down_proj's last block", "none (the floor)"};
 	/* every pair ends with q/k/v on h16 */
 	auto pair = [&](int i, int how) {
-		int rc = how == 1 ? gq_gpu_qgemv_add_norm(&dd[i], da, &nrm, ws, wsb, s)
-				  : gq_gpu_qgemm(&dd[i], da, 1, dadd, ws, wsb, s);
+		int rc = how == LAST_BLOCK ? gq_gpu_qgemv_add_norm(&dd[i], da, &nrm, ws, wsb, s)
+					   : gq_gpu_qgemm(&dd[i], da, 1, dadd, ws, wsb, s);
 
-		if (rc == GQ_OK && how == 0)
+		if (rc == GQ_OK && how == LAUNCH)
 			rc = gq_gpu_norm(GQ_GPU_NORM_RMS, dres, dadd, 1, d, dw, NULL, 1e-5, NULL, h16, s);
 		return rc ? rc : gq_gpu_qgemm(&dq[i], h16, 1, dy, ws, wsb, s);
 	};
-	const char *names[] = {"a launch (gq_gpu_norm)", "down_proj's last block", "none (the floor)"};
-	double t[3];
+	double t[WAYS];
 
-	for (int how = 0; how < 3; how++)
+	for (int how = 0; how < WAYS; how++)
 		t[how] = time_calls(s, copies, reps, [&](int i) { return pair(i, how); });
 	printf("\nOne row: down_proj adding into the residual, the RMS norm, q/k/v reading it\n");
 	printf("| the norm                 | µs a pair | launch / this | over the floor µs |\n");
 	printf("|--------------------------|-----------|---------------|-------------------|\n");
-	for (int how = 0; how < 3; how++)
-		printf("| %-24s | %9.2f | %12.2fx | %17.2f |\n", names[how], t[how], t[0] / t[how], t[how] - t[2]);
+	for (int how = 0; how < WAYS; how++)
+		printf("| %-24s | %9.2f | %12.2fx | %17.2f |\n", names[how], t[how], t[LAUNCH] / t[how],
+		       t[how] - t[NONE]);
 	for (int i = 0; i < copies; i++) {
 		gq_gpu_qmat_free(&dd[i]);
 		gq_gpu_qmat_free(&dq[i]);
