@@ -1,7 +1,8 @@
 /*
  * mma.h - CUDA tensor-core fragments in PTX (sm_80+): mma.m16n8k16 with fp16
- * inputs and fp32 accumulators, and ldmatrix to load its fragments from
- * shared memory. CUDA only: HIP callers keep their CUDA-core paths.
+ * inputs and fp32 accumulators, ldmatrix to load its fragments from shared
+ * memory, and cp.async to fill shared memory without a trip through
+ * registers. CUDA only: HIP callers keep their CUDA-core paths.
  */
 #ifndef GQ_GPU_MMA_H
 #define GQ_GPU_MMA_H
@@ -38,6 +39,37 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __half
 	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
 		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
 		     : "r"(a));
+}
+
+/* 16 bytes from global src to shared dst, in flight until waited; src_bytes 0 writes zeros. */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes)
+{
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(
+			     (uint32_t)__cvta_generic_to_shared(dst)),
+		     "l"(src), "r"(src_bytes)
+		     : "memory");
+}
+
+/* The same for 4 bytes (4-byte aligned), through L1. */
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, int src_bytes)
+{
+	asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(
+			     (uint32_t)__cvta_generic_to_shared(dst)),
+		     "l"(src), "r"(src_bytes)
+		     : "memory");
+}
+
+/* The copies issued since the last commit as one group. */
+__device__ __forceinline__ void cp_async_commit(void)
+{
+	asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+/* Wait until at most N committed groups are still in flight (this thread's copies). */
+template <int N>
+__device__ __forceinline__ void cp_async_wait(void)
+{
+	asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
 /* Two floats as one fp16x2 register (lo in the low half). */

@@ -34,19 +34,22 @@
  *     per 16 codes of 16 rows, the tokens in the instruction's 8 columns (its
  *     cost hardly grows with T: 2.1x the CUDA-core GEMV's speed at T = 8, but
  *     slower at T = 1, where that one keeps more loads in flight).
- *   T <= QM_MAX_T (64; CUDA): qmma_kernel<BITS, NT>, dequantize into shared
- *     memory + wmma tensor cores, K split over blocks when the rows alone do
- *     not fill the GPU (comment at the kernel).
- *   larger T: dequant_kernel<BITS> writes W16 [out, in_pad] fp16, then cuBLAS
- *     GemmEx (fp16 in, fp32 accumulate and out).
+ *   T <= QM_MAX_T (64; CUDA), regular groups: qmma_kernel<BITS, NT8, MT>, the
+ *     same fragments for 16 MT rows a warp and up to 64 tokens, codes, scales
+ *     and X through a cp.async ring in shared memory (X shared by a block's
+ *     rows), K split over blocks when the rows alone do not fill the GPU
+ *     (comment at the kernel).
+ *   larger T (and irregular groups from 9 tokens): dequant_kernel<BITS>
+ *     writes W16 [out, in_pad] fp16, then cuBLAS GemmEx (fp16 in, fp32
+ *     accumulate and out).
  * The tensor-core kernels and dequant_kernel round each weight to fp16 the
  * same way (oct_to_half), so they multiply the same W16; the T = 1 GEMV
  * multiplies exact codes and sums in fp32.
  * Every kernel here is a dependent launch (vendor.h): the T = 1 GEMV loads
  * its first weights before it waits for the kernel before it.
  * Instances: BITS in {2, 3, 4, 8} x T = 1 (1..8 on HIP) for the CUDA-core
- * GEMV (and its TC form for 4 bits), x NT in 1..4 token tiles of 16 for the
- * fused kernel; BITS for the tensor-core GEMV and dequant.
+ * GEMV (and its TC form for 4 bits), x NT8 in 2, 4, 6, 8 token tiles of 8 (one
+ * MT each) for the fused kernel; BITS for the tensor-core GEMV and dequant.
  */
 #include "gpu/act.h"
 #include "gpu/gpu.h"
@@ -705,164 +708,222 @@ dequant_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ s
 	*(uint4 *)(W16 + (o * n_chunks + c) * 32 + 8 * q) = oct_to_half<BITS>(v, zero1024, scale);
 }
 
-#define QM_ROWS 128   /* output rows per block: 16 per warp */
-#define QM_THREADS 256
-#define QM_LD 72      /* shared row stride in halves: 64 + 8 against bank conflicts */
+#define QM_ROWS 128  /* output rows per block: 16 MT a warp */
+#define QM_THREADS(MT) (256 / (MT))
+#define QM_TOKENS 64            /* tokens per block (grid.z: more in blocks of this) */
+#ifndef QM_STAGES
+#define QM_STAGES 4 /* ring depth: K steps in flight */
+#endif
 #ifndef QM_BLOCKS
-#define QM_BLOCKS 264 /* at least two blocks per SM on a 132-SM H100/H200 */
+#define QM_BLOCKS 396 /* three resident blocks per SM on a 132-SM H100/H200 */
+#endif
+#ifndef QM_MT1_T
+#define QM_MT1_T 32 /* up to this many tokens a warp owns one m16 tile of rows, not two */
+#endif
+#ifndef QM_MIN_STEPS
+#define QM_MIN_STEPS 4 /* K steps (128 codes) a split-K slice takes at least */
 #endif
 #ifdef GQ_HIP
-#define QM_MAX_T GQ_GPU_GEMV_MAX_T /* no fused kernel (wmma is CUDA's): dequantize + GEMM */
+#define QM_MAX_T GQ_GPU_GEMV_MAX_T /* no fused kernel (mma is CUDA's): dequantize + GEMM */
 #else
 /*
- * Fused dequantize + tensor-core product for GQ_GPU_GEMV_MAX_T < T <= QM_MAX_T:
- * Y [T, out] (or its split-K partial) = W Xᵀ without an fp16 copy of W in
- * device memory. A block of 8 warps owns QM_ROWS rows and steps through its
- * K range two chunks (64 codes) at a time:
- *   registers: the next step's codes, groups and scale (one chunk per lane:
- *     row 16 warp + lane / 2, chunk lane % 2) and X slice, loaded while the
- *     tensor cores work on the current one (a ring of 4 steps in flight
- *     measured no faster: the kernel is bound by issue and barriers, not
- *     by load latency);
- *   Ws [QM_ROWS][64] fp16: the step's weights, dequantized by the lanes
- *     (oct_to_half: the same rounding as dequant_kernel, so the same W16);
- *   Xs [16 NT][64] fp16: the step's X (zero past T);
- *   each warp: C [16 rows][16 NT tokens] += Ws rows · Xsᵀ (wmma 16x16x16,
- *     fp32 accumulators).
- * Split K: grid.y = S slices of the K steps; with S > 1 each writes its
- * partial part [S][T][out] and reduce_kernel sums them (a fixed order).
+ * Fused dequantize + tensor-core product for GQ_GPU_GEMV_MAX_T < T <= QM_MAX_T
+ * and groups of a power of two chunks: Y [T, out] (or its split-K partial) =
+ * W Xᵀ without an fp16 copy of W in device memory, the fragments of
+ * qgemv_mma_kernel (below) with X shared by more rows. A block owns QM_ROWS
+ * rows, 16 MT a warp (MT = 1 up to QM_MT1_T tokens: twice the warps for the
+ * same rows; 2 above, each X fragment feeding two row tiles), and up to 64
+ * tokens (8 NT8 of them: the n8 columns of NT8 mmas), and steps through its
+ * K range 4 chunks (128 codes) at a time, through a ring of QM_STAGES steps
+ * in shared memory filled by cp.async QM_STAGES - 1 steps ahead (a short
+ * slice has all its loads in flight at once):
+ *   codes [QM_ROWS][4 BITS words] and (scale, zero) of the step's groups:
+ *     lane (g = lane / 4, q = lane % 4) unpacks chunk q of its warp's rows
+ *     g, g + 8 (and + 16, + 24) with oct_to_half (the rounding of
+ *     dequant_kernel: the same W16) straight into A fragments;
+ *   X [8 NT8 tokens][128 codes] fp16 (zeros past T and the last chunk):
+ *     lane (g, q) reads token 8 j + g's 8 codes of its chunk's oct as one
+ *     16-byte B fragment pair (the k slots of qgemv_mma_kernel).
+ * Split K: S slices of the K steps; with S > 1 each writes its partial
+ * part [S][T][out] and reduce_kernel sums them (a fixed order).
+ * On the H200 against the kernel before (codes and X a step ahead in
+ * registers, wmma on weights dequantized into shared memory), llama-7B
+ * shapes: 1.26-1.58x at 16 tokens, 1.06-1.46x at 32, 1.03-1.49x at 64.
+ * Swept on the H200 (before the scales were copied a group at a time, not
+ * a chunk): 6 stages and 2 steps a slice at least were faster for 4096 rows
+ * at 16 and 32 tokens and slower or no faster for the larger shapes;
+ * QM_BLOCKS 792, and MT = 1 at every T or only to 16, no faster.
  */
 #ifndef QM_MAX_T
 #define QM_MAX_T 64
 #endif
 
-template <int BITS>
-struct qm_stage { /* one step of a lane's weights */
-	uint32_t w[BITS]; /* its chunk */
-	int g0, g31;      /* groups of the chunk's first and last code */
-	__half2 sz0;      /* (scale, zero) of g0 */
+/* One K step of the block in shared memory. */
+template <int BITS, int NT8>
+struct qm_stage {
+	/*
+	 * [token][vector]: 16 vectors of 8 codes a token, vector (chunk q, oct o)
+	 * of token t at 4 (o ^ (t & 1)) + q, so the 8 lanes of each phase of a
+	 * 16-byte read (tokens g, g + 1, chunks 0..3) hit distinct banks.
+	 */
+	uint4 x[8 * NT8][16];
+	uint32_t w[QM_ROWS][4 * BITS]; /* [row][the step's 4 chunks] codes */
+	__half2 sz[QM_ROWS][4];        /* [row][group] (scale, zero) of the step's groups, in order */
 };
 
-template <int BITS, int NT>
-__global__ static void __launch_bounds__(QM_THREADS)
+template <int BITS, int NT8, int MT>
+__global__ static void __launch_bounds__(QM_THREADS(MT), MT == 2 && NT8 == 8 ? 2 : 3)
 qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
-	    const int32_t *__restrict__ gsorted, const __half *__restrict__ xs, int64_t ldx,
-	    int T, float *__restrict__ dst, int64_t out, int n_chunks, int n_groups,
-	    int steps_per_slice)
+	    int group_shift, const __half *__restrict__ xs, int64_t ldx, int T,
+	    float *__restrict__ dst, int64_t out, int n_chunks, int n_groups, int steps_per_slice,
+	    bool slices_x)
 {
 	pdl_launch_next();
+	extern __shared__ __align__(16) unsigned char qm_smem[];
+	qm_stage<BITS, NT8> *ring = (qm_stage<BITS, NT8> *)qm_smem; /* [QM_STAGES] */
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+	const int row_block = slices_x ? blockIdx.y : blockIdx.x;
+	const int slice = slices_x ? blockIdx.x : blockIdx.y;
+	const int64_t o0 = (int64_t)row_block * QM_ROWS;
+	constexpr int THREADS = QM_THREADS(MT);
+	const int t0 = blockIdx.z * QM_TOKENS, nt = min(T - t0, 8 * NT8); /* the block's tokens */
+	const int step0 = slice * steps_per_slice;
+	const int step1 = min(step0 + steps_per_slice, (n_chunks + 3) / 4);
+	const int64_t words = (int64_t)n_chunks * BITS; /* a row's */
+	float c[MT][NT8][4] = {}; /* [row tile][token tile][fragment] */
+
+	static_assert(8 * NT8 * 16 % THREADS == 0 && QM_ROWS * 4 % THREADS == 0,
+		      "whole vectors per thread");
+	xs += t0 * ldx;
+	/* the group of chunk q of step s (past the last chunk: the last one's) */
+	auto step_group = [&](int s, int q) { return min(4 * s + q, n_chunks - 1) >> group_shift; };
+	/*
+	 * Step s's codes and scales into its stage (rows past the end repeat the
+	 * last, never stored; past the last chunk zero codes, finite weights
+	 * times zero X); nothing past the slice.
+	 */
+	auto fill_w = [&](int s) {
+		if (s >= step1)
+			return;
+		qm_stage<BITS, NT8> &st = ring[(s - step0) % QM_STAGES];
+
+		if (words % 4 == 0) { /* 16-byte aligned rows: 4 words a copy */
+#pragma unroll
+			for (int i = 0; i < CEIL_DIV(QM_ROWS * BITS, THREADS); i++) {
+				const int v = threadIdx.x + i * THREADS, r = v / BITS, part = v % BITS;
+
+				if ((QM_ROWS * BITS) % THREADS && v >= QM_ROWS * BITS)
+					break;
+				const int64_t row = o0 + r < out ? o0 + r : out - 1;
+				const int64_t w0 = (int64_t)4 * s * BITS + 4 * part;
+
+				cp_async16(&st.w[r][4 * part], codes + row * words + (w0 < words ? w0 : 0),
+					   w0 < words ? 16 : 0);
+			}
+		} else { /* 2 and 3 bits, odd chunk counts: a word a copy (rolled: registers) */
+#pragma unroll 1
+			for (int i = 0; i < QM_ROWS * 4 * BITS / THREADS; i++) {
+				const int v = threadIdx.x + i * THREADS, r = v / (4 * BITS), k = v % (4 * BITS);
+				const int64_t row = o0 + r < out ? o0 + r : out - 1, wi = (int64_t)4 * s * BITS + k;
+
+				cp_async4(&st.w[r][k], codes + row * words + (wi < words ? wi : 0), wi < words ? 4 : 0);
+			}
+		}
+		/*
+		 * The groups of the step's chunks, span of them from g_lo (one for
+		 * groups of 128 codes or more): a copy per row and group, not per
+		 * chunk (4-byte copies from scattered rows cost a request each:
+		 * 20-25% of the time at 16 tokens, copied per chunk).
+		 */
+		const int g_lo = step_group(s, 0), span = step_group(s, 3) - g_lo + 1;
+
+#pragma unroll
+		for (int i = 0; i < QM_ROWS * 4 / THREADS; i++) {
+			const int e = threadIdx.x + i * THREADS, r = e >> 2, k = e & 3;
+			const int64_t row = o0 + r < out ? o0 + r : out - 1;
+
+			if (k < span)
+				cp_async4(&st.sz[r][k], sz + row * n_groups + g_lo + k, 4);
+		}
+	};
+	/* step s's X into its stage, then the group that completes the stage */
+	auto fill_x = [&](int s) {
+		if (s < step1) {
+			qm_stage<BITS, NT8> &st = ring[(s - step0) % QM_STAGES];
+
+#pragma unroll
+			for (int i = 0; i < 8 * NT8 * 16 / THREADS; i++) {
+				const int v = threadIdx.x + i * THREADS, t = v >> 4, vq = (v >> 2) & 3, vo = v & 3;
+				const int ch = 4 * s + vq;
+				const bool live = t < nt && ch < n_chunks;
+
+				cp_async16(&st.x[t][4 * (vo ^ (t & 1)) + vq],
+					   live ? xs + t * ldx + 32 * ch + 8 * vo : xs, live ? 16 : 0);
+			}
+		}
+		cp_async_commit(); /* empty past the slice: the count of groups stays regular */
+	};
+
+	/* the weights of the first steps before the previous kernel ends (group 0 holds them) */
+#pragma unroll
+	for (int p = 0; p < QM_STAGES - 1; p++)
+		fill_w(step0 + p);
 	pdl_wait();
-	__shared__ __align__(32) __half Ws[QM_ROWS * QM_LD];     /* [QM_ROWS][QM_LD] */
-	__shared__ __align__(32) __half Xs[16 * NT * QM_LD];     /* [16 NT][QM_LD] */
-	__shared__ __align__(32) float Cs[QM_THREADS / 32][256]; /* per warp [16 tokens][16 rows] */
-	constexpr int XV = 16 * NT * 8;                          /* 16-byte vectors in Xs's data */
-	constexpr int XPT = (XV + QM_THREADS - 1) / QM_THREADS;  /* of them per thread */
-	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	const int64_t o0 = (int64_t)blockIdx.x * QM_ROWS;
-	const int64_t my_row = o0 + 16 * warp + (lane >> 1) < out ? o0 + 16 * warp + (lane >> 1) : out - 1;
-	const int step0 = blockIdx.y * steps_per_slice;
-	const int step1 = min(step0 + steps_per_slice, (n_chunks + 1) / 2);
-	const __half2 *sz_row = sz + my_row * n_groups;
-	qm_stage<BITS> next; /* the lane's weights of the next step */
-	uint4 xv[XPT];       /* this thread's vectors of the next step's X */
-	nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc[NT];
-
 #pragma unroll
-	for (int j = 0; j < NT; j++)
-		nvcuda::wmma::fill_fragment(acc[j], 0.0f);
-
-	/* the lane's chunk of step s (zeros past the last chunk), codes first */
-	auto load_w = [&](int s, qm_stage<BITS> &st) {
-		const int c = 2 * s + (lane & 1);
-
-		if (c < n_chunks) {
-			load_chunk<BITS>(codes + (my_row * n_chunks + c) * BITS, st.w);
-			st.g0 = gsorted[32 * c], st.g31 = gsorted[32 * c + 31];
-		} else {
-#pragma unroll
-			for (int i = 0; i < BITS; i++)
-				st.w[i] = 0;
-			st.g0 = st.g31 = gsorted[0];
-		}
-		st.sz0 = sz_row[st.g0];
-	};
-	/* this thread's vectors of step s's X (zeros past the last chunk and past T) */
-	auto load_x = [&](int s) {
-#pragma unroll
-		for (int i = 0; i < XPT; i++) {
-			const int v = threadIdx.x + i * QM_THREADS, t = v >> 3, k = 64 * s + 8 * (v & 7);
-
-			xv[i] = make_uint4(0, 0, 0, 0);
-			if (v < XV && t < T && k < 32 * n_chunks)
-				xv[i] = *(const uint4 *)(xs + t * ldx + k);
-		}
-	};
-
-	if (step0 < step1) {
-		load_w(step0, next);
-		load_x(step0);
-	}
+	for (int p = 0; p < QM_STAGES - 1; p++)
+		fill_x(step0 + p);
 	for (int s = step0; s < step1; s++) {
-		const int c = 2 * s + (lane & 1);
+		cp_async_wait<QM_STAGES - 2>();
+		__syncthreads(); /* step s is in; step s - 1's stage is read */
+		fill_w(s + QM_STAGES - 1);
+		fill_x(s + QM_STAGES - 1);
 
-		__syncthreads(); /* the previous step's fragments are read */
-		{
-			__half2 zero1024[4], scale[4];
-			__half *wrow = Ws + (16 * warp + (lane >> 1)) * QM_LD + 32 * (lane & 1);
-			const bool uniform = next.g0 == next.g31;
+		const qm_stage<BITS, NT8> &st = ring[(s - step0) % QM_STAGES];
+		uint32_t w[2 * MT][BITS];                 /* chunk q of row sets g, g + 8 (, g + 16, g + 24) */
+		__half2 zero1024[2 * MT][4], scale[2 * MT][4]; /* of each row set, the same for every code */
 
-			if (uniform) /* once for the chunk */
-				oct_params(sz_row, gsorted, 0, 0, true, next.sz0, zero1024, scale);
 #pragma unroll
-			for (int q = 0; q < 4; q++) {
-				if (!uniform)
-					oct_params(sz_row, gsorted, c < n_chunks ? c : 0, q, false, next.sz0,
-						   zero1024, scale);
-				*(uint4 *)(wrow + 8 * q) = oct_to_half<BITS>(oct_of<BITS>(next.w, q), zero1024, scale);
-			}
-#pragma unroll
-			for (int i = 0; i < XPT; i++) {
-				const int v = threadIdx.x + i * QM_THREADS;
+		for (int i = 0; i < 2 * MT; i++) {
+			const int r = 16 * MT * warp + g + 8 * i;
 
-				if (v < XV)
-					*(uint4 *)(Xs + (v >> 3) * QM_LD + 8 * (v & 7)) = xv[i];
-			}
-		}
-		__syncthreads();
-		if (s + 1 < step1) { /* in flight while the tensor cores run */
-			load_w(s + 1, next);
-			load_x(s + 1);
+			load_chunk<BITS>(&st.w[r][BITS * q], w[i]);
+			oct_params(NULL, NULL, 0, 0, true, st.sz[r][step_group(s, q) - step_group(s, 0)],
+				   zero1024[i], scale[i]);
 		}
 #pragma unroll
-		for (int kk = 0; kk < 64; kk += 16) {
-			nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> a;
+		for (int o = 0; o < 4; o++) {
+			uint4 a[2 * MT]; /* this oct of each row set as fp16 weights */
 
-			nvcuda::wmma::load_matrix_sync(a, Ws + 16 * warp * QM_LD + kk, QM_LD);
 #pragma unroll
-			for (int j = 0; j < NT; j++) {
-				nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::col_major> b;
+			for (int i = 0; i < 2 * MT; i++)
+				a[i] = oct_to_half<BITS>(oct_of<BITS>(w[i], o), zero1024[i], scale[i]);
+#pragma unroll
+			for (int j = 0; j < NT8; j++) {
+				const uint4 xv = st.x[8 * j + g][4 * (o ^ (g & 1)) + q];
 
-				nvcuda::wmma::load_matrix_sync(b, Xs + 16 * j * QM_LD + kk, QM_LD);
-				nvcuda::wmma::mma_sync(acc[j], a, b, acc[j]);
+#pragma unroll
+				for (int m = 0; m < MT; m++) {
+					mma_16816(c[m][j], a[2 * m].x, a[2 * m + 1].x, a[2 * m].y, a[2 * m + 1].y, xv.x, xv.y);
+					mma_16816(c[m][j], a[2 * m].z, a[2 * m + 1].z, a[2 * m].w, a[2 * m + 1].w, xv.z, xv.w);
+				}
 			}
 		}
 	}
 
-	/* C (row i, token n) -> dst[t][o]: through the warp's Cs, 16 rows contiguous per token */
-	dst += (int64_t)blockIdx.y * T * out;
+	/* c[m][j]: rows 16 m + g (0, 1) and + 8 (2, 3), tokens 8 j + 2 q (0, 2) and + 1 (1, 3) */
+	dst += ((int64_t)slice * T + t0) * out;
 #pragma unroll
-	for (int j = 0; j < NT; j++) {
-		nvcuda::wmma::store_matrix_sync(Cs[warp], acc[j], 16, nvcuda::wmma::mem_col_major);
-		__syncwarp();
-		for (int e = lane; e < 256; e += 32) {
-			const int t = 16 * j + (e >> 4);
-			const int64_t o = o0 + 16 * warp + (e & 15);
+	for (int m = 0; m < MT; m++)
+#pragma unroll
+		for (int j = 0; j < NT8; j++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int t = 8 * j + 2 * q + (e & 1);
+				const int64_t o = o0 + 16 * MT * warp + 16 * m + g + 8 * (e >> 1);
 
-			if (t < T && o < out)
-				dst[t * out + o] = Cs[warp][e];
-		}
-		__syncwarp();
-	}
+				if (t < nt && o < out)
+					dst[t * out + o] = c[m][j][e];
+			}
 }
 
 /*
@@ -1089,20 +1150,19 @@ static int needs_gather(const gq_gpu_qmat *w)
 }
 
 /*
- * Split-K slices of the fused kernel: enough blocks to fill the GPU
- * (QM_BLOCKS; twice that for 1 or 2 token tiles, whose registers allow 4
- * resident blocks per SM, not 2), at least 4 steps (256 codes) per slice;
- * a function of the shape and T alone, so the workspace size is too.
+ * Split-K slices of the fused kernel: enough blocks (row blocks x token
+ * blocks x slices) to fill the GPU (QM_BLOCKS), at least QM_MIN_STEPS steps
+ * (128 codes each) a slice; a function of the shape and T alone, so the
+ * workspace size is too.
  */
 static int qm_slices(const gq_gpu_qmat *w, int64_t T, int *steps_per_slice)
 {
-	const int64_t steps = CEIL_DIV(w->in_pad / 32, (int64_t)2);
-	const int64_t row_blocks = CEIL_DIV(w->out, (int64_t)QM_ROWS);
-	const int64_t blocks = T <= 32 ? 2 * QM_BLOCKS : QM_BLOCKS;
-	int64_t S = CEIL_DIV(blocks, row_blocks), per;
+	const int64_t steps = CEIL_DIV(w->in_pad / 32, (int64_t)4);
+	const int64_t blocks = CEIL_DIV(w->out, (int64_t)QM_ROWS) * CEIL_DIV(T, (int64_t)QM_TOKENS);
+	int64_t S = CEIL_DIV((int64_t)QM_BLOCKS, blocks), per;
 
-	if (S > steps / 4)
-		S = steps / 4;
+	if (S > steps / QM_MIN_STEPS)
+		S = steps / QM_MIN_STEPS;
 	if (S < 1)
 		S = 1;
 	per = CEIL_DIV(steps, S);
@@ -1120,13 +1180,37 @@ static uint64_t xs_bytes(const gq_gpu_qmat *w, int64_t T)
 	return needs_gather(w) ? CEIL_DIV((uint64_t)(T * w->in_pad) * 2, (uint64_t)256) * 256 : 0;
 }
 
+/* Whether T tokens take the fused kernel: regular groups (a chunk in one group) only. */
+/*
+ * log2 of the chunks a group, or 31 for one group a row: the fused kernel's
+ * group of chunk c is c >> shift (no division). -1 when neither.
+ */
+static int group_shift(const gq_gpu_qmat *w)
+{
+	const int gc = w->group_chunks;
+
+	if (gc && (int64_t)gc >= w->in_pad / 32)
+		return 31;
+	return gc && !(gc & (gc - 1)) ? __builtin_ctz((unsigned)gc) : -1;
+}
+
+/*
+ * Whether T tokens take the fused kernel: groups of a power of two chunks
+ * (32, 64, 128, ... codes) or one a row; other group sizes and irregular
+ * groups take dequantize + cuBLAS.
+ */
+static int fused_path(const gq_gpu_qmat *w, int64_t T)
+{
+	return T > GQ_GPU_GEMV_MAX_T && T <= QM_MAX_T && group_shift(w) >= 0;
+}
+
 extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
 {
 	int per, S;
 
 	if (T <= GQ_GPU_GEMV_MAX_T)
 		return xs_bytes(w, T);
-	if (T <= QM_MAX_T) {
+	if (fused_path(w, T)) {
 		S = qm_slices(w, T, &per);
 		return xs_bytes(w, T) + (S > 1 ? (uint64_t)(S * T * w->out) * 4 : 0);
 	}
@@ -1195,26 +1279,71 @@ static int launch_dequant(const gq_gpu_qmat *w, __half *W16, cudaStream_t s)
 }
 
 #ifndef GQ_HIP
+/*
+ * qmma_kernel<BITS, NT8> may take its ring of dynamic shared memory on the
+ * current device: set once per instance and device (the attribute is the
+ * device's; threads racing to set it set the same value).
+ */
+template <int BITS, int NT8, int MT>
+static int allow_qmma_smem(void)
+{
+	static bool done[GQ_MAX_GPUS];
+	int dev;
+
+	GPU_CHECK(cudaGetDevice(&dev));
+	if (dev < 0 || dev >= GQ_MAX_GPUS || __atomic_load_n(&done[dev], __ATOMIC_ACQUIRE))
+		return GQ_OK;
+	GPU_CHECK(cudaFuncSetAttribute(qmma_kernel<BITS, NT8, MT>,
+				       cudaFuncAttributeMaxDynamicSharedMemorySize,
+				       (int)(QM_STAGES * sizeof(qm_stage<BITS, NT8>))));
+	__atomic_store_n(&done[dev], true, __ATOMIC_RELEASE);
+	return GQ_OK;
+}
+
+template <int BITS, int NT8, int MT>
+static int launch_qmma(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, int T, float *dst,
+		       dim3 grid, int per, bool slices_x, cudaStream_t s)
+{
+	int rc;
+
+	if ((rc = allow_qmma_smem<BITS, NT8, MT>()))
+		return rc;
+	PDL_LAUNCH("qmma_kernel", (qmma_kernel<BITS, NT8, MT>), grid, dim3(QM_THREADS(MT)),
+		   QM_STAGES * sizeof(qm_stage<BITS, NT8>), s, w->codes, (const __half2 *)w->sz,
+		   group_shift(w), xs, ldx, T, dst, w->out, (int)(w->in_pad / 32), (int)w->n_groups, per,
+		   slices_x);
+	return GQ_OK;
+}
+
 /* The fused kernel into dst (Y, or the partials when split), then the split-K sum. */
 template <int BITS>
 static int launch_mma(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float *Y, int T,
 		      float *part, cudaStream_t s)
 {
 	int per, S = qm_slices(w, T, &per);
-	const dim3 grid((unsigned)CEIL_DIV(w->out, (int64_t)QM_ROWS), (unsigned)S);
+	/*
+	 * From 33 tokens a row block's slices are neighbours in the launch
+	 * order (H200: 5-16% faster at 64 tokens, mixed at 16 and 32).
+	 */
+	const bool slices_x = T > 32;
+	const unsigned row_blocks = (unsigned)CEIL_DIV(w->out, (int64_t)QM_ROWS);
+	const dim3 grid(slices_x ? (unsigned)S : row_blocks, slices_x ? row_blocks : (unsigned)S,
+			(unsigned)CEIL_DIV(T, QM_TOKENS));
 	float *dst = S > 1 ? part : Y;
-	const int n_chunks = (int)(w->in_pad / 32);
+	int rc = GQ_OK;
 
-	switch ((T + 15) / 16) {
-#define MMA_NT(NT)                                                                                 \
-	case NT:                                                                                   \
-		PDL_LAUNCH("qmma_kernel", qmma_kernel<BITS, NT>, grid, dim3(QM_THREADS), 0, s,          \
-			   w->codes, (const __half2 *)w->sz, w->gsorted, xs, ldx, T, dst, w->out,       \
-			   n_chunks, (int)w->n_groups, per);                                       \
+	/* token tiles of 8 in steps of 2 (4 instances a width), one row tile a warp to QM_MT1_T */
+	switch (T >= QM_TOKENS ? 4 : (T + 15) / 16) {
+#define MMA_NT(N)                                                                                  \
+	case N:                                                                                    \
+		rc = launch_qmma<BITS, 2 * N, 2 * N * 8 <= QM_MT1_T ? 1 : 2>(w, xs, ldx, T, dst, grid, per, \
+								   slices_x, s);                  \
 		break;
 		MMA_NT(1) MMA_NT(2) MMA_NT(3) MMA_NT(4)
 #undef MMA_NT
 	}
+	if (rc)
+		return rc;
 	if (S > 1) {
 		const int64_t n = (int64_t)T * w->out;
 
@@ -1272,7 +1401,7 @@ extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, floa
 		}
 	}
 #ifndef GQ_HIP
-	if (T <= QM_MAX_T) {
+	if (fused_path(w, T)) {
 		switch (w->bits) {
 		case 2: return launch_mma<2>(w, xs, ldx, Y, (int)T, (float *)rest, s);
 		case 3: return launch_mma<3>(w, xs, ldx, Y, (int)T, (float *)rest, s);

@@ -58,7 +58,6 @@
 #else
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
-#include <mma.h> /* wmma: qgemm.cu's fused kernel, CUDA only */
 #endif
 
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))

@@ -212,7 +212,7 @@ int main(int argc, char **argv)
 	} shapes[] = {{4096, 4096, "q_proj"},      {11008, 4096, "up_proj"},
 		      {4096, 11008, "down_proj"},  {12288, 4096, "qkv_proj"},
 		      {22016, 4096, "gate_up_proj"}};
-	static const int64_t batches[] = {1, 2, 8, 16, 32, 64, 256};
+	static const int64_t batches[] = {1, 2, 8, 16, 32, 64, 128, 256};
 	const int64_t tmax = 256;
 	int reps = argc > 1 ? atoi(argv[1]) : 25;
 	const int64_t tlimit = argc > 2 ? atoll(argv[2]) : tmax;

@@ -345,6 +345,8 @@ static void test_qgemm(void)
 		{3, 608, 96, 128, 1},   {3, 320, 64, -1, 0},  {2, 528, 160, 32, 0}, {2, 512, 96, 128, 1},
 		{8, 516, 132, 128, 1},  {8, 256, 64, 0, 0},   {4, 512, 104, 0, 0},  {4, 2048, 520, 128, 1},
 		{4, 256, 4612, 128, 0}, /* a norm over more than one tile of the last block (4096) */
+		{4, 1536, 136, 64, 1},  /* groups of two chunks: two a K step of the fused kernel */
+		{2, 960, 72, 96, 0},    /* three chunks: not a power of two, dequantize + cuBLAS from 9 tokens */
 	};
 	static const int64_t tokens[] = {1, 3, 8, 9, 24, 40, 64, 65, 128};
 	const size_t n_tokens = sizeof tokens / sizeof *tokens;
