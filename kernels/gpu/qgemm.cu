@@ -711,9 +711,6 @@ dequant_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ s
 #define QM_ROWS 128  /* output rows per block: 16 MT a warp */
 #define QM_THREADS(MT) (256 / (MT))
 #define QM_TOKENS 64            /* tokens per block (grid.z: more in blocks of this) */
-#ifndef QM_STAGES
-#define QM_STAGES 4 /* ring depth: K steps in flight */
-#endif
 #ifndef QM_BLOCKS
 #define QM_BLOCKS 396 /* three resident blocks per SM on a 132-SM H100/H200 */
 #endif
@@ -734,8 +731,8 @@ dequant_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ s
  * rows, 16 MT a warp (MT = 1 up to QM_MT1_T tokens: twice the warps for the
  * same rows; 2 above, each X fragment feeding two row tiles), and up to 64
  * tokens (8 NT8 of them: the n8 columns of NT8 mmas), and steps through its
- * K range 4 chunks (128 codes) at a time, through a ring of QM_STAGES steps
- * in shared memory filled by cp.async QM_STAGES - 1 steps ahead (a short
+ * K range 4 chunks (128 codes) at a time, through a ring of qm_stages(NT8)
+ * steps in shared memory filled by cp.async a step less ahead (a short
  * slice has all its loads in flight at once):
  *   codes [QM_ROWS][4 BITS words] and (scale, zero) of the step's groups:
  *     lane (g = lane / 4, q = lane % 4) unpacks chunk q of its warp's rows
@@ -748,15 +745,24 @@ dequant_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ s
  * part [S][T][out] and reduce_kernel sums them (a fixed order).
  * On the H200 against the kernel before (codes and X a step ahead in
  * registers, wmma on weights dequantized into shared memory), llama-7B
- * shapes: 1.26-1.58x at 16 tokens, 1.06-1.46x at 32, 1.03-1.49x at 64.
- * Swept on the H200 (before the scales were copied a group at a time, not
- * a chunk): 6 stages and 2 steps a slice at least were faster for 4096 rows
- * at 16 and 32 tokens and slower or no faster for the larger shapes;
- * QM_BLOCKS 792, and MT = 1 at every T or only to 16, no faster.
+ * shapes: 1.26-1.58x at 16 tokens, 1.11-1.59x at 32, 1.18-1.63x at 64.
+ * Swept on the H200, one run each: 6 stages and 2 steps a slice at least
+ * were faster for 4096 rows at 16 and 32 tokens (8.8 and 9.7 against 11.1
+ * us at 16) and slower or no faster for the larger shapes; QM_BLOCKS 264
+ * or 792, and MT = 1 at every T or only to 16, no faster.
  */
 #ifndef QM_MAX_T
 #define QM_MAX_T 64
 #endif
+
+/*
+ * The ring's depth in K steps: on the H200 4 for 16 tokens (3 and 6 mixed
+ * across the shapes), 3 above (3-13% faster than 4 at 32 and 64 tokens).
+ */
+__host__ __device__ constexpr int qm_stages(int nt8)
+{
+	return nt8 == 2 ? 4 : 3;
+}
 
 /* One K step of the block in shared memory. */
 template <int BITS, int NT8>
@@ -780,7 +786,8 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 {
 	pdl_launch_next();
 	extern __shared__ __align__(16) unsigned char qm_smem[];
-	qm_stage<BITS, NT8> *ring = (qm_stage<BITS, NT8> *)qm_smem; /* [QM_STAGES] */
+	constexpr int STAGES = qm_stages(NT8);
+	qm_stage<BITS, NT8> *ring = (qm_stage<BITS, NT8> *)qm_smem; /* [STAGES] */
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
 	const int row_block = slices_x ? blockIdx.y : blockIdx.x;
 	const int slice = slices_x ? blockIdx.x : blockIdx.y;
@@ -805,7 +812,7 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	auto fill_w = [&](int s) {
 		if (s >= step1)
 			return;
-		qm_stage<BITS, NT8> &st = ring[(s - step0) % QM_STAGES];
+		qm_stage<BITS, NT8> &st = ring[(s - step0) % STAGES];
 
 		if (words % 4 == 0) { /* 16-byte aligned rows: 4 words a copy */
 #pragma unroll
@@ -849,7 +856,7 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	/* step s's X into its stage, then the group that completes the stage */
 	auto fill_x = [&](int s) {
 		if (s < step1) {
-			qm_stage<BITS, NT8> &st = ring[(s - step0) % QM_STAGES];
+			qm_stage<BITS, NT8> &st = ring[(s - step0) % STAGES];
 
 #pragma unroll
 			for (int i = 0; i < 8 * NT8 * 16 / THREADS; i++) {
@@ -866,19 +873,19 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 
 	/* the weights of the first steps before the previous kernel ends (group 0 holds them) */
 #pragma unroll
-	for (int p = 0; p < QM_STAGES - 1; p++)
+	for (int p = 0; p < STAGES - 1; p++)
 		fill_w(step0 + p);
 	pdl_wait();
 #pragma unroll
-	for (int p = 0; p < QM_STAGES - 1; p++)
+	for (int p = 0; p < STAGES - 1; p++)
 		fill_x(step0 + p);
 	for (int s = step0; s < step1; s++) {
-		cp_async_wait<QM_STAGES - 2>();
+		cp_async_wait<STAGES - 2>();
 		__syncthreads(); /* step s is in; step s - 1's stage is read */
-		fill_w(s + QM_STAGES - 1);
-		fill_x(s + QM_STAGES - 1);
+		fill_w(s + STAGES - 1);
+		fill_x(s + STAGES - 1);
 
-		const qm_stage<BITS, NT8> &st = ring[(s - step0) % QM_STAGES];
+		const qm_stage<BITS, NT8> &st = ring[(s - step0) % STAGES];
 		uint32_t w[2 * MT][BITS];                 /* chunk q of row sets g, g + 8 (, g + 16, g + 24) */
 		__half2 zero1024[2 * MT][4], scale[2 * MT][4]; /* of each row set, the same for every code */
 
@@ -1295,7 +1302,7 @@ static int allow_qmma_smem(void)
 		return GQ_OK;
 	GPU_CHECK(cudaFuncSetAttribute(qmma_kernel<BITS, NT8, MT>,
 				       cudaFuncAttributeMaxDynamicSharedMemorySize,
-				       (int)(QM_STAGES * sizeof(qm_stage<BITS, NT8>))));
+				       (int)(qm_stages(NT8) * sizeof(qm_stage<BITS, NT8>))));
 	__atomic_store_n(&done[dev], true, __ATOMIC_RELEASE);
 	return GQ_OK;
 }
@@ -1309,7 +1316,7 @@ static int launch_qmma(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, int 
 	if ((rc = allow_qmma_smem<BITS, NT8, MT>()))
 		return rc;
 	PDL_LAUNCH("qmma_kernel", (qmma_kernel<BITS, NT8, MT>), grid, dim3(QM_THREADS(MT)),
-		   QM_STAGES * sizeof(qm_stage<BITS, NT8>), s, w->codes, (const __half2 *)w->sz,
+		   qm_stages(NT8) * sizeof(qm_stage<BITS, NT8>), s, w->codes, (const __half2 *)w->sz,
 		   group_shift(w), xs, ldx, T, dst, w->out, (int)(w->in_pad / 32), (int)w->n_groups, per,
 		   slices_x);
 	return GQ_OK;
