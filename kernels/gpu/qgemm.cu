@@ -34,12 +34,12 @@
  *     per 16 codes of 16 rows, the tokens in the instruction's 8 columns (its
  *     cost hardly grows with T: 2.1x the CUDA-core GEMV's speed at T = 8, but
  *     slower at T = 1, where that one keeps more loads in flight).
- *   T <= QM_MAX_T (64; CUDA), regular groups: qmma_kernel<BITS, NT8, MT>, the
- *     same fragments for 16 MT rows a warp and up to 64 tokens, codes, scales
- *     and X through a cp.async ring in shared memory (X shared by a block's
- *     rows), K split over blocks when the rows alone do not fill the GPU
- *     (comment at the kernel).
- *   larger T (and irregular groups from 9 tokens): dequant_kernel<BITS>
+ *   T <= QM_MAX_T (64; CUDA), groups of a power of two chunks or one a row:
+ *     qmma_kernel<BITS, NT8, MT>, the same fragments for 16 MT rows a warp
+ *     and up to 64 tokens, codes, scales and X through a cp.async ring in
+ *     shared memory (X shared by a block's rows), K split over blocks when
+ *     the rows alone do not fill the GPU (comment at the kernel).
+ *   larger T (and other groups from 9 tokens): dequant_kernel<BITS>
  *     writes W16 [out, in_pad] fp16, then cuBLAS GemmEx (fp16 in, fp32
  *     accumulate and out).
  * The tensor-core kernels and dequant_kernel round each weight to fp16 the
