@@ -1187,7 +1187,6 @@ static uint64_t xs_bytes(const gq_gpu_qmat *w, int64_t T)
 	return needs_gather(w) ? CEIL_DIV((uint64_t)(T * w->in_pad) * 2, (uint64_t)256) * 256 : 0;
 }
 
-/* Whether T tokens take the fused kernel: regular groups (a chunk in one group) only. */
 /*
  * log2 of the chunks a group, or 31 for one group a row: the fused kernel's
  * group of chunk c is c >> shift (no division). -1 when neither.
@@ -1287,7 +1286,7 @@ static int launch_dequant(const gq_gpu_qmat *w, __half *W16, cudaStream_t s)
 
 #ifndef GQ_HIP
 /*
- * qmma_kernel<BITS, NT8> may take its ring of dynamic shared memory on the
+ * qmma_kernel<BITS, NT8, MT> may take its ring of dynamic shared memory on the
  * current device: set once per instance and device (the attribute is the
  * device's; threads racing to set it set the same value).
  */
