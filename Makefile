@@ -26,7 +26,8 @@
 #   VALGRIND=1      run the CLI tests under valgrind memcheck
 #   BATS_JOBS=N     run the CLI tests N at a time (bats --jobs; GNU parallel, which make deps
 #                   installs): VALGRIND=1's serial run takes hours on 2 cores
-#   CUDA_ARCH       nvcc targets (default: sm_80 and sm_90 code + compute_90 PTX)
+#   CUDA_ARCH       nvcc targets (default: sm_80 and sm_90a code + compute_90 PTX; with
+#                   sm_90a among them the kernels take wgmma on compute capability 9.0)
 #   CC NVCC HIPCC PREFIX CFLAGS
 
 -include config.mk
@@ -38,7 +39,7 @@ HIP      ?= auto
 SANITIZE ?= 0
 VALGRIND ?= 0
 BATS_JOBS ?= 1
-CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
 	     -gencode arch=compute_90,code=compute_90
 
 ifeq ($(SANITIZE),1)
@@ -169,7 +170,8 @@ $(OBJDIR)/%.o: %.c $(wildcard lib/*.h kernels/*/*.h)
 $(OBJDIR)/gpu/%.o: kernels/gpu/%.cu $(wildcard kernels/gpu/*.h lib/*.h)
 	@mkdir -p $(@D)
 ifeq ($(GPU),cuda)
-	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Ilib -Ikernels $(CPPFLAGS) -DGQ_CUDA -Xcompiler -fPIC -c -o $@ $<
+	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) $(if $(findstring sm_90a,$(CUDA_ARCH)),-DGQ_WGMMA) -Ilib -Ikernels \
+		$(CPPFLAGS) -DGQ_CUDA -Xcompiler -fPIC -c -o $@ $<
 else
 	$(HIPCC) -O2 -std=c++17 -x hip -Ilib -Ikernels -DGQ_HIP -fPIC -c -o $@ $<
 endif

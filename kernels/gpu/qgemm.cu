@@ -39,6 +39,10 @@
  *     and up to 64 tokens, codes, scales and X through a cp.async ring in
  *     shared memory (X shared by a block's rows), K split over blocks when
  *     the rows alone do not fill the GPU (comment at the kernel).
+ *   QW_MIN_T <= T <= QW_MAX_T (33..128), 4 bits, the same groups, sm_90a
+ *     code on a compute capability 9.0 GPU (H100/H200): qwg_kernel<NTOK>,
+ *     qmma_kernel's ring and split K with warpgroup MMAs (wgmma) reading X
+ *     from shared memory (comment at the kernel).
  *   larger T (and other groups from 9 tokens): dequant_kernel<BITS>
  *     writes W16 [out, in_pad] fp16, then cuBLAS GemmEx (fp16 in, fp32
  *     accumulate and out).
@@ -49,7 +53,8 @@
  * its first weights before it waits for the kernel before it.
  * Instances: BITS in {2, 3, 4, 8} x T = 1 (1..8 on HIP) for the CUDA-core
  * GEMV (and its TC form for 4 bits), x NT8 in 2, 4, 6, 8 token tiles of 8 (one
- * MT each) for the fused kernel; BITS for the tensor-core GEMV and dequant.
+ * MT each) for the fused kernel; NTOK in 32, 64, 128 for qwg_kernel; BITS
+ * for the tensor-core GEMV and dequant.
  */
 #include "gpu/act.h"
 #include "gpu/gpu.h"
@@ -764,6 +769,13 @@ __host__ __device__ constexpr int qm_stages(int nt8)
 	return nt8 == 2 ? 4 : 3;
 }
 
+/* The codes and (scale, zero) groups of QM_ROWS rows for one K step (4 chunks). */
+template <int BITS>
+struct qm_codes {
+	uint32_t w[QM_ROWS][4 * BITS]; /* [row][the step's 4 chunks] codes */
+	__half2 sz[QM_ROWS][4];        /* [row][group] (scale, zero) of the step's groups, in order */
+};
+
 /* One K step of the block in shared memory. */
 template <int BITS, int NT8>
 struct qm_stage {
@@ -773,9 +785,67 @@ struct qm_stage {
 	 * 16-byte read (tokens g, g + 1, chunks 0..3) hit distinct banks.
 	 */
 	uint4 x[8 * NT8][16];
-	uint32_t w[QM_ROWS][4 * BITS]; /* [row][the step's 4 chunks] codes */
-	__half2 sz[QM_ROWS][4];        /* [row][group] (scale, zero) of the step's groups, in order */
+	qm_codes<BITS> c;
 };
+
+/* The group of chunk q of K step s (past the last chunk: the last one's). */
+__device__ __forceinline__ int qm_step_group(int s, int q, int n_chunks, int group_shift)
+{
+	return min(4 * s + q, n_chunks - 1) >> group_shift;
+}
+
+/*
+ * Step s's codes and scales of rows o0 .. o0 + QM_ROWS - 1 into dst by cp.async,
+ * THREADS threads: rows past the end repeat the last (never stored), past the
+ * last chunk zero codes (finite weights times zero X).
+ */
+template <int BITS, int THREADS>
+__device__ __forceinline__ void qm_fill_codes(qm_codes<BITS> &dst, const uint32_t *__restrict__ codes,
+					      const __half2 *__restrict__ sz, int64_t o0, int64_t out,
+					      int s, int n_chunks, int n_groups, int group_shift)
+{
+	const int64_t words = (int64_t)n_chunks * BITS; /* a row's */
+	auto row_of = [&](int r) { return o0 + r < out ? o0 + r : out - 1; };
+
+	if (words % 4 == 0) { /* 16-byte aligned rows: 4 words a copy */
+#pragma unroll
+		for (int i = 0; i < CEIL_DIV(QM_ROWS * BITS, THREADS); i++) {
+			const int v = threadIdx.x + i * THREADS, r = v / BITS, part = v % BITS;
+
+			if ((QM_ROWS * BITS) % THREADS && v >= QM_ROWS * BITS)
+				break;
+			const int64_t w0 = (int64_t)4 * s * BITS + 4 * part;
+
+			cp_async16(&dst.w[r][4 * part], codes + row_of(r) * words + (w0 < words ? w0 : 0),
+				   w0 < words ? 16 : 0);
+		}
+	} else { /* 2 and 3 bits, odd chunk counts: a word a copy (rolled: registers) */
+#pragma unroll 1
+		for (int i = 0; i < QM_ROWS * 4 * BITS / THREADS; i++) {
+			const int v = threadIdx.x + i * THREADS, r = v / (4 * BITS), k = v % (4 * BITS);
+			const int64_t wi = (int64_t)4 * s * BITS + k;
+
+			cp_async4(&dst.w[r][k], codes + row_of(r) * words + (wi < words ? wi : 0),
+				  wi < words ? 4 : 0);
+		}
+	}
+	/*
+	 * The groups of the step's chunks, span of them from g_lo (one for
+	 * groups of 128 codes or more): a copy per row and group, not per chunk
+	 * (4-byte copies from scattered rows cost a request each: 20-25% of the
+	 * time at 16 tokens, copied per chunk).
+	 */
+	const int g_lo = qm_step_group(s, 0, n_chunks, group_shift);
+	const int span = qm_step_group(s, 3, n_chunks, group_shift) - g_lo + 1;
+
+#pragma unroll
+	for (int i = 0; i < QM_ROWS * 4 / THREADS; i++) {
+		const int e = threadIdx.x + i * THREADS, r = e >> 2, k = e & 3;
+
+		if (k < span)
+			cp_async4(&dst.sz[r][k], sz + row_of(r) * n_groups + g_lo + k, 4);
+	}
+}
 
 template <int BITS, int NT8, int MT>
 __global__ static void __launch_bounds__(QM_THREADS(MT), MT == 2 && NT8 == 8 ? 2 : 3)
@@ -796,62 +866,19 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	const int t0 = blockIdx.z * QM_TOKENS, nt = min(T - t0, 8 * NT8); /* the block's tokens */
 	const int step0 = slice * steps_per_slice;
 	const int step1 = min(step0 + steps_per_slice, (n_chunks + 3) / 4);
-	const int64_t words = (int64_t)n_chunks * BITS; /* a row's */
 	float c[MT][NT8][4] = {}; /* [row tile][token tile][fragment] */
 
 	static_assert(8 * NT8 * 16 % THREADS == 0 && QM_ROWS * 4 % THREADS == 0,
 		      "whole vectors per thread");
 	xs += t0 * ldx;
-	/* the group of chunk q of step s (past the last chunk: the last one's) */
-	auto step_group = [&](int s, int q) { return min(4 * s + q, n_chunks - 1) >> group_shift; };
 	/*
-	 * Step s's codes and scales into its stage (rows past the end repeat the
-	 * last, never stored; past the last chunk zero codes, finite weights
-	 * times zero X); nothing past the slice.
+	 * Step s's codes and scales into its stage (see qm_fill_codes); nothing
+	 * past the slice.
 	 */
 	auto fill_w = [&](int s) {
-		if (s >= step1)
-			return;
-		qm_stage<BITS, NT8> &st = ring[(s - step0) % STAGES];
-
-		if (words % 4 == 0) { /* 16-byte aligned rows: 4 words a copy */
-#pragma unroll
-			for (int i = 0; i < CEIL_DIV(QM_ROWS * BITS, THREADS); i++) {
-				const int v = threadIdx.x + i * THREADS, r = v / BITS, part = v % BITS;
-
-				if ((QM_ROWS * BITS) % THREADS && v >= QM_ROWS * BITS)
-					break;
-				const int64_t row = o0 + r < out ? o0 + r : out - 1;
-				const int64_t w0 = (int64_t)4 * s * BITS + 4 * part;
-
-				cp_async16(&st.w[r][4 * part], codes + row * words + (w0 < words ? w0 : 0),
-					   w0 < words ? 16 : 0);
-			}
-		} else { /* 2 and 3 bits, odd chunk counts: a word a copy (rolled: registers) */
-#pragma unroll 1
-			for (int i = 0; i < QM_ROWS * 4 * BITS / THREADS; i++) {
-				const int v = threadIdx.x + i * THREADS, r = v / (4 * BITS), k = v % (4 * BITS);
-				const int64_t row = o0 + r < out ? o0 + r : out - 1, wi = (int64_t)4 * s * BITS + k;
-
-				cp_async4(&st.w[r][k], codes + row * words + (wi < words ? wi : 0), wi < words ? 4 : 0);
-			}
-		}
-		/*
-		 * The groups of the step's chunks, span of them from g_lo (one for
-		 * groups of 128 codes or more): a copy per row and group, not per
-		 * chunk (4-byte copies from scattered rows cost a request each:
-		 * 20-25% of the time at 16 tokens, copied per chunk).
-		 */
-		const int g_lo = step_group(s, 0), span = step_group(s, 3) - g_lo + 1;
-
-#pragma unroll
-		for (int i = 0; i < QM_ROWS * 4 / THREADS; i++) {
-			const int e = threadIdx.x + i * THREADS, r = e >> 2, k = e & 3;
-			const int64_t row = o0 + r < out ? o0 + r : out - 1;
-
-			if (k < span)
-				cp_async4(&st.sz[r][k], sz + row * n_groups + g_lo + k, 4);
-		}
+		if (s < step1)
+			qm_fill_codes<BITS, THREADS>(ring[(s - step0) % STAGES].c, codes, sz, o0, out, s,
+						     n_chunks, n_groups, group_shift);
 	};
 	/* step s's X into its stage, then the group that completes the stage */
 	auto fill_x = [&](int s) {
@@ -889,13 +916,15 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 		uint32_t w[2 * MT][BITS];                 /* chunk q of row sets g, g + 8 (, g + 16, g + 24) */
 		__half2 zero1024[2 * MT][4], scale[2 * MT][4]; /* of each row set, the same for every code */
 
+		const int gq = qm_step_group(s, q, n_chunks, group_shift) -
+			       qm_step_group(s, 0, n_chunks, group_shift); /* chunk q's in st.c.sz */
+
 #pragma unroll
 		for (int i = 0; i < 2 * MT; i++) {
 			const int r = 16 * MT * warp + g + 8 * i;
 
-			load_chunk<BITS>(&st.w[r][BITS * q], w[i]);
-			oct_params(NULL, NULL, 0, 0, true, st.sz[r][step_group(s, q) - step_group(s, 0)],
-				   zero1024[i], scale[i]);
+			load_chunk<BITS>(&st.c.w[r][BITS * q], w[i]);
+			oct_params(NULL, NULL, 0, 0, true, st.c.sz[r][gq], zero1024[i], scale[i]);
 		}
 #pragma unroll
 		for (int o = 0; o < 4; o++) {
@@ -931,6 +960,191 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 				if (t < nt && o < out)
 					dst[t * out + o] = c[m][j][e];
 			}
+}
+
+/*
+ * Hopper's path for 4-bit codes, QW_MIN_T to QW_MAX_T tokens (sm_90a builds
+ * on a compute capability 9.0 GPU): the K steps, ring and split K of
+ * qmma_kernel with the multiply-adds as warpgroup MMAs (wgmma), which read X
+ * straight from shared memory, so the lanes only unpack codes. A block owns
+ * QM_ROWS rows (two warpgroups of 64; warp w rows 16 w .. 16 w + 15) and
+ * NTOK tokens (32, 64 or 128). The K order inside a step is the codes' own,
+ * so X lands in shared memory as it lies in device memory (16-byte copies)
+ * and wgmma's 16-code k block b is codes 16 b .. 16 b + 15 (chunk b / 2,
+ * octs 2 (b % 2) and + 1). A fragment lane (g, q) holds k 2q, 2q + 1 and
+ * 2q + 8, 2q + 9 of its rows: codes 2q, 2q + 1 of each of the two octs,
+ * byte q of the two 4-bit words. So the lane gathers byte q of a chunk's 4
+ * words into one word and oct_to_half turns it into the chunk's 4 pairs
+ * (the rounding of W16).
+ * On the H200 against qmma_kernel (T <= 64) and dequantize + cuBLAS (128),
+ * same run, llama-7B shapes: 1.00-1.21x at 32 tokens, 1.21-1.61x at 64,
+ * 1.26-1.78x at 128. At 16 qmma_kernel stays; at 256 (two blocks of 128
+ * tokens) it was 0.75-1.10x dequantize + cuBLAS. A ring 5 deep at 64 tokens
+ * (one block an SM) or 4 at 128 was no faster.
+ */
+#ifndef QW_MIN_T
+#define QW_MIN_T 17 /* the fewest tokens that take it */
+#endif
+#ifndef QW_MAX_T
+#define QW_MAX_T 128 /* the most */
+#endif
+#define QW_THREADS 256 /* two warpgroups */
+
+/* One K step of a qwg_kernel block in shared memory (a whole number of KB). */
+template <int NTOK>
+struct qw_stage {
+	/*
+	 * X: [k half][token][64 codes], 128-byte rows in wgmma's 128-byte
+	 * swizzle: 16-byte unit u of token t at unit u ^ (t % 8).
+	 */
+	__half x[2][NTOK][64];
+	qm_codes<4> c;
+};
+
+#ifndef QW_STAGES64
+#define QW_STAGES64 4 /* the ring's depth for 64 tokens a block: two blocks an SM up to 4 */
+#endif
+#ifndef QW_STAGES128
+#define QW_STAGES128 3
+#endif
+__host__ __device__ constexpr int qw_stages(int ntok)
+{
+	return ntok == 32 ? 4 : ntok == 64 ? QW_STAGES64 : QW_STAGES128;
+}
+
+/* Blocks of NTOK tokens an SM holds (the ring's shared memory; registers to match). */
+__host__ __device__ constexpr int qw_blocks_per_sm(int ntok)
+{
+	return ntok == 32 ? 3 : ntok == 64 && QW_STAGES64 < 5 ? 2 : 1;
+}
+
+/* qwg_kernel<NTOK>'s dynamic shared memory: the ring and the slack to align it to 1 KB. */
+template <int NTOK>
+constexpr size_t qw_smem_bytes(void)
+{
+	return qw_stages(NTOK) * sizeof(qw_stage<NTOK>) + 1024;
+}
+
+template <int NTOK>
+__global__ static void __launch_bounds__(QW_THREADS, qw_blocks_per_sm(NTOK))
+qwg_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz, int group_shift,
+	   const __half *__restrict__ xs, int64_t ldx, int T, float *__restrict__ dst, int64_t out,
+	   int n_chunks, int n_groups, int steps_per_slice)
+{
+#ifdef __CUDA_ARCH_FEAT_SM90_ALL
+	pdl_launch_next();
+	extern __shared__ __align__(16) unsigned char qw_smem[];
+	constexpr int STAGES = qw_stages(NTOK);
+	/* the swizzle's pattern repeats every 1024 bytes from a 1024-byte boundary */
+	qw_stage<NTOK> *ring = (qw_stage<NTOK> *)(qw_smem + (-__cvta_generic_to_shared(qw_smem) & 1023));
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+	const int slice = blockIdx.x;
+	const int64_t o0 = (int64_t)blockIdx.y * QM_ROWS;
+	const int t0 = blockIdx.z * NTOK, nt = min(T - t0, NTOK); /* the block's tokens */
+	const int step0 = slice * steps_per_slice;
+	const int step1 = min(step0 + steps_per_slice, (n_chunks + 3) / 4);
+	const int r0 = 16 * warp + g; /* the lane's rows r0, r0 + 8 of the block */
+	const uint32_t byte_q = q | (q + 4) << 4; /* __byte_perm: byte q of each word */
+	float d[NTOK / 2] = {}; /* wgmma's D: n8 tile j in d[4 j .. 4 j + 3] */
+
+	xs += t0 * ldx;
+	auto fill_w = [&](int s) {
+		if (s < step1)
+			qm_fill_codes<4, QW_THREADS>(ring[(s - step0) % STAGES].c, codes, sz, o0, out, s,
+						     n_chunks, n_groups, group_shift);
+	};
+	/* step s's X (zeros past the block's tokens and the last chunk), then the group's commit */
+	auto fill_x = [&](int s) {
+		if (s < step1) {
+			qw_stage<NTOK> &st = ring[(s - step0) % STAGES];
+
+#pragma unroll
+			for (int i = 0; i < NTOK * 16 / QW_THREADS; i++) {
+				const int v = threadIdx.x + i * QW_THREADS, t = v >> 4, u = v & 15;
+				const bool live = t < nt && 4 * s + (u >> 2) < n_chunks;
+
+				cp_async16(&st.x[u >> 3][t][8 * ((u & 7) ^ (t & 7))],
+					   live ? xs + t * ldx + 128 * s + 8 * u : xs, live ? 16 : 0);
+			}
+		}
+		cp_async_commit();
+	};
+
+#pragma unroll
+	for (int p = 0; p < STAGES - 1; p++)
+		fill_w(step0 + p);
+	pdl_wait();
+#pragma unroll
+	for (int p = 0; p < STAGES - 1; p++)
+		fill_x(step0 + p);
+	/*
+	 * A warpgroup unpacks a step only once its wgmmas of the step before are
+	 * done: ptxas serializes every wgmma when A registers are written while
+	 * any are in flight (C7513; two A buffers did that). The two warpgroups,
+	 * and the blocks an SM holds, overlap each other's unpacking instead.
+	 */
+	for (int s = step0; s < step1; s++) {
+		cp_async_wait<STAGES - 2>();
+		fence_proxy_async(); /* this thread's copies of step s, next read by wgmma */
+		__syncthreads();     /* step s is in; step s - 1's stage is read (waited below) */
+		fill_w(s + STAGES - 1);
+		fill_x(s + STAGES - 1);
+
+		const qw_stage<NTOK> &st = ring[(s - step0) % STAGES];
+		const int g_lo = qm_step_group(s, 0, n_chunks, group_shift);
+		uint32_t a[8][4]; /* [k block][A fragment]: rows r0 (0, 2) and r0 + 8 (1, 3) */
+
+#pragma unroll
+		for (int i = 0; i < 2; i++) {
+#pragma unroll
+			for (int c = 0; c < 4; c++) {
+				const uint4 w = *(const uint4 *)&st.c.w[r0 + 8 * i][4 * c];
+				const uint32_t v = __byte_perm(__byte_perm(w.x, w.y, byte_q),
+							       __byte_perm(w.z, w.w, byte_q), 0x5410);
+				__half2 zero1024[4], scale[4];
+
+				oct_params(NULL, NULL, 0, 0, true,
+					   st.c.sz[r0 + 8 * i][qm_step_group(s, c, n_chunks, group_shift) - g_lo],
+					   zero1024, scale);
+				const uint4 h = oct_to_half<4>(make_uint2(v, 0), zero1024, scale);
+
+				a[2 * c][i] = h.x, a[2 * c][2 + i] = h.y;
+				a[2 * c + 1][i] = h.z, a[2 * c + 1][2 + i] = h.w;
+			}
+		}
+		wgmma_fence();
+#pragma unroll
+		for (int b = 0; b < 8; b++) {
+			/* k block b: 32 bytes into its half's rows, 2 in the descriptor's 16-byte units */
+			const uint64_t desc = wgmma_desc_sw128(&st.x[b >> 2][0][0]) + 2 * (b & 3);
+
+			if constexpr (NTOK == 32)
+				wgmma_m64n32k16(d, a[b], desc);
+			else if constexpr (NTOK == 64)
+				wgmma_m64n64k16(d, a[b], desc);
+			else
+				wgmma_m64n128k16(d, a[b], desc);
+		}
+		wgmma_commit();
+		wgmma_wait<0>();
+	}
+#pragma unroll
+	for (int i = 0; i < NTOK / 2; i++)
+		wgmma_fence_operand(d[i]);
+
+	/* d[4 j + e]: row r0 (+ 8 for e = 2, 3), token 8 j + 2 q (+ 1 for odd e) */
+	dst += ((int64_t)slice * T + t0) * out;
+#pragma unroll
+	for (int j = 0; j < NTOK / 8; j++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			const int t = 8 * j + 2 * q + (e & 1);
+			const int64_t o = o0 + r0 + 8 * (e >> 1);
+
+			if (t < nt && o < out)
+				dst[t * out + o] = d[4 * j + e];
+		}
+#endif
 }
 
 /*
@@ -1157,16 +1371,18 @@ static int needs_gather(const gq_gpu_qmat *w)
 }
 
 /*
- * Split-K slices of the fused kernel: enough blocks (row blocks x token
- * blocks x slices) to fill the GPU (QM_BLOCKS), at least QM_MIN_STEPS steps
- * (128 codes each) a slice; a function of the shape and T alone, so the
- * workspace size is too.
+ * Split-K slices of a fused kernel: blocks (row blocks x token blocks of
+ * tokens_per_block x slices) to fill the GPU, `target` of them, at least
+ * (whole_waves: at most) that many; at least QM_MIN_STEPS steps (128 codes
+ * each) a slice. A function of the shape and T alone, so the workspace size
+ * is too.
  */
-static int qm_slices(const gq_gpu_qmat *w, int64_t T, int *steps_per_slice)
+static int qm_slices(const gq_gpu_qmat *w, int64_t T, int64_t tokens_per_block, int64_t target,
+		     bool whole_waves, int *steps_per_slice)
 {
 	const int64_t steps = CEIL_DIV(w->in_pad / 32, (int64_t)4);
-	const int64_t blocks = CEIL_DIV(w->out, (int64_t)QM_ROWS) * CEIL_DIV(T, (int64_t)QM_TOKENS);
-	int64_t S = CEIL_DIV((int64_t)QM_BLOCKS, blocks), per;
+	const int64_t blocks = CEIL_DIV(w->out, (int64_t)QM_ROWS) * CEIL_DIV(T, tokens_per_block);
+	int64_t S = whole_waves ? target / blocks : CEIL_DIV(target, blocks), per;
 
 	if (S > steps / QM_MIN_STEPS)
 		S = steps / QM_MIN_STEPS;
@@ -1200,14 +1416,53 @@ static int group_shift(const gq_gpu_qmat *w)
 	return gc && !(gc & (gc - 1)) ? __builtin_ctz((unsigned)gc) : -1;
 }
 
+#ifndef GQ_HIP
+/* Tokens a qwg_kernel block owns for T tokens. */
+static int qw_tokens(int64_t T)
+{
+	return T <= 32 ? 32 : T <= 64 ? 64 : 128;
+}
+
+/* Resident qwg_kernel blocks on a 132-SM H100/H200 (one wave; more take two). */
+static int64_t qw_blocks(int64_t T)
+{
+	return 132 * qw_blocks_per_sm(qw_tokens(T));
+}
+#endif
+
 /*
- * Whether T tokens take the fused kernel: groups of a power of two chunks
- * (32, 64, 128, ... codes) or one a row; other group sizes and irregular
- * groups take dequantize + cuBLAS.
+ * Whether T tokens take qwg_kernel (wgmma): 4-bit codes, QW_MIN_T to
+ * QW_MAX_T tokens, in groups of a power of two chunks or one a row, on a GPU
+ * that runs this build's sm_90a code.
+ */
+static int wgmma_path(const gq_gpu_qmat *w, int64_t T)
+{
+#ifndef GQ_HIP
+	return w->bits == 4 && T >= QW_MIN_T && T <= QW_MAX_T && group_shift(w) >= 0 &&
+	       gq_gpu_sm90a();
+#else
+	return 0;
+#endif
+}
+
+/*
+ * Whether T tokens take a fused kernel (qwg_kernel or qmma_kernel): groups
+ * of a power of two chunks (32, 64, 128, ... codes) or one a row; other
+ * group sizes and irregular groups take dequantize + cuBLAS.
  */
 static int fused_path(const gq_gpu_qmat *w, int64_t T)
 {
-	return T > GQ_GPU_GEMV_MAX_T && T <= QM_MAX_T && group_shift(w) >= 0;
+	return wgmma_path(w, T) || (T > GQ_GPU_GEMV_MAX_T && T <= QM_MAX_T && group_shift(w) >= 0);
+}
+
+/* The split-K slices (and steps a slice) of the fused kernel that T tokens take. */
+static int fused_slices(const gq_gpu_qmat *w, int64_t T, int *steps_per_slice)
+{
+#ifndef GQ_HIP
+	if (wgmma_path(w, T))
+		return qm_slices(w, T, qw_tokens(T), qw_blocks(T), true, steps_per_slice);
+#endif
+	return qm_slices(w, T, QM_TOKENS, QM_BLOCKS, false, steps_per_slice);
 }
 
 extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
@@ -1217,7 +1472,7 @@ extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
 	if (T <= GQ_GPU_GEMV_MAX_T)
 		return xs_bytes(w, T);
 	if (fused_path(w, T)) {
-		S = qm_slices(w, T, &per);
+		S = fused_slices(w, T, &per);
 		return xs_bytes(w, T) + (S > 1 ? (uint64_t)(S * T * w->out) * 4 : 0);
 	}
 	return xs_bytes(w, T) + (uint64_t)(w->out * w->in_pad) * 2;
@@ -1286,12 +1541,12 @@ static int launch_dequant(const gq_gpu_qmat *w, __half *W16, cudaStream_t s)
 
 #ifndef GQ_HIP
 /*
- * qmma_kernel<BITS, NT8, MT> may take its ring of dynamic shared memory on the
- * current device: set once per instance and device (the attribute is the
- * device's; threads racing to set it set the same value).
+ * KERNEL may take `bytes` of dynamic shared memory on the current device: set
+ * once per kernel and device (the attribute is the device's; threads racing
+ * to set it set the same value).
  */
-template <int BITS, int NT8, int MT>
-static int allow_qmma_smem(void)
+template <auto KERNEL>
+static int allow_smem(int bytes)
 {
 	static bool done[GQ_MAX_GPUS];
 	int dev;
@@ -1299,23 +1554,50 @@ static int allow_qmma_smem(void)
 	GPU_CHECK(cudaGetDevice(&dev));
 	if (dev < 0 || dev >= GQ_MAX_GPUS || __atomic_load_n(&done[dev], __ATOMIC_ACQUIRE))
 		return GQ_OK;
-	GPU_CHECK(cudaFuncSetAttribute(qmma_kernel<BITS, NT8, MT>,
-				       cudaFuncAttributeMaxDynamicSharedMemorySize,
-				       (int)(qm_stages(NT8) * sizeof(qm_stage<BITS, NT8>))));
+	GPU_CHECK(cudaFuncSetAttribute(KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 	__atomic_store_n(&done[dev], true, __ATOMIC_RELEASE);
 	return GQ_OK;
+}
+
+/* Y = the sum of the S split-K partials [S][T][out] (fixed order); nothing for one slice. */
+static int reduce_slices(const float *part, int S, int64_t T, int64_t out, float *Y, cudaStream_t s)
+{
+	const int64_t n = T * out;
+
+	if (S > 1)
+		PDL_LAUNCH("reduce_kernel", reduce_kernel, dim3((unsigned)CEIL_DIV(n, (int64_t)256)),
+			   dim3(256), 0, s, part, S, n, Y);
+	return GQ_OK;
+}
+
+/* qwg_kernel into Y (or the partials when split), then the split-K sum. */
+static int launch_qwg(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float *Y, int T,
+		      float *part, cudaStream_t s)
+{
+	int per, S = fused_slices(w, T, &per);
+	const dim3 grid((unsigned)S, (unsigned)CEIL_DIV(w->out, (int64_t)QM_ROWS),
+			(unsigned)CEIL_DIV(T, qw_tokens(T)));
+	float *dst = S > 1 ? part : Y;
+	int rc;
+
+	switch (qw_tokens(T)) {
+#define QW_NTOK(N)                                                                                 	case N:                                                                                    		if ((rc = allow_smem<qwg_kernel<N>>((int)qw_smem_bytes<N>())))                     			return rc;                                                                 		PDL_LAUNCH("qwg_kernel", qwg_kernel<N>, grid, dim3(QW_THREADS), qw_smem_bytes<N>(), s, 			   w->codes, (const __half2 *)w->sz, group_shift(w), xs, ldx, T, dst, w->out, 			   (int)(w->in_pad / 32), (int)w->n_groups, per);                             		break;
+		QW_NTOK(32) QW_NTOK(64) QW_NTOK(128)
+#undef QW_NTOK
+	}
+	return reduce_slices(part, S, T, w->out, Y, s);
 }
 
 template <int BITS, int NT8, int MT>
 static int launch_qmma(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, int T, float *dst,
 		       dim3 grid, int per, bool slices_x, cudaStream_t s)
 {
+	const int bytes = (int)(qm_stages(NT8) * sizeof(qm_stage<BITS, NT8>));
 	int rc;
 
-	if ((rc = allow_qmma_smem<BITS, NT8, MT>()))
+	if ((rc = allow_smem<qmma_kernel<BITS, NT8, MT>>(bytes)))
 		return rc;
-	PDL_LAUNCH("qmma_kernel", (qmma_kernel<BITS, NT8, MT>), grid, dim3(QM_THREADS(MT)),
-		   qm_stages(NT8) * sizeof(qm_stage<BITS, NT8>), s, w->codes, (const __half2 *)w->sz,
+	PDL_LAUNCH("qmma_kernel", (qmma_kernel<BITS, NT8, MT>), grid, dim3(QM_THREADS(MT)), bytes, s, w->codes, (const __half2 *)w->sz,
 		   group_shift(w), xs, ldx, T, dst, w->out, (int)(w->in_pad / 32), (int)w->n_groups, per,
 		   slices_x);
 	return GQ_OK;
@@ -1326,7 +1608,7 @@ template <int BITS>
 static int launch_mma(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float *Y, int T,
 		      float *part, cudaStream_t s)
 {
-	int per, S = qm_slices(w, T, &per);
+	int per, S = fused_slices(w, T, &per);
 	/*
 	 * From 33 tokens a row block's slices are neighbours in the launch
 	 * order (H200: 5-16% faster at 64 tokens, mixed at 16 and 32).
@@ -1348,15 +1630,7 @@ static int launch_mma(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float
 		MMA_NT(1) MMA_NT(2) MMA_NT(3) MMA_NT(4)
 #undef MMA_NT
 	}
-	if (rc)
-		return rc;
-	if (S > 1) {
-		const int64_t n = (int64_t)T * w->out;
-
-		PDL_LAUNCH("reduce_kernel", reduce_kernel, dim3((unsigned)CEIL_DIV(n, (int64_t)256)),
-			   dim3(256), 0, s, (const float *)part, S, n, Y);
-	}
-	return GQ_OK;
+	return rc ? rc : reduce_slices(part, S, T, w->out, Y, s);
 }
 #endif
 
@@ -1407,6 +1681,8 @@ extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, floa
 		}
 	}
 #ifndef GQ_HIP
+	if (wgmma_path(w, T))
+		return launch_qwg(w, xs, ldx, Y, (int)T, (float *)rest, s);
 	if (fused_path(w, T)) {
 		switch (w->bits) {
 		case 2: return launch_mma<2>(w, xs, ldx, Y, (int)T, (float *)rest, s);

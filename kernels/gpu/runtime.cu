@@ -91,26 +91,52 @@ extern "C" int gq_gpu_sync(void)
 	return GQ_OK;
 }
 
-/* Compute capability 9.0 or later, asked once per device (a benign race: every writer agrees). */
+#ifndef GQ_HIP
+/*
+ * The current device's compute capability as 10 major + minor, asked once
+ * per device (a benign race: every writer agrees); 0 when it cannot be asked.
+ */
+static int device_cc(void)
+{
+	static int known[GQ_MAX_GPUS]; /* 0 not asked, else cc + 1 */
+	int dev = 0, major = 0, minor = 0;
+
+	if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= GQ_MAX_GPUS) {
+		(void)cudaGetLastError(); /* plain paths then; not sticky for the next check */
+		return 0;
+	}
+	if (!known[dev]) {
+		if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+		    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+			(void)cudaGetLastError();
+			major = minor = 0;
+		}
+		known[dev] = 10 * major + minor + 1;
+	}
+	return known[dev] - 1;
+}
+#endif
+
+/* Compute capability 9.0 or later. */
 int gq_gpu_pdl_supported(void)
 {
 #ifdef GQ_HIP
 	return 0;
 #else
-	static int known[GQ_MAX_GPUS]; /* 0 not asked, 1 yes, 2 no */
-	int dev = 0, major = 0;
+	return device_cc() >= 90;
+#endif
+}
 
-	if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= GQ_MAX_GPUS) {
-		(void)cudaGetLastError(); /* plain launches then; not sticky for the next check */
-		return 0;
-	}
-	if (!known[dev]) {
-		if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-			(void)cudaGetLastError();
-			major = 0;
-		}
-		known[dev] = major >= 9 ? 1 : 2;
-	}
-	return known[dev] == 1;
+/*
+ * Whether the current device runs this build's sm_90a code (wgmma): built
+ * for it (GQ_WGMMA) and compute capability 9.0 exactly, which is all that
+ * sm_90a code runs on.
+ */
+int gq_gpu_sm90a(void)
+{
+#if defined(GQ_WGMMA) && !defined(GQ_HIP)
+	return device_cc() == 90;
+#else
+	return 0;
 #endif
 }

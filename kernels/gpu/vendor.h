@@ -117,6 +117,9 @@ __device__ __forceinline__ float4 gq_load_l2_4(const float4 *p)
 /* Whether the current device takes programmatic dependent launches (runtime.cu). */
 int gq_gpu_pdl_supported(void);
 
+/* Whether the current device runs this build's sm_90a kernels (runtime.cu). */
+int gq_gpu_sm90a(void);
+
 /* kernel<<<grid, block, smem, s>>>(args), as a programmatic dependent launch where supported. */
 template <typename... Params, typename... Args>
 static cudaError_t gq_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,

@@ -1,7 +1,8 @@
 /*
  * bench_gpu_qgemm - int4 g128 quantized products (gq_gpu_qgemm: the one-token
  * GEMV with its multiply-adds on tensor cores, the tensor-core GEMV up to 8,
- * the fused tensor-core kernel up to 64, dequantize + cuBLAS above)
+ * the fused tensor-core kernel up to 64 (16 on an H100/H200, whose wgmma
+ * kernel takes 17 to 128), dequantize + cuBLAS above)
  * against cuBLAS fp16 GemmEx on the same llama-7B shapes and token counts,
  * measured in the same run.
  *
@@ -276,7 +277,10 @@ int main(int argc, char **argv)
 		}
 		const uint64_t qbytes = (uint64_t)(out * dq[0].words_per_row) * 4 +
 					(uint64_t)(out * dq[0].n_groups) * 4;
-		const uint64_t wsb = gq_gpu_qgemm_workspace(&dq[0], tmax);
+		uint64_t wsb = 0; /* each path sizes its own: the most any T here needs */
+
+		for (int64_t T : batches)
+			wsb = std::max(wsb, gq_gpu_qgemm_workspace(&dq[0], T));
 
 		OK(gq_gpu_alloc(&dx, (uint64_t)(tmax * in) * 2));
 		OK(gq_gpu_alloc(&dy, (uint64_t)(tmax * out) * 4));

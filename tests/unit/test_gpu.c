@@ -347,8 +347,9 @@ static void test_qgemm(void)
 		{4, 256, 4612, 128, 0}, /* a norm over more than one tile of the last block (4096) */
 		{4, 1536, 136, 64, 1},  /* groups of two chunks: two a K step of the fused kernel */
 		{2, 960, 72, 96, 0},    /* three chunks: not a power of two, dequantize + cuBLAS from 9 tokens */
+		{4, 416, 136, 32, 0},   /* 13 chunks: the last K step of the fused kernels holds one */
 	};
-	static const int64_t tokens[] = {1, 3, 8, 9, 24, 40, 64, 65, 128};
+	static const int64_t tokens[] = {1, 3, 8, 9, 24, 40, 64, 65, 128, 200};
 	const size_t n_tokens = sizeof tokens / sizeof *tokens;
 	uint64_t seed = 23;
 
