@@ -980,7 +980,11 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
  * same run, llama-7B shapes: 1.00-1.21x at 32 tokens, 1.21-1.61x at 64,
  * 1.26-1.78x at 128. At 16 qmma_kernel stays; at 256 (two blocks of 128
  * tokens) it was 0.75-1.10x dequantize + cuBLAS. A ring 5 deep at 64 tokens
- * (one block an SM) or 4 at 128 was no faster.
+ * (one block an SM) or 4 at 128 was no faster, nor were blocks of 64
+ * tokens at 128 (0.89-1.09x) or of 32 at 16 tokens (0.80-0.95x qmma_kernel);
+ * summing the split K inside a cluster of the slices (through distributed
+ * shared memory, no partials and no reduce launch) was 0.54-1.09x at 32 to
+ * 128 tokens.
  */
 #ifndef QW_MIN_T
 #define QW_MIN_T 17 /* the fewest tokens that take it */
