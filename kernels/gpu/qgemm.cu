@@ -1036,6 +1036,7 @@ qwg_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz, i
 	   int n_chunks, int n_groups, int steps_per_slice)
 {
 #ifdef __CUDA_ARCH_FEAT_SM90_ALL
+	static_assert(sizeof(qw_stage<NTOK>) % 1024 == 0, "every stage on a swizzle boundary");
 	pdl_launch_next();
 	extern __shared__ __align__(16) unsigned char qw_smem[];
 	constexpr int STAGES = qw_stages(NTOK);
