@@ -1586,7 +1586,14 @@ static int launch_qwg(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, float
 	int rc;
 
 	switch (qw_tokens(T)) {
-#define QW_NTOK(N)                                                                                 	case N:                                                                                    		if ((rc = allow_smem<qwg_kernel<N>>((int)qw_smem_bytes<N>())))                     			return rc;                                                                 		PDL_LAUNCH("qwg_kernel", qwg_kernel<N>, grid, dim3(QW_THREADS), qw_smem_bytes<N>(), s, 			   w->codes, (const __half2 *)w->sz, group_shift(w), xs, ldx, T, dst, w->out, 			   (int)(w->in_pad / 32), (int)w->n_groups, per);                             		break;
+#define QW_NTOK(N)                                                                                 \
+	case N:                                                                                    \
+		if ((rc = allow_smem<qwg_kernel<N>>((int)qw_smem_bytes<N>())))                     \
+			return rc;                                                                 \
+		PDL_LAUNCH("qwg_kernel", qwg_kernel<N>, grid, dim3(QW_THREADS), qw_smem_bytes<N>(), s, \
+			   w->codes, (const __half2 *)w->sz, group_shift(w), xs, ldx, T, dst, w->out, \
+			   (int)(w->in_pad / 32), (int)w->n_groups, per);                          \
+		break;
 		QW_NTOK(32) QW_NTOK(64) QW_NTOK(128)
 #undef QW_NTOK
 	}
@@ -1602,9 +1609,9 @@ static int launch_qmma(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, int 
 
 	if ((rc = allow_smem<qmma_kernel<BITS, NT8, MT>>(bytes)))
 		return rc;
-	PDL_LAUNCH("qmma_kernel", (qmma_kernel<BITS, NT8, MT>), grid, dim3(QM_THREADS(MT)), bytes, s, w->codes, (const __half2 *)w->sz,
-		   group_shift(w), xs, ldx, T, dst, w->out, (int)(w->in_pad / 32), (int)w->n_groups, per,
-		   slices_x);
+	PDL_LAUNCH("qmma_kernel", (qmma_kernel<BITS, NT8, MT>), grid, dim3(QM_THREADS(MT)), bytes, s,
+		   w->codes, (const __half2 *)w->sz, group_shift(w), xs, ldx, T, dst, w->out,
+		   (int)(w->in_pad / 32), (int)w->n_groups, per, slices_x);
 	return GQ_OK;
 }
 
