@@ -847,6 +847,36 @@ __device__ __forceinline__ void qm_fill_codes(qm_codes<BITS> &dst, const uint32_
 	}
 }
 
+/*
+ * The fused kernels' ring protocol: the codes of the first STAGES - 1 steps
+ * are requested before the previous kernel ends, their X after pdl_wait
+ * (fill_x commits the step's group, an empty one past the slice, so the
+ * count of groups stays regular). Then per step s: wait until step s is in,
+ * before_barrier() (what else must see this thread's copies), a barrier
+ * (step s - 1's stage is read by now), refill that stage with step
+ * s + STAGES - 1, and compute(s) on step s's stage.
+ */
+template <int STAGES, typename FillW, typename FillX, typename BeforeBarrier, typename Compute>
+__device__ __forceinline__ void qm_ring_run(int step0, int step1, FillW fill_w, FillX fill_x,
+					    BeforeBarrier before_barrier, Compute compute)
+{
+#pragma unroll
+	for (int p = 0; p < STAGES - 1; p++)
+		fill_w(step0 + p);
+	pdl_wait();
+#pragma unroll
+	for (int p = 0; p < STAGES - 1; p++)
+		fill_x(step0 + p);
+	for (int s = step0; s < step1; s++) {
+		cp_async_wait<STAGES - 2>();
+		before_barrier();
+		__syncthreads();
+		fill_w(s + STAGES - 1);
+		fill_x(s + STAGES - 1);
+		compute(s);
+	}
+}
+
 template <int BITS, int NT8, int MT>
 __global__ static void __launch_bounds__(QM_THREADS(MT), MT == 2 && NT8 == 8 ? 2 : 3)
 qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
@@ -898,20 +928,7 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 		cp_async_commit(); /* empty past the slice: the count of groups stays regular */
 	};
 
-	/* the weights of the first steps before the previous kernel ends (group 0 holds them) */
-#pragma unroll
-	for (int p = 0; p < STAGES - 1; p++)
-		fill_w(step0 + p);
-	pdl_wait();
-#pragma unroll
-	for (int p = 0; p < STAGES - 1; p++)
-		fill_x(step0 + p);
-	for (int s = step0; s < step1; s++) {
-		cp_async_wait<STAGES - 2>();
-		__syncthreads(); /* step s is in; step s - 1's stage is read */
-		fill_w(s + STAGES - 1);
-		fill_x(s + STAGES - 1);
-
+	qm_ring_run<STAGES>(step0, step1, fill_w, fill_x, [] {}, [&](int s) {
 		const qm_stage<BITS, NT8> &st = ring[(s - step0) % STAGES];
 		uint32_t w[2 * MT][BITS];                 /* chunk q of row sets g, g + 8 (, g + 16, g + 24) */
 		__half2 zero1024[2 * MT][4], scale[2 * MT][4]; /* of each row set, the same for every code */
@@ -944,7 +961,7 @@ qmma_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 				}
 			}
 		}
-	}
+	});
 
 	/* c[m][j]: rows 16 m + g (0, 1) and + 8 (2, 3), tokens 8 j + 2 q (0, 2) and + 1 (1, 3) */
 	dst += ((int64_t)slice * T + t0) * out;
@@ -1075,26 +1092,15 @@ qwg_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz, i
 		cp_async_commit();
 	};
 
-#pragma unroll
-	for (int p = 0; p < STAGES - 1; p++)
-		fill_w(step0 + p);
-	pdl_wait();
-#pragma unroll
-	for (int p = 0; p < STAGES - 1; p++)
-		fill_x(step0 + p);
 	/*
 	 * A warpgroup unpacks a step only once its wgmmas of the step before are
-	 * done: ptxas serializes every wgmma when A registers are written while
-	 * any are in flight (C7513; two A buffers did that). The two warpgroups,
-	 * and the blocks an SM holds, overlap each other's unpacking instead.
+	 * done (waited below, so the barrier finds step s - 1's stage read):
+	 * ptxas serializes every wgmma when A registers are written while any
+	 * are in flight (C7513; two A buffers did that). The two warpgroups, and
+	 * the blocks an SM holds, overlap each other's unpacking instead. The
+	 * copies of step s are next read by wgmma (the async proxy): fenced.
 	 */
-	for (int s = step0; s < step1; s++) {
-		cp_async_wait<STAGES - 2>();
-		fence_proxy_async(); /* this thread's copies of step s, next read by wgmma */
-		__syncthreads();     /* step s is in; step s - 1's stage is read (waited below) */
-		fill_w(s + STAGES - 1);
-		fill_x(s + STAGES - 1);
-
+	qm_ring_run<STAGES>(step0, step1, fill_w, fill_x, [] { fence_proxy_async(); }, [&](int s) {
 		const qw_stage<NTOK> &st = ring[(s - step0) % STAGES];
 		const int g_lo = qm_step_group(s, 0, n_chunks, group_shift);
 		uint32_t a[8][4]; /* [k block][A fragment]: rows r0 (0, 2) and r0 + 8 (1, 3) */
@@ -1132,7 +1138,7 @@ qwg_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz, i
 		}
 		wgmma_commit();
 		wgmma_wait<0>();
-	}
+	});
 #pragma unroll
 	for (int i = 0; i < NTOK / 2; i++)
 		wgmma_fence_operand(d[i]);
