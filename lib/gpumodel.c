@@ -5,7 +5,7 @@
  * block order, with the elementwise pieces as kernels/gpu/fwd.cu kernels and
  * the products through gpu.h. Rows go through in chunks of at most CHUNK,
  * so the device buffers are sized once at open. Token embedding runs on the
- * CPU (one row per token) and the rows are uploaded.
+ * CPU (one row per token, with opt's project_in) and the rows are uploaded.
  *
  * A one-token step is captured into a graph per KV cache after one warm-up
  * step (lazy module loading, cuBLAS set-up), then replayed: the position is
@@ -58,11 +58,12 @@ typedef struct {
 	float *inv_freq;    /* [rotary_dim / 2] */
 	float *alibi;       /* [H] ALiBi slopes, or NULL */
 	float *x;           /* [CHUNK, d] residual stream */
-	void *h16;          /* [CHUNK, d] fp16 normed input */
+	void *h16;          /* [CHUNK, wide] fp16 normed input (wide: d, or opt's proj_dim if more) */
 	void *o16;          /* [CHUNK, H hd] fp16 attention output */
 	void *a16;          /* [CHUNK, inter] fp16 activation */
 	float *qkv;         /* [CHUNK, (H + 2 KV) hd] */
-	float *att, *mo;    /* [CHUNK, d] */
+	float *att;         /* [CHUNK, wide] */
+	float *mo;          /* [CHUNK, d] */
 	float *g, *u;       /* [CHUNK, 2 inter], [CHUNK, inter] */
 	void *xs16;         /* [CHUNK, d] MoE: rows routed to one expert */
 	float *ys;          /* [CHUNK, d] MoE: that expert's output */
@@ -82,7 +83,8 @@ struct gq_gpu_model {
 	int n_devs;
 	void *head16;       /* [V, out_dim] fp16, last device */
 	float *head_b;      /* [V] or NULL */
-	float *final_w, *final_b; /* [d] */
+	float *final_w, *final_b; /* [d], or NULL without a final norm */
+	void *proj16;       /* [out_dim, d] fp16: opt's project_out, or NULL */
 	float *logits;      /* [CHUNK, V], last device */
 	float *host_x;      /* [CHUNK, d] host staging of embeddings */
 	float *host_router; /* [CHUNK, E] */
@@ -415,27 +417,38 @@ static int upload_head(gq_gpu_model *g)
 	return rc;
 }
 
-static int upload_final_norm(gq_gpu_model *g)
+/* The final norm's weights, and opt's project_out as fp16: whichever the model has. */
+static int upload_final(gq_gpu_model *g)
 {
 	const gq_model *m = g->m;
-	int64_t d = m->cfg.hidden;
-	float *w = malloc((size_t)d * sizeof *w), *b = malloc((size_t)d * sizeof *b);
+	int64_t d = m->cfg.hidden, e = gq_model_out_dim(m);
+	float *w = malloc((size_t)(m->arch.project_out ? e * d : d) * sizeof *w); /* [d], [d], [e, d] */
 	char name[256];
 	gq_tensor t;
-	int rc = !w || !b ? gq_err(GQ_ERR_NOMEM, "out of memory") : GQ_OK;
+	int rc = !w ? gq_err(GQ_ERR_NOMEM, "out of memory") : GQ_OK;
 
-	snprintf(name, sizeof name, "%s.weight", m->arch.final_norm);
-	if (rc == GQ_OK && !(rc = gq_ckpt_get(m->ckpt, name, &t))) {
-		gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)d, w);
-		rc = dup_f32(w, d, &g->final_w);
+	if (m->arch.final_norm) {
+		snprintf(name, sizeof name, "%s.weight", m->arch.final_norm);
+		if (rc == GQ_OK && !(rc = gq_ckpt_get(m->ckpt, name, &t))) {
+			gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)d, w);
+			rc = dup_f32(w, d, &g->final_w);
+		}
+		snprintf(name, sizeof name, "%s.bias", m->arch.final_norm);
+		if (rc == GQ_OK && m->arch.norm == GQ_NORM_LAYER && !(rc = gq_ckpt_get(m->ckpt, name, &t))) {
+			gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)d, w);
+			rc = dup_f32(w, d, &g->final_b);
+		}
 	}
-	snprintf(name, sizeof name, "%s.bias", m->arch.final_norm);
-	if (rc == GQ_OK && m->arch.norm == GQ_NORM_LAYER && !(rc = gq_ckpt_get(m->ckpt, name, &t))) {
-		gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)d, b);
-		rc = dup_f32(b, d, &g->final_b);
+	if (m->arch.project_out) {
+		snprintf(name, sizeof name, "%s.weight", m->arch.project_out);
+		/* its shape was checked when the model opened (model.c) */
+		if (rc == GQ_OK && !(rc = gq_ckpt_get(m->ckpt, name, &t))) {
+			gq_convert_to_f32(t.dtype, t.data, 0, (uint64_t)(e * d), w);
+			rc = dup_f16(g, w, e * d, &g->proj16);
+		}
+		g->bytes_head += (uint64_t)(e * d) * 2; /* read every step, as the head */
 	}
 	free(w);
-	free(b);
 	return rc;
 }
 
@@ -690,11 +703,12 @@ static int mlp(gq_gpu_model *g, gdev *D, int l, int64_t n, const float *fuse_w)
 }
 
 /*
- * One pre-norm block on D->x [n, d], as gq_block_forward's sequential or
- * parallel branch, except that its last step, x += the MLP output, is left
- * to the caller: D->mo holds it. pending (the previous block's D->mo, or
- * NULL) is added to x first, inside the first norm: one launch fewer per
- * block.
+ * One block on D->x [n, d], as gq_block_forward. A pre-norm block's last
+ * step, x += the MLP output, is left to the caller: D->mo holds it.
+ * pending (the previous block's D->mo, or NULL) is added to x first, inside
+ * the first norm: one launch fewer per block. A post-norm block (opt-350m)
+ * takes x itself (h16 a cast of it), and its norms x = norm_attn(x + attn),
+ * x = norm_mlp(x + mlp) write both x and h16: it returns with *normed set.
  * Decoding one row fuses residual adds with the RMS norms after them into
  * the products (fusable_norm): *normed on entry says the previous block
  * did so (x is whole and h16 is this block's first norm: none to launch);
@@ -714,22 +728,24 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 	double eps = m->cfg.norm_eps;
 	gq_gpu_kept *k = g->kept;
 	gq_gpu_from from = g->from; /* past the input only with k (run_layer checks) */
+	int post = !m->cfg.pre_norm;
 	/* bloom's apply_residual_connection_post_layernorm: the residual is the normed input */
 	float *normed32 = m->cfg.residual_post_ln ? D->x : NULL;
 	const glin *o_lin = &L->lin[find_module(m, GQ_ROLE_O, -1)];
 	/* o_proj's epilogue: x += attention out, h16 = norm_mlp(x) (a sequential block) */
-	const float *o_norm = m->cfg.parallel_residual || L->post_attn_w || normed32
+	const float *o_norm = m->cfg.parallel_residual || L->post_attn_w || normed32 || post
 				      ? NULL
 				      : fusable_norm(g, o_lin, n, L->norm_mlp_w);
 	/* down_proj's: x += MLP out, h16 = next_w's norm */
-	const float *down_norm = m->arch.mlp == GQ_MLP_MOE || L->post_mlp_w
+	const float *down_norm = m->arch.mlp == GQ_MLP_MOE || L->post_mlp_w || post
 					 ? NULL
 					 : fusable_norm(g, &L->lin[find_module(m, GQ_ROLE_DOWN, -1)], n, next_w);
 	int rc;
 
 	if (from == GQ_GPU_FROM_INPUT &&
-	    ((!*normed && (rc = gq_gpu_norm(kind, D->x, pending, n, d, L->norm_attn_w,
-					    L->norm_attn_b, eps, normed32, D->h16, D->stream))) ||
+	    ((!*normed && (rc = gq_gpu_norm(post ? GQ_GPU_NORM_NONE : kind, D->x, pending, n, d,
+					    L->norm_attn_w, L->norm_attn_b, eps, normed32, D->h16,
+					    D->stream))) ||
 	     (rc = attention(g, D, gc, l, n, capacity))))
 		return rc;
 	*normed = 0;
@@ -765,9 +781,10 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 			    (rc = gq_gpu_norm(kind, D->att, NULL, n, d, L->post_attn_w, NULL, eps, D->att,
 					      NULL, D->stream)))
 				return rc;
-			/* x += attn; h = norm_mlp(x) */
-			if ((rc = gq_gpu_norm(kind, D->x, D->att, n, d, L->norm_mlp_w, L->norm_mlp_b, eps,
-					      normed32, D->h16, D->stream)))
+			/* x += attn; h = norm_mlp(x) (post-norm: x = h = norm_attn(x + attn)) */
+			if ((rc = gq_gpu_norm(kind, D->x, D->att, n, d, post ? L->norm_attn_w : L->norm_mlp_w,
+					      post ? L->norm_attn_b : L->norm_mlp_b, eps,
+					      post ? D->x : normed32, D->h16, D->stream)))
 				return rc;
 		}
 		/* where the steps after o_proj start */
@@ -780,7 +797,10 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 	}
 	if ((rc = mlp(g, D, l, n, down_norm)))
 		return rc;
-	*normed = down_norm != NULL;
+	*normed = down_norm != NULL || post;
+	if (post)
+		return gq_gpu_norm(kind, D->x, D->mo, n, d, L->norm_mlp_w, L->norm_mlp_b, eps, D->x, D->h16,
+				   D->stream);
 	if (L->post_mlp_w)
 		rc = gq_gpu_norm(kind, D->mo, NULL, n, d, L->post_mlp_w, NULL, eps, D->mo, NULL, D->stream);
 	return rc;
@@ -819,18 +839,36 @@ static int body(gq_gpu_model *g, gcache *gc, int64_t n, int64_t rows_out, int64_
 			rc = block(g, gc, l, n, capacity, l > D->l0 && !normed ? D->mo : NULL, next_w,
 				   &normed);
 		}
-		/* the next device starts from the whole residual stream */
-		if (rc == GQ_OK && k + 1 < g->n_devs)
-			rc = gq_gpu_add(D->x, D->mo, n * d, D->stream);
+		/* the next device starts from the whole residual stream, its h16 unwritten */
+		if (rc == GQ_OK && k + 1 < g->n_devs) {
+			if (!normed)
+				rc = gq_gpu_add(D->x, D->mo, n * d, D->stream);
+			normed = 0;
+		}
 	}
 	if (rc || rows_out == 0)
 		return rc;
-	/* the last block's residual add for the rows out only, fused with the final norm */
-	float *xr = D->x + (n - rows_out) * d;
-	if ((!normed && (rc = gq_gpu_norm((int)m->arch.norm, xr, D->mo + (n - rows_out) * d, rows_out,
-					  d, g->final_w, g->final_b, m->cfg.norm_eps, NULL, D->h16,
-					  D->stream))) ||
-	    (rc = gq_gpu_gemm_f16(D->h16, d, g->head16, g->logits, rows_out, V, d, D->stream)))
+	/*
+	 * The head's input, fp16 [rows_out, e]: the final norm of the rows out
+	 * (a cast without one), fused with the last block's residual add unless
+	 * the block did both; then opt's project_out.
+	 */
+	int64_t e = gq_model_out_dim(m), skip = n - rows_out;
+	const void *hin = D->h16;
+
+	if (normed)
+		hin = (const uint16_t *)D->h16 + skip * d;
+	else if ((rc = gq_gpu_norm(g->final_w ? (int)m->arch.norm : GQ_GPU_NORM_NONE, D->x + skip * d,
+				   D->mo + skip * d, rows_out, d, g->final_w, g->final_b,
+				   m->cfg.norm_eps, NULL, D->h16, D->stream)))
+		return rc;
+	if (g->proj16 &&
+	    ((rc = gq_gpu_gemm_f16(hin, d, g->proj16, D->att, rows_out, e, d, D->stream)) ||
+	     (rc = gq_gpu_norm(GQ_GPU_NORM_NONE, D->att, NULL, rows_out, e, NULL, NULL, 0, NULL,
+			       D->h16, D->stream))))
+		return rc;
+	if ((rc = gq_gpu_gemm_f16(g->proj16 ? D->h16 : hin, e, g->head16, g->logits, rows_out, V, e,
+				  D->stream)))
 		return rc;
 	if (g->head_b && (rc = gq_gpu_bias(g->logits, V, g->head_b, rows_out, V, D->stream)))
 		return rc;
@@ -1038,27 +1076,6 @@ static int decode(void *ctx, gq_kv_cache *c, const int32_t *ids, int64_t T, int 
 
 /* ---- open and close ---- */
 
-/* What the GPU block does not do yet: an error naming it, else GQ_OK. */
-static int check_supported(const gq_model *m)
-{
-	const gq_config *c = &m->cfg;
-	const gq_arch *a = &m->arch;
-	const char *what = NULL;
-
-	if (!c->pre_norm)
-		what = "post-norm blocks";
-	else if (a->project_out)
-		what = "an output projection (word_embed_proj_dim)";
-	else if (!a->final_norm)
-		what = "a model without a final norm";
-	else if (!a->norm_mlp && !c->parallel_residual)
-		what = "sequential blocks whose MLP reads the attention norm";
-	if (what)
-		return gq_err(GQ_ERR_UNSUPPORTED, "%s: %s (model_type %s) is not on the GPU yet: use "
-			      "--device cpu", m->dir, what, c->model_type);
-	return GQ_OK;
-}
-
 static void free_layer(glayer *G, int n_modules)
 {
 	for (int i = 0; G->lin && i < n_modules; i++) {
@@ -1082,6 +1099,7 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	const gq_model *m = g->m;
 	const gq_config *c = &m->cfg;
 	int64_t d = c->hidden, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+	int64_t wide = gq_model_out_dim(m) > d ? gq_model_out_dim(m) : d; /* the head's input too */
 	int64_t inter = c->intermediate > 0 ? c->intermediate : 1, E = c->n_experts > 0 ? c->n_experts : 1;
 	int64_t half = c->rotary_dim / 2 > 0 ? c->rotary_dim / 2 : 1;
 	float *inv = malloc((size_t)half * sizeof *inv);
@@ -1107,11 +1125,11 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	       (rc = dup_f32(inv, half, &D->inv_freq)) ||
 	       (rc = dup_f32(slopes, H, &D->alibi)) ||
 	       (rc = gq_gpu_alloc((void **)&D->x, (uint64_t)(CHUNK * d) * 4)) ||
-	       (rc = gq_gpu_alloc(&D->h16, (uint64_t)(CHUNK * d) * 2)) ||
+	       (rc = gq_gpu_alloc(&D->h16, (uint64_t)(CHUNK * wide) * 2)) ||
 	       (rc = gq_gpu_alloc(&D->o16, (uint64_t)(CHUNK * H * hd) * 2)) ||
 	       (rc = gq_gpu_alloc(&D->a16, (uint64_t)(CHUNK * inter) * 2)) ||
 	       (rc = gq_gpu_alloc((void **)&D->qkv, (uint64_t)(CHUNK * (H + 2 * KV) * hd) * 4)) ||
-	       (rc = gq_gpu_alloc((void **)&D->att, (uint64_t)(CHUNK * d) * 4)) ||
+	       (rc = gq_gpu_alloc((void **)&D->att, (uint64_t)(CHUNK * wide) * 4)) ||
 	       (rc = gq_gpu_alloc((void **)&D->mo, (uint64_t)(CHUNK * d) * 4)) ||
 	       (rc = gq_gpu_alloc((void **)&D->g, (uint64_t)(CHUNK * 2 * inter) * 4)) ||
 	       (rc = gq_gpu_alloc((void **)&D->u, (uint64_t)(CHUNK * inter) * 4)) ||
@@ -1188,8 +1206,6 @@ int gq_gpu_model_open(gq_gpu_model **out, gq_model *m, const gq_device *devs, in
 	int rc;
 
 	*out = NULL;
-	if ((rc = check_supported(m)))
-		return rc;
 	if (n_devs < 1 || n_devs > MAX_DEVS || n_devs > L)
 		return gq_err(GQ_ERR_ARG, "%d devices for %lld layers (at most %d, one layer each)",
 			      n_devs, (long long)L, MAX_DEVS);
@@ -1219,13 +1235,13 @@ int gq_gpu_model_open(gq_gpu_model **out, gq_model *m, const gq_device *devs, in
 			rc = gq_gpu_alloc(&D->ws, D->ws_bytes);
 	}
 	/* the head on the last device; one product now makes cuBLAS's handle outside any capture */
-	if (rc == GQ_OK && !(rc = upload_head(g)) && !(rc = upload_final_norm(g)) &&
+	if (rc == GQ_OK && !(rc = upload_head(g)) && !(rc = upload_final(g)) &&
 	    !(rc = gq_gpu_alloc((void **)&g->logits, (uint64_t)(CHUNK * c->vocab) * 4))) {
 		gdev *D = &g->dev[n_devs - 1];
+		int64_t e = gq_model_out_dim(m);
 
-		if (!(rc = gq_gpu_zero_async(D->h16, (uint64_t)c->hidden * 2, D->stream)) &&
-		    !(rc = gq_gpu_gemm_f16(D->h16, c->hidden, g->head16, g->logits, 1, c->vocab,
-					   c->hidden, D->stream)))
+		if (!(rc = gq_gpu_zero_async(D->h16, (uint64_t)e * 2, D->stream)) &&
+		    !(rc = gq_gpu_gemm_f16(D->h16, e, g->head16, g->logits, 1, c->vocab, e, D->stream)))
 			rc = gq_gpu_stream_sync(D->stream);
 	}
 	/* every weight is up: the staging's pinned memory goes back */
@@ -1266,6 +1282,7 @@ void gq_gpu_model_close(gq_gpu_model *g)
 	gq_gpu_free(g->head_b);
 	gq_gpu_free(g->final_w);
 	gq_gpu_free(g->final_b);
+	gq_gpu_free(g->proj16);
 	gq_gpu_free(g->logits);
 	gq_gpu_host_free(g->stage16);
 	free(g->layers);
@@ -1297,8 +1314,6 @@ int gq_gpu_model_open_layerwise(gq_gpu_model **out, gq_model *m, gq_device dev, 
 	int rc;
 
 	*out = NULL;
-	if ((rc = check_supported(m)))
-		return rc;
 	if (max_len > gq_gpu_attention_max_capacity(c->head_dim))
 		return gq_err(GQ_ERR_UNSUPPORTED, "%s: sequences of %lld tokens are more than GPU "
 			      "attention holds (%lld): use --device cpu", m->dir, (long long)max_len,
@@ -1478,7 +1493,7 @@ int gq_gpu_model_run_layer(gq_gpu_model *g, float *x, int64_t len, const uint8_t
 		if (rc == GQ_STOPPED)
 			rc = GQ_OK;
 		else if (rc == GQ_OK && update &&
-			 !(rc = gq_gpu_add(D->x, D->mo, n * d, D->stream)))
+			 !(rc = normed ? GQ_OK : gq_gpu_add(D->x, D->mo, n * d, D->stream)))
 			rc = gq_gpu_copy_async(x + t0 * d, D->x, (uint64_t)(n * d) * 4, D->stream);
 	}
 	if (rc == GQ_OK)

@@ -54,7 +54,10 @@ void gq_gpu_model_use_graphs(gq_gpu_model *g, int on);
 int gq_gpu_model_graphs(const gq_gpu_model *g);
 /* Hooks for the next forwards (NULL: none); graphs are not used while set. */
 void gq_gpu_model_set_hooks(gq_gpu_model *g, const gq_gpu_hooks *h);
-/* Bytes a decoding step reads from the device: linears (packed or fp16) and the fp16 head. */
+/*
+ * Bytes a decoding step reads from the device: linears (packed or fp16), and
+ * the fp16 head (with opt's project_out).
+ */
 void gq_gpu_model_weight_bytes(const gq_gpu_model *g, uint64_t *linears, uint64_t *head);
 
 /*

@@ -65,8 +65,9 @@ gpu_or_skip() {
 	gpu_or_skip
 	testgen tokens 6 48 1 128 >calib.gqs
 	testgen tokens 4 40 2 128 >eval.gqs
-	# codegen and falcon_alibi: fused q/k/v rows reordered on upload, parallel blocks, ALiBi
-	for arch in qwen3 mixtral_top2of4 codegen falcon_alibi; do
+	# codegen and falcon_alibi: fused q/k/v rows reordered on upload, parallel blocks, ALiBi;
+	# opt_postnorm_proj: post-norm blocks, project_in/out
+	for arch in qwen3 mixtral_top2of4 codegen falcon_alibi opt_postnorm_proj; do
 		M=$BATS_TEST_DIRNAME/data/models/$arch
 		for q in "--bits 4 --group-size 32 --desc-act" "--bits 3 --group-size -1" \
 			"--bits 8 --group-size 32 --asym" "--bits 2 --group-size 16 --desc-act --static-groups"; do
@@ -85,7 +86,7 @@ gpu_or_skip() {
 	gpu_or_skip
 	testgen tokens 6 48 1 128 >calib.gqs
 	for arch in qwen3 mixtral_top2of4 gemma2_window gpt2_layer_scaled codegen falcon_new_arch \
-		bloom_post_ln_residual; do
+		bloom_post_ln_residual opt_postnorm_proj; do
 		M=$BATS_TEST_DIRNAME/data/models/$arch
 		for mode in keep recompute; do
 			opt=$([ $mode = keep ] || echo --recompute)
@@ -97,10 +98,4 @@ gpu_or_skip() {
 		[ "$(gptq-dump h-keep.gqs | jq -s length)" -gt 4 ]
 		cmp h-keep.gqs h-recompute.gqs
 	done
-}
-
-@test "GPU: an architecture not on the GPU yet is refused by name" {
-	gpu_or_skip
-	run -1 gptq-run -m "$BATS_TEST_DIRNAME/data/models/opt_postnorm_proj" --prompt-ids 1,2 --device cuda
-	[[ $output == *"post-norm blocks"*"not on the GPU yet"* ]]
 }

@@ -79,6 +79,8 @@ __device__ __forceinline__ float norm_out(int kind, float v, float mean, float i
 		return ((v - mean) * inv) * wi + bi;
 	if (kind == GQ_GPU_NORM_RMS_GEMMA)
 		return (v * inv) * (1.0f + wi);
+	if (kind == GQ_GPU_NORM_NONE)
+		return v;
 	return wi * (v * inv);
 }
 

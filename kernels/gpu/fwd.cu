@@ -137,14 +137,14 @@ __global__ static void norm_kernel(int kind, float *x, const float *add, int64_t
 	extern __shared__ float v[]; /* [d] */
 	float *r = x + blockIdx.x * d;
 	const float *a = add ? add + blockIdx.x * d : NULL;
-	float s = 0, inv, mean = 0, wa[NORM_AHEAD], ba[NORM_AHEAD];
+	float s = 0, inv = 1, mean = 0, wa[NORM_AHEAD], ba[NORM_AHEAD];
 
 	pdl_launch_next();
 #pragma unroll
 	for (int k = 0; k < NORM_AHEAD; k++) {
 		const int64_t i = threadIdx.x + k * (int64_t)blockDim.x;
 
-		wa[k] = i < d ? w[i] : 0.0f;
+		wa[k] = w && i < d ? w[i] : 0.0f;
 		ba[k] = b && i < d ? b[i] : 0.0f;
 	}
 	pdl_wait();
@@ -164,7 +164,8 @@ __global__ static void norm_kernel(int kind, float *x, const float *add, int64_t
 		for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
 			s += (v[i] - mean) * (v[i] - mean);
 	}
-	inv = rsqrtf(block_reduce(s, red, false) / (float)d + eps);
+	if (kind != GQ_GPU_NORM_NONE) /* uniform over the block: every thread reduces or none */
+		inv = rsqrtf(block_reduce(s, red, false) / (float)d + eps);
 	for (int64_t i = threadIdx.x, k = 0; i < d; i += blockDim.x, k++) {
 		float wi, bi, o;
 
@@ -174,7 +175,7 @@ __global__ static void norm_kernel(int kind, float *x, const float *add, int64_t
 				if (j == k)
 					wi = wa[j], bi = ba[j];
 		} else {
-			wi = w[i], bi = b ? b[i] : 0.0f;
+			wi = w ? w[i] : 0.0f, bi = b ? b[i] : 0.0f;
 		}
 		o = norm_out(kind, v[i], mean, inv, wi, bi);
 		if (y16)

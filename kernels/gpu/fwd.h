@@ -33,14 +33,19 @@ int gq_gpu_graph_end(void *stream, void **exec);
 int gq_gpu_graph_launch(void *exec, void *stream);
 void gq_gpu_graph_destroy(void *exec);
 
-/* Norm kinds, numbered as gq_norm_kind (arch.h). */
-enum { GQ_GPU_NORM_LAYER, GQ_GPU_NORM_RMS, GQ_GPU_NORM_RMS_GEMMA };
+/*
+ * Norm kinds, numbered as gq_norm_kind (arch.h), and NONE: y = x after the
+ * add, no weight (the input of a post-norm block, or of the head of a model
+ * without a final norm, in fp16).
+ */
+enum { GQ_GPU_NORM_LAYER, GQ_GPU_NORM_RMS, GQ_GPU_NORM_RMS_GEMMA, GQ_GPU_NORM_NONE };
 /* Activations, numbered as gq_act_kind (config.h). */
 
 /*
  * Row norms of x [T, d]: when add is not NULL, x += add first (x is
- * written back). Then y = norm(x) with weight w [d] and bias b [d] (NULL:
- * none) into y32 (may be x) and/or y16; either may be NULL.
+ * written back). Then y = norm(x) with weight w [d] (unused by NORM_NONE)
+ * and bias b [d] (NULL: none) into y32 (may be x) and/or y16; either may be
+ * NULL.
  */
 int gq_gpu_norm(int kind, float *x, const float *add, int64_t T, int64_t d, const float *w,
 		const float *b, double eps, float *y32, void *y16, void *stream);
