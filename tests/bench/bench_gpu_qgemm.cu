@@ -21,6 +21,8 @@
  * (gq_gpu_qgemv_add_norm, what decoding runs), and left out (the floor: q/k/v
  * on a stale input), in the same run.
  *
+ * A third table times one token at 2, 3, 4 and 8 bits on the same shapes.
+ *
  *   bench_gpu_qgemm [REPS [TMAX]]   (TMAX: only token counts up to it)
  */
 #include "gpu/fwd.h"
@@ -68,24 +70,32 @@ static float randf(void)
 	return (float)next() / 2147483648.0f - 1.0f;
 }
 
-/* A 4-bit g128 [out, in] matrix through the checkpoint path (no act order). */
-static void make_int4(gq_qmat *q, int64_t in, int64_t out)
+/* A g128 [out, in] matrix of `bits`-bit codes through the checkpoint path (no act order). */
+static void make_qmat(gq_qmat *q, int64_t in, int64_t out, int bits)
 {
-	const int64_t gs = 128, groups = in / gs;
+	const int64_t gs = 128, groups = in / gs, levels = 1 << bits;
 	std::vector<uint8_t> codes(in * out), zeros(groups * out); /* [out, in], [groups, out] */
 	std::vector<uint16_t> scales(groups * out);                /* [groups, out] */
-	std::vector<int32_t> qweight(in / 8 * out), qzeros(groups * out / 8);
+	/* [in bits / 32, out], [groups, out bits / 32] */
+	std::vector<int32_t> qweight(in * bits / 32 * out), qzeros(groups * out * bits / 32);
 
 	for (auto &c : codes)
-		c = (uint8_t)(next() % 16);
+		c = (uint8_t)(next() % levels);
 	for (int64_t i = 0; i < groups * out; i++) {
-		zeros[i] = (uint8_t)(1 + next() % 15);
+		zeros[i] = (uint8_t)(1 + next() % (levels - 1));
 		scales[i] = gq_f32_to_f16(0.01f * (1.0f + randf()));
 	}
-	gq_pack_qweight(codes.data(), out, in, 4, qweight.data());
-	OK(gq_pack_qzeros(zeros.data(), groups, out, 4, GQ_FORMAT_GPTQ, qzeros.data()));
-	OK(gq_qmat_from_gptq(q, "bench", 4, in, out, groups, gs, qweight.data(), qzeros.data(),
+	gq_pack_qweight(codes.data(), out, in, bits, qweight.data());
+	OK(gq_pack_qzeros(zeros.data(), groups, out, bits, GQ_FORMAT_GPTQ, qzeros.data()));
+	OK(gq_qmat_from_gptq(q, "bench", bits, in, out, groups, gs, qweight.data(), qzeros.data(),
 			     GQ_FORMAT_GPTQ, scales.data(), NULL));
+}
+
+
+/* Bytes a one-token product must read: codes, and a (scale, zero) pair per group and row. */
+static uint64_t bytes_read(const gq_gpu_qmat *d, int64_t out)
+{
+	return (uint64_t)(out * d->words_per_row) * 4 + (uint64_t)(out * d->n_groups) * 4;
 }
 
 /*
@@ -139,8 +149,8 @@ static void bench_norm_between(cudaStream_t s, int reps)
 	float *dres, *dw, *dadd, *dy;
 	unsigned *count;
 
-	make_int4(&down, inter, d);
-	make_int4(&qkv, d, n_qkv);
+	make_qmat(&down, inter, d, 4);
+	make_qmat(&qkv, d, n_qkv, 4);
 	for (auto &v : a16)
 		v = gq_f32_to_f16(randf());
 	for (int64_t i = 0; i < d; i++)
@@ -205,14 +215,62 @@ static void bench_norm_between(cudaStream_t s, int reps)
 	gq_qmat_free(&qkv);
 }
 
+static const struct {
+	int64_t out, in;
+	const char *name;
+} shapes[] = {{4096, 4096, "q_proj"},     {11008, 4096, "up_proj"}, {4096, 11008, "down_proj"},
+	      {12288, 4096, "qkv_proj"}, {22016, 4096, "gate_up_proj"}};
+
+/* The third table (see the top): one token at every bit width, g128. */
+static void bench_bits(cudaStream_t s, int reps)
+{
+	static const int bits[] = {2, 3, 4, 8};
+
+	printf("\nOne token, g128, by bit width: µs per call, GB/s of the bytes it must read, of peak\n");
+	printf("| shape (out x in)        | bits |      µs |  GB/s | of peak |\n");
+	printf("|-------------------------|------|---------|-------|---------|\n");
+	for (const auto &sh : shapes)
+		for (int b : bits) {
+			gq_qmat q;
+			std::vector<uint16_t> x16(sh.in); /* [in] */
+			void *dx, *ws;
+			float *dy;
+
+			make_qmat(&q, sh.in, sh.out, b);
+			for (auto &v : x16)
+				v = gq_f32_to_f16(randf());
+			const int copies = (int)std::max<uint64_t>(2, ROTATE_BYTES / gq_qmat_bytes(&q));
+			std::vector<gq_gpu_qmat> dq(copies);
+
+			for (auto &d : dq)
+				OK(gq_gpu_qmat_upload(&d, &q.k));
+			const uint64_t qbytes = bytes_read(&dq[0], sh.out);
+			const uint64_t wsb = gq_gpu_qgemm_workspace(&dq[0], 1);
+
+			OK(gq_gpu_alloc(&dx, (uint64_t)sh.in * 2));
+			OK(gq_gpu_alloc((void **)&dy, (uint64_t)sh.out * 4));
+			OK(gq_gpu_alloc(&ws, wsb ? wsb : 1));
+			OK(gq_gpu_upload(dx, x16.data(), (uint64_t)sh.in * 2));
+			double t = time_calls(s, copies, reps, [&](int i) {
+				return gq_gpu_qgemm(&dq[i], dx, 1, dy, ws, wsb, s);
+			});
+			double gbs = qbytes / (t * 1e-6) / 1e9;
+			char shape[64];
+
+			snprintf(shape, sizeof shape, "%s %lldx%lld", sh.name, (long long)sh.out, (long long)sh.in);
+			printf("| %-23s | %4d | %7.2f | %5.0f | %6.1f%% |\n", shape, b, t, gbs, 100 * gbs / PEAK_GBS);
+			fflush(stdout);
+			for (auto &d : dq)
+				gq_gpu_qmat_free(&d);
+			gq_gpu_free(dx);
+			gq_gpu_free(dy);
+			gq_gpu_free(ws);
+			gq_qmat_free(&q);
+		}
+}
+
 int main(int argc, char **argv)
 {
-	static const struct {
-		int64_t out, in;
-		const char *name;
-	} shapes[] = {{4096, 4096, "q_proj"},      {11008, 4096, "up_proj"},
-		      {4096, 11008, "down_proj"},  {12288, 4096, "qkv_proj"},
-		      {22016, 4096, "gate_up_proj"}};
 	static const int64_t batches[] = {1, 2, 8, 16, 32, 64, 128, 256};
 	const int64_t tmax = 256;
 	int reps = argc > 1 ? atoi(argv[1]) : 25;
@@ -257,7 +315,7 @@ int main(int argc, char **argv)
 		std::vector<uint16_t> w16(out * in), x16(tmax * in);
 		void *dx, *dy, *ws;
 
-		make_int4(&q, in, out);
+		make_qmat(&q, in, out, 4);
 		for (auto &v : w16)
 			v = gq_f32_to_f16(0.05f * randf());
 		for (auto &v : x16)
@@ -275,8 +333,7 @@ int main(int argc, char **argv)
 			OK(gq_gpu_alloc(&d, fbytes));
 			OK(gq_gpu_upload(d, w16.data(), fbytes));
 		}
-		const uint64_t qbytes = (uint64_t)(out * dq[0].words_per_row) * 4 +
-					(uint64_t)(out * dq[0].n_groups) * 4;
+		const uint64_t qbytes = bytes_read(&dq[0], out);
 		uint64_t wsb = 0; /* each path sizes its own: the most any T here needs */
 
 		for (int64_t T : batches)
@@ -319,5 +376,6 @@ int main(int argc, char **argv)
 		gq_qmat_free(&q);
 	}
 	bench_norm_between(s, reps);
+	bench_bits(s, reps);
 	return 0;
 }
