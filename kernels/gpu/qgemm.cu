@@ -25,11 +25,11 @@
  *     of 32, irregular g_idx) falls back to a per-code group lookup. GLU: the
  *     rows of a [gate | up] pair, act(gate) * up written as fp16. NORM: the
  *     rows added into a residual stream row, and the RMS norm after the add
- *     written as fp16 by the last block (last_block_norm). TC (CUDA, 4 bits,
- *     groups of whole quads of chunks: 128 codes or a multiple, or one group
- *     a row of them): the same blocks and loads, the multiply-adds on tensor
- *     cores from the exact integers c - z (qgemv_tc_chunks), still exact
- *     products and fp32 sums.
+ *     written as fp16 by the last block (last_block_norm). TC (CUDA, 2 to 4
+ *     bits, groups of whole quads of chunks: 128 codes or a multiple, or one
+ *     group a row of them): the same blocks and loads, the multiply-adds on
+ *     tensor cores from the exact integers c - z (qgemv_tc_chunks), still
+ *     exact products and fp32 sums.
  *   2 <= T <= GQ_GPU_GEMV_MAX_T (CUDA): qgemv_mma_kernel<BITS>, one mma.m16n8k16
  *     per 16 codes of 16 rows, the tokens in the instruction's 8 columns (its
  *     cost hardly grows with T: 2.1x the CUDA-core GEMV's speed at T = 8, but
@@ -39,7 +39,7 @@
  *     and up to 64 tokens, codes, scales and X through a cp.async ring in
  *     shared memory (X shared by a block's rows), K split over blocks when
  *     the rows alone do not fill the GPU (comment at the kernel).
- *   QW_MIN_T <= T <= QW_MAX_T (33..128), 4 bits, the same groups, sm_90a
+ *   QW_MIN_T <= T <= QW_MAX_T (17..128), 4 bits, the same groups, sm_90a
  *     code on a compute capability 9.0 GPU (H100/H200): qwg_kernel<NTOK>,
  *     qmma_kernel's ring and split K with warpgroup MMAs (wgmma) reading X
  *     from shared memory (comment at the kernel).
@@ -52,7 +52,7 @@
  * Every kernel here is a dependent launch (vendor.h): the T = 1 GEMV loads
  * its first weights before it waits for the kernel before it.
  * Instances: BITS in {2, 3, 4, 8} x T = 1 (1..8 on HIP) for the CUDA-core
- * GEMV (and its TC form for 4 bits), x NT8 in 2, 4, 6, 8 token tiles of 8 (one
+ * GEMV (and its TC form for 2 to 4 bits), x NT8 in 2, 4, 6, 8 token tiles of 8 (one
  * MT each) for the fused kernel; NTOK in 32, 64, 128 for qwg_kernel; BITS
  * for the tensor-core GEMV and dequant.
  */
@@ -260,12 +260,100 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t b
 }
 
 /*
- * The chunk loop of qgemv_kernel for 4-bit codes whose groups come in whole
- * quads of chunks (group_chunks a multiple of 4, so the 4 lanes 4 g .. 4 g + 3
- * always hold chunks of one group), with the multiply-adds on tensor cores:
- * the CUDA-core loop issues about 4.7 instructions a code (unpack, two
- * conversions, a multiply-add), which held it near half the bandwidth; this
- * one about 1.3 (both counted in sm_90 code), with the same loads.
+ * How many multiples m = 2^(BITS k) of a code tc_pairs masks codes at (1024 +
+ * m c stays exact in fp16): 1 and 16 for 4 bits, up to 64 for 3 and 2.
+ */
+template <int BITS>
+constexpr int TC_MULTS = BITS == 4 ? 2 : BITS == 3 ? 3 : 4;
+
+/*
+ * The pairs 4 i .. 4 i + 3 of (c - z) (fp16 pairs, as A fragments) of one
+ * row's chunk w; i is a constant once loops unroll. Pair 4 i + q holds codes
+ * (8 i + q, 8 i + q + 4) for 3 and 4 bits, (16 (i / 2) + 4 (i % 2) + q,
+ * that + 8) for 2 (tc_x_pairs pairs x alike). Each code is masked into the
+ * mantissa of 1024 (0x6400) at a multiple m (1024 + m c, exact), and
+ * (1024 + m c) / m - (1024 / m + z) = c - z exactly; nz[k] = -(1024 / m + z)
+ * for the k-th multiple, inv[k] = 1 / m. Both halves come from one mask:
+ * codes 16 bits apart. 3 bits: the 8 codes of 24 bits are first spread to
+ * 12 bits a half, and the fourth pair (bits 9-11, past the mantissa) is
+ * shifted down to the third's multiple.
+ */
+template <int BITS>
+__device__ __forceinline__ void tc_pairs(const uint32_t (&w)[BITS], int i,
+					 const __half2 (&nz)[TC_MULTS<BITS>],
+					 const __half2 (&inv)[TC_MULTS<BITS>], uint32_t (&a)[4])
+{
+	auto put = [&](int q, uint32_t masked, int k) {
+		const __half2 h = *(const __half2 *)&masked;
+		const __half2 r = k == 0 ? __hadd2(h, nz[0]) : __hfma2(h, inv[k], nz[k]);
+
+		a[q] = *(const uint32_t *)&r;
+	};
+
+	if constexpr (BITS == 4) {
+#pragma unroll
+		for (int half = 0; half < 2; half++) { /* codes 2 half (+ 4) and 2 half + 1 (+ 4) */
+			const uint32_t v = w[i] >> (8 * half);
+
+			put(2 * half, and_or(v, 0x000f000fu, 0x64006400u), 0);
+			put(2 * half + 1, and_or(v, 0x00f000f0u, 0x64006400u), 1);
+		}
+	} else if constexpr (BITS == 2) {
+		const uint32_t v = w[i / 2] >> (8 * (i % 2));
+
+#pragma unroll
+		for (int q = 0; q < 4; q++)
+			put(q, and_or(v, 0x00030003u << (2 * q), 0x64006400u), q);
+	} else {
+		static_assert(BITS == 3, "tc_pairs: 2, 3 or 4 bits");
+		/* codes 8 i .. 8 i + 7: bits 24 i .. 24 i + 23 of the chunk */
+		const uint32_t g = i == 0   ? w[0]
+				   : i == 1 ? __funnelshift_r(w[0], w[1], 24)
+				   : i == 2 ? __funnelshift_r(w[1], w[2], 16)
+					    : w[2] >> 8;
+		const uint32_t v = and_or(g << 4, 0x0fff0000u, g & 0xfffu); /* codes 0-3 | 4-7 */
+
+#pragma unroll
+		for (int q = 0; q < 3; q++)
+			put(q, and_or(v, 0x00070007u << (3 * q), 0x64006400u), q);
+		put(3, and_or(v >> 3, 0x01c001c0u, 0x64006400u), 2);
+	}
+}
+
+/* The x pairs of tc_pairs' codes from the chunk's 32 x at xc (zeros outside): xp[4 i + q]. */
+template <int BITS>
+__device__ __forceinline__ void tc_x_pairs(const __half *xc, bool inside, uint32_t (&xp)[16])
+{
+	uint4 v[4]; /* x 8 j .. 8 j + 7 */
+
+#pragma unroll
+	for (int j = 0; j < 4; j++)
+		v[j] = inside ? *(const uint4 *)(xc + 8 * j) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+	for (int j = 0; j < 4; j++) {
+		/* 2 bits: x 16 (j / 2) + q and that + 8, from v[j & 2] and v[(j & 2) + 1]; else 8 j + q, + 4 */
+		const uint4 lo = BITS == 2 ? v[j & 2] : v[j], hi = BITS == 2 ? v[(j & 2) + 1] : v[j];
+		const uint32_t l0 = BITS == 2 ? (j & 1 ? lo.z : lo.x) : lo.x, l1 = BITS == 2 ? (j & 1 ? lo.w : lo.y) : lo.y;
+		const uint32_t h0 = BITS == 2 ? (j & 1 ? hi.z : hi.x) : hi.z, h1 = BITS == 2 ? (j & 1 ? hi.w : hi.y) : hi.w;
+
+		xp[4 * j] = __byte_perm(l0, h0, 0x5410);
+		xp[4 * j + 1] = __byte_perm(l0, h0, 0x7632);
+		xp[4 * j + 2] = __byte_perm(l1, h1, 0x5410);
+		xp[4 * j + 3] = __byte_perm(l1, h1, 0x7632);
+	}
+}
+
+/*
+ * The chunk loop of qgemv_kernel for 2-, 3- and 4-bit codes whose groups
+ * come in whole quads of chunks (group_chunks a multiple of 4, so the 4
+ * lanes 4 g .. 4 g + 3 always hold chunks of one group), with the
+ * multiply-adds on tensor cores: the CUDA-core loop issues about 4.7
+ * instructions a 4-bit code (unpack, two conversions, a multiply-add),
+ * which held it near half the bandwidth; this one about 1.3 (both counted
+ * in sm_90 code), with the same loads. 2 and 3 bits unpack with a few
+ * more (tc_pairs): on the H200's llama-7B shapes they went from 22-31% of
+ * the bandwidth (slower than 4 bits) on the CUDA-core loop to 31-45%
+ * (bench_gpu_qgemm's third table; 4 bits 46-63%, the same as before).
  *
  * Each lane keeps its chunk of the block's QG_ROWS rows, as there. One
  * mma.m16n8k16 takes rows 2p (A rows 0..7) and 2p + 1 (A rows 8..15) and x
@@ -280,80 +368,61 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t b
  * past the end multiplies zero x). Codes and scales of the first chunk load
  * before pdl_wait (waited: the kernel's record of it).
  */
+template <int BITS>
 __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const int64_t (&row)[QG_ROWS],
 						const uint32_t *__restrict__ codes,
 						const __half2 *__restrict__ sz, int gc,
 						const __half *__restrict__ xs, int64_t n_chunks,
 						int64_t n_groups, bool &waited)
 {
+	constexpr int K = TC_MULTS<BITS>;
 	const int lane = threadIdx.x & 31, quad = lane >> 2;
 	const bool owner = (lane & 3) == quad >> 1; /* the lane that holds D[quad][quad] */
-	const __half2 m1024 = __float2half2_rn(-1024.0f), m64 = __float2half2_rn(-64.0f);
-	const __half2 sixteenth = __float2half2_rn(1.0f / 16);
+	__half2 inv[K], m1024[K]; /* 1 / m, -1024 / m */
 
+#pragma unroll
+	for (int k = 0; k < K; k++) {
+		inv[k] = __float2half2_rn(1.0f / (float)(1 << (BITS * k)));
+		m1024[k] = __float2half2_rn(-1024.0f / (float)(1 << (BITS * k)));
+	}
 	static_assert(QG_ROWS % 2 == 0, "rows in pairs, one mma each");
 	for (int64_t c0 = 0; c0 < n_chunks; c0 += QG_THREADS) {
 		const int64_t c = c0 + threadIdx.x;
 		const bool inside = c < n_chunks;
 		const int64_t g0 = (inside ? c : n_chunks - 1) / gc;
-		uint32_t w[QG_ROWS][4] = {}; /* the chunk of each row: 4 words of 8 codes */
-		__half2 szr[QG_ROWS];        /* (scale, zero) of each row's group */
+		uint32_t w[QG_ROWS][BITS] = {}; /* the chunk of each row: 32 codes */
+		__half2 szr[QG_ROWS];           /* (scale, zero) of each row's group */
 
 #pragma unroll
 		for (int r = 0; r < QG_ROWS; r++) {
 			if (inside)
-				load_chunk<4>(codes + (row[r] * n_chunks + c) * 4, w[r]);
+				load_chunk<BITS>(codes + (row[r] * n_chunks + c) * BITS, w[r]);
 			szr[r] = sz[row[r] * n_groups + g0];
 		}
 		if (!waited) {
 			pdl_wait();
 			waited = true;
 		}
-		/* x paired like the codes below: xp[4 i + q] = (x[8 i + q], x[8 i + q + 4]) */
 		uint32_t xp[16];
-#pragma unroll
-		for (int i = 0; i < 4; i++) {
-			const uint4 v = inside ? *(const uint4 *)(xs + 32 * c + 8 * i) : make_uint4(0, 0, 0, 0);
 
-			xp[4 * i] = __byte_perm(v.x, v.z, 0x5410);
-			xp[4 * i + 1] = __byte_perm(v.x, v.z, 0x7632);
-			xp[4 * i + 2] = __byte_perm(v.y, v.w, 0x5410);
-			xp[4 * i + 3] = __byte_perm(v.y, v.w, 0x7632);
-		}
+		tc_x_pairs<BITS>(xs + 32 * c, inside, xp);
 #pragma unroll
 		for (int p = 0; p < QG_ROWS / 2; p++) {
-			__half2 nz1024[2], nz64[2]; /* -(1024 + z), -(64 + z) of rows 2p, 2p + 1 */
+			__half2 nz[2][K]; /* -(1024 / m + z) of rows 2p, 2p + 1 */
 			float d[4] = {};
 
 #pragma unroll
-			for (int h = 0; h < 2; h++) {
-				nz1024[h] = __hsub2(m1024, __high2half2(szr[2 * p + h]));
-				nz64[h] = __hsub2(m64, __high2half2(szr[2 * p + h]));
-			}
+			for (int h = 0; h < 2; h++)
+#pragma unroll
+				for (int k = 0; k < K; k++)
+					nz[h][k] = __hsub2(m1024[k], __high2half2(szr[2 * p + h]));
 #pragma unroll
 			for (int i = 0; i < 4; i++) {
-				uint32_t a[2][4]; /* a[h][q] = (c - z) of codes q, q + 4 of word i, row 2p + h */
+				uint32_t a[2][4]; /* pairs 4 i .. 4 i + 3 of rows 2p, 2p + 1 */
 
 #pragma unroll
-				for (int h = 0; h < 2; h++) {
-					/*
-					 * Codes q and q + 4 masked into the mantissas of 1024
-					 * (0x6400): (1024 + c) - (1024 + z) for the low nibbles,
-					 * (1024 + 16 c) / 16 - (64 + z) for the high ones, both
-					 * exact; the word shifted by 8 gives codes 2, 6 and 3, 7.
-					 */
-#pragma unroll
-					for (int half = 0; half < 2; half++) {
-						const uint32_t v = w[2 * p + h][i] >> (8 * half);
-						uint32_t lo = and_or(v, 0x000f000fu, 0x64006400u);
-						uint32_t hi = and_or(v, 0x00f000f0u, 0x64006400u);
-						__half2 cl = __hadd2(*(const __half2 *)&lo, nz1024[h]);
-						__half2 ch = __hfma2(*(const __half2 *)&hi, sixteenth, nz64[h]);
-
-						a[h][2 * half] = *(const uint32_t *)&cl;
-						a[h][2 * half + 1] = *(const uint32_t *)&ch;
-					}
-				}
+				for (int h = 0; h < 2; h++)
+					tc_pairs<BITS>(w[2 * p + h], i, nz[h], inv, a[h]);
 				mma_16816(d, a[0][0], a[1][0], a[0][1], a[1][1], xp[4 * i], xp[4 * i + 1]);
 				mma_16816(d, a[0][2], a[1][2], a[0][3], a[1][3], xp[4 * i + 2], xp[4 * i + 3]);
 			}
@@ -416,8 +485,8 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	}
 	if constexpr (TC) {
 #ifndef GQ_HIP
-		static_assert(BITS == 4 && T == 1 && REGULAR, "TC: 4-bit codes, one token, regular groups");
-		qgemv_tc_chunks(acc, row, codes, sz, gc, xs, n_chunks, n_groups, waited);
+		static_assert(BITS <= 4 && T == 1 && REGULAR, "TC: 2- to 4-bit codes, one token, regular groups");
+		qgemv_tc_chunks<BITS>(acc, row, codes, sz, gc, xs, n_chunks, n_groups, waited);
 #endif
 	} else {
 		for (int64_t c = threadIdx.x; c < n_chunks; c += QG_THREADS) {
@@ -1491,14 +1560,14 @@ extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
 
 /*
  * qgemv_kernel's form for w: tensor-core multiply-adds (qgemv_tc_chunks) for
- * one token of 4-bit codes in groups of whole chunk quads on CUDA, else the
+ * one token of 2- to 4-bit codes in groups of whole chunk quads on CUDA, else the
  * CUDA-core loop (regular groups, or looked up code by code).
  */
 template <int BITS, int T, bool GLU, bool NORM>
 static auto gemv_kernel_for(const gq_gpu_qmat *w)
 {
 #ifndef GQ_HIP
-	if constexpr (BITS == 4 && T == 1)
+	if constexpr (BITS <= 4 && T == 1)
 		if (w->group_chunks && w->group_chunks % 4 == 0)
 			return qgemv_kernel<BITS, T, true, GLU, NORM, true>;
 #endif

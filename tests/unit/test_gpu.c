@@ -320,8 +320,9 @@ static void check_add_norm(const gq_gpu_qmat *d, const gq_qmat *q, int gemma, vo
  * Every width, group sizes 32/128/none/40 (groups that split 32-code
  * chunks)/irregular, act order, sizes that are not whole chunks, and the
  * token counts at each path's edges: one-token GEMV 1 (1, 3, 8 on HIP; its
- * tensor-core form for 4 bits in groups of 128 codes or a whole row: the
- * 128 and none cases, act order included);
+ * tensor-core form for 2 to 4 bits in groups of 128 codes or a whole row of
+ * whole chunk quads: the 128 and none cases, act order included, and rows
+ * whose last quad is partial);
  * tensor-core GEMV 3, 8; fused tensor-core kernel 9, 24, 40, 64 (1 to 4
  * token tiles; K split or not by the matrix's size); dequantize + cuBLAS 65, 128;
  * and each matrix as a [gate | up] pair through the fused activation (check_glu)
@@ -348,6 +349,8 @@ static void test_qgemm(void)
 		{4, 1536, 136, 64, 1},  /* groups of two chunks: two a K step of the fused kernel */
 		{2, 960, 72, 96, 0},    /* three chunks: not a power of two, dequantize + cuBLAS from 9 tokens */
 		{4, 416, 136, 32, 0},   /* 13 chunks: the last K step of the fused kernels holds one */
+		{3, 1024, 96, -1, 0},   /* one group of 32 chunks: the tensor-core one-token GEMV */
+		{2, 1184, 208, 128, 0}, /* 37 chunks: its last quad holds one */
 	};
 	static const int64_t tokens[] = {1, 3, 8, 9, 24, 40, 64, 65, 128, 200};
 	const size_t n_tokens = sizeof tokens / sizeof *tokens;
