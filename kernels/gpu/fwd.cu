@@ -411,7 +411,8 @@ static size_t att_smem(const gq_gpu_attn *a, int64_t kps)
 	return (size_t)(att_scores(kps) + ATT_WARPS * a->hd) * sizeof(float);
 }
 
-extern "C" int64_t gq_gpu_attention_max_capacity(int64_t hd)
+/* The most keys attention_kernel takes: one row's scores in shared memory (conservative for splits). */
+static int64_t att_max_keys(int64_t hd)
 {
 	return ATT_SMEM_MAX / (int64_t)sizeof(float) - ATT_WARPS * hd;
 }
@@ -967,17 +968,32 @@ flash_attention_kernel(const float *q, int64_t ldq, const __half *K, const __hal
 /* The head widths with an instance; others take attention_kernel. */
 #define FA_WIDTHS(X) X(16) X(64) X(80) X(96) X(128) X(256)
 
+/* Whether the tensor-core and decoding kernels have an instance for head width hd */
+static bool fa_width(int64_t hd)
+{
+	bool width = false;
+#define FA_IS(w) width |= hd == w;
+	FA_WIDTHS(FA_IS)
+#undef FA_IS
+	return width;
+}
+
 /* The tensor-core and decoding kernels: a head width with an instance, 16-byte aligned rows */
 static bool fa_fits(const gq_gpu_attn *a, const float *q, int64_t ldq, const void *K, const void *V)
 {
-	bool width = false;
-#define FA_IS(w) width |= a->hd == w;
-	FA_WIDTHS(FA_IS)
-#undef FA_IS
-	return width && ((uintptr_t)q | (uintptr_t)K | (uintptr_t)V | (uintptr_t)(ldq * 4) |
-			 (uintptr_t)(a->KV * a->hd * 2)) % 16 == 0;
+	return fa_width(a->hd) && ((uintptr_t)q | (uintptr_t)K | (uintptr_t)V | (uintptr_t)(ldq * 4) |
+				   (uintptr_t)(a->KV * a->hd * 2)) % 16 == 0;
 }
 #endif
+
+extern "C" int64_t gq_gpu_attention_max_capacity(int64_t hd)
+{
+#ifndef GQ_HIP
+	if (fa_width(hd)) /* their rows stay in registers and tiles: any cache (rows are 16-byte aligned) */
+		return INT64_MAX;
+#endif
+	return att_max_keys(hd);
+}
 
 extern "C" int gq_gpu_fwd_init(void)
 {
@@ -1005,10 +1021,6 @@ extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ld
 	int64_t kps;
 	const int splits = att_splits(a, T, ATT_SPLIT_MIN_KEYS, &kps);
 
-	if (att_keys(a) > gq_gpu_attention_max_capacity(a->hd))
-		return gq_err(GQ_ERR_UNSUPPORTED, "a KV cache of %lld positions is more than GPU "
-			      "attention holds (%lld)", (long long)att_keys(a),
-			      (long long)gq_gpu_attention_max_capacity(a->hd));
 	if (a->hd > ATT_HD_MAX)
 		return gq_err(GQ_ERR_UNSUPPORTED, "head_dim %lld: GPU attention takes at most %d",
 			      (long long)a->hd, ATT_HD_MAX);
@@ -1047,6 +1059,10 @@ extern "C" int gq_gpu_attention(const gq_gpu_attn *a, const float *q, int64_t ld
 		}
 	}
 #endif
+	if (att_keys(a) > att_max_keys(a->hd))
+		return gq_err(GQ_ERR_UNSUPPORTED, "a KV cache of %lld positions is more than GPU "
+			      "attention holds for head_dim %lld (%lld)", (long long)att_keys(a),
+			      (long long)a->hd, (long long)att_max_keys(a->hd));
 	/* shared memory for every position the cache can hold: the launch does not depend on *pos0 */
 	PDL_LAUNCH("attention_kernel", attention_kernel, dim3((unsigned)a->H, (unsigned)T, (unsigned)splits),
 		   dim3(ATT_THREADS), att_smem(a, kps), S(stream), q, ldq, K, V, a->H, a->KV, a->hd,

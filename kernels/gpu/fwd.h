@@ -96,7 +96,11 @@ typedef struct {
 	int alibi_scaled;   /* 1: added before the scale (falcon), 0: after (bloom) */
 } gq_gpu_attn;
 
-/* Largest cache (positions) gq_gpu_attention handles: its scores live in shared memory. */
+/*
+ * Largest cache (positions) gq_gpu_attention handles for head width hd:
+ * unbounded for the CUDA kernels' widths (16, 64, 80, 96, 128, 256), else
+ * the scores of one row in shared memory (about 50K).
+ */
 int64_t gq_gpu_attention_max_capacity(int64_t hd);
 /* Up to this many rows, attention splits each row's keys over blocks (decoding). */
 #define GQ_GPU_ATT_SPLIT_T 8

@@ -524,6 +524,8 @@ static void test_attention(void)
 		{2, 1, 256, 2, 700, 100, 0, 1, 0, 0, 0}, {4, 4, 16, 1, 90, 0, 10, 2, 1, 2, 0},
 		{3, 1, 80, 1, 33, 0, 0, 1, 0, 0, 0},    {2, 2, 40, 5, 60, 0, 0, 1, 1, 0, 0},
 		{2, 2, 64, 6, 0, 0, 0, 1, 1, 0, 0},
+		/* past the shared-memory kernel's bound (about 50K keys): decoding, then flash attention */
+		{4, 2, 128, 1, 60000, 0, 0, 2, 1, 0, 0}, {2, 1, 64, 16, 60000, 0, 0, 1, 0, 0, 0},
 	};
 	uint64_t seed = 41;
 
@@ -537,6 +539,12 @@ static void test_attention(void)
 		int64_t nq = T * H * hd, nk = cap * KV * hd;
 		gq_gpu_attn a = {.H = H, .KV = KV, .hd = hd, .scale = 1.0 / sqrt((double)hd),
 				 .softcap = cases[c].softcap, .window = cases[c].window, .capacity = cap};
+
+		if (cap > gq_gpu_attention_max_capacity(hd)) { /* HIP: only the shared-memory kernel */
+			CHECK_ERR(gq_gpu_attention(&a, NULL, H * hd, NULL, NULL, T, NULL, NULL, NULL, NULL),
+				  GQ_ERR_UNSUPPORTED, "holds");
+			continue;
+		}
 		float *q = malloc((size_t)nq * 4), *K = malloc((size_t)nk * 4), *V = malloc((size_t)nk * 4);
 		uint16_t *K16 = malloc((size_t)nk * 2), *V16 = malloc((size_t)nk * 2); /* the cache is fp16 */
 		float *got = malloc((size_t)nq * 4), *ref = malloc((size_t)nq * 4);
@@ -620,6 +628,12 @@ static void test_attention(void)
 		free(o16);
 		free(mask);
 	}
+	/* a width without a CUDA instance takes the shared-memory kernel, which has a bound */
+	gq_gpu_attn wide = {.H = 2, .KV = 2, .hd = 40, .scale = 1,
+			    .capacity = gq_gpu_attention_max_capacity(40) + 1};
+
+	CHECK_ERR(gq_gpu_attention(&wide, NULL, 80, NULL, NULL, 16, NULL, NULL, NULL, NULL),
+		  GQ_ERR_UNSUPPORTED, "holds");
 #else
 	check_skip("built without a GPU backend");
 #endif
