@@ -250,6 +250,9 @@ static int parse_family(reader *r, gq_config *c)
 	if (!(is(c, "gptj") || is(c, "codegen") || is(c, "moss") || is(c, "gpt_neox") ||
 	      is(c, "falcon")))
 		c->parallel_residual = 0;
+	/* transformers' GPT-J and CodeGen blocks are parallel whatever the config says: no MLP norm */
+	if (is(c, "gptj") || is(c, "codegen") || is(c, "moss"))
+		c->parallel_residual = 1;
 	c->pre_norm = get_bool(r, K("do_layer_norm_before"), 1);
 	c->final_norm = !get_bool(r, K("_remove_final_layer_norm"), 0);
 	c->proj_dim = get_int(r, K("word_embed_proj_dim"), c->hidden, 1, MAX_DIM);

@@ -218,6 +218,21 @@ static void test_moss_is_codegen(void)
 	CHECK(e < TOL);
 }
 
+/*
+ * CodeGen blocks are parallel even where a config asks otherwise (as in
+ * transformers): they have no norm for a sequential MLP to read.
+ */
+static void test_codegen_always_parallel(void)
+{
+	const char *dir = variant("models/codegen", "codegen_sequential",
+				  "s/\"use_cache\": true/\"use_parallel_residual\": false, "
+				  "\"parallel_attn\": false, \"use_cache\": true/");
+	double e = check_model(dir);
+
+	printf("#   codegen, sequential asked    worst relative error %.2e\n", e);
+	CHECK(e < TOL);
+}
+
 static void test_stories260k(void)
 {
 	const char *dir = check_shared("models/stories260K");
@@ -424,6 +439,7 @@ int main(void)
 	RUN(test_own_fixtures);
 	RUN(test_module_find);
 	RUN(test_moss_is_codegen);
+	RUN(test_codegen_always_parallel);
 	RUN(test_errors);
 	RUN(test_hooks_see_groups_in_order);
 	RUN(test_kv_cache_matches_full_forward);
