@@ -21,7 +21,8 @@
  * (gq_gpu_qgemv_add_norm, what decoding runs), and left out (the floor: q/k/v
  * on a stale input), in the same run.
  *
- * A third table times one token at 2, 3, 4 and 8 bits on the same shapes.
+ * A third table times one token at 2, 3, 4 and 8 bits, in groups of 32 and
+ * 128 codes, on the same shapes.
  *
  *   bench_gpu_qgemm [REPS [TMAX]]   (TMAX: only token counts up to it)
  */
@@ -70,10 +71,10 @@ static float randf(void)
 	return (float)next() / 2147483648.0f - 1.0f;
 }
 
-/* A g128 [out, in] matrix of `bits`-bit codes through the checkpoint path (no act order). */
-static void make_qmat(gq_qmat *q, int64_t in, int64_t out, int bits)
+/* A [out, in] matrix of `bits`-bit codes in groups of gs through the checkpoint path (no act order). */
+static void make_qmat(gq_qmat *q, int64_t in, int64_t out, int bits, int64_t gs = 128)
 {
-	const int64_t gs = 128, groups = in / gs, levels = 1 << bits;
+	const int64_t groups = in / gs, levels = 1 << bits;
 	std::vector<uint8_t> codes(in * out), zeros(groups * out); /* [out, in], [groups, out] */
 	std::vector<uint16_t> scales(groups * out);                /* [groups, out] */
 	/* [in bits / 32, out], [groups, out bits / 32] */
@@ -221,52 +222,55 @@ static const struct {
 } shapes[] = {{4096, 4096, "q_proj"},     {11008, 4096, "up_proj"}, {4096, 11008, "down_proj"},
 	      {12288, 4096, "qkv_proj"}, {22016, 4096, "gate_up_proj"}};
 
-/* The third table (see the top): one token at every bit width, g128. */
+/* The third table (see the top): one token at every bit width, groups of 32 and 128. */
 static void bench_bits(cudaStream_t s, int reps)
 {
 	static const int bits[] = {2, 3, 4, 8};
+	static const int64_t group_sizes[] = {32, 128};
 
-	printf("\nOne token, g128, by bit width: µs per call, GB/s of the bytes it must read, of peak\n");
-	printf("| shape (out x in)        | bits |      µs |  GB/s | of peak |\n");
-	printf("|-------------------------|------|---------|-------|---------|\n");
+	printf("\nOne token by bit width and group size: µs per call, GB/s of the bytes it must read, of peak\n");
+	printf("| shape (out x in)        | bits | group |      µs |  GB/s | of peak |\n");
+	printf("|-------------------------|------|-------|---------|-------|---------|\n");
 	for (const auto &sh : shapes)
-		for (int b : bits) {
-			gq_qmat q;
-			std::vector<uint16_t> x16(sh.in); /* [in] */
-			void *dx, *ws;
-			float *dy;
+		for (int b : bits)
+			for (int64_t gs : group_sizes) {
+				gq_qmat q;
+				std::vector<uint16_t> x16(sh.in); /* [in] */
+				void *dx, *ws;
+				float *dy;
 
-			make_qmat(&q, sh.in, sh.out, b);
-			for (auto &v : x16)
-				v = gq_f32_to_f16(randf());
-			const int copies = (int)std::max<uint64_t>(2, ROTATE_BYTES / gq_qmat_bytes(&q));
-			std::vector<gq_gpu_qmat> dq(copies);
+				make_qmat(&q, sh.in, sh.out, b, gs);
+				for (auto &v : x16)
+					v = gq_f32_to_f16(randf());
+				const int copies = (int)std::max<uint64_t>(2, ROTATE_BYTES / gq_qmat_bytes(&q));
+				std::vector<gq_gpu_qmat> dq(copies);
 
-			for (auto &d : dq)
-				OK(gq_gpu_qmat_upload(&d, &q.k));
-			const uint64_t qbytes = bytes_read(&dq[0], sh.out);
-			const uint64_t wsb = gq_gpu_qgemm_workspace(&dq[0], 1);
+				for (auto &d : dq)
+					OK(gq_gpu_qmat_upload(&d, &q.k));
+				const uint64_t qbytes = bytes_read(&dq[0], sh.out);
+				const uint64_t wsb = gq_gpu_qgemm_workspace(&dq[0], 1);
 
-			OK(gq_gpu_alloc(&dx, (uint64_t)sh.in * 2));
-			OK(gq_gpu_alloc((void **)&dy, (uint64_t)sh.out * 4));
-			OK(gq_gpu_alloc(&ws, wsb ? wsb : 1));
-			OK(gq_gpu_upload(dx, x16.data(), (uint64_t)sh.in * 2));
-			double t = time_calls(s, copies, reps, [&](int i) {
-				return gq_gpu_qgemm(&dq[i], dx, 1, dy, ws, wsb, s);
-			});
-			double gbs = qbytes / (t * 1e-6) / 1e9;
-			char shape[64];
+				OK(gq_gpu_alloc(&dx, (uint64_t)sh.in * 2));
+				OK(gq_gpu_alloc((void **)&dy, (uint64_t)sh.out * 4));
+				OK(gq_gpu_alloc(&ws, wsb ? wsb : 1));
+				OK(gq_gpu_upload(dx, x16.data(), (uint64_t)sh.in * 2));
+				double t = time_calls(s, copies, reps, [&](int i) {
+					return gq_gpu_qgemm(&dq[i], dx, 1, dy, ws, wsb, s);
+				});
+				double gbs = qbytes / (t * 1e-6) / 1e9;
+				char shape[64];
 
-			snprintf(shape, sizeof shape, "%s %lldx%lld", sh.name, (long long)sh.out, (long long)sh.in);
-			printf("| %-23s | %4d | %7.2f | %5.0f | %6.1f%% |\n", shape, b, t, gbs, 100 * gbs / PEAK_GBS);
-			fflush(stdout);
-			for (auto &d : dq)
-				gq_gpu_qmat_free(&d);
-			gq_gpu_free(dx);
-			gq_gpu_free(dy);
-			gq_gpu_free(ws);
-			gq_qmat_free(&q);
-		}
+				snprintf(shape, sizeof shape, "%s %lldx%lld", sh.name, (long long)sh.out, (long long)sh.in);
+				printf("| %-23s | %4d | %5lld | %7.2f | %5.0f | %6.1f%% |\n", shape, b, (long long)gs, t, gbs,
+				       100 * gbs / PEAK_GBS);
+				fflush(stdout);
+				for (auto &d : dq)
+					gq_gpu_qmat_free(&d);
+				gq_gpu_free(dx);
+				gq_gpu_free(dy);
+				gq_gpu_free(ws);
+				gq_qmat_free(&q);
+			}
 }
 
 int main(int argc, char **argv)
