@@ -26,10 +26,11 @@
  *     rows of a [gate | up] pair, act(gate) * up written as fp16. NORM: the
  *     rows added into a residual stream row, and the RMS norm after the add
  *     written as fp16 by the last block (last_block_norm). TC (CUDA, 2 to 4
- *     bits, groups of whole quads of chunks: 128 codes or a multiple, or one
- *     group a row of them): the same blocks and loads, the multiply-adds on
- *     tensor cores from the exact integers c - z (qgemv_tc_chunks), still
- *     exact products and fp32 sums.
+ *     bits, regular groups): the same blocks and loads, the multiply-adds on
+ *     tensor cores (qgemv_tc_chunks): from the exact integers c - z for
+ *     groups of whole quads of chunks (128 codes or a multiple, or one group
+ *     a row of them), still exact products and fp32 sums; from the fp16
+ *     weights s (c - z) of the tensor-core kernels below for smaller groups.
  *   2 <= T <= GQ_GPU_GEMV_MAX_T (CUDA): qgemv_mma_kernel<BITS>, one mma.m16n8k16
  *     per 16 codes of 16 rows, the tokens in the instruction's 8 columns (its
  *     cost hardly grows with T: 2.1x the CUDA-core GEMV's speed at T = 8, but
@@ -48,7 +49,8 @@
  *     accumulate and out).
  * The tensor-core kernels and dequant_kernel round each weight to fp16 the
  * same way (oct_to_half), so they multiply the same W16; the T = 1 GEMV
- * multiplies exact codes and sums in fp32.
+ * multiplies exact codes and sums in fp32 (but W16 in its TC form for groups
+ * smaller than 128 codes).
  * Every kernel here is a dependent launch (vendor.h): the T = 1 GEMV loads
  * its first weights before it waits for the kernel before it.
  * Instances: BITS in {2, 3, 4, 8} x T = 1 (1..8 on HIP) for the CUDA-core
@@ -249,6 +251,9 @@ __device__ __forceinline__ void last_block_norm(const gq_gpu_add_norm &nrm, int6
 		*nrm.counter = 0;
 }
 
+/* qgemv_kernel's multiply-adds: the CUDA-core loop, or qgemv_tc_chunks and its scales */
+enum { TC_NONE, TC_QUAD_GROUPS, TC_LANE_SCALES };
+
 #ifndef GQ_HIP
 /* (a & mask) | bits as one lop3: nvcc compiles the C expression to two */
 __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t bits)
@@ -364,11 +369,15 @@ __device__ __forceinline__ void tc_x_pairs(const __half *xc, bool inside, uint32
  * entry mixes quads and is dropped. The A entries are the exact integers
  * c - z (fp16), so products are exact and sums fp32, like the CUDA-core loop;
  * a quad's chunks share a group, so the scale multiplies each row's sum once
- * per chunk. Every lane takes part in every mma (warp-uniform loop; a lane
+ * per chunk. LANE_SCALES, for groups that are not whole chunk quads (32,
+ * 64 or 96 codes, say): each lane's chunk lies in one group of its own
+ * scale, so A holds fp16 s (c - z), the weight every other tensor-core path
+ * multiplies (oct_to_half), and the sums need no scale. Every lane takes
+ * part in every mma (warp-uniform loop; a lane
  * past the end multiplies zero x). Codes and scales of the first chunk load
  * before pdl_wait (waited: the kernel's record of it).
  */
-template <int BITS>
+template <int BITS, bool LANE_SCALES>
 __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const int64_t (&row)[QG_ROWS],
 						const uint32_t *__restrict__ codes,
 						const __half2 *__restrict__ sz, int gc,
@@ -421,13 +430,25 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
 				uint32_t a[2][4]; /* pairs 4 i .. 4 i + 3 of rows 2p, 2p + 1 */
 
 #pragma unroll
-				for (int h = 0; h < 2; h++)
+				for (int h = 0; h < 2; h++) {
 					tc_pairs<BITS>(w[2 * p + h], i, nz[h], inv, a[h]);
+					if constexpr (LANE_SCALES) /* s (c - z): oct_to_half's rounding */
+#pragma unroll
+						for (int q = 0; q < 4; q++) {
+							const __half2 v = __hmul2(*(const __half2 *)&a[h][q],
+										  __low2half2(szr[2 * p + h]));
+
+							a[h][q] = *(const uint32_t *)&v;
+						}
+				}
 				mma_16816(d, a[0][0], a[1][0], a[0][1], a[1][1], xp[4 * i], xp[4 * i + 1]);
 				mma_16816(d, a[0][2], a[1][2], a[0][3], a[1][3], xp[4 * i + 2], xp[4 * i + 3]);
 			}
-			acc[2 * p][0] = fmaf(__low2float(szr[2 * p]), quad & 1 ? d[1] : d[0], acc[2 * p][0]);
-			acc[2 * p + 1][0] = fmaf(__low2float(szr[2 * p + 1]), quad & 1 ? d[3] : d[2], acc[2 * p + 1][0]);
+			const float s0 = LANE_SCALES ? 1.0f : __low2float(szr[2 * p]);
+			const float s1 = LANE_SCALES ? 1.0f : __low2float(szr[2 * p + 1]);
+
+			acc[2 * p][0] = fmaf(s0, quad & 1 ? d[1] : d[0], acc[2 * p][0]);
+			acc[2 * p + 1][0] = fmaf(s1, quad & 1 ? d[3] : d[2], acc[2 * p + 1][0]);
 		}
 	}
 #pragma unroll
@@ -459,7 +480,7 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
  * 7% to 24% slower over the decoding shapes), and the first wave asking L2
  * for the next waves' weights before pdl_wait (4% slower decoding a wave).
  */
-template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false, bool TC = false>
+template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false, int TC = TC_NONE>
 __global__ static void __launch_bounds__(QG_THREADS, REGULAR ? QG_MIN_BLOCKS : 4)
 qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	     const int32_t *__restrict__ gsorted, int gc, const __half *__restrict__ xs,
@@ -483,10 +504,11 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 
 		row[r] = r < ROWS_OUT ? o : n_out + o;
 	}
-	if constexpr (TC) {
+	if constexpr (TC != TC_NONE) {
 #ifndef GQ_HIP
 		static_assert(BITS <= 4 && T == 1 && REGULAR, "TC: 2- to 4-bit codes, one token, regular groups");
-		qgemv_tc_chunks<BITS>(acc, row, codes, sz, gc, xs, n_chunks, n_groups, waited);
+		qgemv_tc_chunks<BITS, TC == TC_LANE_SCALES>(acc, row, codes, sz, gc, xs, n_chunks, n_groups,
+							     waited);
 #endif
 	} else {
 		for (int64_t c = threadIdx.x; c < n_chunks; c += QG_THREADS) {
@@ -1560,16 +1582,18 @@ extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
 
 /*
  * qgemv_kernel's form for w: tensor-core multiply-adds (qgemv_tc_chunks) for
- * one token of 2- to 4-bit codes in groups of whole chunk quads on CUDA, else the
- * CUDA-core loop (regular groups, or looked up code by code).
+ * one token of 2- to 4-bit codes in regular groups on CUDA (exact codes for
+ * groups of whole chunk quads, fp16 weights for smaller ones), else the
+ * CUDA-core loop (8 bits, or groups looked up code by code).
  */
 template <int BITS, int T, bool GLU, bool NORM>
 static auto gemv_kernel_for(const gq_gpu_qmat *w)
 {
 #ifndef GQ_HIP
 	if constexpr (BITS <= 4 && T == 1)
-		if (w->group_chunks && w->group_chunks % 4 == 0)
-			return qgemv_kernel<BITS, T, true, GLU, NORM, true>;
+		if (w->group_chunks)
+			return w->group_chunks % 4 == 0 ? qgemv_kernel<BITS, T, true, GLU, NORM, TC_QUAD_GROUPS>
+							 : qgemv_kernel<BITS, T, true, GLU, NORM, TC_LANE_SCALES>;
 #endif
 	return w->group_chunks ? qgemv_kernel<BITS, T, true, GLU, NORM> : qgemv_kernel<BITS, T, false, GLU, NORM>;
 }
