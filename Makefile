@@ -198,18 +198,26 @@ check: all unit bats hip-compile
 # Where hipcc is installed but hipBLAS is not (Debian's ROCm), the HIP build is
 # off; the kernels that need no BLAS (those not including gpu/blas.h) still
 # compile with hipcc here, so the HIP half of vendor.h stays honest.
+# One object each, so make -j compiles them side by side and a second check
+# (CI's sanitizer run) finds them up to date.
 HIP_CHECK_SRC = $(filter-out $(shell grep -l 'gpu/blas.h' $(GPU_SRC)),$(GPU_SRC))
-hip-compile:
+HIP_CHECK_OBJ = $(HIP_CHECK_SRC:kernels/gpu/%.cu=build/hip-compile/%.o)
 ifneq ($(GPU),hip)
 ifneq ($(HIPCC),)
-	@mkdir -p build/hip-compile
-	@set -e; for f in $(HIP_CHECK_SRC); do echo "hipcc -c $$f"; \
-		$(HIPCC) -O2 -std=c++17 -x hip --offload-arch=gfx90a -Ilib -Ikernels -DGQ_HIP -fPIC \
-			-Werror -c -o build/hip-compile/$$(basename $$f .cu).o $$f; done
+hip-compile: $(HIP_CHECK_OBJ)
 else
+hip-compile:
 	@echo "hip-compile: no hipcc, skipped"
 endif
+else
+hip-compile:
 endif
+
+build/hip-compile/%.o: kernels/gpu/%.cu $(wildcard kernels/gpu/*.h lib/*.h)
+	@mkdir -p $(@D)
+	@echo "hipcc -c $<"
+	@$(HIPCC) -O2 -std=c++17 -x hip --offload-arch=gfx90a -Ilib -Ikernels -DGQ_HIP -fPIC -Werror \
+		-c -o $@ $<
 
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; GQ_SHARED=$(CURDIR)/../shared GQ_TESTDATA=$(CURDIR)/tests/data $$t; done
