@@ -329,22 +329,20 @@ __device__ __forceinline__ void tc_pairs(const uint32_t (&w)[BITS], int i,
 template <int BITS>
 __device__ __forceinline__ void tc_x_pairs(const __half *xc, bool inside, uint32_t (&xp)[16])
 {
-	uint4 v[4]; /* x 8 j .. 8 j + 7 */
+	uint32_t v[16]; /* word k: x 2 k, 2 k + 1 */
 
 #pragma unroll
 	for (int j = 0; j < 4; j++)
-		v[j] = inside ? *(const uint4 *)(xc + 8 * j) : make_uint4(0, 0, 0, 0);
+		*(uint4 *)&v[4 * j] = inside ? *(const uint4 *)(xc + 8 * j) : make_uint4(0, 0, 0, 0);
 #pragma unroll
 	for (int j = 0; j < 4; j++) {
-		/* 2 bits: x 16 (j / 2) + q and that + 8, from v[j & 2] and v[(j & 2) + 1]; else 8 j + q, + 4 */
-		const uint4 lo = BITS == 2 ? v[j & 2] : v[j], hi = BITS == 2 ? v[(j & 2) + 1] : v[j];
-		const uint32_t l0 = BITS == 2 ? (j & 1 ? lo.z : lo.x) : lo.x, l1 = BITS == 2 ? (j & 1 ? lo.w : lo.y) : lo.y;
-		const uint32_t h0 = BITS == 2 ? (j & 1 ? hi.z : hi.x) : hi.z, h1 = BITS == 2 ? (j & 1 ? hi.w : hi.y) : hi.w;
+		/* the words of x a + q (lo) and of its partner b + q (hi), q < 4 */
+		const int lo = BITS == 2 ? 8 * (j / 2) + 2 * (j % 2) : 4 * j, hi = lo + (BITS == 2 ? 4 : 2);
 
-		xp[4 * j] = __byte_perm(l0, h0, 0x5410);
-		xp[4 * j + 1] = __byte_perm(l0, h0, 0x7632);
-		xp[4 * j + 2] = __byte_perm(l1, h1, 0x5410);
-		xp[4 * j + 3] = __byte_perm(l1, h1, 0x7632);
+		xp[4 * j] = __byte_perm(v[lo], v[hi], 0x5410);
+		xp[4 * j + 1] = __byte_perm(v[lo], v[hi], 0x7632);
+		xp[4 * j + 2] = __byte_perm(v[lo + 1], v[hi + 1], 0x5410);
+		xp[4 * j + 3] = __byte_perm(v[lo + 1], v[hi + 1], 0x7632);
 	}
 }
 

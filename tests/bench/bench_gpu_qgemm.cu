@@ -92,7 +92,6 @@ static void make_qmat(gq_qmat *q, int64_t in, int64_t out, int bits, int64_t gs 
 			     GQ_FORMAT_GPTQ, scales.data(), NULL));
 }
 
-
 /* Bytes a one-token product must read: codes, and a (scale, zero) pair per group and row. */
 static uint64_t bytes_read(const gq_gpu_qmat *d, int64_t out)
 {
