@@ -244,15 +244,16 @@ static int parse_quant(reader *r, const cJSON *q, gq_config *c)
 
 static int parse_family(reader *r, gq_config *c)
 {
-	c->parallel_residual = get_bool(r, K("use_parallel_residual", "parallel_attn"),
-					is(c, "gptj") || is(c, "codegen") || is(c, "moss") ||
-						is(c, "gpt_neox") || is(c, "falcon"));
-	if (!(is(c, "gptj") || is(c, "codegen") || is(c, "moss") || is(c, "gpt_neox") ||
-	      is(c, "falcon")))
-		c->parallel_residual = 0;
-	/* transformers' GPT-J and CodeGen blocks are parallel whatever the config says: no MLP norm */
+	/*
+	 * Checked in every config, used by gpt_neox and falcon: transformers'
+	 * GPT-J and CodeGen blocks are parallel whatever it says (no MLP norm),
+	 * the other families sequential.
+	 */
+	c->parallel_residual = get_bool(r, K("use_parallel_residual", "parallel_attn"), 1);
 	if (is(c, "gptj") || is(c, "codegen") || is(c, "moss"))
 		c->parallel_residual = 1;
+	else if (!is(c, "gpt_neox") && !is(c, "falcon"))
+		c->parallel_residual = 0;
 	c->pre_norm = get_bool(r, K("do_layer_norm_before"), 1);
 	c->final_norm = !get_bool(r, K("_remove_final_layer_norm"), 0);
 	c->proj_dim = get_int(r, K("word_embed_proj_dim"), c->hidden, 1, MAX_DIM);
