@@ -14,8 +14,9 @@
  *   gq-testgen dtypes > d.safetensors            one tensor per dtype, F8 included
  *   gq-testgen checkpoint DIR [SHARDS [VOCAB HIDDEN]]  two-layer llama, config.json +
  *                                                weights (+ index); intermediate = 2 x hidden
- *   gq-testgen bigmodel DIR LAYERS HIDDEN INTER VOCAB  llama of any size, one shard per
- *                                                layer written in turn (memory: one layer)
+ *   gq-testgen bigmodel DIR LAYERS HIDDEN INTER VOCAB [EXPERTS]  llama (Mixtral with
+ *                                                EXPERTS, 2 a token) of any size, one shard
+ *                                                per layer written in turn (memory: one layer)
  */
 #include "hessian.h"
 #include "io.h"
@@ -315,43 +316,60 @@ static void checkpoint(const char *dir, int64_t shards, int64_t V, int64_t H)
 }
 
 /*
- * A llama of any size for the memory benchmark: shard 0 holds the embedding,
- * final norm and head, shard i+1 layer i, each built and written before the
- * next, so the generator itself needs one layer of memory.
+ * A llama of any size for the memory benchmark, or with E > 0 a Mixtral
+ * (E experts, 2 per token) for the MoE decoding benchmark: shard 0 holds
+ * the embedding, final norm and head, shard i+1 layer i, each built and
+ * written before the next, so the generator itself needs one layer of
+ * memory.
  */
-static void bigmodel(const char *dir, int64_t L, int64_t H, int64_t I, int64_t V)
+static void bigmodel(const char *dir, int64_t L, int64_t H, int64_t I, int64_t V, int64_t E)
 {
-	static const char *suffix[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-				       "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
-				       "mlp.down_proj", "input_layernorm", "post_attention_layernorm"};
+	enum { MAX_T = 6 + 1 + 3 * 64 };
 	gq_buf index = {0};
-	char config[1024];
+	char config[1024], moe[96] = "";
 	uint64_t total = 0;
 
 	if (mkdir(dir, 0777) != 0)
 		die("cannot create '%s':", dir);
 	gq_buf_printf(&index, "{\"weight_map\":{");
 	for (int64_t s = 0; s <= L; s++) {
-		char names[9][96], file[64], path[4096];
-		int64_t shapes[9][2];
-		uint16_t *bufs[9] = {0};
+		static char names[MAX_T][96];
+		char file[64], path[4096];
+		int64_t shapes[MAX_T][2], l = s - 1;
+		uint16_t *bufs[MAX_T] = {0};
 		int n = 0;
 		gq_st_builder b;
 
+/* a tensor [rows, cols] (cols 0: a vector) named by the format's arguments */
+#define TENSOR(rows, cols, ...)                                                                    \
+	(snprintf(names[n], 96, __VA_ARGS__), shapes[n][0] = (rows), shapes[n++][1] = (cols))
 		if (s == 0) {
-			snprintf(names[n], 96, "model.embed_tokens.weight");
-			shapes[n][0] = V, shapes[n++][1] = H;
-			snprintf(names[n], 96, "model.norm.weight");
-			shapes[n][0] = H, shapes[n++][1] = 0;
-			snprintf(names[n], 96, "lm_head.weight");
-			shapes[n][0] = V, shapes[n++][1] = H;
+			TENSOR(V, H, "model.embed_tokens.weight");
+			TENSOR(H, 0, "model.norm.weight");
+			TENSOR(V, H, "lm_head.weight");
 		} else {
-			for (int k = 0; k < 9; k++) {
-				snprintf(names[n], 96, "model.layers.%lld.%s.weight", (long long)s - 1, suffix[k]);
-				shapes[n][0] = k == 4 || k == 5 ? I : H;
-				shapes[n++][1] = k == 6 ? I : k >= 7 ? 0 : H;
+			static const char *attn[] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+
+			for (int k = 0; k < 4; k++)
+				TENSOR(H, H, "model.layers.%lld.self_attn.%s.weight", (long long)l, attn[k]);
+			if (E == 0) {
+				TENSOR(I, H, "model.layers.%lld.mlp.gate_proj.weight", (long long)l);
+				TENSOR(I, H, "model.layers.%lld.mlp.up_proj.weight", (long long)l);
+				TENSOR(H, I, "model.layers.%lld.mlp.down_proj.weight", (long long)l);
+			} else {
+				TENSOR(E, H, "model.layers.%lld.block_sparse_moe.gate.weight", (long long)l);
+				for (int64_t e = 0; e < E; e++) {
+					const char *ex = "block_sparse_moe.experts";
+
+					TENSOR(I, H, "model.layers.%lld.%s.%lld.w1.weight", (long long)l, ex, (long long)e);
+					TENSOR(I, H, "model.layers.%lld.%s.%lld.w3.weight", (long long)l, ex, (long long)e);
+					TENSOR(H, I, "model.layers.%lld.%s.%lld.w2.weight", (long long)l, ex, (long long)e);
+				}
 			}
+			TENSOR(H, 0, "model.layers.%lld.input_layernorm.weight", (long long)l);
+			TENSOR(H, 0, "model.layers.%lld.post_attention_layernorm.weight", (long long)l);
 		}
+#undef TENSOR
 		snprintf(file, sizeof file, "model-%05lld-of-%05lld.safetensors", (long long)s + 1,
 			 (long long)L + 1);
 		gq_stb_init(&b);
@@ -381,14 +399,17 @@ static void bigmodel(const char *dir, int64_t L, int64_t H, int64_t I, int64_t V
 	gq_buf_printf(&index, "},\"metadata\":{\"total_size\":%llu}}\n", (unsigned long long)total);
 	write_text(dir, "model.safetensors.index.json", index.data);
 	gq_buf_free(&index);
+	if (E)
+		snprintf(moe, sizeof moe, "\"num_local_experts\":%lld,\"num_experts_per_tok\":2,",
+			 (long long)E);
 	snprintf(config, sizeof config,
-		 "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\","
+		 "{\"architectures\":[\"%s\"],\"model_type\":\"%s\","
 		 "\"hidden_size\":%lld,\"intermediate_size\":%lld,\"num_attention_heads\":%lld,"
 		 "\"num_key_value_heads\":%lld,\"num_hidden_layers\":%lld,\"vocab_size\":%lld,"
-		 "\"rms_norm_eps\":1e-5,\"rope_theta\":10000.0,\"tie_word_embeddings\":false,"
+		 "%s\"rms_norm_eps\":1e-5,\"rope_theta\":10000.0,\"tie_word_embeddings\":false,"
 		 "\"torch_dtype\":\"bfloat16\"}\n",
-		 (long long)H, (long long)I, (long long)(H / 64), (long long)(H / 64), (long long)L,
-		 (long long)V);
+		 E ? "MixtralForCausalLM" : "LlamaForCausalLM", E ? "mixtral" : "llama", (long long)H,
+		 (long long)I, (long long)(H / 64), (long long)(H / 64), (long long)L, (long long)V, moe);
 	write_text(dir, "config.json", config);
 }
 
@@ -445,11 +466,16 @@ int main(int argc, char **argv)
 	else if (strcmp(argv[1], "checkpoint") == 0 && argc >= 3)
 		checkpoint(argv[2], arg_int(argc, argv, 3, 1, 1, 8), arg_int(argc, argv, 4, 40, 1, 1 << 20),
 			   arg_int(argc, argv, 5, 16, 8, 4096));
-	else if (strcmp(argv[1], "bigmodel") == 0 && argc == 7)
+	else if (strcmp(argv[1], "bigmodel") == 0 && (argc == 7 || argc == 8)) {
+		int64_t experts = arg_int(argc, argv, 7, 0, 0, 64);
+
+		if (experts == 1)
+			die("bigmodel: EXPERTS is 0 (a llama) or 2 to 64");
 		bigmodel(argv[2], arg_int(argc, argv, 3, 1, 1, 100000), arg_int(argc, argv, 4, 64, 64, 1 << 16),
-			 arg_int(argc, argv, 5, 64, 1, 1 << 18), arg_int(argc, argv, 6, 64, 1, 1 << 20));
-	else
+			 arg_int(argc, argv, 5, 64, 1, 1 << 18), arg_int(argc, argv, 6, 64, 1, 1 << 20), experts);
+	} else {
 		die("unknown generator '%s'", argv[1]);
+	}
 	if (fflush(stdout) != 0 || ferror(stdout))
 		die("cannot write '<stdout>':");
 	return 0;
