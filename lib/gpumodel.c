@@ -70,6 +70,8 @@ typedef struct {
 	float *router;      /* [CHUNK, E] MoE router logits */
 	int32_t *rows;      /* [CHUNK] MoE row indices */
 	float *wt;          /* [CHUNK] MoE routing weights */
+	int32_t *sel;       /* [k] MoE decoding: the experts routed to (gq_gpu_moe_route) */
+	void *side;         /* MoE: the stream that captures a switch node's bodies */
 	void *ws;           /* qgemm workspace */
 	uint64_t ws_bytes;
 	unsigned *norm_count; /* [1] gq_gpu_add_norm's counter, 0 between launches */
@@ -95,6 +97,7 @@ struct gq_gpu_model {
 	uint16_t *stage16;  /* pinned [stage_bytes / 2]: dup_f16's staging, or NULL */
 	uint64_t stage_bytes;
 	int graphs;
+	int capturing;      /* body() runs inside a graph capture */
 	const gq_gpu_hooks *hooks;
 	int64_t row0;       /* sequence position of the first row in flight, for the hooks */
 	/* layer at a time: */
@@ -639,9 +642,78 @@ static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id,
 }
 
 /*
- * Mixtral on the device, routed on the host exactly as model.c's moe():
- * router logits come back, each expert runs on the rows routed to it and
- * its weighted output is added in expert order.
+ * Expert e on the n rows x16 (row indices idx on the host, rows on the
+ * device): D->mo[rows[i]] += wt[i] * its output.
+ */
+static int expert(gq_gpu_model *g, gdev *D, int l, int e, const void *x16, int64_t n,
+		  const int32_t *idx, const int32_t *rows, const float *wt)
+{
+	const gq_model *m = g->m;
+	int rc = glu(g, D, l, find_module(m, GQ_ROLE_GATE, e), find_module(m, GQ_ROLE_UP, e), -1,
+		     find_module(m, GQ_ROLE_DOWN, e), x16, n, idx, D->ys, NULL);
+
+	return rc ? rc : gq_gpu_scatter_add(D->mo, D->ys, rows, wt, n, m->cfg.hidden, D->stream);
+}
+
+/*
+ * One decoding row, routed on the device: launched directly, the k experts
+ * come back to the host (one wait a layer, not one per expert); captured,
+ * each of the k routing slots is a switch node with a body per expert,
+ * which the routing kernel sets at every replay: no wait at all.
+ */
+static int moe_one(gq_gpu_model *g, gdev *D, int l)
+{
+	const gq_model *m = g->m;
+	int64_t E = m->cfg.n_experts, k = m->cfg.experts_per_tok;
+	uint64_t sw[GQ_GPU_MOE_MAX_K];
+	void **bodies;
+	int rc = GQ_OK;
+
+	if ((rc = linear(D, &g->layers[l].lin[find_module(m, GQ_ROLE_ROUTER, -1)], D->h16, 1,
+			 D->router)) ||
+	    (rc = gq_gpu_zero_async(D->mo, (uint64_t)m->cfg.hidden * 4, D->stream)))
+		return rc;
+	for (int64_t j = 0; g->capturing && j < k; j++)
+		if ((rc = gq_gpu_graph_switch_handle(D->stream, &sw[j])))
+			return rc;
+	if ((rc = gq_gpu_moe_route(D->router, E, k, D->sel, D->wt, D->rows, g->capturing ? sw : NULL,
+				   D->stream)))
+		return rc;
+	if (!g->capturing) {
+		if ((rc = gq_gpu_download_async(g->host_rows, D->sel, (uint64_t)k * 4, D->stream)) ||
+		    (rc = gq_gpu_stream_sync(D->stream)))
+			return rc;
+		for (int64_t j = 0; j < k && rc == GQ_OK; j++)
+			rc = expert(g, D, l, g->host_rows[j], D->h16, 1, NULL, D->rows, D->wt + j);
+		return rc;
+	}
+	if (!(bodies = malloc((size_t)E * sizeof *bodies)))
+		return gq_err(GQ_ERR_NOMEM, "out of memory");
+	for (int64_t j = 0; j < k && rc == GQ_OK; j++) {
+		void *main_stream = D->stream;
+
+		rc = gq_gpu_graph_switch(main_stream, sw[j], (int)E, bodies);
+		D->stream = D->side; /* the launches below go into the body */
+		for (int64_t e = 0; e < E && rc == GQ_OK; e++) {
+			int rc2;
+
+			if ((rc = gq_gpu_graph_capture_to(D->side, bodies[e])) == GQ_OK)
+				rc = expert(g, D, l, (int)e, D->h16, 1, NULL, D->rows, D->wt + j);
+			/* end the capture either way: the stream must leave capture mode */
+			if ((rc2 = gq_gpu_graph_capture_done(D->side)) && rc == GQ_OK)
+				rc = rc2;
+		}
+		D->stream = main_stream;
+	}
+	free(bodies);
+	return rc;
+}
+
+/*
+ * Mixtral on the device. Decoding one row with no hooks, routed there
+ * (moe_one); else routed on the host exactly as model.c's moe(): router
+ * logits come back, each expert runs on the rows routed to it and its
+ * weighted output is added in expert order.
  */
 static int moe(gq_gpu_model *g, gdev *D, int l, int64_t n)
 {
@@ -650,6 +722,8 @@ static int moe(gq_gpu_model *g, gdev *D, int l, int64_t n)
 	float *w = g->host_w;
 	int rc;
 
+	if (n == 1 && !g->hooks && !g->kept && k <= GQ_GPU_MOE_MAX_K)
+		return moe_one(g, D, l);
 	if ((rc = linear(D, &g->layers[l].lin[find_module(m, GQ_ROLE_ROUTER, -1)], D->h16, n,
 			 D->router)) ||
 	    (rc = gq_gpu_download_async(g->host_router, D->router, (uint64_t)(n * E) * 4, D->stream)) ||
@@ -672,10 +746,7 @@ static int moe(gq_gpu_model *g, gdev *D, int l, int64_t n)
 		    (rc = gq_gpu_upload_async(D->wt, g->host_wt, (uint64_t)cnt * 4, D->stream)) ||
 		    (rc = gq_gpu_stream_sync(D->stream)) ||
 		    (rc = gq_gpu_gather_rows(D->h16, D->rows, cnt, d, D->xs16, D->stream)) ||
-		    (rc = glu(g, D, l, find_module(m, GQ_ROLE_GATE, (int)e), find_module(m, GQ_ROLE_UP, (int)e),
-			      -1, find_module(m, GQ_ROLE_DOWN, (int)e), D->xs16, cnt, g->host_rows, D->ys,
-			      NULL)) ||
-		    (rc = gq_gpu_scatter_add(D->mo, D->ys, D->rows, D->wt, cnt, d, D->stream)))
+		    (rc = expert(g, D, l, (int)e, D->xs16, cnt, g->host_rows, D->rows, D->wt)))
 			return rc;
 	}
 	return GQ_OK;
@@ -931,7 +1002,9 @@ static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t end, int64_t
 		if (!gc->graph) {
 			if ((rc = gq_gpu_graph_begin(D0->stream)))
 				return rc;
+			g->capturing = 1;
 			rc = body(g, gc, n, rows_out, c->capacity);
+			g->capturing = 0;
 			/* end the capture either way: the stream must leave capture mode */
 			int rc2 = gq_gpu_graph_end(D0->stream, &gc->graph);
 
@@ -1138,7 +1211,9 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 		 (rc = gq_gpu_alloc((void **)&D->ys, (uint64_t)(CHUNK * d) * 4)) ||
 		 (rc = gq_gpu_alloc((void **)&D->router, (uint64_t)(CHUNK * E) * 4)) ||
 		 (rc = gq_gpu_alloc((void **)&D->rows, CHUNK * 4)) ||
-		 (rc = gq_gpu_alloc((void **)&D->wt, CHUNK * 4)))));
+		 (rc = gq_gpu_alloc((void **)&D->wt, CHUNK * 4)) ||
+		 (rc = gq_gpu_alloc((void **)&D->sel, (uint64_t)E * 4)) ||
+		 (rc = gq_gpu_stream_create(&D->side)))));
 	free(inv);
 	free(slopes);
 	return rc;
@@ -1149,6 +1224,7 @@ static void free_dev(gdev *D)
 	if (D->ordinal >= 0)
 		gq_gpu_set_device(D->ordinal);
 	gq_gpu_stream_destroy(D->stream);
+	gq_gpu_stream_destroy(D->side);
 	gq_gpu_free(D->pos);
 	gq_gpu_free(D->norm_count);
 	gq_gpu_free(D->inv_freq);
@@ -1167,6 +1243,7 @@ static void free_dev(gdev *D)
 	gq_gpu_free(D->router);
 	gq_gpu_free(D->rows);
 	gq_gpu_free(D->wt);
+	gq_gpu_free(D->sel);
 	gq_gpu_free(D->ws);
 }
 
@@ -1301,7 +1378,10 @@ void gq_gpu_model_use_graphs(gq_gpu_model *g, int on)
 
 int gq_gpu_model_graphs(const gq_gpu_model *g)
 {
-	return g->graphs && g->n_devs == 1 && !g->hooks && g->m->arch.mlp != GQ_MLP_MOE;
+	/* MoE decoding is captured with switch nodes (moe_one) */
+	return g->graphs && g->n_devs == 1 && !g->hooks &&
+	       (g->m->arch.mlp != GQ_MLP_MOE ||
+		(gq_gpu_graph_switches() && g->m->cfg.experts_per_tok <= GQ_GPU_MOE_MAX_K));
 }
 
 /* ---- layer at a time ---- */

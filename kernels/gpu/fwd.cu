@@ -16,6 +16,7 @@
 #include "gpu/vendor.h"
 #include "util.h"
 
+#include <limits.h>
 #include <math.h>
 
 #define S(stream) ((cudaStream_t)(stream))
@@ -107,6 +108,98 @@ extern "C" void gq_gpu_graph_destroy(void *exec)
 {
 	if (exec) /* teardown: nothing to report a failure to */
 		(void)cudaGraphExecDestroy((cudaGraphExec_t)exec);
+}
+
+/* Conditional nodes came with CUDA 12.4; HIP has none. */
+#if !defined(GQ_HIP) && CUDART_VERSION >= 12040
+#define GRAPH_SWITCHES 1
+
+extern "C" int gq_gpu_graph_switch_handle(void *stream, uint64_t *handle)
+{
+	cudaStreamCaptureStatus st;
+	cudaGraph_t g;
+	cudaGraphConditionalHandle h;
+
+	GPU_CHECK(cudaStreamGetCaptureInfo(S(stream), &st, NULL, &g, NULL, NULL, NULL));
+	if (st != cudaStreamCaptureStatusActive)
+		return gq_err(GQ_ERR_ARG, "a switch handle outside a graph capture");
+	/* reset at every launch to a value no body has: only the setting kernel picks one */
+	GPU_CHECK(cudaGraphConditionalHandleCreate(&h, g, UINT_MAX, cudaGraphCondAssignDefault));
+	*handle = h;
+	return GQ_OK;
+}
+
+extern "C" int gq_gpu_graph_switch(void *stream, uint64_t handle, int n, void **bodies)
+{
+	cudaStreamCaptureStatus st;
+	cudaGraph_t g;
+	const cudaGraphNode_t *deps;
+	size_t n_deps;
+	cudaGraphNode_t node;
+	cudaGraphNodeParams p = {};
+
+	GPU_CHECK(cudaStreamGetCaptureInfo(S(stream), &st, NULL, &g, &deps, NULL, &n_deps));
+	if (st != cudaStreamCaptureStatusActive)
+		return gq_err(GQ_ERR_ARG, "a switch node outside a graph capture");
+	p.type = cudaGraphNodeTypeConditional;
+	p.conditional.handle = handle;
+	p.conditional.type = cudaGraphCondTypeSwitch;
+	p.conditional.size = (unsigned)n;
+	/* plain edges: a programmatic one (from a dependent launch) may only join two kernels */
+	GPU_CHECK(cudaGraphAddNode(&node, g, deps, NULL, n_deps, &p));
+	GPU_CHECK(cudaStreamUpdateCaptureDependencies(S(stream), &node, NULL, 1,
+						      cudaStreamSetCaptureDependencies));
+	for (int i = 0; i < n; i++)
+		bodies[i] = p.conditional.phGraph_out[i];
+	return GQ_OK;
+}
+
+extern "C" int gq_gpu_graph_capture_to(void *stream, void *body)
+{
+	GPU_CHECK(cudaStreamBeginCaptureToGraph(S(stream), (cudaGraph_t)body, NULL, NULL, 0,
+						cudaStreamCaptureModeThreadLocal));
+	return GQ_OK;
+}
+
+extern "C" int gq_gpu_graph_capture_done(void *stream)
+{
+	cudaGraph_t g;
+
+	GPU_CHECK(cudaStreamEndCapture(S(stream), &g));
+	return GQ_OK;
+}
+#else
+#define GRAPH_SWITCHES 0
+
+static int no_switches(void)
+{
+	return gq_err(GQ_ERR_UNSUPPORTED, "graph switch nodes need CUDA 12.4 or later");
+}
+
+extern "C" int gq_gpu_graph_switch_handle(void *, uint64_t *)
+{
+	return no_switches();
+}
+
+extern "C" int gq_gpu_graph_switch(void *, uint64_t, int, void **)
+{
+	return no_switches();
+}
+
+extern "C" int gq_gpu_graph_capture_to(void *, void *)
+{
+	return no_switches();
+}
+
+extern "C" int gq_gpu_graph_capture_done(void *)
+{
+	return no_switches();
+}
+#endif
+
+extern "C" int gq_gpu_graph_switches(void)
+{
+	return GRAPH_SWITCHES;
 }
 
 /* ---- norms, residuals, activations ---- */
@@ -1107,5 +1200,72 @@ extern "C" int gq_gpu_scatter_add(float *out, const float *ys, const int32_t *ro
 {
 	PDL_LAUNCH("scatter_add_kernel", scatter_add_kernel, dim3(blocks_for(n * d)), dim3(256), 0,
 		   S(stream), out, ys, rows, wt, n, d);
+	return GQ_OK;
+}
+
+typedef struct {
+	unsigned long long h[GQ_GPU_MOE_MAX_K]; /* used when set */
+	int set;
+} switch_handles;
+
+/* One thread: E is a few dozen, and the CPU's order of operations is kept. */
+__global__ static void moe_route_kernel(float *r, int E, int k, int32_t *sel, float *wt,
+					int32_t *rows, switch_handles sw)
+{
+	int32_t pick[GQ_GPU_MOE_MAX_K];
+	float max = r[0], sum = 0, chosen = 0;
+
+	pdl_launch_next();
+	pdl_wait();
+	for (int e = 1; e < E; e++)
+		max = r[e] > max ? r[e] : max;
+	for (int e = 0; e < E; e++)
+		sum += (r[e] = expf(r[e] - max));
+	for (int e = 0; e < E; e++)
+		r[e] /= sum;
+	for (int j = 0; j < k; j++) { /* top-k by repeated selection, ties to the lower index */
+		int best = -1;
+
+		for (int e = 0; e < E; e++) {
+			int taken = 0;
+
+			for (int i = 0; i < j; i++)
+				taken |= pick[i] == e;
+			if (!taken && (best < 0 || r[e] > r[best]))
+				best = e;
+		}
+		chosen += r[best];
+		pick[j] = best;
+	}
+	for (int j = 1; j < k; j++) /* ascending: insertion sort of k ids */
+		for (int i = j; i > 0 && pick[i - 1] > pick[i]; i--) {
+			int32_t t = pick[i];
+
+			pick[i] = pick[i - 1];
+			pick[i - 1] = t;
+		}
+	for (int j = 0; j < k; j++) {
+		sel[j] = pick[j];
+		wt[j] = r[pick[j]] / chosen;
+#if GRAPH_SWITCHES
+		if (sw.set)
+			cudaGraphSetConditional(sw.h[j], (unsigned)pick[j]);
+#endif
+	}
+	rows[0] = 0;
+}
+
+extern "C" int gq_gpu_moe_route(float *logits, int64_t E, int64_t k, int32_t *sel, float *wt,
+				int32_t *rows, const uint64_t *switches, void *stream)
+{
+	switch_handles sw = {{0}, switches != NULL};
+
+	if (k < 1 || k > GQ_GPU_MOE_MAX_K || k > E)
+		return gq_err(GQ_ERR_UNSUPPORTED, "routing to %lld of %lld experts on the GPU (at most %d)",
+			      (long long)k, (long long)E, GQ_GPU_MOE_MAX_K);
+	for (int64_t j = 0; switches && j < k; j++)
+		sw.h[j] = switches[j];
+	PDL_LAUNCH("moe_route_kernel", moe_route_kernel, dim3(1), dim3(1), 0, S(stream), logits,
+		   (int)E, (int)k, sel, wt, rows, sw);
 	return GQ_OK;
 }

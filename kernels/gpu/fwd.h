@@ -34,6 +34,20 @@ int gq_gpu_graph_launch(void *exec, void *stream);
 void gq_gpu_graph_destroy(void *exec);
 
 /*
+ * Switch nodes in a capture (CUDA 12.4 or later; 0 from gq_gpu_graph_switches
+ * elsewhere): a handle on the graph `stream` is capturing, which a kernel
+ * sets at every replay (no body runs unless it does); then the node itself,
+ * after the stream's work so far, with n empty bodies, each filled by a
+ * capture on another stream between gq_gpu_graph_capture_to and
+ * gq_gpu_graph_capture_done. The body whose index the handle holds runs.
+ */
+int gq_gpu_graph_switches(void);
+int gq_gpu_graph_switch_handle(void *stream, uint64_t *handle);
+int gq_gpu_graph_switch(void *stream, uint64_t handle, int n, void **bodies);
+int gq_gpu_graph_capture_to(void *stream, void *body);
+int gq_gpu_graph_capture_done(void *stream);
+
+/*
  * Norm kinds, numbered as gq_norm_kind (arch.h), and NONE: y = x after the
  * add, no weight (the input of a post-norm block, or of the head of a model
  * without a final norm, in fp16).
@@ -129,6 +143,19 @@ int gq_gpu_gather_rows(const void *x16, const int32_t *rows, int64_t n, int64_t 
 /* out[rows[i]] += wt[i] * ys[i] for i < n, rows of width d. */
 int gq_gpu_scatter_add(float *out, const float *ys, const int32_t *rows, const float *wt,
 		       int64_t n, int64_t d, void *stream);
+
+/* Most experts a token is routed to that gq_gpu_moe_route handles. */
+#define GQ_GPU_MOE_MAX_K 8
+/*
+ * One token's routing on the device, as model.c's gq_moe_route: softmax
+ * over router logits [E] (overwritten), the top k (ties to the lower
+ * index), weights renormalised over them. Into sel [k] the experts in
+ * ascending order (the order the CPU adds their outputs), wt [k] their
+ * weights and rows [1] = 0 (gq_gpu_scatter_add's row). switches: NULL, or
+ * k handles (gq_gpu_graph_switch_handle), switches[j] set to sel[j].
+ */
+int gq_gpu_moe_route(float *logits, int64_t E, int64_t k, int32_t *sel, float *wt, int32_t *rows,
+		     const uint64_t *switches, void *stream);
 
 #ifdef __cplusplus
 }

@@ -643,6 +643,61 @@ static void test_attention(void)
 #endif
 }
 
+/*
+ * One token's routing on the device against gq_moe_route: the experts
+ * chosen (ascending) and their weights, for several E and k, with tied
+ * logits (the lower index wins), and k out of range refused.
+ */
+static void test_moe_route(void)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	static const int64_t cases[][2] = {{4, 2}, {8, 2}, {8, 1}, {4, 3}, {60, 4}, {64, 8}, {2, 2}};
+	uint64_t seed = 7;
+	float logits[64], dev_wt[8], w[64];
+	int32_t sel[8], row;
+	void *dl, *dsel, *dwt, *drow;
+
+	if (!check_have_gpu())
+		return;
+	CHECK_OK(gq_gpu_set_device(0));
+	CHECK_OK(gq_gpu_alloc(&dl, sizeof logits));
+	CHECK_OK(gq_gpu_alloc(&dsel, sizeof sel));
+	CHECK_OK(gq_gpu_alloc(&dwt, sizeof dev_wt));
+	CHECK_OK(gq_gpu_alloc(&drow, 4));
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		int64_t E = cases[c][0], k = cases[c][1], j = 0;
+		double err = 0;
+
+		for (int64_t e = 0; e < E; e++) /* every third logit repeats the one before: ties */
+			logits[e] = e % 3 == 2 ? logits[e - 1] : 2 * check_randf(&seed);
+		CHECK_OK(gq_gpu_upload(dl, logits, (uint64_t)E * 4));
+		CHECK_OK(gq_gpu_moe_route(dl, E, k, dsel, dwt, drow, NULL, NULL));
+		CHECK_OK(gq_gpu_sync());
+		CHECK_OK(gq_gpu_download(sel, dsel, (uint64_t)k * 4));
+		CHECK_OK(gq_gpu_download(dev_wt, dwt, (uint64_t)k * 4));
+		CHECK_OK(gq_gpu_download(&row, drow, 4));
+		gq_moe_route(logits, 1, E, k, w);
+		for (int64_t e = 0; e < E; e++)
+			if (w[e] > 0) { /* the CPU's choices in ascending order */
+				CHECK(j < k && sel[j] == e);
+				err = fmax(err, fabs(dev_wt[j] - w[e]) / w[e]);
+				j++;
+			}
+		printf("#   route %lld of %lld experts: weights within %.1e\n", (long long)k, (long long)E, err);
+		CHECK(j == k && row == 0 && err < 1e-6);
+	}
+	CHECK_ERR(gq_gpu_moe_route(dl, 64, GQ_GPU_MOE_MAX_K + 1, dsel, dwt, drow, NULL, NULL),
+		  GQ_ERR_UNSUPPORTED, "at most");
+	CHECK_ERR(gq_gpu_moe_route(dl, 2, 3, dsel, dwt, drow, NULL, NULL), GQ_ERR_UNSUPPORTED, "3 of 2");
+	gq_gpu_free(dl);
+	gq_gpu_free(dsel);
+	gq_gpu_free(dwt);
+	gq_gpu_free(drow);
+#else
+	check_skip("built without a GPU backend");
+#endif
+}
+
 int main(void)
 {
 	RUN(test_device_parse);
@@ -650,5 +705,6 @@ int main(void)
 	RUN(test_dequant_codes_kernel);
 	RUN(test_qgemm);
 	RUN(test_attention);
+	RUN(test_moe_route);
 	return check_done();
 }

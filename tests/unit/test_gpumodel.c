@@ -197,6 +197,7 @@ static void decode_one(const char *dir)
 
 	CHECK_OK(gq_runner_open(&cpu, dir, 2, NULL));
 	CHECK_OK(gq_runner_open(&gpu, dir, 2, "cuda"));
+	CHECK(gq_gpu_model_graphs(gpu.gpu)); /* MoE included: the experts chosen by switch nodes */
 	make_ids(cpu.model->cfg.vocab, 13, ids);
 	printf("#   %-24s decode with graphs: relative error %.2e against the CPU\n",
 	       strrchr(dir, '/') + 1, decode_both_ways(&cpu, &gpu, &(decoding){16, 5, 8, 0}, ids));
@@ -216,7 +217,9 @@ static void decode_one(const char *dir)
 /*
  * A pre-norm model; opt's post-norm blocks with project_in/out (the head
  * reads project_out); the same checkpoint as pre-norm blocks without a
- * final norm (the head's input a cast of the residual stream).
+ * final norm (the head's input a cast of the residual stream); Mixtral,
+ * routed on the device, and 3 of its 4 experts a token (k past 2: the
+ * ascending order the CPU adds them in matters).
  */
 static void test_decode(void)
 {
@@ -230,6 +233,9 @@ static void test_decode(void)
 	decode_one(check_variant(tmp, "models/opt_postnorm_proj", "opt_prenorm_no_final_norm",
 				 "s/\"do_layer_norm_before\": false/\"do_layer_norm_before\": true/;"
 				 "s/\"_remove_final_layer_norm\": false/\"_remove_final_layer_norm\": true/"));
+	decode_one(check_testdata("models/mixtral_top2of4"));
+	decode_one(check_variant(tmp, "models/mixtral_top2of4", "mixtral_top3of4",
+				 "s/\"num_experts_per_tok\": 2/\"num_experts_per_tok\": 3/"));
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
 	CHECK(system(cmd) == 0);
 }
