@@ -68,8 +68,8 @@ typedef struct {
 	void *xs16;         /* [CHUNK, d] MoE: rows routed to one expert */
 	float *ys;          /* [CHUNK, d] MoE: that expert's output */
 	float *router;      /* [CHUNK, E] MoE router logits */
-	int32_t *rows;      /* [CHUNK] MoE row indices */
-	float *wt;          /* [CHUNK] MoE routing weights */
+	int32_t *rows;      /* [CHUNK k] MoE row indices, expert by expert (k experts a row) */
+	float *wt;          /* [CHUNK k] MoE routing weights, alike */
 	int32_t *sel;       /* [k] MoE decoding: the experts routed to (gq_gpu_moe_route) */
 	void *side;         /* MoE: the stream that captures a switch node's bodies */
 	void *ws;           /* qgemm workspace */
@@ -91,8 +91,9 @@ struct gq_gpu_model {
 	float *host_x;      /* [CHUNK, d] host staging of embeddings */
 	float *host_router; /* [CHUNK, E] */
 	float *host_w;      /* [CHUNK, E] routing weights */
-	int32_t *host_rows; /* [CHUNK] */
-	float *host_wt;     /* [CHUNK] */
+	int32_t *host_rows; /* [CHUNK k] D->rows' host side */
+	float *host_wt;     /* [CHUNK k] D->wt's host side */
+	int64_t *host_start; /* [E + 1] expert e's rows: host_rows[host_start[e] .. host_start[e + 1]) */
 	uint64_t bytes_lin, bytes_head;
 	uint16_t *stage16;  /* pinned [stage_bytes / 2]: dup_f16's staging, or NULL */
 	uint64_t stage_bytes;
@@ -713,7 +714,9 @@ static int moe_one(gq_gpu_model *g, gdev *D, int l)
  * Mixtral on the device. Decoding one row with no hooks, routed there
  * (moe_one); else routed on the host exactly as model.c's moe(): router
  * logits come back, each expert runs on the rows routed to it and its
- * weighted output is added in expert order.
+ * weighted output is added in expert order. Every expert's rows go up in
+ * one copy, so the host queues all the experts without waiting between
+ * them (a wait per expert left the GPU idle while the next was queued).
  */
 static int moe(gq_gpu_model *g, gdev *D, int l, int64_t n)
 {
@@ -731,22 +734,28 @@ static int moe(gq_gpu_model *g, gdev *D, int l, int64_t n)
 	    (rc = gq_gpu_zero_async(D->mo, (uint64_t)(n * d) * 4, D->stream)))
 		return rc;
 	gq_moe_route(g->host_router, n, E, k, w);
-	for (int64_t e = 0; e < E; e++) {
-		int64_t cnt = 0;
+	/* at most k weights a row are nonzero, so at most n k entries */
+	int64_t *start = g->host_start, total = 0;
 
+	for (int64_t e = 0; e < E; e++) {
+		start[e] = total;
 		for (int64_t t = 0; t < n; t++)
 			if (w[t * E + e] > 0) {
-				g->host_rows[cnt] = (int32_t)t;
-				g->host_wt[cnt++] = w[t * E + e];
+				g->host_rows[total] = (int32_t)t;
+				g->host_wt[total++] = w[t * E + e];
 			}
-		if (cnt == 0)
-			continue;
-		/* the host arrays are rewritten for the next expert: wait for these copies */
-		if ((rc = gq_gpu_upload_async(D->rows, g->host_rows, (uint64_t)cnt * 4, D->stream)) ||
-		    (rc = gq_gpu_upload_async(D->wt, g->host_wt, (uint64_t)cnt * 4, D->stream)) ||
-		    (rc = gq_gpu_stream_sync(D->stream)) ||
-		    (rc = gq_gpu_gather_rows(D->h16, D->rows, cnt, d, D->xs16, D->stream)) ||
-		    (rc = expert(g, D, l, (int)e, D->xs16, cnt, g->host_rows, D->rows, D->wt)))
+	}
+	start[E] = total;
+	/* rewritten only after a wait on this stream: the next router's, a device handoff's, the step's */
+	if ((rc = gq_gpu_upload_async(D->rows, g->host_rows, (uint64_t)total * 4, D->stream)) ||
+	    (rc = gq_gpu_upload_async(D->wt, g->host_wt, (uint64_t)total * 4, D->stream)))
+		return rc;
+	for (int64_t e = 0; e < E; e++) {
+		int64_t cnt = start[e + 1] - start[e];
+
+		if (cnt && ((rc = gq_gpu_gather_rows(D->h16, D->rows + start[e], cnt, d, D->xs16, D->stream)) ||
+			    (rc = expert(g, D, l, (int)e, D->xs16, cnt, g->host_rows + start[e],
+					 D->rows + start[e], D->wt + start[e]))))
 			return rc;
 	}
 	return GQ_OK;
@@ -1174,6 +1183,7 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	int64_t d = c->hidden, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
 	int64_t wide = gq_model_out_dim(m) > d ? gq_model_out_dim(m) : d; /* the head's input too */
 	int64_t inter = c->intermediate > 0 ? c->intermediate : 1, E = c->n_experts > 0 ? c->n_experts : 1;
+	int64_t k = c->experts_per_tok > 0 ? c->experts_per_tok : 1;
 	int64_t half = c->rotary_dim / 2 > 0 ? c->rotary_dim / 2 : 1;
 	float *inv = malloc((size_t)half * sizeof *inv);
 	float *slopes = m->arch.pos == GQ_POS_ALIBI ? malloc((size_t)H * sizeof *slopes) : NULL;
@@ -1210,8 +1220,8 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 		((rc = gq_gpu_alloc(&D->xs16, (uint64_t)(CHUNK * d) * 2)) ||
 		 (rc = gq_gpu_alloc((void **)&D->ys, (uint64_t)(CHUNK * d) * 4)) ||
 		 (rc = gq_gpu_alloc((void **)&D->router, (uint64_t)(CHUNK * E) * 4)) ||
-		 (rc = gq_gpu_alloc((void **)&D->rows, CHUNK * 4)) ||
-		 (rc = gq_gpu_alloc((void **)&D->wt, CHUNK * 4)) ||
+		 (rc = gq_gpu_alloc((void **)&D->rows, (uint64_t)(CHUNK * k) * 4)) ||
+		 (rc = gq_gpu_alloc((void **)&D->wt, (uint64_t)(CHUNK * k) * 4)) ||
 		 (rc = gq_gpu_alloc((void **)&D->sel, (uint64_t)E * 4)) ||
 		 (rc = gq_gpu_stream_create(&D->side)))));
 	free(inv);
@@ -1251,7 +1261,7 @@ static void free_dev(gdev *D)
 static gq_gpu_model *new_model(gq_model *m, int n_devs)
 {
 	const gq_config *c = &m->cfg;
-	int64_t E = c->n_experts > 0 ? c->n_experts : 1;
+	int64_t E = c->n_experts > 0 ? c->n_experts : 1, k = c->experts_per_tok > 0 ? c->experts_per_tok : 1;
 	gq_gpu_model *g = calloc(1, sizeof *g);
 
 	if (!g)
@@ -1260,15 +1270,17 @@ static gq_gpu_model *new_model(gq_model *m, int n_devs)
 	g->n_devs = n_devs;
 	g->graphs = 1;
 	g->resident = -1;
-	for (int k = 0; k < MAX_DEVS; k++)
-		g->dev[k].ordinal = -1;
+	for (int i = 0; i < MAX_DEVS; i++)
+		g->dev[i].ordinal = -1;
 	g->layers = calloc((size_t)c->n_layers, sizeof *g->layers);
 	g->host_x = malloc((size_t)(CHUNK * c->hidden) * sizeof *g->host_x);
 	g->host_router = malloc((size_t)(CHUNK * E) * sizeof *g->host_router);
 	g->host_w = malloc((size_t)(CHUNK * E) * sizeof *g->host_w);
-	g->host_rows = malloc(CHUNK * sizeof *g->host_rows);
-	g->host_wt = malloc(CHUNK * sizeof *g->host_wt);
-	if (!g->layers || !g->host_x || !g->host_router || !g->host_w || !g->host_rows || !g->host_wt) {
+	g->host_rows = malloc((size_t)(CHUNK * k) * sizeof *g->host_rows);
+	g->host_wt = malloc((size_t)(CHUNK * k) * sizeof *g->host_wt);
+	g->host_start = malloc((size_t)(E + 1) * sizeof *g->host_start);
+	if (!g->layers || !g->host_x || !g->host_router || !g->host_w || !g->host_rows || !g->host_wt ||
+	    !g->host_start) {
 		gq_gpu_model_close(g);
 		return NULL;
 	}
@@ -1368,6 +1380,7 @@ void gq_gpu_model_close(gq_gpu_model *g)
 	free(g->host_w);
 	free(g->host_rows);
 	free(g->host_wt);
+	free(g->host_start);
 	free(g);
 }
 
@@ -1376,12 +1389,27 @@ void gq_gpu_model_use_graphs(gq_gpu_model *g, int on)
 	g->graphs = on;
 }
 
+/*
+ * Whether every expert's products are this project's kernels (quantized):
+ * a dense expert's cuBLAS product in a switch node's body made the graph
+ * fail to instantiate (fp16 Mixtral, 4096 x 14336, on an H200).
+ */
+static int experts_quantized(const gq_gpu_model *g)
+{
+	for (int64_t l = 0; l < g->m->cfg.n_layers; l++)
+		for (int i = 0; i < g->m->n_modules; i++)
+			if (g->m->modules[i].expert >= 0 && g->layers[l].lin[i].w16)
+				return 0;
+	return 1;
+}
+
 int gq_gpu_model_graphs(const gq_gpu_model *g)
 {
 	/* MoE decoding is captured with switch nodes (moe_one) */
 	return g->graphs && g->n_devs == 1 && !g->hooks &&
 	       (g->m->arch.mlp != GQ_MLP_MOE ||
-		(gq_gpu_graph_switches() && g->m->cfg.experts_per_tok <= GQ_GPU_MOE_MAX_K));
+		(gq_gpu_graph_switches() && g->m->cfg.experts_per_tok <= GQ_GPU_MOE_MAX_K &&
+		 experts_quantized(g)));
 }
 
 /* ---- layer at a time ---- */

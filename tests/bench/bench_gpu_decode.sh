@@ -8,8 +8,8 @@
 # not load). GQ_BENCH_LAYERS shrinks the model for a quick run. Then a
 # Mixtral shape (4096, 14336, 8 experts, 2 a token; GQ_BENCH_MOE_LAYERS
 # layers, default 4, 0 to skip) in int4 g128, graphs (experts chosen on the
-# device by switch nodes) on and off; its floor counts the 2 experts a token
-# reads, not all 8.
+# device by switch nodes) on and off, and in fp16 (dense experts decode
+# without graphs); its floor counts the 2 experts a token reads, not all 8.
 #
 # Needs gptq-* on PATH and GQ_TESTGEN (make bench-gpu sets both); writes
 # under GQ_BENCH_DIR (default a temporary directory, removed at the end).
@@ -28,7 +28,6 @@ if [ "$ML" -gt 0 ]; then
 	"$GQ_TESTGEN" bigmodel "$DIR/moe-fp" "$ML" 4096 14336 32000 8
 	gptq-solve -q -m "$DIR/moe-fp" --rtn --all --bits 4 --group-size 128 |
 		gptq-pack -q -m "$DIR/moe-fp" -o "$DIR/moe-int4"
-	rm -rf "$DIR/moe-fp"
 fi
 echo "checkpoints made in $(( $(date +%s) - t0 )) s" >&2
 
@@ -45,6 +44,7 @@ run() { # name model [flags]: one JSON line
 	if [ "$ML" -gt 0 ]; then
 		run moe-int4 "$DIR/moe-int4"
 		run moe-int4-nograph "$DIR/moe-int4" --no-graphs
+		run moe-fp16 "$DIR/moe-fp"
 	fi
 } >"$DIR/res.jsonl"
 python3 - "$DIR/res.jsonl" "$BW" <<'EOF'
