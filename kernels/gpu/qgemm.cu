@@ -77,7 +77,7 @@
 #define QG_THREADS 128 /* threads per GEMV block */
 #endif
 #ifndef QG_MIN_BLOCKS
-#define QG_MIN_BLOCKS 4 /* resident GEMV blocks per SM the registers must allow (5: 6% slower) */
+#define QG_MIN_BLOCKS 4 /* resident GEMV blocks per SM the registers must allow (5, 6: spills, 6% and 25% slower) */
 #endif
 
 /* The chunk's `BITS` words, with the widest aligned loads the width allows. */
@@ -477,6 +477,11 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
  * kernel streaming row sets through a cp.async ring (2 to 4 blocks an SM:
  * 7% to 24% slower over the decoding shapes), and the first wave asking L2
  * for the next waves' weights before pdl_wait (4% slower decoding a wave).
+ * Decoding the llama-7B shape (int4 g128, 571-574 tok/s here, 116
+ * registers): more resident blocks bought with spills, QG_MIN_BLOCKS 5 (96
+ * registers) 540-541 and 6 (80) 425-430; QG_ROWS 4 with 8 blocks 521-526;
+ * the weights loaded with ld.global.nc.L1::no_allocate (keeping x in L1),
+ * with .L2::256B too, or with ld.global.cs: 568-577, within the noise.
  */
 template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false, int TC = TC_NONE>
 __global__ static void __launch_bounds__(QG_THREADS, REGULAR ? QG_MIN_BLOCKS : 4)
