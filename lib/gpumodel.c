@@ -1392,7 +1392,9 @@ void gq_gpu_model_use_graphs(gq_gpu_model *g, int on)
 /*
  * Whether every expert's products are this project's kernels (quantized):
  * a dense expert's cuBLAS product in a switch node's body made the graph
- * fail to instantiate (fp16 Mixtral, 4096 x 14336, on an H200).
+ * fail to instantiate (fp16 Mixtral, 4096 x 14336, on an H200; the tiny
+ * test fixtures' did not). Giving cuBLAS a workspace of its own
+ * (cublasSetWorkspace), so that capture adds no memory nodes, did not help.
  */
 static int experts_quantized(const gq_gpu_model *g)
 {
