@@ -98,6 +98,7 @@ struct gq_gpu_model {
 	uint16_t *stage16;  /* pinned [stage_bytes / 2]: dup_f16's staging, or NULL */
 	uint64_t stage_bytes;
 	int graphs;
+	int dense_experts;  /* an expert was uploaded in fp16: no switch nodes (gq_gpu_model_graphs) */
 	int capturing;      /* body() runs inside a graph capture */
 	const gq_gpu_hooks *hooks;
 	int64_t row0;       /* sequence position of the first row in flight, for the hooks */
@@ -353,6 +354,8 @@ static int upload_host_layer(gq_gpu_model *g, const gq_layer *L, glayer *G, int 
 		rc = upload_linear(g, s->q ? &s->q->k : NULL, s->w, s->b, s->in, s->out, d);
 	}
 	free(done);
+	for (int i = 0; i < m->n_modules && rc == GQ_OK; i++)
+		g->dense_experts |= m->modules[i].expert >= 0 && G->lin[i].w16;
 	int64_t d = m->cfg.hidden, hd = m->cfg.head_dim;
 	if (rc == GQ_OK && !(rc = dup_f32(L->norm_attn_w, d, &G->norm_attn_w)) &&
 	    !(rc = dup_f32(L->norm_attn_b, d, &G->norm_attn_b)) &&
@@ -1390,28 +1393,19 @@ void gq_gpu_model_use_graphs(gq_gpu_model *g, int on)
 }
 
 /*
- * Whether every expert's products are this project's kernels (quantized):
- * a dense expert's cuBLAS product in a switch node's body made the graph
- * fail to instantiate (fp16 Mixtral, 4096 x 14336, on an H200; the tiny
- * test fixtures' did not). Giving cuBLAS a workspace of its own
- * (cublasSetWorkspace), so that capture adds no memory nodes, did not help.
+ * MoE decoding is captured with switch nodes (moe_one), whose bodies must
+ * hold only this project's kernels: a dense expert's cuBLAS product there
+ * made the graph fail to instantiate (fp16 Mixtral, 4096 x 14336, on an
+ * H200; the tiny test fixtures' did not). Giving cuBLAS a workspace of its
+ * own (cublasSetWorkspace), so that capture adds no memory nodes, did not
+ * help.
  */
-static int experts_quantized(const gq_gpu_model *g)
-{
-	for (int64_t l = 0; l < g->m->cfg.n_layers; l++)
-		for (int i = 0; i < g->m->n_modules; i++)
-			if (g->m->modules[i].expert >= 0 && g->layers[l].lin[i].w16)
-				return 0;
-	return 1;
-}
-
 int gq_gpu_model_graphs(const gq_gpu_model *g)
 {
-	/* MoE decoding is captured with switch nodes (moe_one) */
 	return g->graphs && g->n_devs == 1 && !g->hooks &&
 	       (g->m->arch.mlp != GQ_MLP_MOE ||
 		(gq_gpu_graph_switches() && g->m->cfg.experts_per_tok <= GQ_GPU_MOE_MAX_K &&
-		 experts_quantized(g)));
+		 !g->dense_experts));
 }
 
 /* ---- layer at a time ---- */
