@@ -486,12 +486,14 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
  * bulk copies (cp.async.bulk on an mbarrier, one thread asking for 1 to 4
  * sets of 8 rows before pdl_wait; branch bulk-gemv), meant to put more
  * bytes in flight than the registers hold (4-bit products read 46-63% of
- * the bandwidth here, 8-bit ones, twice the bytes a load, 69-83%): every
+ * the bandwidth here, 8-bit ones, twice the bytes a load, 54-56% on q_proj
+ * and 69-83% on the larger shapes): every
  * shape slower (q/k/v 12.4-14.1 us against 9.6) and decoding 381-428
  * against 572-574 tok/s over 1-4 sets, 4-8 blocks an SM. Nsight Compute's
  * kernel times (serialized, so without the overlap of dependent launches)
  * put a llama-7B layer at 12 us q/k/v, 4 rope, 5 attention, 9 o_proj,
- * 19 gate/up and 14 down_proj: the products are most of a decoding step.
+ * 19 gate/up and 14 down_proj (o_proj and down_proj with their norms):
+ * the products are most of a decoding step.
  */
 template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false, int TC = TC_NONE>
 __global__ static void __launch_bounds__(QG_THREADS, REGULAR ? QG_MIN_BLOCKS : 4)
