@@ -377,7 +377,13 @@ extern "C" int gq_gpu_act(int act, const float *g, int64_t ldg, const float *u, 
  * kernel and within the model tests' tolerances, but 1% slower decoding
  * the llama-7B shape on the H200 (561.8 / 561.8 against 566.1 / 568.1
  * tok/s), with cos and sin in double at the end of every block; fp32
- * sincosf there was not measured.
+ * sincosf there was not measured. Nor faster: this kernel's work for one
+ * row in decode_attention_kernel (branch rope-attention: q and the new key
+ * roped in each key group's registers, the (cos, sin) of each pair before
+ * pdl_wait, cache row p written by one block per KV head), bit-identical
+ * but 566.9 / 572.1 against 567.2 / 565.0 tok/s (479-483 with cos and sin
+ * in every lane), though a timing-only build that skipped this kernel
+ * decoded about 2.5 us a layer faster (8 layers, two passes).
  */
 __global__ static void rope_kv_kernel(float *q, int64_t ldq, float *k, int64_t ldk,
 				      const float *vr, int64_t ldv, int64_t H, int64_t KV,

@@ -493,7 +493,19 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
  * kernel times (serialized, so without the overlap of dependent launches)
  * put a llama-7B layer at 12 us q/k/v, 4 rope, 5 attention, 9 o_proj,
  * 19 gate/up and 14 down_proj (o_proj and down_proj with their norms):
- * the products are most of a decoding step.
+ * the products are most of a decoding step. Where their time goes, from
+ * read-only kernels over the same shapes and bytes (no arithmetic; one
+ * run): a persistent grid-stride read reaches 85-93% of the bandwidth,
+ * this kernel's loads (8 rows a block, 4 blocks an SM) 68-80%, and
+ * persistent blocks that load their next rows before reducing the last
+ * 75-85%, or 88-93% on q/k/v and gate/up with no block reduction at all:
+ * the one-shot blocks and their reductions cost 15-25 points, the
+ * arithmetic another 15-20 (this kernel: 46-63%). Also dropped: this kernel
+ * persistent (a block taking every 528th or 396th row set; 533-540 and
+ * 446 tok/s against 569-570, the loop alone 553-556), and each warp owning
+ * 8 rows over all chunks, no block reduction (branch warp-rows; 435-438
+ * against 572-576: a quarter of the warps in flight, q_proj 8.8 against
+ * 4.0 us).
  */
 template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false, int TC = TC_NONE>
 __global__ static void __launch_bounds__(QG_THREADS, REGULAR ? QG_MIN_BLOCKS : 4)
