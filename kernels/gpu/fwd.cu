@@ -378,7 +378,7 @@ extern "C" int gq_gpu_act(int act, const float *g, int64_t ldg, const float *u, 
  * the llama-7B shape on the H200 (561.8 / 561.8 against 566.1 / 568.1
  * tok/s), with cos and sin in double at the end of every block; fp32
  * sincosf there was not measured. Nor faster: this kernel's work for one
- * row in decode_attention_kernel (branch rope-attention: q and the new key
+ * row in decode_attention_kernel (not kept: q and the new key
  * roped in each key group's registers, the (cos, sin) of each pair before
  * pdl_wait, cache row p written by one block per KV head), bit-identical
  * but 566.9 / 572.1 against 567.2 / 565.0 tok/s (479-483 with cos and sin

@@ -484,12 +484,12 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
  * with .L2::256B too, or with ld.global.cs: 568-577, within the noise.
  * Also dropped: each block's weights brought into shared memory by sm_90
  * bulk copies (cp.async.bulk on an mbarrier, one thread asking for 1 to 4
- * sets of 8 rows before pdl_wait; branch bulk-gemv), meant to put more
- * bytes in flight than the registers hold (4-bit products read 46-63% of
- * the bandwidth here, 8-bit ones, twice the bytes a load, 54-56% on q_proj
- * and 69-83% on the larger shapes): every
- * shape slower (q/k/v 12.4-14.1 us against 9.6) and decoding 381-428
- * against 572-574 tok/s over 1-4 sets, 4-8 blocks an SM. Nsight Compute's
+ * sets of 8 rows before pdl_wait; not kept), meant to put more bytes in
+ * flight than the registers hold (4-bit products read 46-63% of the
+ * bandwidth here, 8-bit ones, twice the bytes a load, 54-56% on q_proj and
+ * 69-83% on the larger shapes): every shape slower (q/k/v 12.4-14.1 us
+ * against 9.6) and decoding 381-428 against 572-574 tok/s over 1-4 sets,
+ * 4-8 blocks an SM. Nsight Compute's
  * kernel times (serialized, so without the overlap of dependent launches)
  * put a llama-7B layer at 12 us q/k/v, 4 rope, 5 attention, 9 o_proj,
  * 19 gate/up and 14 down_proj (o_proj and down_proj with their norms):
@@ -503,9 +503,8 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
  * arithmetic another 15-20 (this kernel: 46-63%). Also dropped: this kernel
  * persistent (a block taking every 528th or 396th row set; 533-540 and
  * 446 tok/s against 569-570, the loop alone 553-556), and each warp owning
- * 8 rows over all chunks, no block reduction (branch warp-rows; 435-438
- * against 572-576: a quarter of the warps in flight, q_proj 8.8 against
- * 4.0 us).
+ * 8 rows over all chunks, no block reduction (435-438 against 572-576: a
+ * quarter of the warps in flight, q_proj 8.8 against 4.0 us).
  */
 template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false, int TC = TC_NONE>
 __global__ static void __launch_bounds__(QG_THREADS, REGULAR ? QG_MIN_BLOCKS : 4)
