@@ -8,8 +8,9 @@
  * CPU (one row per token, with opt's project_in) and the rows are uploaded.
  *
  * A one-token step is captured into a graph per KV cache after one warm-up
- * step (lazy module loading, cuBLAS set-up), then replayed: the position is
- * read from device memory by every kernel that needs it.
+ * step (lazy module loading, cuBLAS set-up), then replayed: the position,
+ * and the cos and sin of its rotary angles, are read from device memory by
+ * every kernel that needs them.
  */
 #include "gpumodel.h"
 #include "util.h"
@@ -54,7 +55,8 @@ typedef struct {
 	int ordinal;
 	int l0, l1;         /* layers [l0, l1) */
 	void *stream;
-	int64_t *pos;       /* [1] position of the first row in flight */
+	int64_t *pos;       /* [1] position of the first row in flight, then rope_cs */
+	float *rope_cs;     /* [2, rotary_dim / 2] cos, sin at *pos (decoding; one upload with pos) */
 	float *inv_freq;    /* [rotary_dim / 2] */
 	float *alibi;       /* [H] ALiBi slopes, or NULL */
 	float *x;           /* [CHUNK, d] residual stream */
@@ -89,6 +91,8 @@ struct gq_gpu_model {
 	void *proj16;       /* [out_dim, d] fp16: opt's project_out, or NULL */
 	float *logits;      /* [CHUNK, V], last device */
 	float *host_x;      /* [CHUNK, d] host staging of embeddings */
+	float *host_inv;    /* [rotary_dim / 2] the rotary frequencies the devices hold */
+	void *host_pos;     /* D->pos's host side: the position, then rope_cs's */
 	float *host_router; /* [CHUNK, E] */
 	float *host_w;      /* [CHUNK, E] routing weights */
 	int32_t *host_rows; /* [CHUNK k] D->rows' host side */
@@ -510,6 +514,24 @@ static int observe(gq_gpu_model *g, gdev *D, int layer, int i, const void *x16, 
 		       : GQ_OK;
 }
 
+/*
+ * Whether one-row q/k/v product lin of layer L runs with the bias, the
+ * rotary embedding and the cache rows in its epilogue
+ * (gq_gpu_qgemv_qkv_rope): quantized, no head norms, heads of a multiple of
+ * 8 and whole blocks of rotary pairs, and no hooks or kept activations.
+ * Saves decoding a launch a layer (rope_kv_kernel).
+ */
+static int fusable_rope(const gq_gpu_model *g, const glayer *L, const glin *lin, int64_t n)
+{
+	const gq_model *m = g->m;
+	const gq_config *c = &m->cfg;
+	int64_t hd = c->head_dim, half = m->arch.pos == GQ_POS_ROPE ? c->rotary_dim / 2 : 0;
+
+	return n == 1 && !g->hooks && !g->kept && lin->q.codes && !L->q_norm_w && !L->k_norm_w &&
+	       hd % 8 == 0 && 2 * half <= hd && (m->arch.rope_interleaved || half % 4 == 0) &&
+	       lin->out == (c->n_heads + 2 * c->n_kv_heads) * hd;
+}
+
 static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int64_t capacity)
 {
 	const gq_model *m = g->m;
@@ -519,6 +541,7 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 	int64_t half = m->arch.pos == GQ_POS_ROPE ? c->rotary_dim / 2 : 0;
 	float *q = D->qkv, *k, *v;
 	int64_t ldq, ldk, ldv;
+	int fused = 0; /* q/k/v with bias, rotary embedding and cache rows in one product */
 	gq_gpu_attn a = {H, KV, hd, c->query_scale > 0 ? c->query_scale : 1.0 / sqrt((double)hd),
 			 c->attn_softcap, 0, capacity, g->key_mask, D->alibi, m->arch.alibi_scaled};
 	int rc;
@@ -544,17 +567,30 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 			return rc;
 	} else {
 		int i = m->arch.qkv == GQ_QKV_SEPARATE ? iq : find_module(m, GQ_ROLE_QKV, -1);
+		const glin *lin = &L->lin[i];
 
 		ldq = ldk = ldv = (H + 2 * KV) * hd;
 		k = q + H * hd;
 		v = k + KV * hd;
-		if ((rc = observe(g, D, l, i, D->h16, n, NULL)) || (rc = linear(D, &L->lin[i], D->h16, n, q)))
+		if ((rc = observe(g, D, l, i, D->h16, n, NULL)))
+			return rc;
+		if (fusable_rope(g, L, lin, n)) {
+			gq_gpu_qkv_rope r = {H, KV, hd, half, m->arch.rope_interleaved, D->rope_cs, lin->b,
+					     D->pos, q, gc->k[l], gc->v[l]};
+
+			fused = 1;
+			rc = gq_gpu_qgemv_qkv_rope(&lin->q, D->h16, &r, D->ws, D->ws_bytes, D->stream);
+		} else {
+			rc = linear(D, lin, D->h16, n, q);
+		}
+		if (rc)
 			return rc;
 	}
 	gq_gpu_rope r = {H, KV, hd, L->q_norm_w, L->k_norm_w, c->norm_eps, D->inv_freq, half,
 			 m->arch.rope_interleaved};
 
-	if ((rc = gq_gpu_rope_kv(q, ldq, k, ldk, v, ldv, n, &r, gc->k[l], gc->v[l], D->pos, D->stream)) ||
+	if ((!fused && (rc = gq_gpu_rope_kv(q, ldq, k, ldk, v, ldv, n, &r, gc->k[l], gc->v[l], D->pos,
+					     D->stream))) ||
 	    (rc = gq_gpu_attention(&a, q, ldq, gc->k[l], gc->v[l], n, D->pos, gc->att_ws[L->dev],
 				   D->o16, D->stream)))
 		return rc;
@@ -962,27 +998,24 @@ static int body(gq_gpu_model *g, gcache *gc, int64_t n, int64_t rows_out, int64_
 
 /*
  * Dynamic rotary scaling: the rotary frequencies of a forward over seq_len
- * positions (model.c's gq_rope_inv_freq), into every device's table before
- * the launches that read it (a replayed graph reads the table too).
+ * positions (model.c's gq_rope_inv_freq), into host_inv and every device's
+ * table before the launches that read it (a replayed graph reads the table
+ * too).
  */
 static int dynamic_rope(gq_gpu_model *g, int64_t seq_len)
 {
 	const gq_config *c = &g->m->cfg;
 	int64_t half = c->rotary_dim / 2;
-	float *inv;
 	int rc = GQ_OK;
 
 	if (g->m->arch.pos != GQ_POS_ROPE || c->rope_type != GQ_ROPE_DYNAMIC || half < 1)
 		return GQ_OK;
-	if (!(inv = malloc((size_t)half * sizeof *inv)))
-		return gq_err(GQ_ERR_NOMEM, "out of memory");
-	gq_rope_inv_freq(c, seq_len, inv);
-	/* a pageable source is staged before the call returns: inv may be freed after */
+	gq_rope_inv_freq(c, seq_len, g->host_inv);
+	/* a pageable source is staged before the call returns: host_inv may change after */
 	for (int k = 0; k < g->n_devs && rc == GQ_OK; k++)
 		if (!(rc = gq_gpu_set_device(g->dev[k].ordinal)))
-			rc = gq_gpu_upload_async(g->dev[k].inv_freq, inv, (uint64_t)half * 4,
+			rc = gq_gpu_upload_async(g->dev[k].inv_freq, g->host_inv, (uint64_t)half * 4,
 						 g->dev[k].stream);
-	free(inv);
 	return rc;
 }
 
@@ -997,15 +1030,24 @@ static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t end, int64_t
 	gcache *gc = c->dev;
 	gdev *D0 = &g->dev[0], *DL = &g->dev[g->n_devs - 1];
 	int64_t pos = c->len, d = m->cfg.hidden, V = m->cfg.vocab;
+	int64_t half = m->arch.pos == GQ_POS_ROPE ? m->cfg.rotary_dim / 2 : 0;
+	uint64_t pos_bytes = 8; /* of host_pos: the position, and for one row rope_cs */
 	int graph = n == 1 && gq_gpu_model_graphs(g);
-	int rc = GQ_OK;
+	int rc;
 
 	g->row0 = pos;
+	if ((rc = dynamic_rope(g, end)))
+		return rc;
+	memcpy(g->host_pos, &pos, 8);
+	if (n == 1 && half > 0) { /* the fused q/k/v product's table (fusable_rope) */
+		float *cs = (float *)((char *)g->host_pos + 8);
+
+		gq_rope_cos_sin(g->host_inv, half, pos, cs, cs + half);
+		pos_bytes += (uint64_t)(2 * half) * 4;
+	}
 	for (int k = 0; k < g->n_devs && rc == GQ_OK; k++)
 		if (!(rc = gq_gpu_set_device(g->dev[k].ordinal)))
-			rc = gq_gpu_upload_async(g->dev[k].pos, &pos, 8, g->dev[k].stream);
-	if (rc == GQ_OK)
-		rc = dynamic_rope(g, end);
+			rc = gq_gpu_upload_async(g->dev[k].pos, g->host_pos, pos_bytes, g->dev[k].stream);
 	if (rc == GQ_OK && !(rc = gq_gpu_set_device(D0->ordinal)))
 		rc = gq_gpu_upload_async(D0->x, g->host_x, (uint64_t)(n * d) * 4, D0->stream);
 	if (rc)
@@ -1201,11 +1243,12 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 		gq_rope_inv_freq(c, 0, inv);
 	else
 		memset(inv, 0, (size_t)half * sizeof *inv);
+	memcpy(g->host_inv, inv, (size_t)half * sizeof *inv); /* the same on every device */
 	if (slopes)
 		gq_alibi_slopes(H, slopes);
 	(void)((rc = gq_gpu_set_device(D->ordinal)) || (rc = gq_gpu_stream_create(&D->stream)) ||
 	       (rc = gq_gpu_fwd_init()) ||
-	       (rc = gq_gpu_alloc((void **)&D->pos, 8)) ||
+	       (rc = gq_gpu_alloc((void **)&D->pos, 8 + (uint64_t)(2 * half) * 4)) ||
 	       (rc = gq_gpu_alloc((void **)&D->norm_count, 4)) ||
 	       (rc = gq_gpu_upload(D->norm_count, &(unsigned){0}, 4)) ||
 	       (rc = dup_f32(inv, half, &D->inv_freq)) ||
@@ -1227,6 +1270,7 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 		 (rc = gq_gpu_alloc((void **)&D->wt, (uint64_t)(CHUNK * k) * 4)) ||
 		 (rc = gq_gpu_alloc((void **)&D->sel, (uint64_t)E * 4)) ||
 		 (rc = gq_gpu_stream_create(&D->side)))));
+	D->rope_cs = D->pos ? (float *)(D->pos + 1) : NULL;
 	free(inv);
 	free(slopes);
 	return rc;
@@ -1265,6 +1309,7 @@ static gq_gpu_model *new_model(gq_model *m, int n_devs)
 {
 	const gq_config *c = &m->cfg;
 	int64_t E = c->n_experts > 0 ? c->n_experts : 1, k = c->experts_per_tok > 0 ? c->experts_per_tok : 1;
+	int64_t half = c->rotary_dim / 2 > 0 ? c->rotary_dim / 2 : 1; /* as alloc_dev */
 	gq_gpu_model *g = calloc(1, sizeof *g);
 
 	if (!g)
@@ -1277,12 +1322,14 @@ static gq_gpu_model *new_model(gq_model *m, int n_devs)
 		g->dev[i].ordinal = -1;
 	g->layers = calloc((size_t)c->n_layers, sizeof *g->layers);
 	g->host_x = malloc((size_t)(CHUNK * c->hidden) * sizeof *g->host_x);
+	g->host_inv = malloc((size_t)half * sizeof *g->host_inv);
+	g->host_pos = malloc(8 + (size_t)(2 * half) * 4);
 	g->host_router = malloc((size_t)(CHUNK * E) * sizeof *g->host_router);
 	g->host_w = malloc((size_t)(CHUNK * E) * sizeof *g->host_w);
 	g->host_rows = malloc((size_t)(CHUNK * k) * sizeof *g->host_rows);
 	g->host_wt = malloc((size_t)(CHUNK * k) * sizeof *g->host_wt);
 	g->host_start = malloc((size_t)(E + 1) * sizeof *g->host_start);
-	if (!g->layers || !g->host_x || !g->host_router || !g->host_w || !g->host_rows || !g->host_wt ||
+	if (!g->layers || !g->host_x || !g->host_inv || !g->host_pos || !g->host_router || !g->host_w || !g->host_rows || !g->host_wt ||
 	    !g->host_start) {
 		gq_gpu_model_close(g);
 		return NULL;
@@ -1379,6 +1426,8 @@ void gq_gpu_model_close(gq_gpu_model *g)
 	gq_gpu_host_free(g->stage16);
 	free(g->layers);
 	free(g->host_x);
+	free(g->host_inv);
+	free(g->host_pos);
 	free(g->host_router);
 	free(g->host_w);
 	free(g->host_rows);

@@ -702,6 +702,16 @@ static int linear(const gq_model *m, const gq_linear *l, const float *x, int64_t
 
 /* ---- rotary embeddings ---- */
 
+void gq_rope_cos_sin(const float *inv, int64_t half, int64_t pos, float *cosv, float *sinv)
+{
+	for (int64_t i = 0; i < half; i++) {
+		float ang = (float)pos * inv[i]; /* float32, as torch */
+
+		cosv[i] = (float)cos((double)ang);
+		sinv[i] = (float)sin((double)ang);
+	}
+}
+
 void gq_rope_inv_freq(const gq_config *c, int64_t seq_len, float *inv)
 {
 	int64_t rot = c->rotary_dim;
@@ -1022,12 +1032,7 @@ static int attention(block_ctx *b, const float *h, int64_t T, int64_t pos0, gq_k
 
 		gq_rope_inv_freq(c, pos0 + T, inv);
 		for (int64_t t = 0; t < T; t++)
-			for (int64_t i = 0; i < half; i++) {
-				float ang = (float)(pos0 + t) * inv[i]; /* float32, as torch */
-
-				cosv[t * half + i] = (float)cos((double)ang);
-				sinv[t * half + i] = (float)sin((double)ang);
-			}
+			gq_rope_cos_sin(inv, half, pos0 + t, cosv + t * half, sinv + t * half);
 		apply_rope(m, q, T, H, cosv, sinv);
 		apply_rope(m, k, T, KV, cosv, sinv);
 	}

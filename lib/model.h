@@ -165,6 +165,8 @@ int gq_kv_cache_copy(const gq_model *m, gq_kv_cache *dst, const gq_kv_cache *src
 
 /* inv_freq [rotary_dim / 2] of the rotary embedding for a sequence reaching seq_len (float32, as torch). */
 void gq_rope_inv_freq(const gq_config *c, int64_t seq_len, float *inv);
+/* cosv, sinv [half] of the rotary angles pos inv[i] (float32 angle, as torch; double trig). */
+void gq_rope_cos_sin(const float *inv, int64_t half, int64_t pos, float *cosv, float *sinv);
 
 /*
  * Loads every layer (for generation); *layers holds n_layers entries. The

@@ -66,8 +66,11 @@ gpu_or_skip() {
 	testgen tokens 6 48 1 128 >calib.gqs
 	testgen tokens 4 40 2 128 >eval.gqs
 	# codegen and falcon_alibi: fused q/k/v rows reordered on upload, parallel blocks, ALiBi;
-	# opt_postnorm_proj: post-norm blocks, project_in/out; mixtral_top2of4 also decodes
-	for arch in qwen3 mixtral_top2of4 codegen falcon_alibi opt_postnorm_proj; do
+	# opt_postnorm_proj: post-norm blocks, project_in/out. Each decodes as the CPU does: q/k/v
+	# with the rotary embedding in the product's epilogue (mixtral: pairs of halves; qwen2: with
+	# bias; codegen: interleaved pairs of part of a head), with bias and no rotary embedding (opt,
+	# falcon_alibi), or the separate launches (qwen3's head norms)
+	for arch in qwen3 qwen2_window mixtral_top2of4 codegen falcon_alibi opt_postnorm_proj; do
 		M=$BATS_TEST_DIRNAME/data/models/$arch
 		for q in "--bits 4 --group-size 32 --desc-act" "--bits 3 --group-size -1" \
 			"--bits 8 --group-size 32 --asym" "--bits 2 --group-size 16 --desc-act --static-groups"; do
@@ -78,14 +81,14 @@ gpu_or_skip() {
 			run -0 gptq-eval -q -m packed --tokens eval.gqs --json --device cuda
 			echo "$arch $q: cpu $p, gpu $output"
 			jq -e --argjson p "$p" '(.models[0].ppl / $p - 1) | fabs < 2e-3' <<<"$output"
-			[ $arch = mixtral_top2of4 ] || continue
-			# decoding routes each token on the device (graphs: switch nodes)
-			run -0 gptq-run -q -m packed --device cuda --bench --pp 4 --tg 2 --reps 1 --json
-			jq -e '.graphs' <<<"$output"
 			gen=(gptq-run -q -m packed --prompt-ids 3,14,15,92 -n 8 --print-ids --ignore-eos)
 			a=$("${gen[@]}")
 			[ "$a" = "$("${gen[@]}" --device cuda)" ]
 			[ "$a" = "$("${gen[@]}" --device cuda --no-graphs)" ]
+			[ $arch = mixtral_top2of4 ] || continue
+			# decoding routes each token on the device (graphs: switch nodes)
+			run -0 gptq-run -q -m packed --device cuda --bench --pp 4 --tg 2 --reps 1 --json
+			jq -e '.graphs' <<<"$output"
 		done
 	done
 }

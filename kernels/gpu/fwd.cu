@@ -370,20 +370,19 @@ extern "C" int gq_gpu_act(int act, const float *g, int64_t ldg, const float *u, 
  * then the KV value heads; one thread per dimension (rounded up to a warp).
  * q and k heads: with norm_w an RMS norm first (qwen3), then the rotary
  * embedding, in place; k and v heads also go into the cache row *pos0 + t.
- * Tried and dropped for decoding: this kernel's work in the fused q/k/v
- * GEMV's epilogue (q and k rows uploaded with each rotary pair on adjacent
- * rows, so an 8-row block holds whole pairs; the pair's other value one
- * shuffle away; k and v written to the cache there). Exact against this
- * kernel and within the model tests' tolerances, but 1% slower decoding
- * the llama-7B shape on the H200 (561.8 / 561.8 against 566.1 / 568.1
- * tok/s), with cos and sin in double at the end of every block; fp32
- * sincosf there was not measured. Nor faster: this kernel's work for one
- * row in decode_attention_kernel (not kept: q and the new key
- * roped in each key group's registers, the (cos, sin) of each pair before
- * pdl_wait, cache row p written by one block per KV head), bit-identical
- * but 566.9 / 572.1 against 567.2 / 565.0 tok/s (479-483 with cos and sin
- * in every lane), though a timing-only build that skipped this kernel
- * decoded about 2.5 us a layer faster (8 layers, two passes).
+ * Decoding a quantized fused q/k/v product without head norms does this
+ * kernel's work in the product's epilogue instead (gq_gpu_qgemv_qkv_rope,
+ * qgemm.cu), from a table of cos and sin the host computes once a step
+ * (llama-7B shape on the H200: 582.2 / 577.5 against 575.7 / 571.5 tok/s).
+ * Dropped on the way there: the same epilogue with q and k rows uploaded
+ * pair by pair and cos and sin in double at the end of every block (1%
+ * slower: 561.8 / 561.8 against 566.1 / 568.1 tok/s), and this kernel's
+ * work for one row in decode_attention_kernel (q and the new key roped in
+ * each key group's registers, cache row p written by one block per KV
+ * head): bit-identical but 566.9 / 572.1 against 567.2 / 565.0 tok/s
+ * (479-483 with cos and sin in every lane), though a timing-only build that
+ * skipped this kernel decoded about 2.5 us a layer faster (8 layers, two
+ * passes).
  */
 __global__ static void rope_kv_kernel(float *q, int64_t ldq, float *k, int64_t ldk,
 				      const float *vr, int64_t ldv, int64_t H, int64_t KV,

@@ -115,6 +115,31 @@ int gq_gpu_qgemv_add_norm(const gq_gpu_qmat *w, const void *x, const gq_gpu_add_
 			  void *ws, uint64_t ws_bytes, void *stream);
 
 /*
+ * A decoding token's fused q/k/v product with the rest of attention's input
+ * in its epilogue, in place of gq_gpu_qgemm, its bias and gq_gpu_rope_kv
+ * (fwd.h) without head norms: w's rows are [q | k | v] heads
+ * (out = (H + 2 KV) hd); each row plus its bias; q and k heads rotated at
+ * position *pos (pairs (i, i + half), or (2i, 2i + 1) when interleaved, of
+ * the leading 2 half dims, by the table cos_sin); q into q, k and v into
+ * cache row *pos of ck and cv, rounded to fp16. hd a multiple of 8, and half
+ * of 4 unless interleaved: a block's 8 rows hold whole pairs.
+ */
+typedef struct {
+	int64_t H, KV, hd;    /* query heads, key/value heads, head width */
+	int64_t half;         /* rotary pairs a head; 0: no rotary embedding */
+	int interleaved;
+	const float *cos_sin; /* [2][half] cos, then sin, of each pair's angle at *pos (device) */
+	const float *bias;    /* [out], or NULL */
+	const int64_t *pos;   /* [1] device */
+	float *q;             /* [H hd] */
+	void *ck, *cv;        /* [capacity, KV hd] fp16 */
+} gq_gpu_qkv_rope;
+
+/* One token x [in] fp16 (as gq_gpu_qgemm's X; ws likewise for T = 1) through w into r. */
+int gq_gpu_qgemv_qkv_rope(const gq_gpu_qmat *w, const void *x, const gq_gpu_qkv_rope *r,
+			  void *ws, uint64_t ws_bytes, void *stream);
+
+/*
  * Y [T, n] fp32 = X [T, k] fp16 (row stride ldx) times Wᵀ, W [n, k] fp16,
  * through cuBLAS GemmEx with fp32 accumulation. The cuBLAS handle is made on
  * first use, for the device current then; one host thread at a time.

@@ -25,7 +25,9 @@
  *     of 32, irregular g_idx) falls back to a per-code group lookup. GLU: the
  *     rows of a [gate | up] pair, act(gate) * up written as fp16. NORM: the
  *     rows added into a residual stream row, and the RMS norm after the add
- *     written as fp16 by the last block (last_block_norm). TC (CUDA, 2 to 4
+ *     written as fp16 by the last block (last_block_norm). ROPE: the rows
+ *     of a decoding [q | k | v] matrix plus bias, q and k rotated, k and v
+ *     into the KV cache (qkv_rope_dim). TC (CUDA, 2 to 4
  *     bits, regular groups): the same blocks and loads, the multiply-adds on
  *     tensor cores (qgemv_tc_chunks): from the exact integers c - z for
  *     groups of whole quads of chunks (128 codes or a multiple, or one group
@@ -457,6 +459,107 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
 #endif
 
 /*
+ * ROPE (gq_gpu_qgemv_qkv_rope): grid (hd / 8, H + 2 KV), block x of head y
+ * (q heads, then k, then v), whose row r is dim qkv_rope_dim(r) of the
+ * head. In a q or k head's rotated dims, (i, i + half) pairs, rows r and
+ * r ^ 4 are a pair (4 pairs a block); interleaved pairs, the rest of a head
+ * and the v heads stay in order (pairs r, r ^ 1). From the block's indices,
+ * with no division. Nsight Compute's kernel times for the llama-7B q/k/v
+ * (H200, serialized): 12.9 us, against 12.1 for the product alone and 3.9
+ * for rope_kv_kernel after it; 13.8 with a grid of rows, each block's rows
+ * from remainders by hd and its operands loaded after the products.
+ * Decoding: 582.2 / 577.5 tok/s against 575.7 / 571.5 with the two
+ * launches (one run; earlier forms of this epilogue gained 0-2% over three
+ * runs). In another run a timing-only build of the earlier form that
+ * stored the unrotated sums to q (no cache rows, no operands) decoded
+ * 594.9 / 595.2 against 564.8 / 564.8, the epilogue 576.3 / 574.5: its
+ * operands, rotation and cache rows still cost about 3%.
+ */
+__device__ __forceinline__ int qkv_rope_dim(const gq_gpu_qkv_rope &rp, int r)
+{
+	const int j = 8 * (int)blockIdx.x, half = (int)rp.half;
+
+	if (rp.interleaved || blockIdx.y >= rp.H + rp.KV || j >= 2 * half)
+		return j + r;
+	return j / 2 + (r & 3) + (r & 4 ? half : 0);
+}
+
+/* Dim d of this block's head: whether it is rotated, and the index of its pair's angle. */
+__device__ __forceinline__ bool qkv_rope_rotates(const gq_gpu_qkv_rope &rp, int d, int &angle)
+{
+	const int half = (int)rp.half;
+
+	angle = rp.interleaved ? d / 2 : d < half ? d : d - half;
+	return blockIdx.y < rp.H + rp.KV && d < 2 * half;
+}
+
+/* ROPE: what row r < QG_ROWS of a block stores with, copied in as the block starts */
+struct qkv_rope_in {
+	float c[QG_ROWS], s[QG_ROWS];  /* cos, sin of the angle of the row's pair (0: not rotated) */
+	float b[QG_ROWS], pb[QG_ROWS]; /* bias of the row and of its partner (0: none) */
+	int64_t pos;                   /* the cache row */
+};
+
+/*
+ * Row threadIdx.x's angle and biases, and the position, into in as the block
+ * starts (cp.async on CUDA: in flight during the products, holding no
+ * registers), each thread's copies waited for before the reduction's barrier.
+ */
+__device__ __forceinline__ void qkv_rope_fetch(const gq_gpu_qkv_rope &rp, qkv_rope_in &in)
+{
+	const int r = threadIdx.x, d = qkv_rope_dim(rp, r);
+	const int64_t head = (int64_t)blockIdx.y * rp.hd;
+	const int64_t o = head + d, po = head + qkv_rope_dim(rp, r ^ (rp.interleaved ? 1 : 4));
+	int angle;
+	const bool rotates = qkv_rope_rotates(rp, d, angle);
+#ifndef GQ_HIP
+	const float *none = (const float *)rp.pos; /* a valid address for copies of 0 bytes */
+
+	cp_async4(&in.c[r], rotates ? rp.cos_sin + angle : none, rotates ? 4 : 0);
+	cp_async4(&in.s[r], rotates ? rp.cos_sin + rp.half + angle : none, rotates ? 4 : 0);
+	cp_async4(&in.b[r], rp.bias ? rp.bias + o : none, rp.bias ? 4 : 0);
+	cp_async4(&in.pb[r], rp.bias && rotates ? rp.bias + po : none, rp.bias && rotates ? 4 : 0);
+	if (r < 2) /* the position's two words */
+		cp_async4((uint32_t *)&in.pos + r, (const uint32_t *)rp.pos + r, 4);
+	cp_async_commit();
+#else
+	in.c[r] = rotates ? rp.cos_sin[angle] : 0.0f;
+	in.s[r] = rotates ? rp.cos_sin[rp.half + angle] : 0.0f;
+	in.b[r] = rp.bias ? rp.bias[o] : 0.0f;
+	in.pb[r] = rp.bias && rotates ? rp.bias[po] : 0.0f;
+	if (r == 0)
+		in.pos = *rp.pos;
+#endif
+}
+
+/*
+ * Row threadIdx.x's sum v (and its partner's, pv) plus bias, rotated as
+ * rope_kv_kernel rotates (x1 c - x2 s for the pair's first, x2 c + x1 s for
+ * its second), into q or, rounded to fp16, the cache row.
+ */
+__device__ __forceinline__ void qkv_rope_store(const gq_gpu_qkv_rope &rp, const qkv_rope_in &in,
+					       float v, float pv)
+{
+	const int r = threadIdx.x, d = qkv_rope_dim(rp, r);
+	const int64_t head = blockIdx.y, kn = rp.KV * rp.hd;
+	int angle;
+
+	v += in.b[r];
+	if (qkv_rope_rotates(rp, d, angle)) {
+		const bool first = rp.interleaved ? d % 2 == 0 : d < (int)rp.half;
+
+		pv += in.pb[r];
+		v = first ? v * in.c[r] - pv * in.s[r] : v * in.c[r] + pv * in.s[r];
+	}
+	if (head < rp.H)
+		rp.q[head * rp.hd + d] = v;
+	else if (head < rp.H + rp.KV)
+		((__half *)rp.ck)[in.pos * kn + (head - rp.H) * rp.hd + d] = __float2half(v);
+	else
+		((__half *)rp.cv)[in.pos * kn + (head - rp.H - rp.KV) * rp.hd + d] = __float2half(v);
+}
+
+/*
  * y [T, out] (row stride out) from xs [T, ldx] sorted and padded (ldx a
  * multiple of 8, 16-byte aligned rows). One block: QG_ROWS rows from
  * QG_ROWS b (GLU: QG_ROWS / 2 gate rows from QG_ROWS / 2 b and the up rows
@@ -506,16 +609,19 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
  * 8 rows over all chunks, no block reduction (435-438 against 572-576: a
  * quarter of the warps in flight, q_proj 8.8 against 4.0 us).
  */
-template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false, int TC = TC_NONE>
+template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false, int TC = TC_NONE,
+	  bool ROPE = false>
 __global__ static void __launch_bounds__(QG_THREADS, REGULAR ? QG_MIN_BLOCKS : 4)
 qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	     const int32_t *__restrict__ gsorted, int gc, const __half *__restrict__ xs,
 	     int64_t ldx, float *__restrict__ y, int64_t out, int64_t n_chunks, int64_t n_groups,
-	     int act, __half *__restrict__ y16, gq_gpu_add_norm nrm)
+	     int act, __half *__restrict__ y16, gq_gpu_add_norm nrm, gq_gpu_qkv_rope rope)
 {
 	/* GLU: rows [gate | up], half the block's rows from each, out16 = act(gate) * up */
 	constexpr int ROWS_OUT = GLU ? QG_ROWS / 2 : QG_ROWS;
-	const int64_t o0 = (int64_t)blockIdx.x * ROWS_OUT, wpr = n_chunks * BITS;
+	/* ROPE: grid (hd / 8, heads) */
+	const int64_t o0 = ROPE ? blockIdx.y * rope.hd + 8 * blockIdx.x : (int64_t)blockIdx.x * ROWS_OUT;
+	const int64_t wpr = n_chunks * BITS;
 	const int64_t n_out = GLU ? out / 2 : out;
 	float acc[QG_ROWS][T] = {};
 	int64_t row[QG_ROWS];
@@ -523,13 +629,19 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 
 	static_assert(!GLU || (T == 1 && QG_ROWS % 2 == 0), "GLU: one token, rows in pairs");
 	static_assert(!NORM || (T == 1 && !GLU), "NORM: one token into the residual stream");
+	static_assert(!ROPE || (T == 1 && !GLU && !NORM && QG_ROWS == 8),
+		      "ROPE: one token, 4 pairs a block");
 	pdl_launch_next();
 #pragma unroll
 	for (int r = 0; r < QG_ROWS; r++) { /* rows past the end repeat the last; never stored */
 		const int64_t o = o0 + r % ROWS_OUT < n_out ? o0 + r % ROWS_OUT : n_out - 1;
 
-		row[r] = r < ROWS_OUT ? o : n_out + o;
+		row[r] = ROPE ? blockIdx.y * rope.hd + qkv_rope_dim(rope, r) : r < ROWS_OUT ? o : n_out + o;
 	}
+	__shared__ qkv_rope_in rin; /* ROPE: the epilogue's operands */
+
+	if (ROPE && threadIdx.x < QG_ROWS)
+		qkv_rope_fetch(rope, rin);
 	if constexpr (TC != TC_NONE) {
 #ifndef GQ_HIP
 		static_assert(BITS <= 4 && T == 1 && REGULAR, "TC: 2- to 4-bit codes, one token, regular groups");
@@ -655,6 +767,10 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 				part[warp][i] = v;
 		}
 	}
+#ifndef GQ_HIP
+	if constexpr (ROPE) /* rin's copies, before the barrier shows thread 0's position to the rest */
+		cp_async_wait<0>();
+#endif
 	__syncthreads();
 	if (GLU && threadIdx.x < ROWS_OUT) {
 		const int r = threadIdx.x;
@@ -665,6 +781,13 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 			gate += part[k][r], up += part[k][r + ROWS_OUT];
 		if (o0 + r < n_out)
 			y16[o0 + r] = __float2half(gq_activate(act, gate) * up);
+	} else if (ROPE && threadIdx.x < QG_ROWS) {
+		float v = 0, pv = 0; /* this row's sum and its rotary partner's */
+
+#pragma unroll
+		for (int k = 0; k < QG_THREADS / 32; k++)
+			v += part[k][threadIdx.x], pv += part[k][threadIdx.x ^ (rope.interleaved ? 1 : 4)];
+		qkv_rope_store(rope, rin, v, pv);
 	} else if (!GLU && threadIdx.x < QG_ROWS * T) {
 		const int r = threadIdx.x / T, t = threadIdx.x % T;
 		float v = 0;
@@ -1612,16 +1735,18 @@ extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
  * groups of whole chunk quads, fp16 weights for smaller ones), else the
  * CUDA-core loop (8 bits, or groups looked up code by code).
  */
-template <int BITS, int T, bool GLU, bool NORM>
+template <int BITS, int T, bool GLU, bool NORM, bool ROPE = false>
 static auto gemv_kernel_for(const gq_gpu_qmat *w)
 {
 #ifndef GQ_HIP
 	if constexpr (BITS <= 4 && T == 1)
 		if (w->group_chunks)
-			return w->group_chunks % 4 == 0 ? qgemv_kernel<BITS, T, true, GLU, NORM, TC_QUAD_GROUPS>
-							 : qgemv_kernel<BITS, T, true, GLU, NORM, TC_LANE_SCALES>;
+			return w->group_chunks % 4 == 0
+				       ? qgemv_kernel<BITS, T, true, GLU, NORM, TC_QUAD_GROUPS, ROPE>
+				       : qgemv_kernel<BITS, T, true, GLU, NORM, TC_LANE_SCALES, ROPE>;
 #endif
-	return w->group_chunks ? qgemv_kernel<BITS, T, true, GLU, NORM> : qgemv_kernel<BITS, T, false, GLU, NORM>;
+	return w->group_chunks ? qgemv_kernel<BITS, T, true, GLU, NORM, TC_NONE, ROPE>
+			       : qgemv_kernel<BITS, T, false, GLU, NORM, TC_NONE, ROPE>;
 }
 
 /* T = 1 (and every T on HIP): qgemv_kernel; 2..8 tokens: qgemv_mma_kernel */
@@ -1647,7 +1772,7 @@ static int launch_gemv(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, floa
 		PDL_LAUNCH("qgemv_kernel", (gemv_kernel_for<BITS, N, false, false>(w)),                 \
 			   dim3((unsigned)blocks), dim3(QG_THREADS), 0, s, w->codes, sz, w->gsorted,     \
 			   w->group_chunks, xs, ldx, Y, w->out, n_chunks, w->n_groups, 0,             \
-			   (__half *)NULL, gq_gpu_add_norm{});                                      \
+			   (__half *)NULL, gq_gpu_add_norm{}, gq_gpu_qkv_rope{});                   \
 		break;
 		GEMV_T(1)
 #ifdef GQ_HIP
@@ -1847,7 +1972,7 @@ static int launch_glu(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, int a
 
 	PDL_LAUNCH("qgemv_kernel", (gemv_kernel_for<BITS, 1, true, false>(w)), grid, dim3(QG_THREADS), 0, s, w->codes, (const __half2 *)w->sz, w->gsorted,
 		   w->group_chunks, xs, ldx, (float *)NULL, w->out, n_chunks, w->n_groups, act, y16,
-		   gq_gpu_add_norm{});
+		   gq_gpu_add_norm{}, gq_gpu_qkv_rope{});
 	return GQ_OK;
 }
 
@@ -1880,7 +2005,7 @@ static int launch_add_norm(const gq_gpu_qmat *w, const __half *xs, int64_t ldx,
 	PDL_LAUNCH("qgemv_kernel", (gemv_kernel_for<BITS, 1, false, true>(w)),
 		   dim3((unsigned)CEIL_DIV(w->out, (int64_t)QG_ROWS)), dim3(QG_THREADS), 0, s, w->codes,
 		   (const __half2 *)w->sz, w->gsorted, w->group_chunks, xs, ldx, (float *)NULL, w->out,
-		   n_chunks, w->n_groups, 0, (__half *)NULL, *nrm);
+		   n_chunks, w->n_groups, 0, (__half *)NULL, *nrm, gq_gpu_qkv_rope{});
 	return GQ_OK;
 }
 
@@ -1905,5 +2030,45 @@ extern "C" int gq_gpu_qgemv_add_norm(const gq_gpu_qmat *w, const void *x,
 	case 3: return launch_add_norm<3>(w, xs, ldx, nrm, s);
 	case 4: return launch_add_norm<4>(w, xs, ldx, nrm, s);
 	default: return launch_add_norm<8>(w, xs, ldx, nrm, s);
+	}
+}
+
+template <int BITS>
+static int launch_qkv_rope(const gq_gpu_qmat *w, const __half *xs, int64_t ldx,
+			   const gq_gpu_qkv_rope *r, cudaStream_t s)
+{
+	PDL_LAUNCH("qgemv_kernel", (gemv_kernel_for<BITS, 1, false, false, true>(w)),
+		   dim3((unsigned)(r->hd / QG_ROWS), (unsigned)(r->H + 2 * r->KV)), dim3(QG_THREADS), 0, s,
+		   w->codes, (const __half2 *)w->sz, w->gsorted, w->group_chunks, xs, ldx, (float *)NULL, w->out,
+		   w->in_pad / 32, w->n_groups, 0, (__half *)NULL, gq_gpu_add_norm{}, *r);
+	return GQ_OK;
+}
+
+extern "C" int gq_gpu_qgemv_qkv_rope(const gq_gpu_qmat *w, const void *x, const gq_gpu_qkv_rope *r,
+				     void *ws, uint64_t ws_bytes, void *stream)
+{
+	cudaStream_t s = (cudaStream_t)stream;
+	const __half *xs;
+	int64_t ldx;
+	int rc;
+
+	if (r->H < 1 || r->KV < 1 || r->H + 2 * r->KV > 65535 || r->hd < 8 || r->hd % 8 ||
+	    r->hd > INT_MAX / 2 || w->out != (r->H + 2 * r->KV) * r->hd) /* a grid of heads */
+		return gq_err(GQ_ERR_ARG, "a q/k/v product of %lld rows for %lld + 2 x %lld heads of %lld "
+			      "(head width a multiple of 8)", (long long)w->out, (long long)r->H,
+			      (long long)r->KV, (long long)r->hd);
+	if (r->half < 0 || 2 * r->half > r->hd || (!r->interleaved && r->half % 4) ||
+	    (r->half > 0 && !r->cos_sin))
+		return gq_err(GQ_ERR_ARG, "%lld rotary pairs in heads of %lld (a multiple of 4 unless "
+			      "interleaved, with their cos and sin)", (long long)r->half, (long long)r->hd);
+	if (!r->pos || !r->q || !r->ck || !r->cv)
+		return gq_err(GQ_ERR_ARG, "a q/k/v product without its position, q or cache");
+	if ((rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
+		return rc;
+	switch (w->bits) {
+	case 2: return launch_qkv_rope<2>(w, xs, ldx, r, s);
+	case 3: return launch_qkv_rope<3>(w, xs, ldx, r, s);
+	case 4: return launch_qkv_rope<4>(w, xs, ldx, r, s);
+	default: return launch_qkv_rope<8>(w, xs, ldx, r, s);
 	}
 }

@@ -1,7 +1,9 @@
 /*
  * test_gpu.c - the GPU runtime wrappers and the conversion kernel against
  * gq_convert_to_f32 (bit-identical), and the quantized products against the
- * CPU references (gq_qgemv_ref; gq_qmat_dequant + a double-precision matmul).
+ * CPU references (gq_qgemv_ref; gq_qmat_dequant + a double-precision matmul),
+ * the decoding q/k/v product with its rotary epilogue against the CPU and the
+ * launches it replaces.
  * Skips when built without a GPU backend or when no device is visible.
  */
 #include "check.h"
@@ -445,6 +447,200 @@ static void test_qgemm(void)
 #endif
 }
 
+/*
+ * The decoding q/k/v product with its bias, rotary embedding and cache rows
+ * in the epilogue (gq_gpu_qgemv_qkv_rope), for pairs (i, i + half) over
+ * whole heads and partial ones, interleaved pairs, no rotary embedding,
+ * grouped heads and every width: against the CPU (the GEMV's rtol, as
+ * test_qgemm; 2e-3 on the fp16 cache rows), and against the launches it
+ * replaces (gq_gpu_qgemm, gq_gpu_bias, gq_gpu_rope_kv), which the angles'
+ * table alone may separate (host and device trig: 1e-6). Rows of the cache
+ * other than the position stay untouched, and shapes whose blocks would
+ * split a head or a rotary pair are refused.
+ */
+static void test_qkv_rope(void)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	static const struct {
+		int bits;
+		int64_t in, gs;
+		int act;
+		int64_t H, KV, hd, half;
+		int interleaved, bias;
+	} cases[] = {
+		{4, 512, 128, 0, 4, 2, 64, 32, 0, 1},  /* llama: whole heads, grouped */
+		{3, 256, -1, 0, 2, 2, 128, 16, 0, 0},  /* gpt-neox: a quarter of each head */
+		{8, 320, 32, 1, 3, 1, 32, 8, 1, 1},    /* gptj, codegen: interleaved, partial */
+		{2, 256, 32, 0, 2, 1, 40, 0, 0, 1},    /* ALiBi, bias: no rotary embedding */
+		{4, 384, 32, 1, 2, 2, 64, 32, 1, 0},   /* groups smaller than a chunk quad: fp16 weights */
+	};
+	const int64_t cap = 8, pos = 5;
+	uint64_t seed = 31;
+
+	if (gq_gpu_count() == 0) {
+		check_skip("no GPU");
+		return;
+	}
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		int64_t in = cases[c].in, H = cases[c].H, KV = cases[c].KV, hd = cases[c].hd;
+		int64_t half = cases[c].half, out = (H + 2 * KV) * hd, kn = KV * hd;
+		int il = cases[c].interleaved;
+		float *W = malloc((size_t)(out * in) * 4), *x = malloc((size_t)in * 4);
+		float *y = malloc((size_t)out * 4), *b = malloc((size_t)out * 4), *inv = malloc(4 * 64);
+		float *cs = malloc(8 * 64), *got_q = malloc((size_t)out * 4), *alt_q = malloc((size_t)out * 4);
+		uint16_t *xh = malloc((size_t)in * 2), *got_c = malloc((size_t)(2 * cap * kn) * 2);
+		uint16_t *alt_c = malloc((size_t)(2 * cap * kn) * 2);
+		float *dy, *db, *dinv, *dcs;
+		int64_t *dpos;
+		void *dx, *ws, *ck, *cv;
+		gq_gpu_qmat d;
+		gq_qmat q;
+		double ss = 0, worst = 0, worst_c = 0, worst_alt = 0;
+
+		make_qmat(&q, cases[c].bits, in, out, cases[c].gs, cases[c].act, &seed);
+		gq_qmat_dequant(&q, W);
+		CHECK_OK(gq_gpu_qmat_upload(&d, &q.k));
+		double rtol = gpu_exact_gemv(1, &d) ? 1e-4 : 2e-3;
+		uint64_t ws_bytes = gq_gpu_qgemm_workspace(&d, 1);
+
+		for (int64_t i = 0; i < in; i++) {
+			xh[i] = gq_f32_to_f16(check_randf(&seed));
+			x[i] = gq_f16_to_f32(xh[i]);
+		}
+		for (int64_t o = 0; o < out; o++)
+			b[o] = cases[c].bias ? check_randf(&seed) : 0;
+		for (int64_t i = 0; i < half; i++)
+			inv[i] = powf(10000.0f, -(float)i / (float)half);
+		gq_rope_cos_sin(inv, half, pos, cs, cs + half);
+		CHECK_OK(gq_gpu_alloc(&dx, (uint64_t)in * 2));
+		CHECK_OK(gq_gpu_alloc((void **)&dy, (uint64_t)out * 4));
+		CHECK_OK(gq_gpu_alloc((void **)&db, (uint64_t)out * 4));
+		CHECK_OK(gq_gpu_alloc((void **)&dinv, 4 * 64));
+		CHECK_OK(gq_gpu_alloc((void **)&dcs, 8 * 64));
+		CHECK_OK(gq_gpu_alloc((void **)&dpos, 8));
+		CHECK_OK(gq_gpu_alloc(&ck, (uint64_t)(cap * kn) * 2));
+		CHECK_OK(gq_gpu_alloc(&cv, (uint64_t)(cap * kn) * 2));
+		CHECK_OK(gq_gpu_alloc(&ws, ws_bytes));
+		CHECK_OK(gq_gpu_upload(dx, xh, (uint64_t)in * 2));
+		CHECK_OK(gq_gpu_upload(db, b, (uint64_t)out * 4));
+		CHECK_OK(gq_gpu_upload(dinv, inv, 4 * 64));
+		CHECK_OK(gq_gpu_upload(dcs, cs, 8 * 64));
+		CHECK_OK(gq_gpu_upload(dpos, &pos, 8));
+
+		/* the launches it replaces, then the fused product, each into poisoned buffers */
+		for (int fused = 0; fused < 2; fused++) {
+			gq_gpu_qkv_rope r = {H, KV, hd, half, il, dcs, cases[c].bias ? db : NULL, dpos, dy, ck, cv};
+			gq_gpu_rope rk = {H, KV, hd, NULL, NULL, 0, dinv, half, il};
+			float *qs = fused ? got_q : alt_q;
+			uint16_t *cache = fused ? got_c : alt_c;
+
+			memset(qs, 0xff, (size_t)out * 4); /* NaN */
+			memset(cache, 0xff, (size_t)(2 * cap * kn) * 2);
+			CHECK_OK(gq_gpu_upload(dy, qs, (uint64_t)out * 4));
+			CHECK_OK(gq_gpu_upload(ck, cache, (uint64_t)(cap * kn) * 2));
+			CHECK_OK(gq_gpu_upload(cv, cache, (uint64_t)(cap * kn) * 2));
+			if (fused) {
+				CHECK_OK(gq_gpu_qgemv_qkv_rope(&d, dx, &r, ws, ws_bytes, NULL));
+			} else {
+				CHECK_OK(gq_gpu_qgemm(&d, dx, 1, dy, ws, ws_bytes, NULL));
+				if (cases[c].bias)
+					CHECK_OK(gq_gpu_bias(dy, out, db, 1, out, NULL));
+				CHECK_OK(gq_gpu_rope_kv(dy, out, dy + H * hd, out, dy + (H + KV) * hd, out, 1,
+							&rk, ck, cv, dpos, NULL));
+			}
+			CHECK_OK(gq_gpu_sync());
+			CHECK_OK(gq_gpu_download(qs, dy, (uint64_t)(H * hd) * 4));
+			CHECK_OK(gq_gpu_download(cache, ck, (uint64_t)(cap * kn) * 2));
+			CHECK_OK(gq_gpu_download(cache + cap * kn, cv, (uint64_t)(cap * kn) * 2));
+		}
+
+		/* the CPU: product, bias, then each q and k head's pairs rotated (rope_kv_kernel's) */
+		if (gpu_exact_gemv(1, &d)) {
+			gq_qgemv_ref(&q.k, x, y, 0, out);
+		} else {
+			for (int64_t o = 0; o < out; o++) {
+				double acc = 0;
+
+				for (int64_t k = 0; k < in; k++)
+					acc += (double)W[o * in + k] * x[k];
+				y[o] = (float)acc;
+			}
+		}
+		for (int64_t o = 0; o < out; o++)
+			y[o] += b[o];
+		for (int64_t h = 0; h < H + KV; h++)
+			for (int64_t i = 0; i < half; i++) {
+				float *v = y + h * hd;
+				int64_t a = il ? 2 * i : i, e = il ? 2 * i + 1 : i + half;
+				double x1 = v[a], x2 = v[e];
+
+				v[a] = (float)(x1 * cs[i] - x2 * cs[half + i]);
+				v[e] = (float)(x2 * cs[i] + x1 * cs[half + i]);
+			}
+		for (int64_t o = 0; o < out; o++)
+			ss += (double)y[o] * y[o];
+		double rms = sqrt(ss / (double)out);
+
+		for (int64_t o = 0; o < out; o++) {
+			/* q, then cache rows k and v at pos: every output written once */
+			int64_t at = o < H * hd ? -1 : (o < H * hd + kn ? 0 : cap * kn) + pos * kn + (o - H * hd) % kn;
+			double g = at < 0 ? got_q[o] : gq_f16_to_f32(got_c[at]);
+			double alt = at < 0 ? alt_q[o] : gq_f16_to_f32(alt_c[at]);
+			double e = fabs(g - y[o]) / (fabs(y[o]) + rms), ea = fabs(g - alt) / (fabs(alt) + rms);
+
+			if (at < 0)
+				worst = isnan(g) || e > worst ? (isnan(g) ? INFINITY : e) : worst;
+			else
+				worst_c = isnan(g) || e > worst_c ? (isnan(g) ? INFINITY : e) : worst_c;
+			worst_alt = isnan(g) || ea > worst_alt ? (isnan(g) ? INFINITY : ea) : worst_alt;
+		}
+		int untouched = 1; /* every other cache row still poison */
+
+		for (int64_t i = 0; i < 2 * cap * kn; i++)
+			if ((i % (cap * kn)) / kn != pos)
+				untouched &= got_c[i] == 0xffff;
+		fprintf(stderr, "  %d-bit q/k/v %lld + 2 x %lld heads of %lld, %lld pairs%s%s: err q %.2e "
+			"(rtol %.0e), cache %.2e (rtol 2e-3), against the launches %.2e\n", cases[c].bits,
+			(long long)H, (long long)KV, (long long)hd, (long long)half,
+			il ? " interleaved" : "", cases[c].bias ? ", bias" : "", worst, rtol, worst_c, worst_alt);
+		CHECK(worst <= rtol && worst_c <= 2e-3 && worst_alt <= 1e-6 && untouched);
+
+		gq_gpu_qkv_rope bad = {H, KV, hd, half, il, dcs, NULL, dpos, dy, ck, cv};
+
+		bad.H = H + 1; /* rows for other heads */
+		CHECK_ERR(gq_gpu_qgemv_qkv_rope(&d, dx, &bad, ws, ws_bytes, NULL), GQ_ERR_ARG, "q/k/v product");
+		bad.H = H, bad.half = hd; /* more pairs than a head holds */
+		CHECK_ERR(gq_gpu_qgemv_qkv_rope(&d, dx, &bad, ws, ws_bytes, NULL), GQ_ERR_ARG, "rotary pairs");
+		bad.half = 2, bad.interleaved = 0; /* pairs (i, i + 2) would span blocks */
+		CHECK_ERR(gq_gpu_qgemv_qkv_rope(&d, dx, &bad, ws, ws_bytes, NULL), GQ_ERR_ARG, "multiple of 4");
+		gq_gpu_free(dx);
+		gq_gpu_free(dy);
+		gq_gpu_free(db);
+		gq_gpu_free(dinv);
+		gq_gpu_free(dcs);
+		gq_gpu_free(dpos);
+		gq_gpu_free(ck);
+		gq_gpu_free(cv);
+		gq_gpu_free(ws);
+		gq_gpu_qmat_free(&d);
+		gq_qmat_free(&q);
+		free(W);
+		free(x);
+		free(y);
+		free(b);
+		free(inv);
+		free(cs);
+		free(got_q);
+		free(alt_q);
+		free(xh);
+		free(got_c);
+		free(alt_c);
+	}
+#else
+	check_skip("built without a GPU backend");
+#endif
+}
+
 #if defined(GQ_CUDA) || defined(GQ_HIP)
 /*
  * out [T][H][hd] in double: causal softmax attention of q [T][H][hd] at
@@ -704,6 +900,7 @@ int main(void)
 	RUN(test_convert_kernel);
 	RUN(test_dequant_codes_kernel);
 	RUN(test_qgemm);
+	RUN(test_qkv_rope);
 	RUN(test_attention);
 	RUN(test_moe_route);
 	return check_done();
