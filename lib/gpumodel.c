@@ -514,18 +514,31 @@ static int observe(gq_gpu_model *g, gdev *D, int layer, int i, const void *x16, 
 		       : GQ_OK;
 }
 
+/* Rotary pairs a head: 0 without a rotary embedding. */
+static int64_t rope_pairs(const gq_model *m)
+{
+	return m->arch.pos == GQ_POS_ROPE ? m->cfg.rotary_dim / 2 : 0;
+}
+
+/* Floats in each rotary table a device or the host keeps (at least one: allocations) */
+static int64_t rope_slots(const gq_config *c)
+{
+	return c->rotary_dim / 2 > 0 ? c->rotary_dim / 2 : 1;
+}
+
 /*
- * Whether one-row q/k/v product lin of layer L runs with the bias, the
- * rotary embedding and the cache rows in its epilogue
+ * Whether one-row q/k/v product lin of layer L (half: rope_pairs) runs with
+ * the bias, the rotary embedding and the cache rows in its epilogue
  * (gq_gpu_qgemv_qkv_rope): quantized, no head norms, heads of a multiple of
  * 8 and whole blocks of rotary pairs, and no hooks or kept activations.
  * Saves decoding a launch a layer (rope_kv_kernel).
  */
-static int fusable_rope(const gq_gpu_model *g, const glayer *L, const glin *lin, int64_t n)
+static int fusable_rope(const gq_gpu_model *g, const glayer *L, const glin *lin, int64_t n,
+			int64_t half)
 {
 	const gq_model *m = g->m;
 	const gq_config *c = &m->cfg;
-	int64_t hd = c->head_dim, half = m->arch.pos == GQ_POS_ROPE ? c->rotary_dim / 2 : 0;
+	int64_t hd = c->head_dim;
 
 	return n == 1 && !g->hooks && !g->kept && lin->q.codes && !L->q_norm_w && !L->k_norm_w &&
 	       hd % 8 == 0 && 2 * half <= hd && (m->arch.rope_interleaved || half % 4 == 0) &&
@@ -538,7 +551,7 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 	const gq_config *c = &m->cfg;
 	const glayer *L = &g->layers[l];
 	int64_t H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
-	int64_t half = m->arch.pos == GQ_POS_ROPE ? c->rotary_dim / 2 : 0;
+	int64_t half = rope_pairs(m);
 	float *q = D->qkv, *k, *v;
 	int64_t ldq, ldk, ldv;
 	int fused = 0; /* q/k/v with bias, rotary embedding and cache rows in one product */
@@ -574,7 +587,7 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 		v = k + KV * hd;
 		if ((rc = observe(g, D, l, i, D->h16, n, NULL)))
 			return rc;
-		if (fusable_rope(g, L, lin, n)) {
+		if (fusable_rope(g, L, lin, n, half)) {
 			gq_gpu_qkv_rope r = {H, KV, hd, half, m->arch.rope_interleaved, D->rope_cs, lin->b,
 					     D->pos, q, gc->k[l], gc->v[l]};
 
@@ -1005,10 +1018,10 @@ static int body(gq_gpu_model *g, gcache *gc, int64_t n, int64_t rows_out, int64_
 static int dynamic_rope(gq_gpu_model *g, int64_t seq_len)
 {
 	const gq_config *c = &g->m->cfg;
-	int64_t half = c->rotary_dim / 2;
+	int64_t half = rope_pairs(g->m);
 	int rc = GQ_OK;
 
-	if (g->m->arch.pos != GQ_POS_ROPE || c->rope_type != GQ_ROPE_DYNAMIC || half < 1)
+	if (c->rope_type != GQ_ROPE_DYNAMIC || half < 1)
 		return GQ_OK;
 	gq_rope_inv_freq(c, seq_len, g->host_inv);
 	/* a pageable source is staged before the call returns: host_inv may change after */
@@ -1030,7 +1043,7 @@ static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t end, int64_t
 	gcache *gc = c->dev;
 	gdev *D0 = &g->dev[0], *DL = &g->dev[g->n_devs - 1];
 	int64_t pos = c->len, d = m->cfg.hidden, V = m->cfg.vocab;
-	int64_t half = m->arch.pos == GQ_POS_ROPE ? m->cfg.rotary_dim / 2 : 0;
+	int64_t half = rope_pairs(m);
 	uint64_t pos_bytes = 8; /* of host_pos: the position, and for one row rope_cs */
 	int graph = n == 1 && gq_gpu_model_graphs(g);
 	int rc;
@@ -1229,7 +1242,7 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	int64_t wide = gq_model_out_dim(m) > d ? gq_model_out_dim(m) : d; /* the head's input too */
 	int64_t inter = c->intermediate > 0 ? c->intermediate : 1, E = c->n_experts > 0 ? c->n_experts : 1;
 	int64_t k = c->experts_per_tok > 0 ? c->experts_per_tok : 1;
-	int64_t half = c->rotary_dim / 2 > 0 ? c->rotary_dim / 2 : 1;
+	int64_t half = rope_slots(c);
 	float *inv = malloc((size_t)half * sizeof *inv);
 	float *slopes = m->arch.pos == GQ_POS_ALIBI ? malloc((size_t)H * sizeof *slopes) : NULL;
 	int rc;
@@ -1309,7 +1322,7 @@ static gq_gpu_model *new_model(gq_model *m, int n_devs)
 {
 	const gq_config *c = &m->cfg;
 	int64_t E = c->n_experts > 0 ? c->n_experts : 1, k = c->experts_per_tok > 0 ? c->experts_per_tok : 1;
-	int64_t half = c->rotary_dim / 2 > 0 ? c->rotary_dim / 2 : 1; /* as alloc_dev */
+	int64_t half = rope_slots(c);
 	gq_gpu_model *g = calloc(1, sizeof *g);
 
 	if (!g)
@@ -1329,8 +1342,8 @@ static gq_gpu_model *new_model(gq_model *m, int n_devs)
 	g->host_rows = malloc((size_t)(CHUNK * k) * sizeof *g->host_rows);
 	g->host_wt = malloc((size_t)(CHUNK * k) * sizeof *g->host_wt);
 	g->host_start = malloc((size_t)(E + 1) * sizeof *g->host_start);
-	if (!g->layers || !g->host_x || !g->host_inv || !g->host_pos || !g->host_router || !g->host_w || !g->host_rows || !g->host_wt ||
-	    !g->host_start) {
+	if (!g->layers || !g->host_x || !g->host_inv || !g->host_pos || !g->host_router || !g->host_w ||
+	    !g->host_rows || !g->host_wt || !g->host_start) {
 		gq_gpu_model_close(g);
 		return NULL;
 	}

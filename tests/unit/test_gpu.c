@@ -194,6 +194,31 @@ static int gpu_exact_gemv(int64_t T, const gq_gpu_qmat *d)
 }
 
 /*
+ * ref [T, out] = x [T, in] times q's weights on the CPU, as gq_gpu_qgemm
+ * multiplies T tokens through d: the CPU GEMV of exact codes where the GPU
+ * multiplies them (gpu_exact_gemv), else W (q dequantized) in double.
+ */
+static void product_ref(const gq_qmat *q, const float *W, const gq_gpu_qmat *d, const float *x,
+			int64_t T, float *ref)
+{
+	int64_t in = q->k.in, out = q->k.out;
+
+	for (int64_t t = 0; t < T; t++) {
+		if (gpu_exact_gemv(T, d)) {
+			gq_qgemv_ref(&q->k, x + t * in, ref + t * out, 0, out);
+			continue;
+		}
+		for (int64_t o = 0; o < out; o++) {
+			double acc = 0;
+
+			for (int64_t k = 0; k < in; k++)
+				acc += (double)W[o * in + k] * x[t * in + k];
+			ref[t * out + o] = (float)acc;
+		}
+	}
+}
+
+/*
  * d (from q) as a [gate | up] matrix: gq_gpu_qgemv_glu's fp16 act(gate) *
  * up against the CPU GEMV's rows through act (0 SiLU, 1 erf GELU) in
  * double; dx, dy, ws: device buffers at least [in] fp16, [out] fp32 and ws.
@@ -394,19 +419,7 @@ static void test_qgemm(void)
 				xh[i] = gq_f32_to_f16(check_randf(&seed));
 				x[i] = gq_f16_to_f32(xh[i]);
 			}
-			for (int64_t t = 0; t < T; t++) {
-				if (gpu_exact_gemv(T, &d)) {
-					gq_qgemv_ref(&q.k, x + t * in, ref + t * out, 0, out);
-					continue;
-				}
-				for (int64_t o = 0; o < out; o++) {
-					double acc = 0;
-
-					for (int64_t k = 0; k < in; k++)
-						acc += (double)W[o * in + k] * x[t * in + k];
-					ref[t * out + o] = (float)acc;
-				}
-			}
+			product_ref(&q, W, &d, x, T, ref);
 			memset(got, 0xff, (size_t)(T * out) * 4); /* NaN poison: every output must be written */
 			CHECK_OK(gq_gpu_upload(dy, got, (uint64_t)(T * out) * 4));
 			CHECK_OK(gq_gpu_upload(dx, xh, (uint64_t)(T * in) * 2));
@@ -555,17 +568,7 @@ static void test_qkv_rope(void)
 		}
 
 		/* the CPU: product, bias, then each q and k head's pairs rotated (rope_kv_kernel's) */
-		if (gpu_exact_gemv(1, &d)) {
-			gq_qgemv_ref(&q.k, x, y, 0, out);
-		} else {
-			for (int64_t o = 0; o < out; o++) {
-				double acc = 0;
-
-				for (int64_t k = 0; k < in; k++)
-					acc += (double)W[o * in + k] * x[k];
-				y[o] = (float)acc;
-			}
-		}
+		product_ref(&q, W, &d, x, 1, y);
 		for (int64_t o = 0; o < out; o++)
 			y[o] += b[o];
 		for (int64_t h = 0; h < H + KV; h++)
