@@ -77,6 +77,12 @@ typedef struct {
 	void *ws;           /* qgemm workspace */
 	uint64_t ws_bytes;
 	unsigned *norm_count; /* [1] gq_gpu_add_norm's counter, 0 between launches */
+	/* decoding's norms left to the products that read them (gq_gpu_norm_defer): */
+	gq_gpu_norm_sum *defer_sum; /* [2 n_layers] each norm's total: o_proj's 2 l, down_proj's 2 l + 1 */
+	float *defer_next;    /* [2 n_layers] each norm's next scale, alike */
+	unsigned *defer_redo; /* [1] */
+	gq_gpu_norm_defer dn; /* the one h16 holds, when h16_deferred */
+	int h16_deferred;
 } gdev;
 
 struct gq_gpu_model {
@@ -104,6 +110,9 @@ struct gq_gpu_model {
 	int graphs;
 	int dense_experts;  /* an expert was uploaded in fp16: no switch nodes (gq_gpu_model_graphs) */
 	int capturing;      /* body() runs inside a graph capture */
+	int defer_off;      /* the norms run in place (a step run again: gq_gpu_norm_defer's redo) */
+	unsigned *host_redo; /* pinned [1]: dev[0].defer_redo after a step */
+	int64_t reruns;     /* steps run again with defer_off (gq_gpu_model_reruns) */
 	const gq_gpu_hooks *hooks;
 	int64_t row0;       /* sequence position of the first row in flight, for the hooks */
 	/* layer at a time: */
@@ -468,8 +477,12 @@ static int upload_final(gq_gpu_model *g)
 /* y [n, out] = x16 [n, in] Wᵀ + b on D's stream. */
 static int linear(gdev *D, const glin *l, const void *x16, int64_t n, float *y)
 {
-	int rc = l->q.codes ? gq_gpu_qgemm(&l->q, x16, n, y, D->ws, D->ws_bytes, D->stream)
-			    : gq_gpu_gemm_f16(x16, l->in, l->w16, y, n, l->out, l->in, D->stream);
+	int rc;
+
+	if (x16 == D->h16 && D->h16_deferred) /* only the readers that finish it (take_deferred) may */
+		return gq_err(GQ_ERR_ARG, "a product reading a deferred norm it cannot finish");
+	rc = l->q.codes ? gq_gpu_qgemm(&l->q, x16, n, y, D->ws, D->ws_bytes, D->stream)
+			: gq_gpu_gemm_f16(x16, l->in, l->w16, y, n, l->out, l->in, D->stream);
 
 	if (rc == GQ_OK && l->b)
 		rc = gq_gpu_bias(y, l->out, l->b, n, l->out, D->stream);
@@ -545,6 +558,28 @@ static int fusable_rope(const gq_gpu_model *g, const glayer *L, const glin *lin,
 	       lin->out == (c->n_heads + 2 * c->n_kv_heads) * hd;
 }
 
+/* Layer L's fused [q | k | v] product, or NULL where q, k and v are separate. */
+static const glin *qkv_lin(const gq_model *m, const glayer *L)
+{
+	int iq = find_module(m, GQ_ROLE_Q, -1);
+
+	if (m->arch.qkv == GQ_QKV_SEPARATE)
+		return L->lin[iq].fused == 3 ? &L->lin[iq] : NULL;
+	return &L->lin[find_module(m, GQ_ROLE_QKV, -1)];
+}
+
+/*
+ * The norm D->h16 holds for the product about to read it (NULL: a whole
+ * norm), which then finishes it.
+ */
+static const gq_gpu_norm_defer *take_deferred(gdev *D)
+{
+	if (!D->h16_deferred)
+		return NULL;
+	D->h16_deferred = 0;
+	return &D->dn;
+}
+
 static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int64_t capacity)
 {
 	const gq_model *m = g->m;
@@ -566,10 +601,11 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 	}
 	if (c->sliding_window > 0 && c->layer_sliding && c->layer_sliding[l])
 		a.window = c->sliding_window;
-	int iq = find_module(m, GQ_ROLE_Q, -1);
+	const glin *fused_lin = qkv_lin(m, L);
 
-	if (m->arch.qkv == GQ_QKV_SEPARATE && L->lin[iq].fused != 3) {
-		int ik = find_module(m, GQ_ROLE_K, -1), iv = find_module(m, GQ_ROLE_V, -1);
+	if (!fused_lin) {
+		int iq = find_module(m, GQ_ROLE_Q, -1), ik = find_module(m, GQ_ROLE_K, -1);
+		int iv = find_module(m, GQ_ROLE_V, -1);
 
 		k = q + CHUNK * H * hd;
 		v = k + CHUNK * KV * hd;
@@ -579,20 +615,20 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 		    (rc = linear(D, &L->lin[ik], D->h16, n, k)) || (rc = linear(D, &L->lin[iv], D->h16, n, v)))
 			return rc;
 	} else {
-		int i = m->arch.qkv == GQ_QKV_SEPARATE ? iq : find_module(m, GQ_ROLE_QKV, -1);
-		const glin *lin = &L->lin[i];
+		const glin *lin = fused_lin;
 
 		ldq = ldk = ldv = (H + 2 * KV) * hd;
 		k = q + H * hd;
 		v = k + KV * hd;
-		if ((rc = observe(g, D, l, i, D->h16, n, NULL)))
+		if ((rc = observe(g, D, l, (int)(lin - L->lin), D->h16, n, NULL)))
 			return rc;
 		if (fusable_rope(g, L, lin, n, half)) {
 			gq_gpu_qkv_rope r = {H, KV, hd, half, m->arch.rope_interleaved, D->rope_cs, lin->b,
 					     D->pos, q, gc->k[l], gc->v[l]};
 
 			fused = 1;
-			rc = gq_gpu_qgemv_qkv_rope(&lin->q, D->h16, &r, D->ws, D->ws_bytes, D->stream);
+			rc = gq_gpu_qgemv_qkv_rope(&lin->q, D->h16, take_deferred(D), &r, D->ws, D->ws_bytes,
+						   D->stream);
 		} else {
 			rc = linear(D, lin, D->h16, n, q);
 		}
@@ -638,22 +674,68 @@ static const float *fusable_norm(const gq_gpu_model *g, const glin *lin, int64_t
 	return norm_w;
 }
 
-/* x += lin(x16) for one row, then h16 = RMS norm(x) with weight w, by the product's last block. */
-static int add_norm(const gq_gpu_model *g, gdev *D, const glin *lin, const void *x16, const float *w)
+/* Layer L's [gate | up] product as one matrix, or NULL where gate and up are separate. */
+static const glin *gate_up_lin(const gq_model *m, const glayer *L)
 {
-	gq_gpu_add_norm nrm = {D->x, w, (float)g->m->cfg.norm_eps, (int)g->m->arch.norm, D->h16,
-			       D->norm_count};
+	int ig = find_module(m, GQ_ROLE_GATE, -1);
 
-	return gq_gpu_qgemv_add_norm(&lin->q, x16, &nrm, D->ws, D->ws_bytes, D->stream);
+	if (m->arch.mlp == GQ_MLP_GLU_FUSED)
+		return &L->lin[find_module(m, GQ_ROLE_GATE_UP, -1)];
+	return m->arch.mlp == GQ_MLP_GLU && L->lin[ig].fused == 2 ? &L->lin[ig] : NULL;
+}
+
+/* Whether one row's [gate | up] product lin has the activation in its epilogue (glu). */
+static int glu_in_epilogue(const glin *lin, int64_t n)
+{
+	return lin && n == 1 && lin->q.codes && !lin->b;
+}
+
+/*
+ * Whether decoding may leave the norms fused into products (fusable_norm)
+ * to the products that read them (gq_gpu_norm_defer; block() checks that
+ * those are gq_gpu_qgemv_glu or gq_gpu_qgemv_qkv_rope, which finish it):
+ * on one device, and not in a step run again because one went out of range
+ * (defer_off).
+ */
+static int deferrable(const gq_gpu_model *g)
+{
+	return !g->defer_off && g->n_devs == 1;
+}
+
+/* Whether a step of n rows may leave norms to their readers: the totals to zero, the flag to read. */
+static int defers_norms(const gq_gpu_model *g, int64_t n)
+{
+	int kind = (int)g->m->arch.norm;
+
+	return n == 1 && deferrable(g) && (kind == GQ_NORM_RMS || kind == GQ_NORM_RMS_GEMMA);
+}
+
+/*
+ * x += lin(x16) for one row, then h16 = RMS norm(x) with weight w, by the
+ * product's last block, or left to the next product when defer (D->dn);
+ * the norm's next scale into next either way.
+ */
+static int add_norm(const gq_gpu_model *g, gdev *D, const glin *lin, const void *x16, const float *w,
+		    float *next, int defer)
+{
+	const gq_config *c = &g->m->cfg;
+	gq_gpu_add_norm nrm = {D->x, w, (float)c->norm_eps, (int)g->m->arch.norm, D->h16,
+			       D->norm_count, next};
+
+	D->dn = (gq_gpu_norm_defer){D->defer_sum + (next - D->defer_next), next, D->defer_redo, c->hidden,
+				    (float)c->norm_eps};
+	D->h16_deferred = defer;
+	return gq_gpu_qgemv_add_norm(&lin->q, x16, &nrm, defer ? &D->dn : NULL, D->ws, D->ws_bytes,
+				     D->stream);
 }
 
 /*
  * Gated or plain MLP of modules ig/iu (or fused igu) and id on x16 [n, d]
  * (rows idx, see observe), into y; or, with fuse_w, added into x with the
- * next norm (add_norm).
+ * next norm (add_norm, left to the next layer's q/k/v with defer).
  */
 static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id, const void *x16,
-	       int64_t n, const int32_t *idx, float *y, const float *fuse_w)
+	       int64_t n, const int32_t *idx, float *y, const float *fuse_w, int defer)
 {
 	const glayer *L = &g->layers[l];
 	int64_t inter = g->m->modules[id].in;
@@ -670,10 +752,10 @@ static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id,
 		return rc;
 	if (ig >= 0 && L->lin[ig].fused == 2) /* uploaded as one [gate | up] matrix */
 		igu = ig;
-	if (igu >= 0 && n == 1 && L->lin[igu].q.codes && !L->lin[igu].b) {
+	if (igu >= 0 && glu_in_epilogue(&L->lin[igu], n)) {
 		/* decoding: the activation in the product's epilogue */
-		if ((rc = gq_gpu_qgemv_glu(&L->lin[igu].q, x16, act, D->a16, D->ws, D->ws_bytes,
-					   D->stream)))
+		if ((rc = gq_gpu_qgemv_glu(&L->lin[igu].q, x16, x16 == D->h16 ? take_deferred(D) : NULL,
+					   act, D->a16, D->ws, D->ws_bytes, D->stream)))
 			return rc;
 	} else if (igu >= 0) {
 		if ((rc = linear(D, &L->lin[igu], x16, n, D->g)) ||
@@ -691,7 +773,8 @@ static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id,
 	if ((rc = keep(g, D, kept_a16, D->a16, inter * 2, n)) ||
 	    (rc = observe(g, D, l, id, D->a16, n, idx)))
 		return rc;
-	return fuse_w ? add_norm(g, D, &L->lin[id], D->a16, fuse_w) : linear(D, &L->lin[id], D->a16, n, y);
+	return fuse_w ? add_norm(g, D, &L->lin[id], D->a16, fuse_w, D->defer_next + 2 * l + 1, defer)
+		      : linear(D, &L->lin[id], D->a16, n, y);
 }
 
 /*
@@ -703,7 +786,7 @@ static int expert(gq_gpu_model *g, gdev *D, int l, int e, const void *x16, int64
 {
 	const gq_model *m = g->m;
 	int rc = glu(g, D, l, find_module(m, GQ_ROLE_GATE, e), find_module(m, GQ_ROLE_UP, e), -1,
-		     find_module(m, GQ_ROLE_DOWN, e), x16, n, idx, D->ys, NULL);
+		     find_module(m, GQ_ROLE_DOWN, e), x16, n, idx, D->ys, NULL, 0);
 
 	return rc ? rc : gq_gpu_scatter_add(D->mo, D->ys, rows, wt, n, m->cfg.hidden, D->stream);
 }
@@ -813,21 +896,21 @@ static int moe(gq_gpu_model *g, gdev *D, int l, int64_t n)
 	return GQ_OK;
 }
 
-/* The MLP into D->mo, or with fuse_w (not MoE) into x and the next norm as glu's. */
-static int mlp(gq_gpu_model *g, gdev *D, int l, int64_t n, const float *fuse_w)
+/* The MLP into D->mo, or with fuse_w (not MoE) into x and the next norm as glu's (and defer). */
+static int mlp(gq_gpu_model *g, gdev *D, int l, int64_t n, const float *fuse_w, int defer)
 {
 	const gq_model *m = g->m;
 
 	switch (m->arch.mlp) {
 	case GQ_MLP_GLU:
 		return glu(g, D, l, find_module(m, GQ_ROLE_GATE, -1), find_module(m, GQ_ROLE_UP, -1), -1,
-			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo, fuse_w);
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo, fuse_w, defer);
 	case GQ_MLP_GLU_FUSED:
 		return glu(g, D, l, -1, -1, find_module(m, GQ_ROLE_GATE_UP, -1),
-			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo, fuse_w);
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo, fuse_w, defer);
 	case GQ_MLP_PLAIN:
 		return glu(g, D, l, -1, find_module(m, GQ_ROLE_UP, -1), -1,
-			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo, fuse_w);
+			   find_module(m, GQ_ROLE_DOWN, -1), D->h16, n, NULL, D->mo, fuse_w, defer);
 	case GQ_MLP_MOE:
 		return moe(g, D, l, n);
 	}
@@ -872,6 +955,11 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 	const float *down_norm = m->arch.mlp == GQ_MLP_MOE || L->post_mlp_w || post
 					 ? NULL
 					 : fusable_norm(g, &L->lin[find_module(m, GQ_ROLE_DOWN, -1)], n, next_w);
+	/* those norms left to the products that read them: gate/up, the next layer's q/k/v */
+	const glayer *N = l + 1 < m->cfg.n_layers ? &g->layers[l + 1] : NULL;
+	int o_defer = o_norm && deferrable(g) && glu_in_epilogue(gate_up_lin(m, L), n);
+	int down_defer = down_norm && deferrable(g) && N && next_w == N->norm_attn_w && qkv_lin(m, N) &&
+			 fusable_rope(g, N, qkv_lin(m, N), n, rope_pairs(m));
 	int rc;
 
 	if (from == GQ_GPU_FROM_INPUT &&
@@ -888,7 +976,7 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 					    eps, normed32, NULL, D->stream)))))
 		return rc;
 	if (from <= GQ_GPU_FROM_ATTN_OUT && o_norm) {
-		if ((rc = add_norm(g, D, o_lin, D->o16, o_norm)))
+		if ((rc = add_norm(g, D, o_lin, D->o16, o_norm, D->defer_next + 2 * l, o_defer)))
 			return rc;
 	} else if (from <= GQ_GPU_FROM_ATTN_OUT) {
 		if ((rc = attention_out(g, D, l, n)))
@@ -927,7 +1015,7 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 		   (rc = restore(g, D, D->h16, k->h16, d * 2, n))) {
 		return rc;
 	}
-	if ((rc = mlp(g, D, l, n, down_norm)))
+	if ((rc = mlp(g, D, l, n, down_norm, down_defer)))
 		return rc;
 	*normed = down_norm != NULL || post;
 	if (post)
@@ -952,7 +1040,13 @@ static int body(gq_gpu_model *g, gcache *gc, int64_t n, int64_t rows_out, int64_
 
 	for (int k = 0; k < g->n_devs && rc == GQ_OK; k++) {
 		D = &g->dev[k];
+		D->h16_deferred = 0; /* none carried over from a step that failed */
 		if ((rc = gq_gpu_set_device(D->ordinal)))
+			break;
+		/* deferred norms add their totals from 0 (a memset node in a graph) */
+		if (defers_norms(g, n) &&
+		    (rc = gq_gpu_zero_async(D->defer_sum,
+					    (uint64_t)(2 * m->cfg.n_layers) * sizeof *D->defer_sum, D->stream)))
 			break;
 		if (k > 0) {
 			/* the previous device's rows, once it is done with them */
@@ -1033,6 +1127,30 @@ static int dynamic_rope(gq_gpu_model *g, int64_t seq_len)
 }
 
 /*
+ * A one-row step on one device again, with its norms in place (defer_off),
+ * after one left to its reader went out of range (gq_gpu_norm_defer): the
+ * position's table and cache row are as step left them, x starts over
+ * from host_x, and the norms set their next scales for the steps after.
+ */
+static int step_again(gq_gpu_model *g, gcache *gc, int64_t capacity, int64_t rows_out, float *out)
+{
+	gdev *D = &g->dev[0];
+	int rc;
+
+	*g->host_redo = 0;
+	g->defer_off = 1;
+	g->reruns++;
+	(void)((rc = gq_gpu_zero_async(D->defer_redo, 4, D->stream)) ||
+	       (rc = gq_gpu_upload_async(D->x, g->host_x, (uint64_t)g->m->cfg.hidden * 4, D->stream)) ||
+	       (rc = body(g, gc, 1, rows_out, capacity)) ||
+	       (rows_out > 0 && (rc = gq_gpu_download_async(out, g->logits, (uint64_t)g->m->cfg.vocab * 4,
+							     D->stream))) ||
+	       (rc = gq_gpu_stream_sync(D->stream)));
+	g->defer_off = 0;
+	return rc;
+}
+
+/*
  * n rows of host_x at cache position c->len through the model, in a call
  * that ends at position end; logits of rows_out rows to out.
  */
@@ -1086,8 +1204,12 @@ static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t end, int64_t
 	if (rc == GQ_OK && rows_out > 0 &&
 	    !(rc = gq_gpu_set_device(DL->ordinal)))
 		rc = gq_gpu_download_async(out, g->logits, (uint64_t)(rows_out * V) * 4, DL->stream);
+	if (rc == GQ_OK && defers_norms(g, n) && g->host_redo)
+		rc = gq_gpu_download_async(g->host_redo, D0->defer_redo, 4, D0->stream);
 	if (rc == GQ_OK)
 		rc = gq_gpu_stream_sync(DL->stream);
+	if (rc == GQ_OK && defers_norms(g, n) && g->host_redo && *g->host_redo)
+		rc = step_again(g, gc, c->capacity, rows_out, out);
 	return rc;
 }
 
@@ -1245,13 +1367,18 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	int64_t half = rope_slots(c);
 	float *inv = malloc((size_t)half * sizeof *inv);
 	float *slopes = m->arch.pos == GQ_POS_ALIBI ? malloc((size_t)H * sizeof *slopes) : NULL;
+	float *ones = malloc((size_t)(2 * c->n_layers) * sizeof *ones); /* defer_next's first scales */
+	uint64_t sum_bytes = (uint64_t)(2 * c->n_layers) * sizeof(gq_gpu_norm_sum);
 	int rc;
 
-	if (!inv || (m->arch.pos == GQ_POS_ALIBI && !slopes)) {
+	if (!inv || (m->arch.pos == GQ_POS_ALIBI && !slopes) || !ones) {
 		free(inv);
 		free(slopes);
+		free(ones);
 		return gq_err(GQ_ERR_NOMEM, "out of memory");
 	}
+	for (int64_t i = 0; i < 2 * c->n_layers; i++)
+		ones[i] = 1.0f;
 	if (m->arch.pos == GQ_POS_ROPE)
 		gq_rope_inv_freq(c, 0, inv);
 	else
@@ -1264,6 +1391,11 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	       (rc = gq_gpu_alloc((void **)&D->pos, 8 + (uint64_t)(2 * half) * 4)) ||
 	       (rc = gq_gpu_alloc((void **)&D->norm_count, 4)) ||
 	       (rc = gq_gpu_upload(D->norm_count, &(unsigned){0}, 4)) ||
+	       (rc = gq_gpu_alloc((void **)&D->defer_sum, sum_bytes)) ||
+	       (rc = gq_gpu_zero_async(D->defer_sum, sum_bytes, D->stream)) ||
+	       (rc = gq_gpu_alloc((void **)&D->defer_redo, 4)) ||
+	       (rc = gq_gpu_zero_async(D->defer_redo, 4, D->stream)) ||
+	       (rc = dup_f32(ones, 2 * c->n_layers, &D->defer_next)) ||
 	       (rc = dup_f32(inv, half, &D->inv_freq)) ||
 	       (rc = dup_f32(slopes, H, &D->alibi)) ||
 	       (rc = gq_gpu_alloc((void **)&D->x, (uint64_t)(CHUNK * d) * 4)) ||
@@ -1286,7 +1418,8 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	D->rope_cs = D->pos ? (float *)(D->pos + 1) : NULL;
 	free(inv);
 	free(slopes);
-	return rc;
+	free(ones);
+	return rc ? rc : gq_gpu_stream_sync(D->stream);
 }
 
 static void free_dev(gdev *D)
@@ -1297,6 +1430,9 @@ static void free_dev(gdev *D)
 	gq_gpu_stream_destroy(D->side);
 	gq_gpu_free(D->pos);
 	gq_gpu_free(D->norm_count);
+	gq_gpu_free(D->defer_sum);
+	gq_gpu_free(D->defer_next);
+	gq_gpu_free(D->defer_redo);
 	gq_gpu_free(D->inv_freq);
 	gq_gpu_free(D->alibi);
 	gq_gpu_free(D->x);
@@ -1400,6 +1536,8 @@ int gq_gpu_model_open(gq_gpu_model **out, gq_model *m, const gq_device *devs, in
 	gq_gpu_host_free(g->stage16);
 	g->stage16 = NULL;
 	g->stage_bytes = 0;
+	if (rc == GQ_OK && !(rc = gq_gpu_set_device(g->dev[0].ordinal)))
+		rc = gq_gpu_host_alloc((void **)&g->host_redo, 4);
 	if (rc) {
 		gq_gpu_model_close(g);
 		return rc;
@@ -1437,6 +1575,7 @@ void gq_gpu_model_close(gq_gpu_model *g)
 	gq_gpu_free(g->proj16);
 	gq_gpu_free(g->logits);
 	gq_gpu_host_free(g->stage16);
+	gq_gpu_host_free(g->host_redo);
 	free(g->layers);
 	free(g->host_x);
 	free(g->host_inv);
@@ -1468,6 +1607,11 @@ int gq_gpu_model_graphs(const gq_gpu_model *g)
 	       (g->m->arch.mlp != GQ_MLP_MOE ||
 		(gq_gpu_graph_switches() && g->m->cfg.experts_per_tok <= GQ_GPU_MOE_MAX_K &&
 		 !g->dense_experts));
+}
+
+int64_t gq_gpu_model_reruns(const gq_gpu_model *g)
+{
+	return g->reruns;
 }
 
 /* ---- layer at a time ---- */
@@ -1699,6 +1843,11 @@ void gq_gpu_model_use_graphs(gq_gpu_model *g, int on)
 }
 
 int gq_gpu_model_graphs(const gq_gpu_model *g)
+{
+	return 0;
+}
+
+int64_t gq_gpu_model_reruns(const gq_gpu_model *g)
 {
 	return 0;
 }

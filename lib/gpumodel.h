@@ -52,6 +52,12 @@ void gq_gpu_model_close(gq_gpu_model *g);
 void gq_gpu_model_use_graphs(gq_gpu_model *g, int on);
 /* Whether they do: asked for, one GPU, no hooks, no host-routed MoE. */
 int gq_gpu_model_graphs(const gq_gpu_model *g);
+/*
+ * Decoding steps run a second time because a norm left to the product that
+ * reads it overflowed fp16 (gq_gpu_norm_defer; the rerun sets the scale
+ * that avoids it next time): 0 for a model of ordinary scale.
+ */
+int64_t gq_gpu_model_reruns(const gq_gpu_model *g);
 /* Hooks for the next forwards (NULL: none); graphs are not used while set. */
 void gq_gpu_model_set_hooks(gq_gpu_model *g, const gq_gpu_hooks *h);
 /*

@@ -93,6 +93,30 @@ gpu_or_skip() {
 	done
 }
 
+@test "GPU: a decoding step whose deferred norm overflows fp16 runs again with the norm in place" {
+	gpu_or_skip
+	testgen tokens 6 48 1 128 >calib.gqs
+	# embeddings up to 1e6 put the residual stream times the norms' weights past
+	# fp16 at the first scale (1): the first step runs again with the norms in
+	# place, which sets the scales the later steps use; at 0.2 none does
+	for embed in 1e6 0.2; do
+		rm -rf m packed
+		testgen checkpoint m 1 448 64 $embed
+		run -0 "$P/quantize.sh" m packed --calib calib.gqs --bits 4 --group-size 32 --keep-dtype
+		gen=(gptq-run -q -m packed --prompt-ids 3,14,15,92 -n 8 --print-ids --ignore-eos)
+		a=$("${gen[@]}")
+		[ "$a" = "$("${gen[@]}" --device cuda)" ]
+		[ "$a" = "$("${gen[@]}" --device cuda --no-graphs)" ]
+		run -0 gptq-run -q -m packed --device cuda --bench --pp 4 --tg 4 --reps 1 --json
+		echo "embeddings $embed: $output"
+		if [ $embed = 1e6 ]; then
+			jq -e '.norm_reruns >= 1' <<<"$output"
+		else
+			jq -e '.norm_reruns == 0' <<<"$output"
+		fi
+	done
+}
+
 @test "GPU: a dense Mixtral of Mixtral's widths decodes, without graphs" {
 	gpu_or_skip
 	# cuBLAS products in switch nodes' bodies failed to instantiate at these

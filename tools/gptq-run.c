@@ -219,12 +219,13 @@ static void bench(const gq_runner *r, const options *o, int threads)
 		printf("{\"model\":\"%s\",\"device\":\"%s\",\"graphs\":%s,\"quant\":\"%s\","
 		       "\"bits\":%d,\"threads\":%d,\"pp\":%lld,"
 		       "\"tg\":%lld,\"reps\":%d,\"pp_tok_s\":%.3f,\"pp_sd\":%.3f,\"tg_tok_s\":%.3f,"
-		       "\"tg_sd\":%.3f,\"linear_bytes\":%llu,\"head_bytes\":%llu,\"tg_gb_s\":%.3f}\n",
+		       "\"tg_sd\":%.3f,\"linear_bytes\":%llu,\"head_bytes\":%llu,\"tg_gb_s\":%.3f,"
+		       "\"norm_reruns\":%lld}\n",
 		       r->model->dir, o->device ? o->device : "cpu",
 		       r->gpu && gq_gpu_model_graphs(r->gpu) ? "true" : "false", quant, r->model->cfg.quant_bits, threads, (long long)o->bo.n_prompt,
 		       (long long)o->bo.n_gen, o->bo.reps, res.pp_tok_s, res.pp_sd, res.tg_tok_s,
 		       res.tg_sd, (unsigned long long)wb.linears, (unsigned long long)wb.head,
-		       gb * res.tg_tok_s);
+		       gb * res.tg_tok_s, (long long)(r->gpu ? gq_gpu_model_reruns(r->gpu) : 0));
 		return;
 	}
 	printf("| %-30s | %-7s | %7s | %7s | %-6s | %16s |\n", "model", "weights", "size GB",

@@ -87,13 +87,41 @@ int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, float *Y, void 
 		 uint64_t ws_bytes, void *stream);
 
 /*
+ * An RMS norm left to the one-token product that reads its output. Given
+ * one, gq_gpu_qgemv_add_norm adds into the residual stream and writes
+ * y16 = resid ⊙ w × s, s = *next (a power of two near the norm's 1 / rms,
+ * set by the last product that read this norm; 1 at first), and adds each
+ * block's sum of (resid s)² into *sum as a fixed-point integer (the same
+ * total in any order), so no block waits for the whole row.
+ * gq_gpu_qgemv_glu or gq_gpu_qgemv_qkv_rope, given the same, reads the
+ * total, scales its products by (1 / rms) / s and sets *next. y16 is then
+ * the norm only up to that factor. A value past fp16 or the fixed point's
+ * range sets *redo: nothing read from y16 is valid, and the step must run
+ * again with the norm in place (which also sets *next).
+ */
+typedef struct {
+	unsigned long long acc; /* Σ (resid s)² in units of 2^-24; 0 before the adding product */
+	float s;                /* the s y16 was scaled by */
+	float pad;
+} gq_gpu_norm_sum;
+
+typedef struct {
+	gq_gpu_norm_sum *sum; /* [1] device memory, 16-byte aligned, zeroed before each adding call */
+	float *next;          /* [1] s for the next call */
+	unsigned *redo;       /* [1] set nonzero when out of range; never cleared here */
+	int64_t d;            /* the row: the adding product's out, the reading one's in */
+	float eps;
+} gq_gpu_norm_defer;
+
+/*
  * One token through a [gate | up] matrix w (out = 2 n rows: gate rows, then
  * up rows): y16 [n] fp16 = act(gate) * up, act a gq_act_kind, with the
  * activation in the product's epilogue (no fp32 round trip, no second
- * launch). x [in] fp16 as gq_gpu_qgemm's X; ws likewise for T = 1.
+ * launch). x [in] fp16 as gq_gpu_qgemm's X; ws likewise for T = 1; defer:
+ * x is a norm left to this product (NULL: none).
  */
-int gq_gpu_qgemv_glu(const gq_gpu_qmat *w, const void *x, int act, void *y16, void *ws,
-		     uint64_t ws_bytes, void *stream);
+int gq_gpu_qgemv_glu(const gq_gpu_qmat *w, const void *x, const gq_gpu_norm_defer *defer,
+		     int act, void *y16, void *ws, uint64_t ws_bytes, void *stream);
 
 /*
  * A residual add and the RMS norm after it, fused into a one-token product:
@@ -108,11 +136,16 @@ typedef struct {
 	int kind;
 	void *y16;      /* [out] fp16 */
 	unsigned *counter; /* [1] device memory, 0 before the first call; the call leaves it 0 */
+	float *next;       /* [1] or NULL: the last block also sets the scale a deferred call would use */
 } gq_gpu_add_norm;
 
-/* One token x [in] fp16 (as gq_gpu_qgemm's X; ws likewise for T = 1) through w into nrm. */
+/*
+ * One token x [in] fp16 (as gq_gpu_qgemm's X; ws likewise for T = 1) through
+ * w into nrm, the norm by the last block, or left to the next product with
+ * defer (NULL: none; nrm->counter, nrm->next unused then).
+ */
 int gq_gpu_qgemv_add_norm(const gq_gpu_qmat *w, const void *x, const gq_gpu_add_norm *nrm,
-			  void *ws, uint64_t ws_bytes, void *stream);
+			  const gq_gpu_norm_defer *defer, void *ws, uint64_t ws_bytes, void *stream);
 
 /*
  * A decoding token's fused q/k/v product with the rest of attention's input
@@ -135,9 +168,12 @@ typedef struct {
 	void *ck, *cv;        /* [capacity, KV hd] fp16 */
 } gq_gpu_qkv_rope;
 
-/* One token x [in] fp16 (as gq_gpu_qgemm's X; ws likewise for T = 1) through w into r. */
-int gq_gpu_qgemv_qkv_rope(const gq_gpu_qmat *w, const void *x, const gq_gpu_qkv_rope *r,
-			  void *ws, uint64_t ws_bytes, void *stream);
+/*
+ * One token x [in] fp16 (as gq_gpu_qgemm's X; ws likewise for T = 1) through
+ * w into r; defer as gq_gpu_qgemv_glu's.
+ */
+int gq_gpu_qgemv_qkv_rope(const gq_gpu_qmat *w, const void *x, const gq_gpu_norm_defer *defer,
+			  const gq_gpu_qkv_rope *r, void *ws, uint64_t ws_bytes, void *stream);
 
 /*
  * Y [T, n] fp32 = X [T, k] fp16 (row stride ldx) times Wᵀ, W [n, k] fp16,

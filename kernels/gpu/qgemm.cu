@@ -25,7 +25,10 @@
  *     of 32, irregular g_idx) falls back to a per-code group lookup. GLU: the
  *     rows of a [gate | up] pair, act(gate) * up written as fp16. NORM: the
  *     rows added into a residual stream row, and the RMS norm after the add
- *     written as fp16 by the last block (last_block_norm). ROPE: the rows
+ *     written as fp16 by the last block (last_block_norm), or the norm
+ *     left to the next product (its input times the norm's weight and a
+ *     scale, and a fixed-point sum of squares: defer_add), whose form
+ *     DEFER (GLU or ROPE) finishes it. ROPE: the rows
  *     of a decoding [q | k | v] matrix plus bias, q and k rotated, k and v
  *     into the KV cache (qkv_rope_dim). TC (CUDA, 2 to 4
  *     bits, regular groups): the same blocks and loads, the multiply-adds on
@@ -183,16 +186,24 @@ __device__ __forceinline__ void fma_rows(float (&acc)[QG_ROWS][T], float (&xsum)
  * timing-only build that skipped it: 635 against 565 tok/s). In
  * bench_gpu_qgemm's second table, down_proj then q/k/v take 3.1 us more
  * with it than with no norm between (18.4 us), and 3.3 us more with a
- * norm launch instead. Tried and dropped: the norm left to the products
- * that read it, each block here writing its rows times the norm's weight
- * (fp32) and a partial sum of squares, each block there summing the
- * partials and scaling x as it loads it: 25.1 us a pair against 21.7 with
- * the launch (decoding 470 against 563 tok/s). The partials' sum cost
- * 2.5 us (a second trip to memory in every block), fp32 x in place of
- * fp16 3.4 us. Also no faster: gq_last_block fencing in one thread after
- * the barrier rather than in all (21.48 against 21.49 us a pair).
+ * norm launch instead. Decoding now leaves the norm to the product that
+ * reads it where it can (gq_gpu_norm_defer, comment at defer_add), which
+ * this chain remains the fallback for. Tried and dropped before that: each
+ * block here writing its rows times the norm's weight (fp32) and a partial
+ * sum of squares, each block there summing the partials and scaling x as
+ * it loads it: 25.1 us a pair against 21.7 with the launch (decoding 470
+ * against 563 tok/s). The partials' sum cost 2.5 us (a second trip to
+ * memory in every block), fp32 x in place of fp16 3.4 us. Also no faster:
+ * gq_last_block fencing in one thread after the barrier rather than in all
+ * (21.48 against 21.49 us a pair).
  */
 #define NORM_VECS 8
+
+/* The scale a deferred norm of 1 / rms inv uses next: the nearest power of two. */
+__device__ __forceinline__ float defer_scale(float inv)
+{
+	return exp2f(rintf(log2f(inv)));
+}
 
 __device__ __forceinline__ void last_block_norm(const gq_gpu_add_norm &nrm, int64_t d)
 {
@@ -240,6 +251,9 @@ __device__ __forceinline__ void last_block_norm(const gq_gpu_add_norm &nrm, int6
 			s += xv[i].x * xv[i].x + xv[i].y * xv[i].y + xv[i].z * xv[i].z + xv[i].w * xv[i].w;
 	}
 	const float inv = rsqrtf(block_reduce(s, red, false) / (float)d + nrm.eps);
+
+	if (nrm.next && threadIdx.x == 0)
+		*nrm.next = defer_scale(inv);
 
 	if (d <= tile) { /* still in registers */
 		store_tile(0, inv);
@@ -375,14 +389,14 @@ __device__ __forceinline__ void tc_x_pairs(const __half *xc, bool inside, uint32
  * multiplies (oct_to_half), and the sums need no scale. Every lane takes
  * part in every mma (warp-uniform loop; a lane
  * past the end multiplies zero x). Codes and scales of the first chunk load
- * before pdl_wait (waited: the kernel's record of it).
+ * before wait_once (the kernel's pdl_wait, once).
  */
-template <int BITS, bool LANE_SCALES>
+template <int BITS, bool LANE_SCALES, typename WaitOnce>
 __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const int64_t (&row)[QG_ROWS],
 						const uint32_t *__restrict__ codes,
 						const __half2 *__restrict__ sz, int gc,
 						const __half *__restrict__ xs, int64_t n_chunks,
-						int64_t n_groups, bool &waited)
+						int64_t n_groups, WaitOnce &&wait_once)
 {
 	constexpr int K = TC_MULTS<BITS>;
 	const int lane = threadIdx.x & 31, quad = lane >> 2;
@@ -408,10 +422,7 @@ __device__ __forceinline__ void qgemv_tc_chunks(float (&acc)[QG_ROWS][1], const 
 				load_chunk<BITS>(codes + (row[r] * n_chunks + c) * BITS, w[r]);
 			szr[r] = sz[row[r] * n_groups + g0];
 		}
-		if (!waited) {
-			pdl_wait();
-			waited = true;
-		}
+		wait_once();
 		uint32_t xp[16];
 
 		tc_x_pairs<BITS>(xs + 32 * c, inside, xp);
@@ -560,6 +571,148 @@ __device__ __forceinline__ void qkv_rope_store(const gq_gpu_qkv_rope &rp, const 
 }
 
 /*
+ * A norm left to the product that reads it (gq_gpu_norm_defer). The chain
+ * the last block of an adding product runs (fence, count, read the row
+ * back, reduce, write; last_block_norm) sits between the two products. Here
+ * each adding block writes its own rows of resid ⊙ w × s and adds their
+ * sum of (resid s)² into one 64-bit integer in units of 2^-24 (defer_add:
+ * integer adds, so the total is the same in any order); each reading block
+ * copies the total in as it starts (one 16-byte cp.async after pdl_wait)
+ * and scales its sums by (1 / rms) / s at the end (defer_factor). s, a power
+ * of two near 1 / rms set by the last reader, keeps resid s near 1, so y16
+ * rounds as the norm would. redo is set by y16 past fp16, a block's sum
+ * past 2^28 (the total's 64 bits hold 2^12 such blocks), or a total under
+ * 2^-4 (fewer than 20 bits: a row of d that shrank more than √d / 4 times
+ * since the last call). Decoding the llama-7B shape (H200, int4 g128, one
+ * run, two passes): 618.9 / 619.1 tok/s against 583.2 / 584.2 with the last
+ * block's chain and no prefetch (add_norm_in); 608.3 / 623.8 against 588.0
+ * / 587.2 in another run, its residual rows then through L1. Nsight Compute
+ * (serialized): the adding products 10.2 us against 11.8, each reading one
+ * 1.1 us longer (q/k/v 13.9, gate/up 20.1).
+ * bench_gpu_qgemm's second table shows no gain for a lone pair (22.76
+ * against 22.10 us). Dropped on the way: every reading block summing the
+ * adding blocks' 512 partial sums (2 KB a block, copied in by cp.async),
+ * 551-569 tok/s against 580-585: q/k/v 16.2 us and gate/up 23.2 serialized.
+ */
+#define DEFER_UNIT 16777216.0f /* 2^24: the fixed point of gq_gpu_norm_sum.acc */
+
+/*
+ * (1 / rms) / s from the total in sum (thread 0's copy, waited for); the
+ * grid's first block sets the next s.
+ */
+__device__ __forceinline__ float defer_factor(const gq_gpu_norm_defer &dfr,
+					      const gq_gpu_norm_sum &sum)
+{
+	const float s = sum.s, total = (float)sum.acc / DEFER_UNIT; /* Σ (resid s)² */
+	const float inv = rsqrtf(total / (s * s) / (float)dfr.d + dfr.eps);
+
+	if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) {
+		*dfr.next = defer_scale(inv);
+		if (total < 0.0625f)
+			*dfr.redo = 1;
+	}
+	return inv / s;
+}
+
+/*
+ * NORM: what row r < QG_ROWS of a block adds into, copied in before it is
+ * needed rather than read after the block's reduction: decoding the
+ * llama-7B shape with the last block's chain, 594.3 / 594.3 tok/s against
+ * 582.1 / 585.2 (H200, one run; in another 594.3 / 586.6 against 588.0 /
+ * 587.2; the rows then through L1, now from L2 as other SMs wrote them).
+ */
+struct __align__(16) add_norm_in {
+	float resid[QG_ROWS]; /* the residual stream's rows, after pdl_wait */
+	float w[QG_ROWS];     /* the norm's weight, as the block starts */
+	float s;              /* deferred: the scale for y16 */
+};
+
+/*
+ * Row threadIdx.x's norm weight into in as the block starts (weights do not
+ * change between launches), by cp.async on CUDA.
+ */
+__device__ __forceinline__ void add_norm_fetch_w(const gq_gpu_add_norm &nrm, add_norm_in &in,
+						 int64_t o0, int64_t out)
+{
+	const int r = threadIdx.x;
+	const bool inside = o0 + r < out;
+#ifndef GQ_HIP
+	cp_async4(&in.w[r], inside ? nrm.w + o0 + r : nrm.w, inside ? 4 : 0);
+	cp_async_commit();
+#else
+	in.w[r] = inside ? nrm.w[o0 + r] : 0.0f;
+#endif
+}
+
+/*
+ * The block's residual rows, 4 by each of the first QG_ROWS / 4 threads
+ * (and thread 0 the deferred scale), once the kernel before is done with
+ * them: in flight during the products. From L2 (cp.async.cg), as other
+ * blocks of earlier kernels wrote them (out a multiple of 4, resid 16-byte
+ * aligned: the caller checks).
+ */
+__device__ __forceinline__ void add_norm_fetch_resid(const gq_gpu_add_norm &nrm,
+						     const gq_gpu_norm_defer &dfr, add_norm_in &in,
+						     int64_t o0, int64_t out)
+{
+	const int r = 4 * threadIdx.x;
+	const bool inside = o0 + r < out;
+#ifndef GQ_HIP
+	if (r < QG_ROWS)
+		cp_async16(&in.resid[r], inside ? nrm.resid + o0 + r : nrm.resid, inside ? 16 : 0);
+	if (r == 0 && dfr.next)
+		cp_async4(&in.s, dfr.next, 4);
+	cp_async_commit();
+#else
+	for (int i = r; i < r + 4 && i < QG_ROWS; i++)
+		in.resid[i] = o0 + i < out ? nrm.resid[o0 + i] : 0.0f;
+	if (r == 0 && dfr.next)
+		in.s = *dfr.next;
+#endif
+}
+
+/*
+ * The adding product's end with its norm deferred (warp 0): its rows o0 ..
+ * o0 + QG_ROWS - 1 (sums in part) added into resid, resid ⊙ w × s into y16,
+ * and their sum of (resid s)² into the total (block 0 also records s).
+ */
+template <int V>
+__device__ __forceinline__ void defer_add(const gq_gpu_add_norm &nrm, const gq_gpu_norm_defer &dfr,
+					  const add_norm_in &in, const float (&part)[QG_THREADS / 32][V],
+					  int64_t o0, int64_t out)
+{
+	const int r = threadIdx.x;
+	const float s = in.s;
+	float sq = 0;
+
+	if (r < QG_ROWS && o0 + r < out) {
+		float v = 0;
+
+#pragma unroll
+		for (int k = 0; k < QG_THREADS / 32; k++)
+			v += part[k][r];
+		const float x = in.resid[r] + v;
+		const float w = nrm.kind == GQ_GPU_NORM_RMS_GEMMA ? 1.0f + in.w[r] : in.w[r];
+		const __half h = __float2half(x * s * w);
+
+		nrm.resid[o0 + r] = x;
+		((__half *)nrm.y16)[o0 + r] = h;
+		if (__hisinf(h) || __hisnan(h))
+			*dfr.redo = 1;
+		sq = (x * s) * (x * s);
+	}
+	sq = warp_sum(sq, QG_ROWS / 2); /* lanes 0 .. QG_ROWS - 1 */
+	if (r == 0) {
+		if (!(sq < 268435456.0f)) /* 2^28: the total stays under 2^64 units for 2^12 blocks */
+			*dfr.redo = 1;
+		else
+			atomicAdd(&dfr.sum->acc, (unsigned long long)__float2ull_rn(sq * DEFER_UNIT));
+		if (blockIdx.x == 0)
+			dfr.sum->s = s;
+	}
+}
+
+/*
  * y [T, out] (row stride out) from xs [T, ldx] sorted and padded (ldx a
  * multiple of 8, 16-byte aligned rows). One block: QG_ROWS rows from
  * QG_ROWS b (GLU: QG_ROWS / 2 gate rows from QG_ROWS / 2 b and the up rows
@@ -610,12 +763,13 @@ __device__ __forceinline__ void qkv_rope_store(const gq_gpu_qkv_rope &rp, const 
  * quarter of the warps in flight, q_proj 8.8 against 4.0 us).
  */
 template <int BITS, int T, bool REGULAR, bool GLU, bool NORM = false, int TC = TC_NONE,
-	  bool ROPE = false>
+	  bool ROPE = false, bool DEFER = false>
 __global__ static void __launch_bounds__(QG_THREADS, REGULAR ? QG_MIN_BLOCKS : 4)
 qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	     const int32_t *__restrict__ gsorted, int gc, const __half *__restrict__ xs,
 	     int64_t ldx, float *__restrict__ y, int64_t out, int64_t n_chunks, int64_t n_groups,
-	     int act, __half *__restrict__ y16, gq_gpu_add_norm nrm, gq_gpu_qkv_rope rope)
+	     int act, __half *__restrict__ y16, gq_gpu_add_norm nrm, gq_gpu_qkv_rope rope,
+	     gq_gpu_norm_defer dfr)
 {
 	/* GLU: rows [gate | up], half the block's rows from each, out16 = act(gate) * up */
 	constexpr int ROWS_OUT = GLU ? QG_ROWS / 2 : QG_ROWS;
@@ -631,6 +785,8 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	static_assert(!NORM || (T == 1 && !GLU), "NORM: one token into the residual stream");
 	static_assert(!ROPE || (T == 1 && !GLU && !NORM && QG_ROWS == 8),
 		      "ROPE: one token, 4 pairs a block");
+	static_assert(!DEFER || GLU || ROPE, "DEFER: the products that finish a norm");
+	static_assert(!NORM || QG_ROWS % 4 == 0, "NORM: residual rows in 16-byte copies");
 	pdl_launch_next();
 #pragma unroll
 	for (int r = 0; r < QG_ROWS; r++) { /* rows past the end repeat the last; never stored */
@@ -639,14 +795,36 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 		row[r] = ROPE ? blockIdx.y * rope.hd + qkv_rope_dim(rope, r) : r < ROWS_OUT ? o : n_out + o;
 	}
 	__shared__ qkv_rope_in rin; /* ROPE: the epilogue's operands */
+	/* DEFER (GLU, ROPE): x is a norm left to this product, its total copied into dsum */
+	constexpr bool deferred = DEFER;
+	__shared__ __align__(16) gq_gpu_norm_sum dsum;
+	__shared__ add_norm_in nin; /* NORM: the epilogue's operands */
+	auto wait_once = [&] {
+		if (!waited) {
+			pdl_wait();
+			waited = true;
+			if (deferred && threadIdx.x == 0) {
+#ifndef GQ_HIP
+				cp_async16(&dsum, dfr.sum, 16);
+				cp_async_commit();
+#else
+				dsum = *dfr.sum;
+#endif
+			}
+			if (NORM && threadIdx.x < QG_ROWS / 4)
+				add_norm_fetch_resid(nrm, dfr, nin, o0, out);
+		}
+	};
 
 	if (ROPE && threadIdx.x < QG_ROWS)
 		qkv_rope_fetch(rope, rin);
+	if (NORM && threadIdx.x < QG_ROWS)
+		add_norm_fetch_w(nrm, nin, o0, out);
 	if constexpr (TC != TC_NONE) {
 #ifndef GQ_HIP
 		static_assert(BITS <= 4 && T == 1 && REGULAR, "TC: 2- to 4-bit codes, one token, regular groups");
 		qgemv_tc_chunks<BITS, TC == TC_LANE_SCALES>(acc, row, codes, sz, gc, xs, n_chunks, n_groups,
-							     waited);
+							     wait_once);
 #endif
 	} else {
 		for (int64_t c = threadIdx.x; c < n_chunks; c += QG_THREADS) {
@@ -661,10 +839,7 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 				load_chunk<BITS>(codes + row[r] * wpr + c * BITS, w[r]);
 				f[r] = __half22float2(sz[row[r] * n_groups + g0]);
 			}
-			if (!waited) {
-				pdl_wait();
-				waited = true;
-			}
+			wait_once();
 			float xsum[T] = {};
 			if (!REGULAR && g0 != g1) {
 				/* the chunk spans groups: look the group up code by code */
@@ -724,8 +899,7 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 					acc[r][t] = fmaf(f[r].x, fmaf(-f[r].y, xsum[t], p[r][t]), acc[r][t]);
 		}
 	}
-	if (!waited) /* no chunk here: still wait before y is written */
-		pdl_wait();
+	wait_once(); /* no chunk here: still wait before y is written */
 
 	/* sum over the block: warp shuffles, then one value per warp in shared memory */
 	constexpr int V = QG_ROWS * T; /* values a lane sums over the block */
@@ -768,26 +942,32 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 		}
 	}
 #ifndef GQ_HIP
-	if constexpr (ROPE) /* rin's copies, before the barrier shows thread 0's position to the rest */
+	/* the epilogue's copies, before the barrier shows thread 0's (position, total) to the rest */
+	if constexpr (ROPE || GLU || NORM)
 		cp_async_wait<0>();
 #endif
 	__syncthreads();
 	if (GLU && threadIdx.x < ROWS_OUT) {
 		const int r = threadIdx.x;
+		const float f = deferred ? defer_factor(dfr, dsum) : 1.0f;
 		float gate = 0, up = 0;
 
 #pragma unroll
 		for (int k = 0; k < QG_THREADS / 32; k++)
 			gate += part[k][r], up += part[k][r + ROWS_OUT];
 		if (o0 + r < n_out)
-			y16[o0 + r] = __float2half(gq_activate(act, gate) * up);
+			y16[o0 + r] = __float2half(gq_activate(act, gate * f) * (up * f));
 	} else if (ROPE && threadIdx.x < QG_ROWS) {
+		const float f = deferred ? defer_factor(dfr, dsum) : 1.0f;
 		float v = 0, pv = 0; /* this row's sum and its rotary partner's */
 
 #pragma unroll
 		for (int k = 0; k < QG_THREADS / 32; k++)
 			v += part[k][threadIdx.x], pv += part[k][threadIdx.x ^ (rope.interleaved ? 1 : 4)];
-		qkv_rope_store(rope, rin, v, pv);
+		qkv_rope_store(rope, rin, v * f, pv * f);
+	} else if (NORM && dfr.sum) {
+		if (warp == 0)
+			defer_add(nrm, dfr, nin, part, o0, out);
 	} else if (!GLU && threadIdx.x < QG_ROWS * T) {
 		const int r = threadIdx.x / T, t = threadIdx.x % T;
 		float v = 0;
@@ -796,11 +976,11 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 		for (int k = 0; k < QG_THREADS / 32; k++)
 			v += part[k][threadIdx.x];
 		if (NORM && o0 + r < out)
-			nrm.resid[o0 + r] += v; /* this block's rows only: no other block writes them */
+			nrm.resid[o0 + r] = nin.resid[r] + v; /* this block's rows: no other block writes them */
 		else if (o0 + r < out)
 			y[t * out + o0 + r] = v;
 	}
-	if (NORM)
+	if (NORM && !dfr.sum)
 		last_block_norm(nrm, out);
 }
 
@@ -1735,18 +1915,18 @@ extern "C" uint64_t gq_gpu_qgemm_workspace(const gq_gpu_qmat *w, int64_t T)
  * groups of whole chunk quads, fp16 weights for smaller ones), else the
  * CUDA-core loop (8 bits, or groups looked up code by code).
  */
-template <int BITS, int T, bool GLU, bool NORM, bool ROPE = false>
+template <int BITS, int T, bool GLU, bool NORM, bool ROPE = false, bool DEFER = false>
 static auto gemv_kernel_for(const gq_gpu_qmat *w)
 {
 #ifndef GQ_HIP
 	if constexpr (BITS <= 4 && T == 1)
 		if (w->group_chunks)
 			return w->group_chunks % 4 == 0
-				       ? qgemv_kernel<BITS, T, true, GLU, NORM, TC_QUAD_GROUPS, ROPE>
-				       : qgemv_kernel<BITS, T, true, GLU, NORM, TC_LANE_SCALES, ROPE>;
+				       ? qgemv_kernel<BITS, T, true, GLU, NORM, TC_QUAD_GROUPS, ROPE, DEFER>
+				       : qgemv_kernel<BITS, T, true, GLU, NORM, TC_LANE_SCALES, ROPE, DEFER>;
 #endif
-	return w->group_chunks ? qgemv_kernel<BITS, T, true, GLU, NORM, TC_NONE, ROPE>
-			       : qgemv_kernel<BITS, T, false, GLU, NORM, TC_NONE, ROPE>;
+	return w->group_chunks ? qgemv_kernel<BITS, T, true, GLU, NORM, TC_NONE, ROPE, DEFER>
+			       : qgemv_kernel<BITS, T, false, GLU, NORM, TC_NONE, ROPE, DEFER>;
 }
 
 /* T = 1 (and every T on HIP): qgemv_kernel; 2..8 tokens: qgemv_mma_kernel */
@@ -1772,7 +1952,7 @@ static int launch_gemv(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, floa
 		PDL_LAUNCH("qgemv_kernel", (gemv_kernel_for<BITS, N, false, false>(w)),                 \
 			   dim3((unsigned)blocks), dim3(QG_THREADS), 0, s, w->codes, sz, w->gsorted,     \
 			   w->group_chunks, xs, ldx, Y, w->out, n_chunks, w->n_groups, 0,             \
-			   (__half *)NULL, gq_gpu_add_norm{}, gq_gpu_qkv_rope{});                   \
+			   (__half *)NULL, gq_gpu_add_norm{}, gq_gpu_qkv_rope{}, gq_gpu_norm_defer{}); \
 		break;
 		GEMV_T(1)
 #ifdef GQ_HIP
@@ -1963,57 +2143,75 @@ extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, floa
 	return rc ? rc : gq_gpu_gemm_f16(xs, ldx, rest, Y, T, w->out, w->in_pad, stream);
 }
 
+/* The reader's side of defer (NULL: none) for a product of w, as the kernel takes it. */
+static int defer_reader(const gq_gpu_qmat *w, const gq_gpu_norm_defer *defer,
+			gq_gpu_norm_defer *dfr)
+{
+	*dfr = defer ? *defer : gq_gpu_norm_defer{};
+	if (defer && (!defer->sum || !defer->next || !defer->redo || defer->d != w->in ||
+		      (uintptr_t)defer->sum % 16))
+		return gq_err(GQ_ERR_ARG, "a deferred norm over %lld values into a product of %lld "
+			      "(its input; with its 16-byte aligned total, scale and flag)",
+			      (long long)defer->d, (long long)w->in);
+	return GQ_OK;
+}
+
 template <int BITS>
-static int launch_glu(const gq_gpu_qmat *w, const __half *xs, int64_t ldx, int act, __half *y16,
-		      cudaStream_t s)
+static int launch_glu(const gq_gpu_qmat *w, const __half *xs, int64_t ldx,
+		      const gq_gpu_norm_defer &dfr, int act, __half *y16, cudaStream_t s)
 {
 	const int64_t n_chunks = w->in_pad / 32;
 	const dim3 grid((unsigned)CEIL_DIV(w->out / 2, (int64_t)(QG_ROWS / 2)));
 
-	PDL_LAUNCH("qgemv_kernel", (gemv_kernel_for<BITS, 1, true, false>(w)), grid, dim3(QG_THREADS), 0, s, w->codes, (const __half2 *)w->sz, w->gsorted,
+	PDL_LAUNCH("qgemv_kernel",
+		   (dfr.sum ? gemv_kernel_for<BITS, 1, true, false, false, true>(w)
+			     : gemv_kernel_for<BITS, 1, true, false>(w)),
+		   grid, dim3(QG_THREADS), 0, s, w->codes, (const __half2 *)w->sz, w->gsorted,
 		   w->group_chunks, xs, ldx, (float *)NULL, w->out, n_chunks, w->n_groups, act, y16,
-		   gq_gpu_add_norm{}, gq_gpu_qkv_rope{});
+		   gq_gpu_add_norm{}, gq_gpu_qkv_rope{}, dfr);
 	return GQ_OK;
 }
 
-extern "C" int gq_gpu_qgemv_glu(const gq_gpu_qmat *w, const void *x, int act, void *y16, void *ws,
-				uint64_t ws_bytes, void *stream)
+extern "C" int gq_gpu_qgemv_glu(const gq_gpu_qmat *w, const void *x, const gq_gpu_norm_defer *defer,
+				int act, void *y16, void *ws, uint64_t ws_bytes, void *stream)
 {
 	cudaStream_t s = (cudaStream_t)stream;
 	const __half *xs;
+	gq_gpu_norm_defer dfr;
 	int64_t ldx;
 	int rc;
 
 	if (w->out % 2)
 		return gq_err(GQ_ERR_ARG, "a [gate | up] matrix of %lld rows", (long long)w->out);
-	if ((rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
+	if ((rc = defer_reader(w, defer, &dfr)) || (rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
 		return rc;
 	switch (w->bits) {
-	case 2: return launch_glu<2>(w, xs, ldx, act, (__half *)y16, s);
-	case 3: return launch_glu<3>(w, xs, ldx, act, (__half *)y16, s);
-	case 4: return launch_glu<4>(w, xs, ldx, act, (__half *)y16, s);
-	default: return launch_glu<8>(w, xs, ldx, act, (__half *)y16, s);
+	case 2: return launch_glu<2>(w, xs, ldx, dfr, act, (__half *)y16, s);
+	case 3: return launch_glu<3>(w, xs, ldx, dfr, act, (__half *)y16, s);
+	case 4: return launch_glu<4>(w, xs, ldx, dfr, act, (__half *)y16, s);
+	default: return launch_glu<8>(w, xs, ldx, dfr, act, (__half *)y16, s);
 	}
 }
 
 template <int BITS>
 static int launch_add_norm(const gq_gpu_qmat *w, const __half *xs, int64_t ldx,
-			   const gq_gpu_add_norm *nrm, cudaStream_t s)
+			   const gq_gpu_add_norm *nrm, const gq_gpu_norm_defer &dfr, cudaStream_t s)
 {
 	const int64_t n_chunks = w->in_pad / 32;
 
 	PDL_LAUNCH("qgemv_kernel", (gemv_kernel_for<BITS, 1, false, true>(w)),
 		   dim3((unsigned)CEIL_DIV(w->out, (int64_t)QG_ROWS)), dim3(QG_THREADS), 0, s, w->codes,
 		   (const __half2 *)w->sz, w->gsorted, w->group_chunks, xs, ldx, (float *)NULL, w->out,
-		   n_chunks, w->n_groups, 0, (__half *)NULL, *nrm, gq_gpu_qkv_rope{});
+		   n_chunks, w->n_groups, 0, (__half *)NULL, *nrm, gq_gpu_qkv_rope{}, dfr);
 	return GQ_OK;
 }
 
 extern "C" int gq_gpu_qgemv_add_norm(const gq_gpu_qmat *w, const void *x,
-				     const gq_gpu_add_norm *nrm, void *ws, uint64_t ws_bytes,
-				     void *stream)
+				     const gq_gpu_add_norm *nrm, const gq_gpu_norm_defer *defer,
+				     void *ws, uint64_t ws_bytes, void *stream)
 {
 	cudaStream_t s = (cudaStream_t)stream;
+	const gq_gpu_norm_defer dfr = defer ? *defer : gq_gpu_norm_defer{};
 	const __half *xs;
 	int64_t ldx;
 	int rc;
@@ -2023,32 +2221,42 @@ extern "C" int gq_gpu_qgemv_add_norm(const gq_gpu_qmat *w, const void *x,
 	if (w->out % 4 || ((uintptr_t)nrm->resid | (uintptr_t)nrm->w) % 16 || (uintptr_t)nrm->y16 % 8)
 		return gq_err(GQ_ERR_ARG, "a fused norm over %lld rows, or unaligned vectors "
 			      "(rows a multiple of 4, 16-byte aligned)", (long long)w->out);
+	if (defer && (!defer->sum || !defer->next || !defer->redo || defer->d != w->out ||
+		      (uintptr_t)defer->sum % 16))
+		return gq_err(GQ_ERR_ARG, "a deferred norm over %lld values after a product of %lld rows "
+			      "(with its 16-byte aligned total, scale and flag)", (long long)defer->d,
+			      (long long)w->out);
 	if ((rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
 		return rc;
 	switch (w->bits) {
-	case 2: return launch_add_norm<2>(w, xs, ldx, nrm, s);
-	case 3: return launch_add_norm<3>(w, xs, ldx, nrm, s);
-	case 4: return launch_add_norm<4>(w, xs, ldx, nrm, s);
-	default: return launch_add_norm<8>(w, xs, ldx, nrm, s);
+	case 2: return launch_add_norm<2>(w, xs, ldx, nrm, dfr, s);
+	case 3: return launch_add_norm<3>(w, xs, ldx, nrm, dfr, s);
+	case 4: return launch_add_norm<4>(w, xs, ldx, nrm, dfr, s);
+	default: return launch_add_norm<8>(w, xs, ldx, nrm, dfr, s);
 	}
 }
 
 template <int BITS>
 static int launch_qkv_rope(const gq_gpu_qmat *w, const __half *xs, int64_t ldx,
-			   const gq_gpu_qkv_rope *r, cudaStream_t s)
+			   const gq_gpu_norm_defer &dfr, const gq_gpu_qkv_rope *r, cudaStream_t s)
 {
-	PDL_LAUNCH("qgemv_kernel", (gemv_kernel_for<BITS, 1, false, false, true>(w)),
-		   dim3((unsigned)(r->hd / QG_ROWS), (unsigned)(r->H + 2 * r->KV)), dim3(QG_THREADS), 0, s,
-		   w->codes, (const __half2 *)w->sz, w->gsorted, w->group_chunks, xs, ldx, (float *)NULL, w->out,
-		   w->in_pad / 32, w->n_groups, 0, (__half *)NULL, gq_gpu_add_norm{}, *r);
+	PDL_LAUNCH("qgemv_kernel",
+		   (dfr.sum ? gemv_kernel_for<BITS, 1, false, false, true, true>(w)
+			     : gemv_kernel_for<BITS, 1, false, false, true>(w)),
+		   dim3((unsigned)(r->hd / QG_ROWS), (unsigned)(r->H + 2 * r->KV)), dim3(QG_THREADS), 0,
+		   s, w->codes, (const __half2 *)w->sz, w->gsorted, w->group_chunks, xs, ldx,
+		   (float *)NULL, w->out, w->in_pad / 32, w->n_groups, 0, (__half *)NULL,
+		   gq_gpu_add_norm{}, *r, dfr);
 	return GQ_OK;
 }
 
-extern "C" int gq_gpu_qgemv_qkv_rope(const gq_gpu_qmat *w, const void *x, const gq_gpu_qkv_rope *r,
+extern "C" int gq_gpu_qgemv_qkv_rope(const gq_gpu_qmat *w, const void *x,
+				     const gq_gpu_norm_defer *defer, const gq_gpu_qkv_rope *r,
 				     void *ws, uint64_t ws_bytes, void *stream)
 {
 	cudaStream_t s = (cudaStream_t)stream;
 	const __half *xs;
+	gq_gpu_norm_defer dfr;
 	int64_t ldx;
 	int rc;
 
@@ -2063,12 +2271,12 @@ extern "C" int gq_gpu_qgemv_qkv_rope(const gq_gpu_qmat *w, const void *x, const 
 			      "interleaved, with their cos and sin)", (long long)r->half, (long long)r->hd);
 	if (!r->pos || !r->q || !r->ck || !r->cv)
 		return gq_err(GQ_ERR_ARG, "a q/k/v product without its position, q or cache");
-	if ((rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
+	if ((rc = defer_reader(w, defer, &dfr)) || (rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
 		return rc;
 	switch (w->bits) {
-	case 2: return launch_qkv_rope<2>(w, xs, ldx, r, s);
-	case 3: return launch_qkv_rope<3>(w, xs, ldx, r, s);
-	case 4: return launch_qkv_rope<4>(w, xs, ldx, r, s);
-	default: return launch_qkv_rope<8>(w, xs, ldx, r, s);
+	case 2: return launch_qkv_rope<2>(w, xs, ldx, dfr, r, s);
+	case 3: return launch_qkv_rope<3>(w, xs, ldx, dfr, r, s);
+	case 4: return launch_qkv_rope<4>(w, xs, ldx, dfr, r, s);
+	default: return launch_qkv_rope<8>(w, xs, ldx, dfr, r, s);
 	}
 }

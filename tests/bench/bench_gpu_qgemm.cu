@@ -16,10 +16,11 @@
  * forward pass takes gate/up through gq_gpu_qgemv_glu, the same kernel).
  *
  * A second table times what decoding's RMS norms cost between two products:
- * down_proj adding into the residual row, the norm, q/k/v reading it; the
- * norm as a launch of its own (gq_gpu_norm), in down_proj's last block
- * (gq_gpu_qgemv_add_norm, what decoding runs), and left out (the floor: q/k/v
- * on a stale input), in the same run.
+ * down_proj adding into the residual row, the norm, q/k/v reading it (with
+ * its rotary epilogue, gq_gpu_qgemv_qkv_rope, as decoding); the norm as a
+ * launch of its own (gq_gpu_norm), in down_proj's last block
+ * (gq_gpu_qgemv_add_norm), left to q/k/v (gq_gpu_norm_defer, what decoding
+ * runs), and left out (the floor: q/k/v on a stale input), in the same run.
  *
  * A third table times one token at 2, 3, 4 and 8 bits, in groups of 32 and
  * 128 codes, on the same shapes.
@@ -141,13 +142,16 @@ static double time_calls(cudaStream_t s, int copies, int reps, F call)
 /* The second table (see the top): one row, down_proj and q/k/v with the norm between. */
 static void bench_norm_between(cudaStream_t s, int reps)
 {
-	const int64_t d = 4096, inter = 11008, n_qkv = 12288;
+	const int64_t d = 4096, inter = 11008, n_qkv = 12288, H = 32, hd = 128, half = 64;
 	gq_qmat down, qkv;
 	std::vector<uint16_t> a16(inter); /* [inter] the MLP's activation */
 	std::vector<float> resid(d), w(d); /* [d] */
-	void *da, *h16, *ws;
-	float *dres, *dw, *dadd, *dy;
-	unsigned *count;
+	std::vector<float> cs(2 * half); /* [2][half] cos, sin at position 0 */
+	void *da, *h16, *ws, *ck, *cv;
+	float *dres, *dw, *dadd, *dy, *dcs, *next;
+	gq_gpu_norm_sum *sum;
+	int64_t *dpos;
+	unsigned *count, *redo;
 
 	make_qmat(&down, inter, d, 4);
 	make_qmat(&qkv, d, n_qkv, 4);
@@ -173,21 +177,44 @@ static void bench_norm_between(cudaStream_t s, int reps)
 	OK(gq_gpu_alloc((void **)&dy, (uint64_t)n_qkv * 4));
 	OK(gq_gpu_alloc((void **)&count, 4));
 	OK(gq_gpu_zero_async(count, 4, s));
+	OK(gq_gpu_alloc((void **)&dcs, (uint64_t)(2 * half) * 4));
+	OK(gq_gpu_alloc((void **)&dpos, 8));
+	OK(gq_gpu_alloc(&ck, (uint64_t)d * 2));
+	OK(gq_gpu_alloc(&cv, (uint64_t)d * 2));
+	OK(gq_gpu_alloc((void **)&sum, sizeof *sum));
+	OK(gq_gpu_zero_async(sum, sizeof *sum, s));
+	OK(gq_gpu_alloc((void **)&next, 4));
+	OK(gq_gpu_alloc((void **)&redo, 4));
+	OK(gq_gpu_zero_async(redo, 4, s));
+	for (int64_t i = 0; i < half; i++)
+		cs[i] = 1, cs[half + i] = 0;
+	OK(gq_gpu_upload(dcs, cs.data(), (uint64_t)(2 * half) * 4));
+	const int64_t pos0 = 0;
+	const float scale1 = 1;
+
+	OK(gq_gpu_upload(dpos, &pos0, 8));
+	OK(gq_gpu_upload(next, &scale1, 4));
 	OK(gq_gpu_upload(da, a16.data(), (uint64_t)inter * 2));
 	OK(gq_gpu_upload(dres, resid.data(), (uint64_t)d * 4));
 	OK(gq_gpu_upload(dw, w.data(), (uint64_t)d * 4));
 	OK(gq_gpu_zero_async(h16, (uint64_t)d * 2, s));
-	const gq_gpu_add_norm nrm = {dres, dw, 1e-5f, GQ_GPU_NORM_RMS, h16, count};
-	enum { LAUNCH, LAST_BLOCK, NONE, WAYS }; /* where the norm runs */
-	const char *names[WAYS] = {"a launch (gq_gpu_norm)", "down_proj's last block", "none (the floor)"};
+	const gq_gpu_add_norm nrm = {dres, dw, 1e-5f, GQ_GPU_NORM_RMS, h16, count, NULL};
+	/* timing only: the total is not zeroed between pairs (decoding zeroes it once a step) */
+	const gq_gpu_norm_defer dfr = {sum, next, redo, d, 1e-5f};
+	const gq_gpu_qkv_rope rope = {H, H, hd, half, 0, dcs, NULL, dpos, dy, ck, cv};
+	enum { LAUNCH, LAST_BLOCK, DEFERRED, NONE, WAYS }; /* where the norm runs */
+	const char *names[WAYS] = {"a launch (gq_gpu_norm)", "down_proj's last block", "left to q/k/v",
+				   "none (the floor)"};
 	/* every pair ends with q/k/v on h16 */
 	auto pair = [&](int i, int how) {
-		int rc = how == LAST_BLOCK ? gq_gpu_qgemv_add_norm(&dd[i], da, &nrm, ws, wsb, s)
-					   : gq_gpu_qgemm(&dd[i], da, 1, dadd, ws, wsb, s);
+		const gq_gpu_norm_defer *defer = how == DEFERRED ? &dfr : NULL;
+		int rc = how == LAST_BLOCK || how == DEFERRED
+				 ? gq_gpu_qgemv_add_norm(&dd[i], da, &nrm, defer, ws, wsb, s)
+				 : gq_gpu_qgemm(&dd[i], da, 1, dadd, ws, wsb, s);
 
 		if (rc == GQ_OK && how == LAUNCH)
 			rc = gq_gpu_norm(GQ_GPU_NORM_RMS, dres, dadd, 1, d, dw, NULL, 1e-5, NULL, h16, s);
-		return rc ? rc : gq_gpu_qgemm(&dq[i], h16, 1, dy, ws, wsb, s);
+		return rc ? rc : gq_gpu_qgemv_qkv_rope(&dq[i], h16, defer, &rope, ws, wsb, s);
 	};
 	double t[WAYS];
 
@@ -211,6 +238,13 @@ static void bench_norm_between(cudaStream_t s, int reps)
 	gq_gpu_free(dadd);
 	gq_gpu_free(dy);
 	gq_gpu_free(count);
+	gq_gpu_free(dcs);
+	gq_gpu_free(dpos);
+	gq_gpu_free(ck);
+	gq_gpu_free(cv);
+	gq_gpu_free(sum);
+	gq_gpu_free(next);
+	gq_gpu_free(redo);
 	gq_qmat_free(&down);
 	gq_qmat_free(&qkv);
 }

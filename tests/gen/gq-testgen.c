@@ -12,8 +12,9 @@
  *                                                indefinite, nan or empty
  *   gq-testgen report > r.gqs
  *   gq-testgen dtypes > d.safetensors            one tensor per dtype, F8 included
- *   gq-testgen checkpoint DIR [SHARDS [VOCAB HIDDEN]]  two-layer llama, config.json +
- *                                                weights (+ index); intermediate = 2 x hidden
+ *   gq-testgen checkpoint DIR [SHARDS [VOCAB HIDDEN [EMBED]]]  two-layer llama, config.json +
+ *                                                weights (+ index); intermediate = 2 x hidden;
+ *                                                embeddings up to EMBED (0.2) in size
  *   gq-testgen bigmodel DIR LAYERS HIDDEN INTER VOCAB [EXPERTS]  llama (Mixtral with
  *                                                EXPERTS, 2 a token) of any size, one shard
  *                                                per layer written in turn (memory: one layer)
@@ -38,6 +39,17 @@ static float randf(void) /* uniform in [-1, 1) */
 	rng ^= rng << 25;
 	rng ^= rng >> 27;
 	return (float)((double)((rng * 2685821657736338717ull) >> 11) * 0x1p-52 - 1.0);
+}
+
+static double arg_f64(int argc, char **argv, int i, double dflt, double lo, double hi)
+{
+	double v;
+
+	if (i >= argc)
+		return dflt;
+	if (gq_parse_f64(argv[i], lo, hi, &v))
+		die("argument %d: %s", i, gq_errmsg());
+	return v;
 }
 
 static int64_t arg_int(int argc, char **argv, int i, int64_t dflt, int64_t lo, int64_t hi)
@@ -236,8 +248,11 @@ static void write_text(const char *dir, const char *name, const char *text)
 		die("cannot write '%s':", path);
 }
 
-/* A two-layer llama-shaped checkpoint, split into `shards` files when > 1. */
-static void checkpoint(const char *dir, int64_t shards, int64_t V, int64_t H)
+/*
+ * A two-layer llama-shaped checkpoint, split into `shards` files when > 1,
+ * its embeddings uniform in [-embed, embed).
+ */
+static void checkpoint(const char *dir, int64_t shards, int64_t V, int64_t H, double embed)
 {
 	enum { L = 2 };
 	int64_t I = 2 * H;
@@ -289,7 +304,8 @@ static void checkpoint(const char *dir, int64_t shards, int64_t V, int64_t H)
 
 			bufs[t] = emalloc((size_t)numel * 2);
 			for (int64_t k = 0; k < numel; k++)
-				bufs[t][k] = gq_f32_to_bf16(nd == 2 ? 0.2f * randf() : 1 + 0.1f * randf());
+				bufs[t][k] = gq_f32_to_bf16(t == 0 ? (float)embed * randf()
+							    : nd == 2 ? 0.2f * randf() : 1 + 0.1f * randf());
 			if (gq_stb_tensor(&b, names[t], GQ_DTYPE_BF16, nd, shapes[t], bufs[t]))
 				die("%s", gq_errmsg());
 			gq_buf_printf(&index, "%s\"%s\":\"%s\"", index.len > 48 ? "," : "", names[t], file);
@@ -465,7 +481,7 @@ int main(int argc, char **argv)
 		dtypes();
 	else if (strcmp(argv[1], "checkpoint") == 0 && argc >= 3)
 		checkpoint(argv[2], arg_int(argc, argv, 3, 1, 1, 8), arg_int(argc, argv, 4, 40, 1, 1 << 20),
-			   arg_int(argc, argv, 5, 16, 8, 4096));
+			   arg_int(argc, argv, 5, 16, 8, 4096), arg_f64(argc, argv, 6, 0.2, 1e-3, 1e30));
 	else if (strcmp(argv[1], "bigmodel") == 0 && (argc == 7 || argc == 8)) {
 		int64_t experts = arg_int(argc, argv, 7, 0, 0, 64);
 

@@ -245,7 +245,7 @@ static void check_glu(const gq_gpu_qmat *d, const gq_qmat *q, int act, void *dx,
 	memset(got, 0xff, (size_t)n * 2); /* NaN poison */
 	CHECK_OK(gq_gpu_upload(dy, got, (uint64_t)n * 2));
 	CHECK_OK(gq_gpu_upload(dx, xh, (uint64_t)in * 2));
-	CHECK_OK(gq_gpu_qgemv_glu(d, dx, act, dy, ws, ws_bytes, NULL));
+	CHECK_OK(gq_gpu_qgemv_glu(d, dx, NULL, act, dy, ws, ws_bytes, NULL));
 	CHECK_OK(gq_gpu_sync());
 	CHECK_OK(gq_gpu_download(got, dy, (uint64_t)n * 2));
 	for (int64_t i = 0; i < n; i++) {
@@ -294,7 +294,7 @@ static void check_add_norm(const gq_gpu_qmat *d, const gq_qmat *q, int gemma, vo
 	CHECK_OK(gq_gpu_upload(dw, w, (uint64_t)out * 4));
 	for (int call = 0; call < 3; call++) {
 		gq_gpu_add_norm nrm = {dres, dw, 1e-5f, gemma ? GQ_GPU_NORM_RMS_GEMMA : GQ_GPU_NORM_RMS,
-				       dy, count};
+				       dy, count, NULL};
 		double ss = 0, rs = 0, rr = 0;
 
 		for (int64_t i = 0; i < in; i++) {
@@ -311,7 +311,7 @@ static void check_add_norm(const gq_gpu_qmat *d, const gq_qmat *q, int gemma, vo
 		memset(h, 0xff, (size_t)out * 2); /* NaN poison */
 		CHECK_OK(gq_gpu_upload(dy, h, (uint64_t)out * 2));
 		CHECK_OK(gq_gpu_upload(dx, xh, (uint64_t)in * 2));
-		CHECK_OK(gq_gpu_qgemv_add_norm(d, dx, &nrm, ws, ws_bytes, NULL));
+		CHECK_OK(gq_gpu_qgemv_add_norm(d, dx, &nrm, NULL, ws, ws_bytes, NULL));
 		CHECK_OK(gq_gpu_sync());
 		CHECK_OK(gq_gpu_download(got, dres, (uint64_t)out * 4));
 		CHECK_OK(gq_gpu_download(h, dy, (uint64_t)out * 2));
@@ -330,8 +330,9 @@ static void check_add_norm(const gq_gpu_qmat *d, const gq_qmat *q, int gemma, vo
 		"norm err %.2e (rtol 2e-3)\n", q->k.bits, (long long)out, (long long)in,
 		gemma ? "gemma" : "RMS", worst_r, rtol_r, worst_h);
 	CHECK(worst_r <= rtol_r && worst_h <= 2e-3);
-	CHECK_ERR(gq_gpu_qgemv_add_norm(d, dx, &(gq_gpu_add_norm){dres, dw, 1e-5f, GQ_GPU_NORM_LAYER, dy, count},
-					ws, ws_bytes, NULL),
+	CHECK_ERR(gq_gpu_qgemv_add_norm(d, dx,
+					&(gq_gpu_add_norm){dres, dw, 1e-5f, GQ_GPU_NORM_LAYER, dy, count, NULL},
+					NULL, ws, ws_bytes, NULL),
 		  GQ_ERR_ARG, "RMS norms only");
 	gq_gpu_free(dres);
 	gq_gpu_free(dw);
@@ -553,7 +554,7 @@ static void test_qkv_rope(void)
 			CHECK_OK(gq_gpu_upload(ck, cache, (uint64_t)(cap * kn) * 2));
 			CHECK_OK(gq_gpu_upload(cv, cache, (uint64_t)(cap * kn) * 2));
 			if (fused) {
-				CHECK_OK(gq_gpu_qgemv_qkv_rope(&d, dx, &r, ws, ws_bytes, NULL));
+				CHECK_OK(gq_gpu_qgemv_qkv_rope(&d, dx, NULL, &r, ws, ws_bytes, NULL));
 			} else {
 				CHECK_OK(gq_gpu_qgemm(&d, dx, 1, dy, ws, ws_bytes, NULL));
 				if (cases[c].bias)
@@ -611,11 +612,14 @@ static void test_qkv_rope(void)
 		gq_gpu_qkv_rope bad = {H, KV, hd, half, il, dcs, NULL, dpos, dy, ck, cv};
 
 		bad.H = H + 1; /* rows for other heads */
-		CHECK_ERR(gq_gpu_qgemv_qkv_rope(&d, dx, &bad, ws, ws_bytes, NULL), GQ_ERR_ARG, "q/k/v product");
+		CHECK_ERR(gq_gpu_qgemv_qkv_rope(&d, dx, NULL, &bad, ws, ws_bytes, NULL), GQ_ERR_ARG,
+			  "q/k/v product");
 		bad.H = H, bad.half = hd; /* more pairs than a head holds */
-		CHECK_ERR(gq_gpu_qgemv_qkv_rope(&d, dx, &bad, ws, ws_bytes, NULL), GQ_ERR_ARG, "rotary pairs");
+		CHECK_ERR(gq_gpu_qgemv_qkv_rope(&d, dx, NULL, &bad, ws, ws_bytes, NULL), GQ_ERR_ARG,
+			  "rotary pairs");
 		bad.half = 2, bad.interleaved = 0; /* pairs (i, i + 2) would span blocks */
-		CHECK_ERR(gq_gpu_qgemv_qkv_rope(&d, dx, &bad, ws, ws_bytes, NULL), GQ_ERR_ARG, "multiple of 4");
+		CHECK_ERR(gq_gpu_qgemv_qkv_rope(&d, dx, NULL, &bad, ws, ws_bytes, NULL), GQ_ERR_ARG,
+			  "multiple of 4");
 		gq_gpu_free(dx);
 		gq_gpu_free(dy);
 		gq_gpu_free(db);
@@ -638,6 +642,239 @@ static void test_qkv_rope(void)
 		free(xh);
 		free(got_c);
 		free(alt_c);
+	}
+#else
+	check_skip("built without a GPU backend");
+#endif
+}
+
+/*
+ * Norms left to the product that reads them (gq_gpu_norm_defer): A adds
+ * into the residual stream, then B, a [gate | up] or q/k/v product, reads
+ * the norm; three tokens in a row, the row's size jumping 40x up and then
+ * 16x down between them (the scale lags a call behind), against the same
+ * two products with the norm in place (down_proj's last block, which
+ * test_qgemm and test_qkv_rope check against the CPU): the residual stream
+ * bit for bit, B's outputs within 2e-3 (fp16 inputs rounded at another
+ * scale), and the next scale, from either side, the power of two nearest
+ * 1 / rms. Then a scale 2^12 too large overflows fp16, and one 2^12 too
+ * small leaves the total too few bits, each of which the flag reports;
+ * mismatched shapes are refused.
+ */
+static void test_norm_defer(void)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	static const struct {
+		int bits_a, bits_b;
+		int64_t d, in_a, gs;
+		int act_b, gemma;
+		int64_t glu_n;           /* B a [gate | up] matrix of 2 glu_n rows, or 0: */
+		int64_t H, KV, hd, half; /* a q/k/v one */
+	} cases[] = {
+		{4, 4, 4096, 512, 128, 0, 0, 0, 8, 2, 128, 64}, /* llama: 512 blocks' sums */
+		{8, 8, 1004, 256, 32, 1, 1, 96, 0, 0, 0, 0},    /* a partial block, gathered input */
+		{8, 3, 256, 320, 32, 0, 0, 0, 2, 1, 64, 16},
+		{2, 2, 512, 256, -1, 0, 1, 200, 0, 0, 0, 0},
+	};
+	static const float jump[3] = {1, 40, 1.0f / 16};
+	uint64_t seed = 47;
+
+	if (gq_gpu_count() == 0) {
+		check_skip("no GPU");
+		return;
+	}
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		int64_t d = cases[c].d, in_a = cases[c].in_a, n = cases[c].glu_n;
+		int64_t H = cases[c].H, KV = cases[c].KV, hd = cases[c].hd, kn = KV * hd;
+		int64_t out_b = n ? 2 * n : (H + 2 * KV) * hd, n_y = n ? n : H * hd;
+		int kind = cases[c].gemma ? GQ_GPU_NORM_RMS_GEMMA : GQ_GPU_NORM_RMS;
+		float *resid = malloc((size_t)d * 4), *w = malloc((size_t)d * 4), *got[2], *cs = malloc(8 * 64);
+		uint16_t *xh = malloc((size_t)in_a * 2), *cache[2];
+		float *dres, *dw, *dy, *dcs, *next_a, *next_b;
+		gq_gpu_norm_sum *sum;
+		unsigned *count, *redo;
+		int64_t *dpos;
+		void *dx, *dh, *ws, *ck, *cv;
+		gq_gpu_qmat da, db;
+		gq_qmat qa, qb;
+		double worst = 0;
+		int exact_resid = 1, scales_ok = 1;
+
+		for (int k = 0; k < 2; k++) {
+			got[k] = malloc((size_t)(d > n_y ? d : n_y) * 4 * 2);
+			cache[k] = malloc((size_t)(2 * kn + 1) * 2);
+		}
+		make_qmat(&qa, cases[c].bits_a, in_a, d, cases[c].gs, 0, &seed);
+		make_qmat(&qb, cases[c].bits_b, d, out_b, cases[c].gs, cases[c].act_b, &seed);
+		CHECK_OK(gq_gpu_qmat_upload(&da, &qa.k));
+		CHECK_OK(gq_gpu_qmat_upload(&db, &qb.k));
+		uint64_t ws_a = gq_gpu_qgemm_workspace(&da, 1), ws_b = gq_gpu_qgemm_workspace(&db, 1);
+		uint64_t ws_bytes = (ws_a > ws_b ? ws_a : ws_b) + 16;
+
+		for (int64_t i = 0; i < d; i++)
+			resid[i] = 4 * check_randf(&seed), w[i] = 1 + check_randf(&seed) / 2;
+		for (int64_t i = 0; i < cases[c].half; i++) /* position 3's angles */
+			cs[i] = cosf(3.0f * powf(10000.0f, -(float)i / (float)cases[c].half)),
+			cs[cases[c].half + i] = sinf(3.0f * powf(10000.0f, -(float)i / (float)cases[c].half));
+		CHECK_OK(gq_gpu_alloc(&dx, (uint64_t)in_a * 2));
+		CHECK_OK(gq_gpu_alloc(&dh, (uint64_t)d * 2));
+		CHECK_OK(gq_gpu_alloc((void **)&dres, (uint64_t)d * 4));
+		CHECK_OK(gq_gpu_alloc((void **)&dw, (uint64_t)d * 4));
+		CHECK_OK(gq_gpu_alloc((void **)&dy, (uint64_t)n_y * 4));
+		CHECK_OK(gq_gpu_alloc((void **)&dcs, 8 * 64));
+		CHECK_OK(gq_gpu_alloc((void **)&dpos, 8));
+		CHECK_OK(gq_gpu_alloc(&ck, (uint64_t)(kn > 0 ? kn : 1) * 2));
+		CHECK_OK(gq_gpu_alloc(&cv, (uint64_t)(kn > 0 ? kn : 1) * 2));
+		CHECK_OK(gq_gpu_alloc(&ws, ws_bytes));
+		CHECK_OK(gq_gpu_alloc((void **)&sum, sizeof *sum));
+		CHECK_OK(gq_gpu_alloc((void **)&next_a, 4));
+		CHECK_OK(gq_gpu_alloc((void **)&next_b, 4));
+		CHECK_OK(gq_gpu_alloc((void **)&count, 4));
+		CHECK_OK(gq_gpu_alloc((void **)&redo, 4));
+		CHECK_OK(gq_gpu_upload(count, &(unsigned){0}, 4));
+		CHECK_OK(gq_gpu_upload(redo, &(unsigned){0}, 4));
+		CHECK_OK(gq_gpu_upload(next_b, &(float){1}, 4));
+		CHECK_OK(gq_gpu_upload(dw, w, (uint64_t)d * 4));
+		CHECK_OK(gq_gpu_upload(dcs, cs, 8 * 64));
+		CHECK_OK(gq_gpu_upload(dpos, &(int64_t){0}, 8));
+
+		gq_gpu_norm_defer dfr = {sum, next_b, redo, d, 1e-5f};
+		gq_gpu_qkv_rope r = {H, KV, hd, cases[c].half, 0, dcs, NULL, dpos, dy, ck, cv};
+
+		for (int call = 0; call < 3; call++) {
+			double ss = 0, rms = 0;
+			float next[2];
+
+			for (int64_t i = 0; i < d; i++)
+				resid[i] *= jump[call];
+			for (int64_t i = 0; i < in_a; i++)
+				xh[i] = gq_f32_to_f16(check_randf(&seed));
+			CHECK_OK(gq_gpu_upload(dx, xh, (uint64_t)in_a * 2));
+			/* k 0: the norm in place, 1: left to B; each from the same resid */
+			for (int k = 0; k < 2; k++) {
+				gq_gpu_add_norm nrm = {dres, dw, 1e-5f, kind, dh, count, next_a};
+				const gq_gpu_norm_defer *defer = k ? &dfr : NULL;
+
+				CHECK_OK(gq_gpu_upload(dres, resid, (uint64_t)d * 4));
+				CHECK_OK(gq_gpu_upload(sum, &(gq_gpu_norm_sum){0}, sizeof *sum));
+				CHECK_OK(gq_gpu_qgemv_add_norm(&da, dx, &nrm, defer, ws, ws_bytes, NULL));
+				if (n)
+					CHECK_OK(gq_gpu_qgemv_glu(&db, dh, defer, 0, dy, ws, ws_bytes, NULL));
+				else
+					CHECK_OK(gq_gpu_qgemv_qkv_rope(&db, dh, defer, &r, ws, ws_bytes, NULL));
+				CHECK_OK(gq_gpu_sync());
+				CHECK_OK(gq_gpu_download(got[k], dres, (uint64_t)d * 4));
+				CHECK_OK(gq_gpu_download(got[k] + d, dy, (uint64_t)(n ? n * 2 : n_y * 4)));
+				if (!n) {
+					CHECK_OK(gq_gpu_download(cache[k], ck, (uint64_t)kn * 2));
+					CHECK_OK(gq_gpu_download(cache[k] + kn, cv, (uint64_t)kn * 2));
+				}
+				CHECK_OK(gq_gpu_download(&next[k], k ? next_b : next_a, 4));
+			}
+			for (int64_t i = 0; i < d; i++) {
+				exact_resid &= memcmp(&got[0][i], &got[1][i], 4) == 0;
+				ss += (double)got[0][i] * got[0][i];
+			}
+			/* B's outputs: GLU fp16, or q fp32 then the cache rows fp16 */
+			int64_t n_out = n ? n : H * hd + 2 * kn;
+			double *o[2];
+
+			for (int k = 0; k < 2; k++) {
+				o[k] = malloc((size_t)n_out * sizeof *o[k]);
+				for (int64_t i = 0; i < n_out; i++)
+					o[k][i] = n ? gq_f16_to_f32(((uint16_t *)(got[k] + d))[i])
+					      : i < H * hd ? got[k][d + i] : gq_f16_to_f32(cache[k][i - H * hd]);
+			}
+			for (int64_t i = 0; i < n_out; i++)
+				rms += o[0][i] * o[0][i];
+			rms = sqrt(rms / (double)n_out);
+			for (int64_t i = 0; i < n_out; i++) {
+				double e = fabs(o[1][i] - o[0][i]) / (fabs(o[0][i]) + rms);
+
+				worst = isnan(o[1][i]) || e > worst ? (isnan(o[1][i]) ? INFINITY : e) : worst;
+			}
+			free(o[0]);
+			free(o[1]);
+			float want = (float)exp2(rint(log2(1 / sqrt(ss / (double)d + 1e-5))));
+
+			scales_ok &= next[0] == want && next[1] == want;
+			memcpy(resid, got[0], (size_t)d * 4);
+		}
+		unsigned flag = 1;
+
+		CHECK_OK(gq_gpu_download(&flag, redo, 4));
+		fprintf(stderr, "  %d-bit A [%lld, %lld] then %d-bit %s [%lld, %lld]%s%s: residual %s, "
+			"err %.2e (rtol 2e-3), next scales %s, redo %u\n", cases[c].bits_a, (long long)d,
+			(long long)in_a, cases[c].bits_b, n ? "gate/up" : "q/k/v", (long long)out_b,
+			(long long)d, cases[c].act_b ? " act order" : "", cases[c].gemma ? ", gemma" : "",
+			exact_resid ? "bit for bit" : "DIFFERS", worst, scales_ok ? "right" : "WRONG", flag);
+		CHECK(exact_resid && worst <= 2e-3 && scales_ok && flag == 0);
+
+		/* a scale 2^12 too large (fp16 overflows) and one 2^12 too small (the total underflows) */
+		gq_gpu_add_norm nrm = {dres, dw, 1e-5f, kind, dh, count, NULL};
+		unsigned flags[2];
+
+		for (int64_t i = 0; i < d; i++)
+			resid[i] = 100 * (1 + fabsf(check_randf(&seed)));
+		for (int k = 0; k < 2; k++) {
+			float s = k ? 1.0f / 1048576 : 4096; /* 1 / rms is near 2^-7 */
+
+			CHECK_OK(gq_gpu_upload(dres, resid, (uint64_t)d * 4));
+			CHECK_OK(gq_gpu_upload(sum, &(gq_gpu_norm_sum){0}, sizeof *sum));
+			CHECK_OK(gq_gpu_upload(redo, &(unsigned){0}, 4));
+			CHECK_OK(gq_gpu_upload(next_b, &s, 4));
+			CHECK_OK(gq_gpu_qgemv_add_norm(&da, dx, &nrm, &dfr, ws, ws_bytes, NULL));
+			if (n)
+				CHECK_OK(gq_gpu_qgemv_glu(&db, dh, &dfr, 0, dy, ws, ws_bytes, NULL));
+			else
+				CHECK_OK(gq_gpu_qgemv_qkv_rope(&db, dh, &dfr, &r, ws, ws_bytes, NULL));
+			CHECK_OK(gq_gpu_sync());
+			CHECK_OK(gq_gpu_download(&flags[k], redo, 4));
+		}
+		CHECK(flags[0] != 0 && flags[1] != 0);
+
+		/* shapes that do not meet */
+		gq_gpu_norm_defer bad = dfr;
+
+		bad.d = d + 4;
+		CHECK_ERR(gq_gpu_qgemv_add_norm(&da, dx, &nrm, &bad, ws, ws_bytes, NULL), GQ_ERR_ARG,
+			  "deferred norm");
+		if (n)
+			CHECK_ERR(gq_gpu_qgemv_glu(&db, dh, &bad, 0, dy, ws, ws_bytes, NULL), GQ_ERR_ARG,
+				  "deferred norm");
+		else
+			CHECK_ERR(gq_gpu_qgemv_qkv_rope(&db, dh, &bad, &r, ws, ws_bytes, NULL), GQ_ERR_ARG,
+				  "deferred norm");
+		bad = dfr, bad.redo = NULL;
+		CHECK_ERR(gq_gpu_qgemv_add_norm(&da, dx, &nrm, &bad, ws, ws_bytes, NULL), GQ_ERR_ARG,
+			  "flag");
+		gq_gpu_free(dx);
+		gq_gpu_free(dh);
+		gq_gpu_free(dres);
+		gq_gpu_free(dw);
+		gq_gpu_free(dy);
+		gq_gpu_free(dcs);
+		gq_gpu_free(dpos);
+		gq_gpu_free(ck);
+		gq_gpu_free(cv);
+		gq_gpu_free(ws);
+		gq_gpu_free(sum);
+		gq_gpu_free(next_a);
+		gq_gpu_free(next_b);
+		gq_gpu_free(count);
+		gq_gpu_free(redo);
+		gq_gpu_qmat_free(&da);
+		gq_gpu_qmat_free(&db);
+		gq_qmat_free(&qa);
+		gq_qmat_free(&qb);
+		for (int k = 0; k < 2; k++) {
+			free(got[k]);
+			free(cache[k]);
+		}
+		free(resid);
+		free(w);
+		free(cs);
+		free(xh);
 	}
 #else
 	check_skip("built without a GPU backend");
@@ -904,6 +1141,7 @@ int main(void)
 	RUN(test_dequant_codes_kernel);
 	RUN(test_qgemm);
 	RUN(test_qkv_rope);
+	RUN(test_norm_defer);
 	RUN(test_attention);
 	RUN(test_moe_route);
 	return check_done();
