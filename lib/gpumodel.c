@@ -540,20 +540,19 @@ static int64_t rope_slots(const gq_config *c)
 }
 
 /*
- * Whether one-row q/k/v product lin of layer L (half: rope_pairs) runs with
- * the bias, the rotary embedding and the cache rows in its epilogue
- * (gq_gpu_qgemv_qkv_rope): quantized, no head norms, heads of a multiple of
- * 8 and whole blocks of rotary pairs, and no hooks or kept activations.
- * Saves decoding a launch a layer (rope_kv_kernel).
+ * Whether one-row q/k/v product lin of layer L (NULL: q, k and v apart)
+ * runs with the bias, the rotary embedding and the cache rows in its
+ * epilogue (gq_gpu_qgemv_qkv_rope): quantized, no head norms, heads of a
+ * multiple of 8 and whole blocks of rotary pairs, and no hooks or kept
+ * activations. Saves decoding a launch a layer (rope_kv_kernel).
  */
-static int fusable_rope(const gq_gpu_model *g, const glayer *L, const glin *lin, int64_t n,
-			int64_t half)
+static int fusable_rope(const gq_gpu_model *g, const glayer *L, const glin *lin, int64_t n)
 {
 	const gq_model *m = g->m;
 	const gq_config *c = &m->cfg;
-	int64_t hd = c->head_dim;
+	int64_t hd = c->head_dim, half = rope_pairs(m);
 
-	return n == 1 && !g->hooks && !g->kept && lin->q.codes && !L->q_norm_w && !L->k_norm_w &&
+	return lin && n == 1 && !g->hooks && !g->kept && lin->q.codes && !L->q_norm_w && !L->k_norm_w &&
 	       hd % 8 == 0 && 2 * half <= hd && (m->arch.rope_interleaved || half % 4 == 0) &&
 	       lin->out == (c->n_heads + 2 * c->n_kv_heads) * hd;
 }
@@ -622,7 +621,7 @@ static int attention(gq_gpu_model *g, gdev *D, gcache *gc, int l, int64_t n, int
 		v = k + KV * hd;
 		if ((rc = observe(g, D, l, (int)(lin - L->lin), D->h16, n, NULL)))
 			return rc;
-		if (fusable_rope(g, L, lin, n, half)) {
+		if (fusable_rope(g, L, lin, n)) {
 			gq_gpu_qkv_rope r = {H, KV, hd, half, m->arch.rope_interleaved, D->rope_cs, lin->b,
 					     D->pos, q, gc->k[l], gc->v[l]};
 
@@ -713,16 +712,16 @@ static int defers_norms(const gq_gpu_model *g, int64_t n)
 /*
  * x += lin(x16) for one row, then h16 = RMS norm(x) with weight w, by the
  * product's last block, or left to the next product when defer (D->dn);
- * the norm's next scale into next either way.
+ * the next scale of norm `site` (defer_next's index) set either way.
  */
 static int add_norm(const gq_gpu_model *g, gdev *D, const glin *lin, const void *x16, const float *w,
-		    float *next, int defer)
+		    int64_t site, int defer)
 {
 	const gq_config *c = &g->m->cfg;
 	gq_gpu_add_norm nrm = {D->x, w, (float)c->norm_eps, (int)g->m->arch.norm, D->h16,
-			       D->norm_count, next};
+			       D->norm_count, D->defer_next + site};
 
-	D->dn = (gq_gpu_norm_defer){D->defer_sum + (next - D->defer_next), next, D->defer_redo, c->hidden,
+	D->dn = (gq_gpu_norm_defer){D->defer_sum + site, D->defer_next + site, D->defer_redo, c->hidden,
 				    (float)c->norm_eps};
 	D->h16_deferred = defer;
 	return gq_gpu_qgemv_add_norm(&lin->q, x16, &nrm, defer ? &D->dn : NULL, D->ws, D->ws_bytes,
@@ -773,7 +772,7 @@ static int glu(gq_gpu_model *g, gdev *D, int l, int ig, int iu, int igu, int id,
 	if ((rc = keep(g, D, kept_a16, D->a16, inter * 2, n)) ||
 	    (rc = observe(g, D, l, id, D->a16, n, idx)))
 		return rc;
-	return fuse_w ? add_norm(g, D, &L->lin[id], D->a16, fuse_w, D->defer_next + 2 * l + 1, defer)
+	return fuse_w ? add_norm(g, D, &L->lin[id], D->a16, fuse_w, 2 * l + 1, defer)
 		      : linear(D, &L->lin[id], D->a16, n, y);
 }
 
@@ -958,8 +957,8 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 	/* those norms left to the products that read them: gate/up, the next layer's q/k/v */
 	const glayer *N = l + 1 < m->cfg.n_layers ? &g->layers[l + 1] : NULL;
 	int o_defer = o_norm && deferrable(g) && glu_in_epilogue(gate_up_lin(m, L), n);
-	int down_defer = down_norm && deferrable(g) && N && next_w == N->norm_attn_w && qkv_lin(m, N) &&
-			 fusable_rope(g, N, qkv_lin(m, N), n, rope_pairs(m));
+	int down_defer = down_norm && deferrable(g) && N && next_w == N->norm_attn_w &&
+			 fusable_rope(g, N, qkv_lin(m, N), n);
 	int rc;
 
 	if (from == GQ_GPU_FROM_INPUT &&
@@ -976,7 +975,7 @@ static int block(gq_gpu_model *g, gcache *gc, int l, int64_t n, int64_t capacity
 					    eps, normed32, NULL, D->stream)))))
 		return rc;
 	if (from <= GQ_GPU_FROM_ATTN_OUT && o_norm) {
-		if ((rc = add_norm(g, D, o_lin, D->o16, o_norm, D->defer_next + 2 * l, o_defer)))
+		if ((rc = add_norm(g, D, o_lin, D->o16, o_norm, 2 * l, o_defer)))
 			return rc;
 	} else if (from <= GQ_GPU_FROM_ATTN_OUT) {
 		if ((rc = attention_out(g, D, l, n)))
@@ -1164,6 +1163,7 @@ static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t end, int64_t
 	int64_t half = rope_pairs(m);
 	uint64_t pos_bytes = 8; /* of host_pos: the position, and for one row rope_cs */
 	int graph = n == 1 && gq_gpu_model_graphs(g);
+	int check_redo = defers_norms(g, n) && g->host_redo; /* gq_gpu_norm_defer's flag */
 	int rc;
 
 	g->row0 = pos;
@@ -1204,11 +1204,11 @@ static int step(gq_gpu_model *g, gq_kv_cache *c, int64_t n, int64_t end, int64_t
 	if (rc == GQ_OK && rows_out > 0 &&
 	    !(rc = gq_gpu_set_device(DL->ordinal)))
 		rc = gq_gpu_download_async(out, g->logits, (uint64_t)(rows_out * V) * 4, DL->stream);
-	if (rc == GQ_OK && defers_norms(g, n) && g->host_redo)
+	if (rc == GQ_OK && check_redo)
 		rc = gq_gpu_download_async(g->host_redo, D0->defer_redo, 4, D0->stream);
 	if (rc == GQ_OK)
 		rc = gq_gpu_stream_sync(DL->stream);
-	if (rc == GQ_OK && defers_norms(g, n) && g->host_redo && *g->host_redo)
+	if (rc == GQ_OK && check_redo && *g->host_redo)
 		rc = step_again(g, gc, c->capacity, rows_out, out);
 	return rc;
 }
@@ -1368,7 +1368,6 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	float *inv = malloc((size_t)half * sizeof *inv);
 	float *slopes = m->arch.pos == GQ_POS_ALIBI ? malloc((size_t)H * sizeof *slopes) : NULL;
 	float *ones = malloc((size_t)(2 * c->n_layers) * sizeof *ones); /* defer_next's first scales */
-	uint64_t sum_bytes = (uint64_t)(2 * c->n_layers) * sizeof(gq_gpu_norm_sum);
 	int rc;
 
 	if (!inv || (m->arch.pos == GQ_POS_ALIBI && !slopes) || !ones) {
@@ -1391,8 +1390,9 @@ static int alloc_dev(gq_gpu_model *g, gdev *D)
 	       (rc = gq_gpu_alloc((void **)&D->pos, 8 + (uint64_t)(2 * half) * 4)) ||
 	       (rc = gq_gpu_alloc((void **)&D->norm_count, 4)) ||
 	       (rc = gq_gpu_upload(D->norm_count, &(unsigned){0}, 4)) ||
-	       (rc = gq_gpu_alloc((void **)&D->defer_sum, sum_bytes)) ||
-	       (rc = gq_gpu_zero_async(D->defer_sum, sum_bytes, D->stream)) ||
+	       /* zeroed by body() before each step that adds into it */
+	       (rc = gq_gpu_alloc((void **)&D->defer_sum,
+				  (uint64_t)(2 * c->n_layers) * sizeof *D->defer_sum)) ||
 	       (rc = gq_gpu_alloc((void **)&D->defer_redo, 4)) ||
 	       (rc = gq_gpu_zero_async(D->defer_redo, 4, D->stream)) ||
 	       (rc = dup_f32(ones, 2 * c->n_layers, &D->defer_next)) ||

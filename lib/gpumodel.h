@@ -54,8 +54,9 @@ void gq_gpu_model_use_graphs(gq_gpu_model *g, int on);
 int gq_gpu_model_graphs(const gq_gpu_model *g);
 /*
  * Decoding steps run a second time because a norm left to the product that
- * reads it overflowed fp16 (gq_gpu_norm_defer; the rerun sets the scale
- * that avoids it next time): 0 for a model of ordinary scale.
+ * reads it went out of range (gq_gpu_norm_defer: fp16 or the fixed-point
+ * total; the rerun sets the scale that avoids it next time): 0 for a model
+ * of ordinary scale.
  */
 int64_t gq_gpu_model_reruns(const gq_gpu_model *g);
 /* Hooks for the next forwards (NULL: none); graphs are not used while set. */

@@ -796,14 +796,13 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	}
 	__shared__ qkv_rope_in rin; /* ROPE: the epilogue's operands */
 	/* DEFER (GLU, ROPE): x is a norm left to this product, its total copied into dsum */
-	constexpr bool deferred = DEFER;
 	__shared__ __align__(16) gq_gpu_norm_sum dsum;
 	__shared__ add_norm_in nin; /* NORM: the epilogue's operands */
 	auto wait_once = [&] {
 		if (!waited) {
 			pdl_wait();
 			waited = true;
-			if (deferred && threadIdx.x == 0) {
+			if (DEFER && threadIdx.x == 0) {
 #ifndef GQ_HIP
 				cp_async16(&dsum, dfr.sum, 16);
 				cp_async_commit();
@@ -949,7 +948,7 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 	__syncthreads();
 	if (GLU && threadIdx.x < ROWS_OUT) {
 		const int r = threadIdx.x;
-		const float f = deferred ? defer_factor(dfr, dsum) : 1.0f;
+		const float f = DEFER ? defer_factor(dfr, dsum) : 1.0f;
 		float gate = 0, up = 0;
 
 #pragma unroll
@@ -958,7 +957,7 @@ qgemv_kernel(const uint32_t *__restrict__ codes, const __half2 *__restrict__ sz,
 		if (o0 + r < n_out)
 			y16[o0 + r] = __float2half(gq_activate(act, gate * f) * (up * f));
 	} else if (ROPE && threadIdx.x < QG_ROWS) {
-		const float f = deferred ? defer_factor(dfr, dsum) : 1.0f;
+		const float f = DEFER ? defer_factor(dfr, dsum) : 1.0f;
 		float v = 0, pv = 0; /* this row's sum and its rotary partner's */
 
 #pragma unroll
@@ -2143,16 +2142,18 @@ extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, floa
 	return rc ? rc : gq_gpu_gemm_f16(xs, ldx, rest, Y, T, w->out, w->in_pad, stream);
 }
 
-/* The reader's side of defer (NULL: none) for a product of w, as the kernel takes it. */
-static int defer_reader(const gq_gpu_qmat *w, const gq_gpu_norm_defer *defer,
-			gq_gpu_norm_defer *dfr)
+/*
+ * defer (NULL: none) as the kernel takes it, for a product whose side of the
+ * norm has d values (the adding one's out, the reading one's in).
+ */
+static int defer_arg(const gq_gpu_norm_defer *defer, int64_t d, gq_gpu_norm_defer *dfr)
 {
 	*dfr = defer ? *defer : gq_gpu_norm_defer{};
-	if (defer && (!defer->sum || !defer->next || !defer->redo || defer->d != w->in ||
+	if (defer && (!defer->sum || !defer->next || !defer->redo || defer->d != d ||
 		      (uintptr_t)defer->sum % 16))
-		return gq_err(GQ_ERR_ARG, "a deferred norm over %lld values into a product of %lld "
-			      "(its input; with its 16-byte aligned total, scale and flag)",
-			      (long long)defer->d, (long long)w->in);
+		return gq_err(GQ_ERR_ARG, "a deferred norm over %lld values for a product's %lld "
+			      "(with its 16-byte aligned total, scale and flag)", (long long)defer->d,
+			      (long long)d);
 	return GQ_OK;
 }
 
@@ -2183,7 +2184,7 @@ extern "C" int gq_gpu_qgemv_glu(const gq_gpu_qmat *w, const void *x, const gq_gp
 
 	if (w->out % 2)
 		return gq_err(GQ_ERR_ARG, "a [gate | up] matrix of %lld rows", (long long)w->out);
-	if ((rc = defer_reader(w, defer, &dfr)) || (rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
+	if ((rc = defer_arg(defer, w->in, &dfr)) || (rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
 		return rc;
 	switch (w->bits) {
 	case 2: return launch_glu<2>(w, xs, ldx, dfr, act, (__half *)y16, s);
@@ -2211,8 +2212,8 @@ extern "C" int gq_gpu_qgemv_add_norm(const gq_gpu_qmat *w, const void *x,
 				     void *ws, uint64_t ws_bytes, void *stream)
 {
 	cudaStream_t s = (cudaStream_t)stream;
-	const gq_gpu_norm_defer dfr = defer ? *defer : gq_gpu_norm_defer{};
 	const __half *xs;
+	gq_gpu_norm_defer dfr;
 	int64_t ldx;
 	int rc;
 
@@ -2221,12 +2222,7 @@ extern "C" int gq_gpu_qgemv_add_norm(const gq_gpu_qmat *w, const void *x,
 	if (w->out % 4 || ((uintptr_t)nrm->resid | (uintptr_t)nrm->w) % 16 || (uintptr_t)nrm->y16 % 8)
 		return gq_err(GQ_ERR_ARG, "a fused norm over %lld rows, or unaligned vectors "
 			      "(rows a multiple of 4, 16-byte aligned)", (long long)w->out);
-	if (defer && (!defer->sum || !defer->next || !defer->redo || defer->d != w->out ||
-		      (uintptr_t)defer->sum % 16))
-		return gq_err(GQ_ERR_ARG, "a deferred norm over %lld values after a product of %lld rows "
-			      "(with its 16-byte aligned total, scale and flag)", (long long)defer->d,
-			      (long long)w->out);
-	if ((rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
+	if ((rc = defer_arg(defer, w->out, &dfr)) || (rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
 		return rc;
 	switch (w->bits) {
 	case 2: return launch_add_norm<2>(w, xs, ldx, nrm, dfr, s);
@@ -2271,7 +2267,7 @@ extern "C" int gq_gpu_qgemv_qkv_rope(const gq_gpu_qmat *w, const void *x,
 			      "interleaved, with their cos and sin)", (long long)r->half, (long long)r->hd);
 	if (!r->pos || !r->q || !r->ck || !r->cv)
 		return gq_err(GQ_ERR_ARG, "a q/k/v product without its position, q or cache");
-	if ((rc = defer_reader(w, defer, &dfr)) || (rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
+	if ((rc = defer_arg(defer, w->in, &dfr)) || (rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
 		return rc;
 	switch (w->bits) {
 	case 2: return launch_qkv_rope<2>(w, xs, ldx, dfr, r, s);
