@@ -713,7 +713,8 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 	phase_clock clk;
 	prefetch pf = {.m = m, .given = given, .n_given = n_given};
 	gq_gpu_kept *kept = NULL; /* [n], or NULL: every run from the layer's input */
-	int rc = GQ_OK;
+	gq_layer next;            /* the layer after the resident one, once staged */
+	int have_next = 0, rc = GQ_OK;
 
 	for (int64_t i = 0; i < n; i++)
 		maxlen = samples[i].len > maxlen ? samples[i].len : maxlen;
@@ -753,10 +754,15 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 		gq_layer L;
 
 		clock_start(&clk);
-		if ((rc = prefetch_take(&pf, &L)))
-			break;
-		if (l < o->last_layer)
-			prefetch_start(&pf, l + 1);
+		if (have_next) { /* taken and uploaded while the last layer waited */
+			L = next;
+			have_next = 0;
+		} else {
+			if ((rc = prefetch_take(&pf, &L)))
+				break;
+			if (l < o->last_layer)
+				prefetch_start(&pf, l + 1);
+		}
 		clock_lap(&clk, PH_LOAD);
 		rc = gq_gpu_model_put_layer(g, &L);
 		clock_lap(&clk, PH_UPLOAD);
@@ -795,6 +801,25 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 				clock_lap(&clk, PH_EMIT);
 				for (int i = 0; i < m->n_modules; i++)
 					want[i] = upd[i] = m->modules[i].step == s;
+				/*
+				 * The device idles until gptq-solve sends the last step's
+				 * modules: the next layer goes up meanwhile.
+				 */
+				if (rc == GQ_OK && s == m->n_steps - 1 && l < o->last_layer) {
+					clock_lap(&clk, PH_FEEDBACK);
+					if ((rc = prefetch_take(&pf, &next)) == GQ_OK) {
+						have_next = 1;
+						if (l + 1 < o->last_layer)
+							prefetch_start(&pf, l + 2);
+						/* without room for two layers the put uploads it, as before */
+						if ((rc = gq_gpu_model_stage_layer(g, &next)) == GQ_ERR_NOMEM) {
+							gq_debug("layer %d: no room to upload it ahead (%s)", l + 1,
+								 gq_errmsg());
+							rc = GQ_OK;
+						}
+					}
+					clock_lap(&clk, PH_UPLOAD);
+				}
 				if (rc == GQ_OK && !last)
 					rc = read_feedback(fb, m, l, &L, want, g);
 				clock_lap(&clk, PH_FEEDBACK);
@@ -822,6 +847,8 @@ static int collect_gpu(const gq_model *m, const gq_sample *samples, int64_t n,
 			rc = save_sample(o->last_layer + 1, i, &samples[i], host, d, o->state);
 out:
 	prefetch_cancel(&pf);
+	if (have_next)
+		gq_layer_free(m, &next);
 	for (int64_t i = 0; kept && i < n; i++)
 		gq_gpu_kept_free(&kept[i]);
 	free(kept);

@@ -117,6 +117,7 @@ struct gq_gpu_model {
 	int64_t row0;       /* sequence position of the first row in flight, for the hooks */
 	/* layer at a time: */
 	int resident;       /* the layer on the device, or -1 */
+	int staged;         /* a layer uploaded ahead beside it (gq_gpu_model_stage_layer), or -1 */
 	gcache *lw;         /* its KV cache: k, v [n_layers], only k[resident] set while running */
 	void *lw_k, *lw_v;  /* [lw_cap, KV hd] fp16 */
 	int64_t lw_cap;
@@ -1466,7 +1467,7 @@ static gq_gpu_model *new_model(gq_model *m, int n_devs)
 	g->m = m;
 	g->n_devs = n_devs;
 	g->graphs = 1;
-	g->resident = -1;
+	g->resident = g->staged = -1;
 	for (int i = 0; i < MAX_DEVS; i++)
 		g->dev[i].ordinal = -1;
 	g->layers = calloc((size_t)c->n_layers, sizeof *g->layers);
@@ -1652,20 +1653,49 @@ int gq_gpu_model_open_layerwise(gq_gpu_model **out, gq_model *m, gq_device dev, 
 	return GQ_OK;
 }
 
-int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L)
+/* Frees layer l's device weights (-1: none). */
+static void drop_layer(gq_gpu_model *g, int l)
+{
+	if (l >= 0) {
+		free_layer(&g->layers[l], g->m->n_modules);
+		memset(&g->layers[l], 0, sizeof g->layers[l]);
+	}
+}
+
+int gq_gpu_model_stage_layer(gq_gpu_model *g, const gq_layer *L)
 {
 	gdev *D = &g->dev[0];
 	int rc;
 
+	if (L->index == g->resident)
+		return gq_err(GQ_ERR_ARG, "layer %d is resident: it cannot also be staged", L->index);
 	if ((rc = gq_gpu_set_device(D->ordinal)))
 		return rc;
-	if (g->resident >= 0) {
-		free_layer(&g->layers[g->resident], g->m->n_modules);
-		memset(&g->layers[g->resident], 0, sizeof g->layers[g->resident]);
-		g->resident = -1;
+	drop_layer(g, g->staged);
+	g->staged = -1;
+	if ((rc = upload_host_layer(g, L, &g->layers[L->index], 0))) {
+		drop_layer(g, L->index); /* half uploaded: the put uploads it whole */
+		return gq_err_wrap(rc, "%s: layer %d to GPU %d", g->m->dir, L->index, D->ordinal);
 	}
-	/* unfused: gq_gpu_model_put_qlinear replaces single modules */
-	rc = upload_host_layer(g, L, &g->layers[L->index], 0);
+	g->staged = L->index;
+	return GQ_OK;
+}
+
+int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L)
+{
+	gdev *D = &g->dev[0];
+	int rc = GQ_OK;
+
+	if ((rc = gq_gpu_set_device(D->ordinal)))
+		return rc;
+	drop_layer(g, g->resident);
+	g->resident = -1;
+	if (g->staged != L->index) {
+		drop_layer(g, g->staged);
+		/* unfused: gq_gpu_model_put_qlinear replaces single modules */
+		rc = upload_host_layer(g, L, &g->layers[L->index], 0);
+	}
+	g->staged = -1;
 	g->resident = L->index; /* freed by the next put or close, even half uploaded */
 	for (int i = 0; i < g->m->n_modules && rc == GQ_OK; i++) {
 		const glin *li = &g->layers[L->index].lin[i];
@@ -1868,6 +1898,11 @@ int gq_gpu_model_open_layerwise(gq_gpu_model **g, gq_model *m, gq_device dev, in
 }
 
 int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L)
+{
+	return gq_err(GQ_ERR_UNSUPPORTED, "built without a GPU backend");
+}
+
+int gq_gpu_model_stage_layer(gq_gpu_model *g, const gq_layer *L)
 {
 	return gq_err(GQ_ERR_UNSUPPORTED, "built without a GPU backend");
 }

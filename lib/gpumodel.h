@@ -74,8 +74,20 @@ void gq_gpu_model_weight_bytes(const gq_gpu_model *g, uint64_t *linears, uint64_
  * on the device and runs them through the resident layer.
  */
 int gq_gpu_model_open_layerwise(gq_gpu_model **g, gq_model *m, gq_device dev, int64_t max_len);
-/* Makes the host layer L (weights as the caller left them) the resident one, replacing the last. */
+/*
+ * Makes the host layer L (weights as the caller left them) the resident one,
+ * replacing the last; a layer staged with the same index is taken as it was
+ * uploaded (L is not read again).
+ */
 int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L);
+/*
+ * Uploads L beside the resident layer, which stays in use, for the next put
+ * of its index: the copy can run while the device would otherwise idle (a
+ * sequential step waiting for gptq-solve). Device memory then holds two
+ * layers; staging another drops this one. A failure (no room) leaves
+ * nothing staged: the put then uploads L itself.
+ */
+int gq_gpu_model_stage_layer(gq_gpu_model *g, const gq_layer *L);
 /*
  * Replaces the resident layer's dense module mod by ql dequantized on the
  * device (the weights gq_qlinear_dequant gives, in fp16).

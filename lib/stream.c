@@ -41,6 +41,8 @@ struct gq_reader {
 	uint8_t *zout;      /* ZSTD_DStreamOutSize() bytes; zout[zout_pos..zout_len) unread */
 	size_t zout_pos, zout_len, zout_cap;
 	uint64_t offset;    /* logical bytes consumed */
+	uint8_t *spare;     /* the largest data buffer of a frame read before and since freed, or NULL */
+	uint64_t spare_cap; /* its bytes */
 	int64_t index;      /* frames returned so far */
 };
 
@@ -118,6 +120,7 @@ void gq_reader_close(gq_reader *r)
 	if (r->fd > STDIN_FILENO)
 		close(r->fd);
 	ZSTD_freeDCtx(r->zd);
+	free(r->spare);
 	free(r->zout);
 	free(r->raw);
 	free(r->name);
@@ -356,9 +359,18 @@ static int read_data(gq_reader *r, gq_frame *f, int flags)
 		got = (uint64_t)k;
 	} else if (need > 0) {
 		cap = avail != UINT64_MAX || need < DATA_CHUNK ? need : DATA_CHUNK;
-		if (cap > SIZE_MAX || !(f->data = malloc((size_t)cap)))
+		if (r->spare_cap >= need) {
+			cap = need; /* reads stop at cap: never into the next frame */
+			f->data = r->spare;
+			f->data_cap = r->spare_cap;
+			r->spare = NULL;
+			r->spare_cap = 0;
+		} else if (cap > SIZE_MAX || !(f->data = malloc((size_t)cap))) {
 			return gq_frame_err(f, GQ_ERR_NOMEM, "out of memory for %llu bytes of data",
 					    (unsigned long long)cap);
+		} else {
+			f->data_cap = cap;
+		}
 		while (got < need) {
 			if (got == cap) {
 				uint8_t *p;
@@ -370,6 +382,7 @@ static int read_data(gq_reader *r, gq_frame *f, int flags)
 							    "out of memory for %llu bytes of data",
 							    (unsigned long long)cap);
 				f->data = p;
+				f->data_cap = cap;
 			}
 			uint64_t want = cap - got;
 
@@ -397,6 +410,12 @@ int gq_reader_next(gq_reader *r, gq_frame *f, int flags)
 	int64_t k;
 	int rc;
 
+	if (f->data && f->data_cap > r->spare_cap) {
+		free(r->spare);
+		r->spare = f->data;
+		r->spare_cap = f->data_cap;
+		f->data = NULL;
+	}
 	gq_frame_free(f);
 	f->index = r->index;
 	f->source = r->name;

@@ -28,6 +28,7 @@ typedef struct {
 	char *header_json; /* header_len bytes exactly as read, for pass-through */
 	uint64_t header_len;
 	uint8_t *data;     /* hdr.data_len bytes; NULL if read with GQ_SKIP_DATA */
+	uint64_t data_cap; /* bytes allocated at data (at least hdr.data_len) */
 	const char *kind;  /* value of gptq.kind, or NULL for a plain safetensors blob */
 } gq_frame;
 
@@ -46,7 +47,8 @@ const char *gq_reader_name(const gq_reader *r);
 enum { GQ_READ_DATA = 0, GQ_SKIP_DATA = 1 };
 /*
  * Reads the next frame into f (freed first with gq_frame_free if it held
- * one). Returns 1 for a frame, 0 at a clean end of input, <0 on error with
+ * one, its data buffer kept by r for a later frame: a pipe fills pages
+ * already faulted in faster than fresh ones). Returns 1 for a frame, 0 at a clean end of input, <0 on error with
  * a message naming the input, frame index and byte offset.
  */
 int gq_reader_next(gq_reader *r, gq_frame *f, int flags);

@@ -6,7 +6,8 @@
  * bit-identical, also deep into a cache whose attention splits keys over
  * blocks; greedy and beam ids equal to the CPU's; a layer split over
  * one GPU named twice, and over two GPUs where two are visible; the
- * group-input hooks. Quantized checkpoints are
+ * group-input hooks; a layer at a time, a layer staged beside the resident
+ * one giving the bytes a plain upload gives. Quantized checkpoints are
  * covered by tests/42-gpu.bats. Skips without a GPU.
  */
 #include "check.h"
@@ -14,6 +15,9 @@
 #include "runner.h"
 
 #include <dirent.h>
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+#include "gpu/gpu.h"
+#endif
 
 /*
  * ||gpu - cpu|| / ||cpu|| of the logits: the GPU rounds the inputs of every
@@ -372,6 +376,69 @@ static void test_hooks(void)
 	gq_runner_close(&r);
 }
 
+/*
+ * x [T, d] (host) through layers 0 and 1 a layer at a time, each put
+ * plainly or (stage) uploaded while layer 0 is resident and in use, into y.
+ */
+static void run_layers(gq_model *m, const float *x, int64_t T, int stage, float *y)
+{
+#if defined(GQ_CUDA) || defined(GQ_HIP)
+	const uint64_t bytes = (uint64_t)(T * m->cfg.hidden) * sizeof *x;
+	gq_gpu_model *g;
+	gq_device dev;
+	gq_layer L[2];
+	float *dx; /* device [T, d] */
+
+	CHECK_OK(gq_device_parse("cuda", &dev));
+	CHECK_OK(gq_gpu_model_open_layerwise(&g, m, dev, T));
+	CHECK_OK(gq_gpu_alloc((void **)&dx, bytes));
+	CHECK_OK(gq_gpu_upload(dx, x, bytes));
+	CHECK_OK(gq_layer_load(m, 0, &L[0]));
+	CHECK_OK(gq_layer_load(m, 1, &L[1]));
+	CHECK_OK(gq_gpu_model_put_layer(g, &L[0]));
+	if (stage) {
+		CHECK_OK(gq_gpu_model_stage_layer(g, &L[1]));
+		CHECK(gq_gpu_model_stage_layer(g, &L[0]) == GQ_ERR_ARG); /* resident */
+	}
+	CHECK_OK(gq_gpu_model_run_layer(g, dx, T, NULL, 1, NULL, GQ_GPU_FROM_INPUT));
+	CHECK_OK(gq_gpu_model_put_layer(g, &L[1]));
+	CHECK_OK(gq_gpu_model_run_layer(g, dx, T, NULL, 1, NULL, GQ_GPU_FROM_INPUT));
+	CHECK_OK(gq_gpu_download(y, dx, bytes));
+	gq_layer_free(m, &L[0]);
+	gq_layer_free(m, &L[1]);
+	gq_gpu_free(dx);
+	gq_gpu_model_close(g);
+#else
+	(void)m, (void)x, (void)T, (void)stage, (void)y;
+#endif
+}
+
+static void test_staged_layer(void)
+{
+	enum { T = 9 };
+	gq_model *m;
+
+	if (!check_have_gpu())
+		return;
+	CHECK_OK(gq_model_open(&m, check_testdata("models/llama3_rope")));
+	const int64_t n = T * m->cfg.hidden;
+	float *x = malloc((size_t)n * sizeof *x), *plain = calloc((size_t)n, sizeof *x),
+	      *staged = calloc((size_t)n, sizeof *x);
+	uint64_t st = 3;
+
+	CHECK(m->cfg.n_layers >= 2);
+	for (int64_t i = 0; i < n; i++)
+		x[i] = check_randf(&st);
+	run_layers(m, x, T, 0, plain);
+	run_layers(m, x, T, 1, staged);
+	CHECK(memcmp(plain, staged, (size_t)n * sizeof *x) == 0);
+	CHECK(memcmp(plain, x, (size_t)n * sizeof *x) != 0);
+	free(x);
+	free(plain);
+	free(staged);
+	gq_model_close(m);
+}
+
 int main(void)
 {
 	RUN(test_device_lists);
@@ -380,5 +447,6 @@ int main(void)
 	RUN(test_decode_long);
 	RUN(test_split);
 	RUN(test_hooks);
+	RUN(test_staged_layer);
 	return check_done();
 }

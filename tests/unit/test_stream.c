@@ -661,6 +661,76 @@ static void test_hessian_frame_bytes(void)
 	gq_reader_close(r);
 }
 
+/*
+ * Frames read one after another into the same gq_frame take the data buffer
+ * of an earlier frame when it is big enough (no fresh pages to fault in) and
+ * never read past their own data into it: from a file (sizes known) and
+ * from a pipe (not known).
+ */
+static void test_reader_reuses_data(void)
+{
+	static const int order[] = {40, 2, 3, 60, 1, 60};
+	const int n = (int)(sizeof order / sizeof *order);
+	gq_writer_opts o = {0, 1, 1};
+	gq_writer *w;
+	float x[64 * 7];
+	int32_t y[3];
+
+	CHECK_OK(gq_writer_open(&w, tmp("reuse.gqs"), &o));
+	for (int k = 0; k < n; k++) {
+		gq_st_builder b;
+
+		build_frame(&b, order[k], x, y);
+		CHECK_OK(gq_writer_put(w, &b));
+		gq_stb_free(&b);
+	}
+	CHECK_OK(gq_writer_close(w, 1));
+	for (int piped = 0; piped < 2; piped++) {
+		char cmd[600];
+		FILE *cat = NULL;
+		gq_reader *r;
+		gq_frame f = {0};
+		const uint8_t *data[6];
+		uint64_t cap[6];
+		int k = 0, rc;
+
+		if (piped) {
+			snprintf(cmd, sizeof cmd, "cat '%s'", tmp("reuse.gqs"));
+			CHECK((cat = popen(cmd, "r")) != NULL);
+			CHECK_OK(gq_reader_open_fd(&r, dup(fileno(cat)), "cat"));
+		} else {
+			CHECK_OK(gq_reader_open(&r, tmp("reuse.gqs")));
+		}
+		while ((rc = gq_reader_next(r, &f, GQ_READ_DATA)) > 0 && k < n) {
+			const int i = order[k];
+			gq_tensor t, u;
+			float first, last;
+			int32_t y2;
+
+			CHECK_OK(gq_frame_tensor(&f, "x", &t));
+			CHECK_OK(gq_frame_tensor(&f, "y", &u));
+			CHECK(t.shape[0] == i + 1 && f.data_cap >= f.hdr.data_len);
+			memcpy(&first, t.data, 4);
+			memcpy(&last, (const uint8_t *)t.data + 4 * ((i + 1) * 7 - 1), 4);
+			memcpy(&y2, (const uint8_t *)u.data + 8, 4);
+			CHECK(first == (float)(i * 100) * 0.25f);
+			CHECK(last == (float)(i * 100 + (i + 1) * 7 - 1) * 0.25f);
+			CHECK(y2 == -i - 2);
+			cap[k] = f.data_cap;
+			data[k++] = f.data;
+		}
+		CHECK(rc == 0 && k == n);
+		/* 2 and 3 in 40's buffer, 1 and the second 60 in the first 60's */
+		CHECK(data[1] == data[0] && data[2] == data[0] && cap[1] == cap[0] && cap[2] == cap[0]);
+		CHECK(data[4] == data[3] && data[5] == data[3] && cap[4] == cap[3] && cap[5] == cap[3]);
+		CHECK(cap[3] > cap[0]);
+		gq_frame_free(&f);
+		gq_reader_close(r);
+		if (cat)
+			CHECK(pclose(cat) == 0);
+	}
+}
+
 int main(void)
 {
 	CHECK(mkdtemp(tmpdir) != NULL);
@@ -671,6 +741,7 @@ int main(void)
 	RUN(test_pipe_lockstep_plain);
 	RUN(test_pipe_lockstep_zstd);
 	RUN(test_pipes_grow);
+	RUN(test_reader_reuses_data);
 	RUN(test_truncated_plain);
 	RUN(test_truncated_zstd);
 	RUN(test_corrupt_inputs);
