@@ -1684,7 +1684,7 @@ int gq_gpu_model_stage_layer(gq_gpu_model *g, const gq_layer *L)
 int gq_gpu_model_put_layer(gq_gpu_model *g, const gq_layer *L)
 {
 	gdev *D = &g->dev[0];
-	int rc = GQ_OK;
+	int rc;
 
 	if ((rc = gq_gpu_set_device(D->ordinal)))
 		return rc;

@@ -73,6 +73,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <type_traits>
 
 /* GEMV shape (and QM_BLOCKS, QM_MAX_T below): the -D overrides are for tuning sweeps */
 #ifndef QG_ROWS
@@ -2100,6 +2101,22 @@ static int stage_x(const gq_gpu_qmat *w, const void *X, int64_t T, void *ws, uin
 	return GQ_OK;
 }
 
+/*
+ * f(std::integral_constant<int, BITS>) for w's code width, so each entry
+ * point picks its launcher's instance in one line (8: any other width, as
+ * the upload allows only 2, 3, 4 and 8).
+ */
+template <typename F>
+static int by_bits(const gq_gpu_qmat *w, F &&f)
+{
+	switch (w->bits) {
+	case 2: return f(std::integral_constant<int, 2>{});
+	case 3: return f(std::integral_constant<int, 3>{});
+	case 4: return f(std::integral_constant<int, 4>{});
+	default: return f(std::integral_constant<int, 8>{});
+	}
+}
+
 extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, float *Y, void *ws,
 			    uint64_t ws_bytes, void *stream)
 {
@@ -2114,31 +2131,17 @@ extern "C" int gq_gpu_qgemm(const gq_gpu_qmat *w, const void *X, int64_t T, floa
 	if ((rc = stage_x(w, X, T, ws, ws_bytes, s, &xs, &ldx)))
 		return rc;
 	if (T <= GQ_GPU_GEMV_MAX_T) {
-		switch (w->bits) {
-		case 2: return launch_gemv<2>(w, xs, ldx, Y, T, s);
-		case 3: return launch_gemv<3>(w, xs, ldx, Y, T, s);
-		case 4: return launch_gemv<4>(w, xs, ldx, Y, T, s);
-		default: return launch_gemv<8>(w, xs, ldx, Y, T, s);
-		}
+		return by_bits(w, [&](auto b) { return launch_gemv<b.value>(w, xs, ldx, Y, T, s); });
 	}
 #ifndef GQ_HIP
 	if (wgmma_path(w, T))
 		return launch_qwg(w, xs, ldx, Y, (int)T, (float *)rest, s);
-	if (fused_path(w, T)) {
-		switch (w->bits) {
-		case 2: return launch_mma<2>(w, xs, ldx, Y, (int)T, (float *)rest, s);
-		case 3: return launch_mma<3>(w, xs, ldx, Y, (int)T, (float *)rest, s);
-		case 4: return launch_mma<4>(w, xs, ldx, Y, (int)T, (float *)rest, s);
-		default: return launch_mma<8>(w, xs, ldx, Y, (int)T, (float *)rest, s);
-		}
-	}
+	if (fused_path(w, T))
+		return by_bits(w, [&](auto b) {
+			return launch_mma<b.value>(w, xs, ldx, Y, (int)T, (float *)rest, s);
+		});
 #endif
-	switch (w->bits) {
-	case 2: rc = launch_dequant<2>(w, (__half *)rest, s); break;
-	case 3: rc = launch_dequant<3>(w, (__half *)rest, s); break;
-	case 4: rc = launch_dequant<4>(w, (__half *)rest, s); break;
-	default: rc = launch_dequant<8>(w, (__half *)rest, s); break;
-	}
+	rc = by_bits(w, [&](auto b) { return launch_dequant<b.value>(w, (__half *)rest, s); });
 	return rc ? rc : gq_gpu_gemm_f16(xs, ldx, rest, Y, T, w->out, w->in_pad, stream);
 }
 
@@ -2186,12 +2189,9 @@ extern "C" int gq_gpu_qgemv_glu(const gq_gpu_qmat *w, const void *x, const gq_gp
 		return gq_err(GQ_ERR_ARG, "a [gate | up] matrix of %lld rows", (long long)w->out);
 	if ((rc = defer_arg(defer, w->in, &dfr)) || (rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
 		return rc;
-	switch (w->bits) {
-	case 2: return launch_glu<2>(w, xs, ldx, dfr, act, (__half *)y16, s);
-	case 3: return launch_glu<3>(w, xs, ldx, dfr, act, (__half *)y16, s);
-	case 4: return launch_glu<4>(w, xs, ldx, dfr, act, (__half *)y16, s);
-	default: return launch_glu<8>(w, xs, ldx, dfr, act, (__half *)y16, s);
-	}
+	return by_bits(w, [&](auto b) {
+		return launch_glu<b.value>(w, xs, ldx, dfr, act, (__half *)y16, s);
+	});
 }
 
 template <int BITS>
@@ -2224,12 +2224,7 @@ extern "C" int gq_gpu_qgemv_add_norm(const gq_gpu_qmat *w, const void *x,
 			      "(rows a multiple of 4, 16-byte aligned)", (long long)w->out);
 	if ((rc = defer_arg(defer, w->out, &dfr)) || (rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
 		return rc;
-	switch (w->bits) {
-	case 2: return launch_add_norm<2>(w, xs, ldx, nrm, dfr, s);
-	case 3: return launch_add_norm<3>(w, xs, ldx, nrm, dfr, s);
-	case 4: return launch_add_norm<4>(w, xs, ldx, nrm, dfr, s);
-	default: return launch_add_norm<8>(w, xs, ldx, nrm, dfr, s);
-	}
+	return by_bits(w, [&](auto b) { return launch_add_norm<b.value>(w, xs, ldx, nrm, dfr, s); });
 }
 
 template <int BITS>
@@ -2269,10 +2264,5 @@ extern "C" int gq_gpu_qgemv_qkv_rope(const gq_gpu_qmat *w, const void *x,
 		return gq_err(GQ_ERR_ARG, "a q/k/v product without its position, q or cache");
 	if ((rc = defer_arg(defer, w->in, &dfr)) || (rc = stage_x(w, x, 1, ws, ws_bytes, s, &xs, &ldx)))
 		return rc;
-	switch (w->bits) {
-	case 2: return launch_qkv_rope<2>(w, xs, ldx, dfr, r, s);
-	case 3: return launch_qkv_rope<3>(w, xs, ldx, dfr, r, s);
-	case 4: return launch_qkv_rope<4>(w, xs, ldx, dfr, r, s);
-	default: return launch_qkv_rope<8>(w, xs, ldx, dfr, r, s);
-	}
+	return by_bits(w, [&](auto b) { return launch_qkv_rope<b.value>(w, xs, ldx, dfr, r, s); });
 }
